@@ -1,0 +1,74 @@
+"""Batches: moving them to the device, and the default way a batch is fed to the model.
+
+A batch is whatever the loader yields. By default it must be an ``(x, y)`` pair, where ``x`` and
+``y`` are tensors or nested tuples/lists/dicts of tensors. To feed other batch shapes to the model,
+pass a ``forward_fn(model, batch) -> (y_pred, y)`` to ``Runner``/``F.train``/``F.test``; it receives
+the batch already moved to the device. Examples::
+
+    # dict batches of a text model: {'input_ids': ..., 'attention_mask': ..., 'labels': ...}
+    def forward_fn(model, batch):
+        return model(batch['input_ids'], batch['attention_mask']), batch['labels']
+
+    # a model that needs the targets in its forward pass (torchvision detection in training mode)
+    def forward_fn(model, batch):
+        images, targets = batch
+        return model(images, targets), targets
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .errors import BatchError
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor in a nested tuple/list/dict to ``device``; other leaves are kept as they are."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, (tuple, list)):
+        moved = [to_device(o, device, non_blocking) for o in obj]
+        if hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*moved)
+        return type(obj)(moved) if isinstance(obj, tuple) else moved
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    return obj
+
+
+def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
+    """Unpack an ``(x, y)`` batch and return ``(model(x), y)``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise BatchError(
+            f"the loader must yield (x, y) pairs, but it yielded {describe(batch)}; "
+            "pass forward_fn=lambda model, batch: (model(x), y) to unpack other batch shapes"
+        )
+    x, y = batch
+    return model(x), y
+
+
+def batch_size(y: Any) -> int:
+    """Number of examples in a batch, read from the targets ``y`` (its first tensor)."""
+    if isinstance(y, torch.Tensor):
+        return y.shape[0] if y.ndim else 1
+    if isinstance(y, Mapping):
+        return batch_size(next(iter(y.values()), None))
+    if isinstance(y, (tuple, list)) and y:
+        # a list of per-example dicts (torchvision detection targets) has one element per example
+        return len(y) if isinstance(y[0], Mapping) else batch_size(y[0])
+    raise BatchError(f"cannot tell the batch size from the targets {describe(y)}: they must hold a tensor")
+
+
+def describe(obj: Any) -> str:
+    """A short description of a (nested) batch for error messages: types and shapes, never values."""
+    if isinstance(obj, torch.Tensor):
+        return f"Tensor{tuple(obj.shape)} {str(obj.dtype).removeprefix('torch.')}"
+    if isinstance(obj, Mapping):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in list(obj.items())[:6]) + "}"
+    if isinstance(obj, (tuple, list)):
+        inner = ", ".join(describe(o) for o in obj[:6]) + (", ..." if len(obj) > 6 else "")
+        return f"({inner})" if isinstance(obj, tuple) else f"[{inner}]"
+    return type(obj).__name__

@@ -1,0 +1,167 @@
+"""Checkpoints: written atomically, loaded safely (``weights_only=True``), with errors that say what to do.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts only::
+
+    {'model': state_dict, 'optimizer': state_dict | None, 'scheduler': state_dict | None,
+     'epoch': int, 'global_step': int, 'history': [epoch rows], 'monitor': str, 'best': float | None,
+     'xt_training_version': str}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._version import __version__
+from .errors import CheckpointError
+
+
+def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
+    """Write a file so that readers see the old file or the complete new one, never a partial one.
+
+    ``write(f)`` writes to a temporary file in the same directory, which is flushed, fsync'ed and
+    then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DataParallel/DistributedDataParallel/torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    **extra: Any,
+) -> None:
+    """Save model/optimizer/scheduler state and ``extra`` fields (epoch, history, ...) atomically."""
+    state = {
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "xt_training_version": __version__,
+        **extra,
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True``: arbitrary pickled objects are refused."""
+    path = Path(path)
+    if not path.is_file():
+        where = path.parent
+        others = sorted(p.name for p in where.glob("*.pt")) if where.is_dir() else []
+        hint = f"; checkpoints there: {', '.join(others)}" if others else ""
+        raise CheckpointError(f"checkpoint '{path}' does not exist{hint}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds objects other than tensors and plain data and was refused "
+            f"(weights_only=True; {str(e).splitlines()[0][:200]}); only load it with torch.load(weights_only=False) "
+            "if you trust its source"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(
+            f"checkpoint '{path}' is truncated or corrupt ({str(e).splitlines()[0][:200]}); "
+            "use an earlier checkpoint (e.g. last.pt instead of best.pt) or retrain"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        # a bare state_dict (torch.save(model.state_dict())) is accepted as the model's weights
+        if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return {"model": state}
+        raise CheckpointError(f"'{path}' is not an xt-training checkpoint or a state_dict")
+    return state
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    *,
+    map_location: Any = "cpu",
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` (and ``optimizer``/``scheduler`` when given); return the checkpoint.
+
+    Loads with ``weights_only=True``. Keys of models saved inside DataParallel/DDP (``module.``) or
+    ``torch.compile`` (``_orig_mod.``) wrappers are mapped to the plain model.
+    """
+    state = read_checkpoint(path, map_location)
+    weights = _strip_prefixes(state["model"])
+    target = unwrap_model(model)
+    try:
+        result = target.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # parameters of another shape
+        sizes = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit {type(target).__name__}: {_few(sizes, 3)}; "
+            "build the model with the options it was trained with"
+        ) from None
+    if strict and (result.missing_keys or result.unexpected_keys):
+        parts = []
+        if result.missing_keys:
+            parts.append(f"missing keys {_few(result.missing_keys)}")
+        if result.unexpected_keys:
+            parts.append(f"unexpected keys {_few(result.unexpected_keys)}")
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit {type(target).__name__}: {'; '.join(parts)}; "
+            "build the model with the options it was trained with"
+        )
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+def _strip_prefixes(weights: dict[str, Any]) -> dict[str, Any]:
+    for prefix in ("module.", "_orig_mod."):
+        if weights and all(k.startswith(prefix) for k in weights):
+            weights = {k[len(prefix) :]: v for k, v in weights.items()}
+    return weights
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")

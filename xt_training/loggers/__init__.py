@@ -1,0 +1,89 @@
+"""Loggers: the Logger contract and the group that dispatches to several loggers.
+
+A logger is any object with some of the methods of :class:`Logger`; every method is optional, so a
+logger implements only what it needs (no base class to inherit). The loop calls them in this order::
+
+    start_run(config)                      once, with the run's hyper-parameters/configuration
+    for each epoch:
+        for each pass (train, val, test...):
+            tick = start_pass(name, epoch, total)   may return a callable, called once per step
+            update_pass(name, values)               at logging steps: running values of this pass
+            log_metrics({'train/loss': ...}, step)  at logging steps of training passes
+            end_pass(name, values)                  exact values of the whole pass
+        end_epoch(epoch, values, step)     all values of the epoch, as in the history ('val/acc', ...)
+    end_run(status)                        'completed', 'failed' or 'interrupted'
+    close()
+
+Values are plain Python floats (or nested lists for non-scalar metrics such as a confusion matrix);
+they are read from the device only at logging steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+__all__ = ["Logger", "LoggerGroup"]
+
+
+class Logger(Protocol):
+    """The logger contract. Every method is optional; see the module docstring for the call order."""
+
+    def start_run(self, config: dict[str, Any]) -> None: ...
+
+    def start_pass(self, name: str, epoch: int, total: int | None) -> Callable[[], Any] | None: ...
+
+    def update_pass(self, name: str, values: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, values: dict[str, Any], step: int) -> None: ...
+
+    def end_pass(self, name: str, values: dict[str, Any]) -> None: ...
+
+    def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None: ...
+
+    def end_run(self, status: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _noop(*args: Any) -> None:
+    return None
+
+
+class LoggerGroup:
+    """Calls each method on every logger that has it."""
+
+    def __init__(self, loggers: Iterable[Any] = ()):
+        self.loggers = list(loggers)
+
+    def _call(self, method: str, *args: Any) -> list[Any]:
+        return [getattr(lg, method, _noop)(*args) for lg in self.loggers]
+
+    def start_run(self, config: dict[str, Any]) -> None:
+        self._call("start_run", config)
+
+    def start_pass(self, name: str, epoch: int, total: int | None) -> Callable[[], Any]:
+        ticks = [t for t in self._call("start_pass", name, epoch, total) if t is not None]
+        if not ticks:
+            return _noop
+        if len(ticks) == 1:
+            return ticks[0]
+        return lambda: [t() for t in ticks]
+
+    def update_pass(self, name: str, values: dict[str, Any]) -> None:
+        self._call("update_pass", name, values)
+
+    def log_metrics(self, values: dict[str, Any], step: int) -> None:
+        self._call("log_metrics", values, step)
+
+    def end_pass(self, name: str, values: dict[str, Any]) -> None:
+        self._call("end_pass", name, values)
+
+    def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None:
+        self._call("end_epoch", epoch, values, step)
+
+    def end_run(self, status: str) -> None:
+        self._call("end_run", status)
+
+    def close(self) -> None:
+        self._call("close")

@@ -1,0 +1,323 @@
+"""Metrics that accumulate over a whole epoch, built on torchmetrics.
+
+**The metric contract.** Anything with ``update(y_pred, y)``, ``compute()`` and ``reset()`` is a
+metric, so every ``torchmetrics.Metric`` works as it is. A plain callable ``fn(y_pred, y) -> tensor``
+is wrapped in :class:`Mean` and averaged over the epoch, weighted by batch size.
+
+The loop calls ``update`` with *several batches concatenated* (at logging steps, not at every step:
+that keeps the per-step cost of metrics at zero), so ``update`` must accumulate, not average per call.
+``compute()`` returns the value over everything since the last ``reset()``: the epoch AUC is the
+AUC of all the epoch's examples, not a mean of per-batch AUCs.
+
+**Classification tasks.** :class:`Accuracy`, :class:`ROC_AUC`, :class:`F1`, ... infer the task from
+the first batch they see, unless ``task=`` is given:
+
+- predictions of shape ``(N,)`` or ``(N, 1)``: binary (logits or probabilities; targets 0/1);
+- float targets of the same shape ``(N, L)`` as the predictions: multi-label with L labels;
+- otherwise predictions ``(N, C, ...)`` and integer targets ``(N, ...)``: multiclass with C classes.
+
+Predictions may be logits or probabilities: as in torchmetrics, values outside [0, 1] are passed
+through a sigmoid (binary, multi-label) or softmax (multiclass) first.
+
+torchmetrics is imported when a metric first updates, so ``import xt_training`` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .batch import batch_size, describe
+
+__all__ = [
+    "Metric",
+    "as_metric",
+    "Mean",
+    "Loss",
+    "EPS",
+    "Accuracy",
+    "TopKAccuracy",
+    "ROC_AUC",
+    "F1",
+    "Precision",
+    "Recall",
+    "Kappa",
+    "ConfusionMatrix",
+]
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """What the loop needs of a metric (``torchmetrics.Metric`` satisfies it)."""
+
+    def update(self, y_pred: Any, y: Any) -> None: ...
+
+    def compute(self) -> Any: ...
+
+    def reset(self) -> None: ...
+
+
+def as_metric(obj: Any, name: str = "metric") -> Metric:
+    """Return ``obj`` if it follows the metric contract, wrap a plain callable in :class:`Mean`."""
+    if all(callable(getattr(obj, m, None)) for m in ("update", "compute", "reset")):
+        return obj
+    if callable(obj):
+        return Mean(obj)
+    raise TypeError(
+        f"metric {name!r} is a {type(obj).__name__}: a metric needs update(y_pred, y), compute() and "
+        "reset() (any torchmetrics.Metric), or is a callable fn(y_pred, y) -> tensor"
+    )
+
+
+class Mean:
+    """The epoch mean of ``fn(y_pred, y)``, weighted by batch size.
+
+    ``fn`` must return the mean over the examples it is given (as losses with ``reduction='mean'`` do).
+    """
+
+    def __init__(self, fn: Callable[[Any, Any], Any]):
+        self.fn = fn
+        self.reset()
+
+    def update(self, y_pred: Any, y: Any) -> None:
+        n = batch_size(y)
+        value = torch.as_tensor(self.fn(y_pred, y)).detach().float()
+        if value.numel() != 1:
+            raise ValueError(f"{_name(self.fn)} returned shape {tuple(value.shape)}; it must return a scalar")
+        # stays a device tensor: no host-device synchronisation until compute()
+        self._sum = self._sum + value.reshape(()) * n
+        self._n += n
+
+    def compute(self) -> torch.Tensor:
+        return self._sum / self._n if self._n else torch.tensor(float("nan"))
+
+    def reset(self) -> None:
+        self._sum: Any = 0.0
+        self._n = 0
+
+
+class Loss(Mean):
+    """The epoch mean of a loss function, e.g. ``metrics.Loss(nn.MSELoss())`` beside a training loss."""
+
+
+class EPS:
+    """Examples per second, from the first ``update`` after ``reset()`` to ``compute()``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def update(self, y_pred: Any, y: Any) -> None:
+        self._n += batch_size(y)
+
+    def compute(self) -> float:
+        elapsed = time.perf_counter() - self._start
+        return self._n / elapsed if elapsed > 0 else float("nan")
+
+    def reset(self) -> None:
+        self._n = 0
+        self._start = time.perf_counter()
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def infer_task(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[str, int]:
+    """Return ``(task, n)``: ``('binary', 1)``, ``('multilabel', labels)`` or ``('multiclass', classes)``."""
+    if y_pred.ndim <= 1 or y_pred.shape[1] == 1:
+        return "binary", 1
+    if y.shape == y_pred.shape and y.is_floating_point():
+        return "multilabel", y_pred.shape[1]
+    return "multiclass", y_pred.shape[1]
+
+
+class _Classification:
+    """Base of the classification metrics: builds the torchmetrics metric once the task is known."""
+
+    #: the tasks a subclass supports
+    tasks: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+
+    def __init__(self, task: str | None = None, num_classes: int | None = None, **kwargs: Any):
+        if task is not None and task not in self.tasks:
+            raise ValueError(
+                f"{type(self).__name__}: task must be one of {', '.join(self.tasks)}, not {task!r}"
+            )
+        import torchmetrics.classification  # noqa: F401 - paid here, not inside the first timed pass
+
+        self.task = task
+        self.num_classes = num_classes
+        self.kwargs = kwargs
+        self._metric: Any = None
+
+    def _build(self, task: str, n: int) -> Any:
+        raise NotImplementedError
+
+    def _prepare(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.task == "binary":
+            preds = y_pred.reshape(y_pred.shape[0], *y_pred.shape[2:]) if y_pred.ndim >= 2 else y_pred
+            return preds, y.reshape(preds.shape).long()
+        return y_pred, y.long()
+
+    def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
+        if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"expects tensors, got y_pred {describe(y_pred)} and y {describe(y)}")
+        if self._metric is None:
+            task, n = infer_task(y_pred, y)
+            self.task = self.task or task
+            if self.task not in self.tasks:
+                raise ValueError(f"{type(self).__name__} does not support the {self.task} task")
+            self.num_classes = self.num_classes or n
+            self._metric = self._build(self.task, self.num_classes).to(y_pred.device)
+        preds, target = self._prepare(y_pred, y)
+        self._metric.update(preds, target)
+
+    def compute(self) -> torch.Tensor:
+        if self._metric is None:
+            return torch.tensor(float("nan"))
+        return self._metric.compute()
+
+    def reset(self) -> None:
+        if self._metric is not None:
+            self._metric.reset()
+
+    def __repr__(self) -> str:
+        args = [f"task={self.task!r}"] if self.task else []
+        args += [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+def _task_kwargs(task: str, n: int) -> dict[str, int]:
+    return {"num_classes": n} if task == "multiclass" else {"num_labels": n} if task == "multilabel" else {}
+
+
+class Accuracy(_Classification):
+    """Fraction of correct predictions (micro average: every example counts once)."""
+
+    def _build(self, task: str, n: int) -> Any:
+        from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
+
+        cls = {"binary": BinaryAccuracy, "multiclass": MulticlassAccuracy, "multilabel": MultilabelAccuracy}[
+            task
+        ]
+        kw = {} if task == "binary" else {"average": "micro"}
+        return cls(**_task_kwargs(task, n), **{**kw, **self.kwargs})
+
+
+class TopKAccuracy(_Classification):
+    """Fraction of examples whose label is among the ``k`` highest-scored classes (multiclass)."""
+
+    tasks = ("multiclass",)
+
+    def __init__(self, k: int = 5, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.k = k
+
+    def _build(self, task: str, n: int) -> Any:
+        from torchmetrics.classification import MulticlassAccuracy
+
+        if self.k > n:
+            raise ValueError(
+                f"TopKAccuracy(k={self.k}) needs at least {self.k} classes, the predictions have {n}"
+            )
+        return MulticlassAccuracy(num_classes=n, top_k=self.k, **{"average": "micro", **self.kwargs})
+
+
+class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
+    """Area under the ROC curve over the whole epoch.
+
+    Multiclass: one-vs-rest AUC per class, averaged over the classes that occur in the targets (a
+    class without examples has no defined AUC; torchmetrics would count it as 0).
+    """
+
+    def _build(self, task: str, n: int) -> Any:
+        from torchmetrics.classification import BinaryAUROC, MulticlassAUROC, MultilabelAUROC
+
+        if task == "multiclass":
+            self._counts = None
+            return MulticlassAUROC(num_classes=n, average=None, **self.kwargs)
+        cls = BinaryAUROC if task == "binary" else MultilabelAUROC
+        return cls(**_task_kwargs(task, n), **self.kwargs)
+
+    def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
+        super().update(y_pred, y)
+        if self.task == "multiclass":
+            counts = torch.bincount(
+                y.reshape(-1).long().clamp(0, self.num_classes - 1), minlength=self.num_classes
+            )
+            self._counts = counts if self._counts is None else self._counts + counts
+
+    def compute(self) -> torch.Tensor:
+        value = super().compute()
+        if self.task != "multiclass" or self._counts is None:
+            return value
+        total = self._counts.sum()
+        present = (self._counts > 0) & (self._counts < total)  # both positives and negatives seen
+        return value[present].mean() if bool(present.any()) else torch.tensor(float("nan"))
+
+    def reset(self) -> None:
+        super().reset()
+        self._counts = None
+
+
+class _Averaged(_Classification):
+    """F1, precision and recall: ``average='macro'`` over classes by default (multiclass/multi-label)."""
+
+    _names: tuple[str, str, str] = ("", "", "")
+
+    def __init__(self, average: str = "macro", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.average = average
+
+    def _build(self, task: str, n: int) -> Any:
+        import torchmetrics.classification as tmc
+
+        cls = getattr(tmc, self._names[("binary", "multiclass", "multilabel").index(task)])
+        kw = {} if task == "binary" else {"average": self.average}
+        return cls(**_task_kwargs(task, n), **{**kw, **self.kwargs})
+
+
+class F1(_Averaged):
+    """F1 score (harmonic mean of precision and recall)."""
+
+    _names = ("BinaryF1Score", "MulticlassF1Score", "MultilabelF1Score")
+
+
+class Precision(_Averaged):
+    """Precision: the fraction of positive predictions that are correct."""
+
+    _names = ("BinaryPrecision", "MulticlassPrecision", "MultilabelPrecision")
+
+
+class Recall(_Averaged):
+    """Recall: the fraction of positive examples that are found."""
+
+    _names = ("BinaryRecall", "MulticlassRecall", "MultilabelRecall")
+
+
+class Kappa(_Classification):
+    """Cohen's kappa: agreement between predictions and labels beyond chance."""
+
+    tasks = ("binary", "multiclass")
+
+    def _build(self, task: str, n: int) -> Any:
+        from torchmetrics.classification import BinaryCohenKappa, MulticlassCohenKappa
+
+        cls = BinaryCohenKappa if task == "binary" else MulticlassCohenKappa
+        return cls(**_task_kwargs(task, n), **self.kwargs)
+
+
+class ConfusionMatrix(_Classification):
+    """Confusion matrix (rows: true class, columns: predicted class); reported as a nested list."""
+
+    def _build(self, task: str, n: int) -> Any:
+        import torchmetrics.classification as tmc
+
+        cls = {
+            "binary": tmc.BinaryConfusionMatrix,
+            "multiclass": tmc.MulticlassConfusionMatrix,
+            "multilabel": tmc.MultilabelConfusionMatrix,
+        }[task]
+        return cls(**_task_kwargs(task, n), **self.kwargs)

@@ -1,0 +1,1 @@
+"""Utilities; ``from xt_training.utils import functional as F`` gives ``F.train`` and ``F.test``."""
