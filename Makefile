@@ -1,0 +1,22 @@
+# Two commands on a fresh machine (python3 >= 3.10 with pip and venv):
+#   make demo   -- installs into .venv (torch included, ~2 minutes the first time) and trains a CNN
+#   make test   -- installs the same way and runs the test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint
+
+$(BIN)/xt: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/xt
+	$(BIN)/xt run --model cnn --data synthetic-images --epochs 3 --metric accuracy --save-dir runs/demo
+
+test: $(BIN)/xt
+	$(BIN)/pytest -q
+
+lint: $(BIN)/xt
+	$(BIN)/nox -s lint

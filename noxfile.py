@@ -1,0 +1,22 @@
+"""nox sessions. They run in the current environment (``make test`` builds it): torch is a 5 GB
+install, so sessions reuse it instead of building a fresh virtualenv each."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite."""
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

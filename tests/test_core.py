@@ -1,0 +1,464 @@
+"""The seed's API end to end: F.test, F.train, Runner, checkpoints, schedulers, batches, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from conftest import make_classification, mlp
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from xt_training import Runner, load_checkpoint, metrics
+from xt_training.errors import BatchError, CheckpointError, ConfigError, LossError, NonFiniteLossError
+from xt_training.utils import functional as F
+
+
+# --- the seed's models, as working code ---------------------------------------------------------
+class CVModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = self.pool(TF.relu(self.conv1(x)))
+        x = self.pool(TF.relu(self.conv2(x)))
+        x = x.view(-1, 16 * 5 * 5)
+        x = TF.relu(self.fc1(x))
+        return self.fc2(x)
+
+
+class RNNModel(nn.Module):
+    """The seed's RNNModel with the hidden state sized by the batch and logits of the last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(32, 128, 2, batch_first=True)
+        self.fc = nn.Linear(128, 2)
+
+    def forward(self, x):
+        hidden = self.init_hidden(x.shape[0])
+        x, hidden = self.rnn(x, hidden)
+        return self.fc(x[:, -1])
+
+    def init_hidden(self, batch_size):
+        return torch.zeros(2, batch_size, 128)
+
+
+def synthetic_images(n, seed=0):
+    """10 classes, each a fixed random 3x32x32 template plus noise: learnable by a small CNN."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(99))
+    y = torch.randint(0, 10, (n,), generator=g)
+    return templates[y] + 1.5 * torch.randn(n, 3, 32, 32, generator=g), y
+
+
+def synthetic_sequences(n, seed=0):
+    """Sequences of 12 steps x 32 features; the label says whether feature 0 sums above zero."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 12, 32, generator=g)
+    return x, (x[:, :, 0].sum(1) > 0).long()
+
+
+# --- the seed's evaluation example ----------------------------------------------------------------
+def test_seed_evaluation_example_resnet18_on_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+    from torchvision import datasets, models, transforms
+
+    g = torch.Generator().manual_seed(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
+    test_dataset = datasets.ImageFolder(
+        str(tmp_path / "images"), transform=transforms.Compose([transforms.Resize(64), transforms.ToTensor()])
+    )
+    test_loader = DataLoader(test_dataset, batch_size=4, num_workers=0)
+    other_loader = DataLoader(test_dataset, batch_size=5)
+    model = models.resnet18(weights=None)
+    model.train()
+
+    loss_fn = nn.CrossEntropyLoss()
+    eval_metrics = {"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC(), "eps": metrics.EPS()}
+    results = F.test(
+        test_loaders={"test": test_loader, "other": other_loader},
+        model=model,
+        loss_fn=loss_fn,
+        eval_metrics=eval_metrics,
+    )
+
+    assert set(results) == {"test", "other"}
+    for values in results.values():
+        assert set(values) == {"loss", "acc", "auc", "eps"}
+        assert all(isinstance(v, float) for v in values.values())
+        assert 0 <= values["acc"] <= 1 and 0 <= values["auc"] <= 1 and values["eps"] > 0
+    # eval mode (BatchNorm running stats) gives the same values whatever the batch size
+    assert results["test"]["loss"] == pytest.approx(results["other"]["loss"], rel=1e-4)
+    assert results["test"]["auc"] == pytest.approx(results["other"]["auc"], abs=1e-6)
+    assert model.training, "F.test restores the model's mode"
+    out = capsys.readouterr().out
+    assert "test" in out and "other" in out and "acc" in out
+
+
+def test_seed_cnn_trains_on_synthetic_images(tmp_path):
+    x, y = synthetic_images(1200)
+    train = DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=32, shuffle=True)
+    val = DataLoader(TensorDataset(x[1000:], y[1000:]), batch_size=100)
+    torch.manual_seed(0)
+    model = CVModel()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    history = F.train(
+        tmp_path,
+        train,
+        model,
+        optimizer,
+        4,
+        nn.CrossEntropyLoss(),
+        val_loader=val,
+        eval_metrics={"acc": metrics.Accuracy()},
+        quiet=True,
+    )
+    assert history[-1]["val/acc"] > 0.6  # chance is 0.1
+
+
+def test_rnn_sequence_classifier_trains(tmp_path):
+    x, y = synthetic_sequences(1200)
+    train = DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=50, shuffle=True)
+    val = DataLoader(TensorDataset(x[1000:], y[1000:]), batch_size=100)
+    torch.manual_seed(0)
+    model = RNNModel()
+    history = F.train(
+        tmp_path,
+        train,
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+        4,
+        nn.CrossEntropyLoss(),
+        val_loader=val,
+        eval_metrics={"acc": metrics.Accuracy()},
+        quiet=True,
+    )
+    assert history[-1]["val/acc"] > 0.8  # chance is 0.5
+
+
+# --- F.train: history, checkpoints, monitor ---------------------------------------------------------
+def test_train_writes_history_and_checkpoints_that_round_trip(tabular, tmp_path):
+    train, val, features, classes = tabular
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    history = F.train(
+        tmp_path,
+        train,
+        model,
+        optimizer,
+        3,
+        nn.CrossEntropyLoss(),
+        val_loader=val,
+        test_loaders={"test": val, "other": val},
+        scheduler=scheduler,
+        eval_metrics={"acc": metrics.Accuracy(), "cm": metrics.ConfusionMatrix()},
+        monitor="val/acc",
+        quiet=True,
+    )
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["lr"] for row in history] == pytest.approx([0.1, 0.05, 0.025])  # stepped once per epoch
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test.other/acc", "val/cm"} <= set(
+        history[0]
+    )
+    assert history[0]["test/acc"] == history[0]["test.other/acc"] == history[0]["val/acc"]
+    assert json.loads((tmp_path / "history.json").read_text()) == history
+
+    best_epoch = max(history, key=lambda r: r["val/acc"])["epoch"]
+    state = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert state["epoch"] == best_epoch and state["monitor"] == "val/acc" and state["mode"] == "max"
+    assert state["global_step"] == best_epoch * len(train)
+    assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] == best_epoch
+    assert state["xt_training_version"]
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and last["history"] == history
+
+    fresh = mlp()
+    load_checkpoint(tmp_path / "checkpoints" / "last.pt", fresh)
+    xs = torch.cat([x for x, _ in val])
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(xs), model(xs))
+    results = F.test(
+        {"val": val},
+        mlp(),
+        nn.CrossEntropyLoss(),
+        {"acc": metrics.Accuracy()},
+        checkpoint_path=tmp_path / "checkpoints" / "best.pt",
+        quiet=True,
+    )
+    assert results["val"]["acc"] == pytest.approx(history[best_epoch - 1]["val/acc"])
+
+
+def test_test_save_dir_writes_results_loadable_with_weights_only(tabular, tmp_path):
+    _, val, _, _ = tabular
+    model = mlp()
+    F.test(
+        {"test": val},
+        model,
+        nn.CrossEntropyLoss(),
+        {"acc": metrics.Accuracy()},
+        save_dir=tmp_path,
+        quiet=True,
+    )
+    saved = torch.load(tmp_path / "results.pt", weights_only=True)
+    xs = torch.cat([x for x, _ in val])
+    with torch.no_grad():
+        assert torch.equal(saved["test"]["preds"], model(xs))
+    assert torch.equal(saved["test"]["labels"], torch.cat([y for _, y in val]))
+    assert json.loads((tmp_path / "test_results.json").read_text())["test"]["acc"] >= 0
+
+
+def test_runner_trains_when_model_is_training_and_evaluates_otherwise(tabular):
+    train, val, _, _ = tabular
+    model = mlp()
+    runner = Runner(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), quiet=True)
+    before = [p.clone() for p in model.parameters()]
+    model.eval()
+    runner(val)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    model.train()
+    runner(train)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert runner.global_step == len(train)
+    model.eval()
+    y_pred, y = runner(val, return_preds=True)
+    assert y_pred.shape == (128, 3) and torch.equal(y, torch.cat([b for _, b in val]))
+
+
+def test_schedulers_per_batch_and_plateau(tabular, tmp_path):
+    train, val, _, _ = tabular
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    F.train(
+        tmp_path / "a",
+        train,
+        model,
+        opt,
+        1,
+        nn.CrossEntropyLoss(),
+        scheduler=sched,
+        scheduler_step="batch",
+        quiet=True,
+    )
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 ** len(train))
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=0, factor=0.5)
+    history = F.train(
+        tmp_path / "b",
+        train,
+        model,
+        opt,
+        3,
+        nn.CrossEntropyLoss(),
+        val_loader=val,
+        scheduler=plateau,
+        eval_metrics={"acc": metrics.Accuracy()},
+        monitor="val/acc",
+        quiet=True,
+    )
+    assert plateau.best == max(row["val/acc"] for row in history)  # it received the monitored value
+
+
+def test_nested_batches_and_forward_fn(tmp_path):
+    x, y = make_classification(128)
+
+    class DictModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, features, mask):
+            return self.net(features * mask)
+
+    batches = [
+        {"inputs": {"features": x[i : i + 32], "mask": torch.ones(32, 16)}, "labels": (y[i : i + 32], "meta")}
+        for i in range(0, 128, 32)
+    ]
+
+    def forward_fn(model, batch):
+        assert batch["inputs"]["features"].device.type == "cpu"
+        return model(**batch["inputs"]), batch["labels"][0]
+
+    model = DictModel()
+    history = F.train(
+        tmp_path,
+        batches,
+        model,
+        torch.optim.Adam(model.parameters(), 1e-2),
+        2,
+        nn.CrossEntropyLoss(),
+        val_loader=batches,
+        eval_metrics={"acc": metrics.Accuracy()},
+        forward_fn=forward_fn,
+        quiet=True,
+    )
+    assert history[-1]["val/acc"] > 0.5
+
+
+def test_training_errors_are_never_swallowed(tabular, tmp_path):
+    train, _, _, _ = tabular
+    calls = []
+
+    def flaky_loss(y_pred, y):
+        calls.append(1)
+        if len(calls) == 15:
+            raise RuntimeError("boom from user code")
+        return TF.cross_entropy(y_pred, y)
+
+    model = mlp()
+    with pytest.raises(RuntimeError, match="boom from user code"):
+        F.train(
+            tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 3, flaky_loss, quiet=True
+        )
+
+
+def test_console_output_is_plain_lines_when_not_a_terminal(tabular, tmp_path, capsys):
+    train, val, _, _ = tabular
+    model = mlp()
+    F.train(
+        tmp_path,
+        train,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        2,
+        nn.CrossEntropyLoss(),
+        val_loader=val,
+        eval_metrics={"acc": metrics.Accuracy()},
+    )
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    assert "epoch 2 val" in out and "acc" in out
+
+
+# --- bad input: each gets a one-line message that names the problem ---------------------------
+def train_with(tmp_path, loader, loss_fn=TF.cross_entropy, epochs=1, **kw):
+    model = mlp()
+    return F.train(
+        tmp_path,
+        loader,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs,
+        loss_fn,
+        quiet=True,
+        **kw,
+    )
+
+
+def test_loader_yielding_a_non_pair(tmp_path):
+    x, _ = make_classification(64)
+    with pytest.raises(
+        BatchError,
+        match=r"must yield \(x, y\) pairs, but it yielded Tensor\(32, 16\) float32; pass forward_fn=",
+    ):
+        train_with(tmp_path, DataLoader(x, batch_size=32))
+
+
+def test_empty_loader(tmp_path):
+    with pytest.raises(ConfigError, match="loader 'train' yielded no batches"):
+        train_with(
+            tmp_path,
+            DataLoader(
+                TensorDataset(torch.zeros(3, 16), torch.zeros(3).long()), batch_size=4, drop_last=True
+            ),
+        )
+
+
+def test_non_scalar_loss(tabular, tmp_path):
+    with pytest.raises(
+        LossError, match=r"loss_fn must return a scalar tensor, but returned Tensor\(32,\) float32; reduce it"
+    ):
+        train_with(tmp_path, tabular[0], nn.CrossEntropyLoss(reduction="none"))
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 1.5, "3"])
+def test_bad_epochs(tabular, tmp_path, epochs):
+    with pytest.raises(ConfigError, match=f"epochs must be a positive integer, got {epochs!r}"):
+        train_with(tmp_path, tabular[0], epochs=epochs)
+
+
+def test_unwritable_save_dir(tabular, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match="save_dir .*file/run' is not writable .*choose another directory"):
+        train_with(tmp_path / "file" / "run", tabular[0])
+
+
+def test_unknown_monitor_suggests_names(tabular, tmp_path):
+    with pytest.raises(
+        ConfigError, match="monitor 'val/accuracy' is not a value of this run; did you mean 'val/acc'"
+    ):
+        train_with(
+            tmp_path,
+            tabular[0],
+            val_loader=tabular[1],
+            eval_metrics={"acc": metrics.Accuracy()},
+            monitor="val/accuracy",
+        )
+
+
+def test_non_finite_loss_names_epoch_step_and_loader(tabular, tmp_path):
+    calls = []
+
+    def loss_fn(y_pred, y):
+        calls.append(1)
+        loss = TF.cross_entropy(y_pred, y)
+        return loss * float("nan") if len(calls) == 7 else loss
+
+    with pytest.raises(NonFiniteLossError, match="the loss is nan at epoch 1, step 7 of loader 'train'"):
+        train_with(tmp_path, tabular[0], loss_fn, log_every_n_steps=5)
+
+
+def test_missing_and_mismatched_checkpoints(tabular, tmp_path):
+    train_with(tmp_path, tabular[0])
+    with pytest.raises(
+        CheckpointError, match="checkpoint .*nope.pt' does not exist; checkpoints there: best.pt, last.pt"
+    ):
+        load_checkpoint(tmp_path / "checkpoints" / "nope.pt", mlp())
+    with pytest.raises(CheckpointError, match=r"does not fit Sequential: size mismatch for 2.weight"):
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt", mlp(classes=5))
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit Linear: unexpected keys 0.weight, 0.bias, 2.weight, 2.bias; missing keys|missing keys weight, bias",
+    ):
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt", nn.Linear(16, 3))
+
+
+def test_corrupt_and_unsafe_checkpoints(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": mlp().state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="ckpt.pt' is truncated or corrupt .*use an earlier checkpoint"):
+        load_checkpoint(path, mlp())
+
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"model": mlp().state_dict(), "evil": Evil()}, path)
+    with pytest.raises(CheckpointError, match="holds objects other than tensors .* was refused"):
+        load_checkpoint(path, mlp())
+    assert not marker.exists()
+
+
+def test_runner_without_optimizer_in_training_mode(tabular):
+    with pytest.raises(ConfigError, match="training mode, so the Runner needs an optimizer"):
+        Runner(mlp(), nn.CrossEntropyLoss(), quiet=True)(tabular[0])
