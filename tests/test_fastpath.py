@@ -1,0 +1,419 @@
+"""The exact in-memory fast path: the same batches and the same RNG draws as iterating the DataLoader."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import (
+    BatchSampler,
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+    random_split,
+)
+from torch.utils.data._utils.collate import default_collate_fn_map
+from torch.utils.data.distributed import DistributedSampler
+
+from xt_training import Runner
+from xt_training.errors import ConfigError
+from xt_training.fastpath import _device_copies, _on_device, check_data_on_device, fast_batches
+from xt_training.utils import functional as F
+
+N = 103  # not a multiple of any batch size below: the last batch is short
+
+
+def data(n: int = N, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class EagerBatches:
+    """A user batch sampler that draws its whole permutation when its iterator is created."""
+
+    def __init__(self, n: int, size: int):
+        self.n, self.size = n, size
+
+    def __iter__(self):
+        order = torch.randperm(self.n).tolist()
+        return iter([order[i : i + self.size] for i in range(0, self.n, self.size)])
+
+    def __len__(self):
+        return -(-self.n // self.size)
+
+
+class OddIndices:
+    """A user batch sampler yielding what a TensorDataset also accepts: numpy arrays, tensors, negative
+    indices, and lists of one-element lists (samples of shape (1, 5) that collate to (B, 1, 5))."""
+
+    def __iter__(self):
+        yield np.array([4, 2, 9])
+        yield torch.tensor([7, 8, 9])
+        yield [-1, -3, 0]
+        yield [[5], [1]]
+        yield [10, 11, 12]
+
+    def __len__(self):
+        return 5
+
+
+def dataset() -> TensorDataset:
+    return TensorDataset(*data())
+
+
+# Each factory builds the loader from scratch, with its generators freshly seeded, and returns it with the
+# generators whose state must end up the same on both paths.
+def make(**kwargs):
+    def factory():
+        return DataLoader(dataset(), **kwargs), []
+
+    return factory
+
+
+def with_generator(**kwargs):
+    def factory():
+        g = generator(7)
+        return DataLoader(dataset(), generator=g, **kwargs), [g]
+
+    return factory
+
+
+def with_sampler(build):
+    def factory():
+        ds = dataset()
+        sampler, gens = build(ds)
+        return DataLoader(ds, batch_size=16, sampler=sampler), gens
+
+    return factory
+
+
+def with_batch_sampler(build):
+    def factory():
+        ds = dataset()
+        batch_sampler, gens = build(ds)
+        return DataLoader(ds, batch_sampler=batch_sampler), gens
+
+    return factory
+
+
+def own_generator(ds):
+    g = generator(11)
+    return RandomSampler(ds, generator=g), [g]
+
+
+def on_dataset(build, **kwargs):
+    def factory():
+        return DataLoader(build(), **kwargs), []
+
+    return factory
+
+
+def nested_subset():
+    ds = dataset()
+    return Subset(Subset(ds, torch.randperm(N, generator=generator(3)).tolist()), range(10, 90))
+
+
+def mixed_layouts():
+    """Tensors that are not contiguous, of several dtypes: default_collate's output is contiguous."""
+    g = generator(5)
+    images = torch.randn(N, 3, 4, 4, generator=g).to(memory_format=torch.channels_last)
+    columns = torch.randn(6, N, generator=g).T  # column-major, as numpy gives for a pandas frame
+    return TensorDataset(
+        images,
+        columns,
+        torch.arange(N, dtype=torch.int8),
+        torch.rand(N, generator=g) > 0.5,
+        torch.randn(N).half(),
+    )
+
+
+QUALIFYING = {
+    "sequential": make(batch_size=16),
+    "sequential_drop_last": make(batch_size=16, drop_last=True),
+    "one_short_batch": make(batch_size=500),
+    "shuffle": make(batch_size=16, shuffle=True),
+    "shuffle_drop_last": make(batch_size=16, shuffle=True, drop_last=True),
+    "shuffle_loader_generator": with_generator(batch_size=16, shuffle=True),
+    "sequential_loader_generator": with_generator(batch_size=16),
+    "random_with_replacement": with_sampler(
+        lambda ds: (RandomSampler(ds, replacement=True, num_samples=70), [])
+    ),
+    "random_num_samples": with_sampler(lambda ds: (RandomSampler(ds, num_samples=250), [])),
+    "random_own_generator": with_sampler(
+        lambda ds: ((g := generator(11)) and RandomSampler(ds, generator=g), [g])
+    ),
+    "subset_random": with_sampler(lambda ds: (SubsetRandomSampler(list(range(0, N, 2))), [])),
+    "subset_random_tensor_indices": with_sampler(lambda ds: (SubsetRandomSampler(torch.arange(5, 60)), [])),
+    "weighted": with_sampler(lambda ds: (WeightedRandomSampler(torch.rand(N) + 0.1, 80), [])),
+    "weighted_no_replacement": with_sampler(
+        lambda ds: (WeightedRandomSampler(torch.linspace(0.1, 1, N), 60, replacement=False), [])
+    ),
+    "distributed": with_sampler(lambda ds: (DistributedSampler(ds, num_replicas=3, rank=1, seed=4), [])),
+    "distributed_sequential": with_sampler(
+        lambda ds: (DistributedSampler(ds, num_replicas=2, rank=0, shuffle=False), [])
+    ),
+    "batch_sampler": with_batch_sampler(
+        lambda ds: (BatchSampler(RandomSampler(ds), 10, drop_last=False), [])
+    ),
+    "batch_sampler_sequential": with_batch_sampler(
+        lambda ds: (BatchSampler(SequentialSampler(ds), 10, True), [])
+    ),
+    "user_batch_sampler_eager": with_batch_sampler(lambda ds: (EagerBatches(N, 12), [])),
+    "user_batch_sampler_odd_indices": with_batch_sampler(lambda ds: (OddIndices(), [])),
+    "subset_shuffle": on_dataset(lambda: Subset(dataset(), list(range(0, N, 3))), batch_size=8, shuffle=True),
+    "subset_range_sequential": on_dataset(lambda: Subset(dataset(), range(20, 90)), batch_size=16),
+    "subset_negative_indices": on_dataset(lambda: Subset(dataset(), [-1, -2, 5, 6, 7, -N]), batch_size=4),
+    "nested_subsets": on_dataset(nested_subset, batch_size=16),
+    "nested_subsets_shuffle": on_dataset(nested_subset, batch_size=16, shuffle=True),
+    "random_split": on_dataset(lambda: random_split(dataset(), [0.7, 0.3], generator(9))[0], batch_size=16),
+    "mixed_layouts_sequential": on_dataset(mixed_layouts, batch_size=16),
+    "mixed_layouts_shuffle": on_dataset(mixed_layouts, batch_size=16, shuffle=True),
+}
+
+
+def run_epochs(iterable, epochs: int = 3) -> list[list]:
+    batches = []
+    for _ in range(epochs):
+        # Something random between epochs, as a training step would do: the draws must interleave the same.
+        batches.extend(iterable)
+        torch.rand(3)
+    return batches
+
+
+def assert_same_batch(fast, slow) -> None:
+    assert type(fast) is type(slow) is list
+    assert len(fast) == len(slow)
+    for f, s in zip(fast, slow):
+        assert type(f) is torch.Tensor
+        assert (f.dtype, f.shape, f.device) == (s.dtype, s.shape, s.device)
+        assert f.is_contiguous() and s.is_contiguous()
+        assert torch.equal(f, s)
+
+
+@pytest.mark.parametrize("name", QUALIFYING)
+def test_same_batches_and_random_draws_as_the_dataloader(name):
+    factory = QUALIFYING[name]
+    torch.manual_seed(123)
+    loader, gens = factory()
+    expected = run_epochs(loader)
+    expected_states = [torch.get_rng_state(), *(g.get_state() for g in gens)]
+
+    torch.manual_seed(123)
+    loader, gens = factory()
+    fast = fast_batches(loader)
+    assert fast is not None
+    assert len(fast) == len(loader)
+    got = run_epochs(fast)
+
+    assert len(got) == len(expected) > 0
+    for f, s in zip(got, expected):
+        assert_same_batch(f, s)
+    for after, before in zip([torch.get_rng_state(), *(g.get_state() for g in gens)], expected_states):
+        assert torch.equal(after, before)
+
+
+def test_contiguous_runs_are_views_and_other_batches_gathers():
+    x, y = data()
+    fast = fast_batches(DataLoader(TensorDataset(x, y), batch_size=16))
+    first = next(iter(fast))
+    assert first[0]._base is x and first[0].data_ptr() == x.data_ptr()
+    shuffled = next(iter(fast_batches(DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True))))
+    assert shuffled[0]._base is None
+
+
+def test_no_sample_is_fetched_one_by_one(monkeypatch):
+    calls = []
+    getitem = TensorDataset.__getitem__
+    monkeypatch.setattr(TensorDataset, "__getitem__", lambda self, i: calls.append(i) or getitem(self, i))
+    loader = DataLoader(Subset(dataset(), range(50)), batch_size=8, shuffle=True)
+    list(loader)
+    assert len(calls) == 50  # the DataLoader's way
+    calls.clear()
+    list(fast_batches(loader))
+    assert calls == []
+
+
+def nonqualifying():
+    ds = dataset()
+
+    class Squares(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.tensor([float(i)]), torch.tensor(i * i)
+
+    class MyTensorDataset(TensorDataset):
+        def __getitem__(self, i):
+            return tuple(t[i] * 2 for t in self.tensors)
+
+    class MyLoader(DataLoader):
+        pass
+
+    return {
+        "workers": DataLoader(ds, batch_size=8, num_workers=1),
+        "collate_fn": DataLoader(ds, batch_size=8, collate_fn=lambda samples: samples),
+        "pin_memory": DataLoader(ds, batch_size=8, pin_memory=True),
+        "no_batching": DataLoader(ds, batch_size=None),
+        "map_dataset": DataLoader(Squares(), batch_size=4),
+        "tensor_dataset_subclass": DataLoader(MyTensorDataset(*data()), batch_size=4),
+        "concat": DataLoader(ConcatDataset([ds, ds]), batch_size=4),
+        "subset_of_map_dataset": DataLoader(Subset(Squares(), [1, 2]), batch_size=4),
+        "subset_out_of_range": DataLoader(Subset(ds, [0, N]), batch_size=4),
+        "empty_subset": DataLoader(Subset(ds, []), batch_size=4),
+        "parameter_tensor": DataLoader(
+            TensorDataset(nn.Parameter(torch.randn(N, 2)), data()[1]), batch_size=4
+        ),
+        "sparse_tensor": DataLoader(TensorDataset(torch.eye(N).to_sparse()), batch_size=4),
+        "dataloader_subclass": MyLoader(ds, batch_size=8),
+        "not_a_dataloader": [torch.zeros(2)],
+    }
+
+
+@pytest.mark.parametrize("name", list(nonqualifying()))
+def test_other_loaders_get_none(name):
+    assert fast_batches(nonqualifying()[name]) is None
+
+
+def test_an_extended_default_collate_gets_none(monkeypatch):
+    loader = DataLoader(dataset(), batch_size=8)
+    assert fast_batches(loader) is not None
+    monkeypatch.setitem(default_collate_fn_map, torch.Tensor, lambda batch, **_: torch.stack(batch) * 2)
+    assert fast_batches(loader) is None
+    monkeypatch.undo()
+    monkeypatch.setitem(default_collate_fn_map, tuple, lambda batch, **_: batch)
+    assert fast_batches(loader) is None
+
+
+def test_modifying_a_view_batch_in_place_is_an_error_naming_the_fix():
+    x, y = data()
+    original = x.clone()
+    fast = fast_batches(DataLoader(TensorDataset(x, y), batch_size=16))
+    with pytest.raises(ConfigError, match="modified in place.*fast_path=False"):
+        for xb, _ in fast:
+            xb.mul_(2)
+    # Gathered batches are copies, as the DataLoader's are: modifying them leaves the dataset alone.
+    x.copy_(original)
+    for xb, _ in fast_batches(DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)):
+        xb.mul_(2)
+    assert torch.equal(x, original)
+
+
+def test_data_on_device_copies_once_and_renews_a_modified_copy():
+    # No GPU here: the meta device stands in for one (tensors with shapes, without data).
+    x, y = data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    fast = fast_batches(loader, device="meta", data_on_device=True)
+    assert "on meta" in fast.description
+    batches = list(fast)
+    assert all(b.device.type == "meta" for batch in batches for b in batch)
+    assert [b.shape for b in batches[-1]] == [torch.Size([7, 5]), torch.Size([7])]
+    meta = torch.device("meta")
+    copy = _on_device(x, meta)
+    assert _on_device(x, meta) is copy  # kept between passes
+    x.add_(1)
+    assert _on_device(x, meta) is not copy  # renewed after the data changed
+    assert (meta, id(x)) in _device_copies
+    key = (meta, id(x))
+    del x, loader, fast, batches
+    gc.collect()
+    assert key not in _device_copies  # released with the tensor
+    # On the CPU, or with data_on_device=False or 'auto' off CUDA, batches are gathered where the tensors are.
+    for device, setting in (("cpu", True), ("meta", False), ("meta", "auto")):
+        fast = fast_batches(DataLoader(dataset(), batch_size=8), device=device, data_on_device=setting)
+        assert fast.device is None and next(iter(fast))[0].device.type == "cpu"
+
+
+def test_bad_data_on_device_is_a_config_error():
+    with pytest.raises(ConfigError, match="data_on_device must be True, False or 'auto', not 'yes'"):
+        check_data_on_device("yes")
+    with pytest.raises(ConfigError, match="data_on_device"):
+        fast_batches(DataLoader(dataset(), batch_size=8), data_on_device=1)
+
+
+# --- a plain training loop: the weights come out bit-identical ---------------------------------------
+def train(batches, epochs: int = 3) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(epochs):
+        for x, y in batches:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+TRAINING = {
+    "shuffle": make(batch_size=16, shuffle=True),
+    "drop_last": make(batch_size=16, shuffle=True, drop_last=True),
+    "subset": on_dataset(lambda: Subset(dataset(), list(range(0, N, 2))), batch_size=8, shuffle=True),
+    "weighted": with_sampler(lambda ds: (WeightedRandomSampler(torch.rand(N) + 0.1, N), [])),
+    "loader_generator": with_generator(batch_size=16, shuffle=True),
+    "sequential": make(batch_size=16),
+}
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_a_training_loop_ends_with_bit_identical_weights(name):
+    factory = TRAINING[name]
+    torch.manual_seed(123)
+    loader, gens = factory()
+    expected = train(loader)
+    expected_states = [torch.get_rng_state(), *(g.get_state() for g in gens)]
+    torch.manual_seed(123)
+    loader, gens = factory()
+    got = train(fast_batches(loader))
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    for after, before in zip([torch.get_rng_state(), *(g.get_state() for g in gens)], expected_states):
+        assert torch.equal(after, before)
+
+
+# --- through F.train / F.test (needs the Runner's fast_path option) ----------------------------------
+needs_runner_option = pytest.mark.skipif(
+    "fast_path" not in inspect.signature(Runner).parameters, reason="Runner has no fast_path option yet"
+)
+
+
+@needs_runner_option
+def test_f_train_and_f_test_are_identical_with_and_without_the_fast_path(tmp_path, monkeypatch):
+    calls = []
+    getitem = TensorDataset.__getitem__
+    monkeypatch.setattr(TensorDataset, "__getitem__", lambda self, i: calls.append(i) or getitem(self, i))
+
+    def run(fast_path: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        train_loader = DataLoader(Subset(dataset(), range(80)), batch_size=16, shuffle=True)
+        val_loader = DataLoader(Subset(dataset(), range(80, N)), batch_size=16)
+        common = dict(loss_fn=nn.functional.cross_entropy, quiet=True, fast_path=fast_path)
+        history = F.train(
+            tmp_path / str(fast_path), train_loader, model, optimizer, 3, val_loader=val_loader, **common
+        )
+        results = F.test({"test": val_loader}, model, **common)
+        return history, results, [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+
+    slow = run(fast_path=False)
+    assert len(calls) == 3 * N + (N - 80)  # three epochs of train + val, then the test pass
+    calls.clear()
+    fast = run(fast_path=True)
+    assert calls == []  # every batch came from the fast path
+    assert fast[0] == slow[0] and fast[1] == slow[1]
+    assert all(torch.equal(a, b) for a, b in zip(fast[2], slow[2]))
+    assert torch.equal(fast[3], slow[3])
