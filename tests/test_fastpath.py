@@ -57,8 +57,8 @@ class EagerBatches:
 
 
 class OddIndices:
-    """A user batch sampler yielding what a TensorDataset also accepts: numpy arrays, tensors, negative
-    indices, and lists of one-element lists (samples of shape (1, 5) that collate to (B, 1, 5))."""
+    """A user batch sampler yielding what a TensorDataset also accepts: numpy arrays and integers,
+    tensors, negative indices, lists of one-element lists (samples of shape (1, 5)), booleans."""
 
     def __iter__(self):
         yield np.array([4, 2, 9])
@@ -66,9 +66,11 @@ class OddIndices:
         yield [-1, -3, 0]
         yield [[5], [1]]
         yield [10, 11, 12]
+        yield [np.int64(3), np.int64(4)]
+        yield [True, True]  # t[True] is all of t under a new dimension, not row 1
 
     def __len__(self):
-        return 5
+        return 7
 
 
 def dataset() -> TensorDataset:
@@ -417,3 +419,31 @@ def test_f_train_and_f_test_are_identical_with_and_without_the_fast_path(tmp_pat
     assert fast[0] == slow[0] and fast[1] == slow[1]
     assert all(torch.equal(a, b) for a, b in zip(fast[2], slow[2]))
     assert torch.equal(fast[3], slow[3])
+
+
+def test_skip_advances_the_samplers_without_reading_data():
+    """Resuming a pass: skipping k batches draws what the DataLoader's skipped indices draw."""
+
+    def factory():
+        g = generator(2)
+        return DataLoader(Subset(dataset(), range(90)), batch_size=8, shuffle=True, generator=g), g
+
+    torch.manual_seed(5)
+    loader, g = factory()
+    it = iter(loader)
+    for _ in range(4):
+        it._next_index()  # how the Runner skips a DataLoader iterator's batches on resume
+    expected, expected_states = list(it), (torch.get_rng_state(), g.get_state())
+
+    torch.manual_seed(5)
+    loader, g = factory()
+    it = iter(fast_batches(loader))
+    assert it.skip(4) == 4
+    got = list(it)
+    assert len(got) == len(expected) == len(loader) - 4
+    for f, s in zip(got, expected):
+        assert_same_batch(f, s)
+    assert torch.equal(torch.get_rng_state(), expected_states[0]) and torch.equal(
+        g.get_state(), expected_states[1]
+    )
+    assert iter(fast_batches(loader)).skip(100) == len(loader)
