@@ -344,7 +344,7 @@ def test_console_output_is_plain_lines_when_not_a_terminal(tabular, tmp_path, ca
     )
     out = capsys.readouterr().out
     assert "\r" not in out
-    assert "epoch 2 val" in out and "acc" in out
+    assert "epoch 2" in out and "val" in out and "acc" in out
 
 
 # --- bad input: each gets a one-line message that names the problem ---------------------------

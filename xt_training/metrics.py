@@ -99,6 +99,12 @@ class Mean:
         self._sum: Any = 0.0
         self._n = 0
 
+    def get_state(self) -> dict[str, Any]:
+        return {"sum": torch.as_tensor(self._sum), "n": self._n}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._sum, self._n = state["sum"], state["n"]
+
 
 class Loss(Mean):
     """The epoch mean of a loss function, e.g. ``metrics.Loss(nn.MSELoss())`` beside a training loss."""
@@ -120,6 +126,36 @@ class EPS:
     def reset(self) -> None:
         self._n = 0
         self._start = time.perf_counter()
+
+    def get_state(self) -> dict[str, Any]:
+        return {"n": self._n}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._n = state["n"]  # the clock restarts: a resumed epoch's rate counts from the resume
+
+
+def get_state(metric: Any) -> dict[str, Any] | None:
+    """The accumulated state of a metric as tensors/lists/numbers (for exact mid-epoch resume), or None.
+
+    Knows the metrics of this module and any torchmetrics ``Metric``; other objects may define
+    ``get_state()``/``set_state(state)`` themselves.
+    """
+    if hasattr(metric, "get_state"):
+        return metric.get_state()
+    if hasattr(metric, "metric_state") and hasattr(metric, "_update_count"):  # a torchmetrics Metric
+        return {"state": dict(metric.metric_state), "updates": metric._update_count}
+    return None
+
+
+def set_state(metric: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`get_state` returned."""
+    if hasattr(metric, "set_state"):
+        metric.set_state(state)
+        return
+    for key, value in state["state"].items():
+        setattr(metric, key, value)
+    metric._update_count = state["updates"]
+    metric._computed = None
 
 
 def _name(fn: Any) -> str:
@@ -183,6 +219,31 @@ class _Classification:
     def reset(self) -> None:
         if self._metric is not None:
             self._metric.reset()
+
+    def get_state(self) -> dict[str, Any] | None:
+        if self._metric is None:
+            return None
+        return {
+            "task": self.task,
+            "n": self.num_classes,
+            "inner": get_state(self._metric),
+            **self._extra_state(),
+        }
+
+    def set_state(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            return
+        self.task, self.num_classes = state["task"], state["n"]
+        if self._metric is None:
+            self._metric = self._build(self.task, self.num_classes)
+        set_state(self._metric, state["inner"])
+        self._load_extra_state(state)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def __repr__(self) -> str:
         args = [f"task={self.task!r}"] if self.task else []
@@ -263,6 +324,12 @@ class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
     def reset(self) -> None:
         super().reset()
         self._counts = None
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"counts": getattr(self, "_counts", None)}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._counts = state["counts"]
 
 
 class _Averaged(_Classification):

@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from .batch import batch_size, default_forward, describe, to_device
 from .errors import ConfigError, LossError, MetricError, NonFiniteLossError, XtError
 from .loggers import LoggerGroup
-from .metrics import as_metric
+from .metrics import as_metric, get_state, set_state
+from .rng import capture_rng, loader_generators, restore_rng
 
 # Metric inputs are buffered between logging steps and handed to the metrics concatenated; past this
 # many buffered prediction elements they are handed over early, which bounds the buffer's memory.
@@ -36,6 +38,9 @@ def prepare_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     return {name: as_metric(m, name) for name, m in metrics.items()}
 
 
+_PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
 class Runner:
     """Runs one pass over a loader: ``runner(loader)`` trains when ``model.training`` is true, else evaluates.
 
@@ -54,6 +59,11 @@ class Runner:
         log_every_n_steps: how often running values are read from the device and reported.
         loggers: objects following the :class:`~xt_training.loggers.Logger` contract. Default: the
             console logger, unless ``quiet``.
+        precision: ``'32'``, ``'bf16-mixed'`` or ``'16-mixed'`` (autocast; fp16 adds a GradScaler).
+        accumulate_grad_batches: optimizer step every N batches (the loss is divided by N).
+        clip_grad_norm, clip_grad_value: gradient clipping before each optimizer step.
+        checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps
+            (F.train writes a resumable mid-epoch checkpoint there).
     """
 
     def __init__(
@@ -70,11 +80,26 @@ class Runner:
         log_every_n_steps: int = 50,
         loggers: Iterable[Any] | None = None,
         quiet: bool = False,
+        precision: str = "32",
+        accumulate_grad_batches: int = 1,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        checkpoint_every_n_steps: int | None = None,
+        on_checkpoint: Callable[[], Any] | None = None,
     ):
         if scheduler_step not in ("epoch", "batch", None):
             raise ConfigError(f"scheduler_step must be 'epoch', 'batch' or None, not {scheduler_step!r}")
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ConfigError(f"log_every_n_steps must be a positive integer, not {log_every_n_steps!r}")
+        for option, value in (
+            ("log_every_n_steps", log_every_n_steps),
+            ("accumulate_grad_batches", accumulate_grad_batches),
+            ("checkpoint_every_n_steps", checkpoint_every_n_steps or 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{option} must be a positive integer, not {value!r}")
+        if precision not in _PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, not {precision!r}"
+            )
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
@@ -89,9 +114,21 @@ class Runner:
 
             loggers = [] if quiet else [ConsoleLogger()]
         self.loggers = loggers if isinstance(loggers, LoggerGroup) else LoggerGroup(loggers)
+        self.precision = precision
+        self.amp_dtype = _PRECISIONS[precision]
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16-mixed" else None
+        self.accumulate = accumulate_grad_batches
+        self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_value = clip_grad_value
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.on_checkpoint = on_checkpoint
         self.epoch = 0  # shown by loggers; F.train sets it
         self.global_step = 0  # optimizer steps taken, across passes
         self.latest: dict[str, Any] = {}  # the values of the last pass
+        self.stop_requested = False  # set (e.g. by a signal handler) to end the pass after the current step
+        self.stopped = False  # whether the last pass ended early because of stop_requested
+        self._pass: dict[str, Any] = {}  # the running training pass, for position()
 
     def __call__(
         self,
@@ -100,11 +137,13 @@ class Runner:
         *,
         metrics: Mapping[str, Any] | None = None,
         return_preds: bool = False,
+        resume: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | tuple[Any, Any]:
         """One pass over ``loader``; returns ``{'loss': float, metric: value, ...}``.
 
         With ``return_preds=True`` it returns ``(y_pred, y)`` instead: the outputs and targets of the
         whole loader, concatenated in loader order, on the CPU (the values are in ``runner.latest``).
+        ``resume`` continues a training pass from a :meth:`position` saved in a checkpoint.
         """
         training = self.model.training
         name = name or ("train" if training else "eval")
@@ -113,29 +152,44 @@ class Runner:
         pass_metrics = self.metrics if metrics is None else prepare_metrics(metrics)
         buffers = _Buffers(pass_metrics, self.device, keep_all=return_preds)
         non_blocking = self.device.type == "cuda"  # copies overlap with compute where memory is pinned
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        self.stopped = False
         tick = self.loggers.start_pass(name, self.epoch, _length(loader))
 
-        step = 0
+        # Creating the iterator draws from the RNG (the loader's base seed; shuffling); a resumed
+        # pass recreates it from the RNG state of the interrupted pass and skips the batches done.
+        generators = loader_generators(loader) if training else []
+        if resume is not None:
+            restore_rng(resume["rng_start"], generators)
+        rng_start = capture_rng(generators) if training else None
+        batches = iter(loader)
+        done = 0  # steps of this pass already done (by an interrupted run)
+        if resume is not None:
+            done = skip_batches(batches, resume["step"])
+            buffers.restore(resume, done)
+            restore_rng(resume["rng"], generators)
+        self._pass = {"buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name}
+
+        if training:
+            self.optimizer.zero_grad()
+        step = done
         with torch.set_grad_enabled(training):
-            for step, batch in enumerate(loader, 1):
+            for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 batch = to_device(batch, self.device, non_blocking)
-                y_pred, y = self.forward_fn(self.model, batch)
-                loss = None
-                if self.loss_fn is not None:
-                    loss = self.loss_fn(y_pred, y)
-                    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                        raise LossError(
-                            f"loss_fn must return a scalar tensor, but returned {describe(loss)}; "
-                            "reduce it (e.g. reduction='mean') or return loss.mean()"
-                        )
+                with autocast:
+                    y_pred, y = self.forward_fn(self.model, batch)
+                    loss = self.loss_fn(y_pred, y) if self.loss_fn is not None else None
+                if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
+                    raise LossError(
+                        f"loss_fn must return a scalar tensor, but returned {describe(loss)}; "
+                        "reduce it (e.g. reduction='mean') or return loss.mean()"
+                    )
 
                 if training:
-                    self.optimizer.zero_grad()
-                    loss.backward()
-                    self.optimizer.step()
-                    if self.scheduler is not None and self.scheduler_step == "batch":
-                        self.scheduler.step()
-                    self.global_step += 1
+                    scaled = loss / self.accumulate if self.accumulate > 1 else loss
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    if step % self.accumulate == 0:
+                        self._optimizer_step()
 
                 # Per step only detached references are kept; no value leaves the device here.
                 buffers.add(loss, y_pred, y)
@@ -152,9 +206,22 @@ class Runner:
                     self.loggers.update_pass(name, values)
                 elif buffers.full():
                     buffers.flush_outputs()
+                if training and self.on_checkpoint and step % self.accumulate == 0:
+                    if (
+                        self.checkpoint_every_n_steps
+                        and self.global_step % self.checkpoint_every_n_steps == 0
+                    ):
+                        self.on_checkpoint()
+                if self.stop_requested:
+                    self.stopped = True
+                    break
 
+        if self.stopped:  # buffers stay unflushed: position() saves them as they are
+            return {}
         if step == 0:
             raise ConfigError(f"loader '{name}' yielded no batches; check the dataset size and drop_last")
+        if training and step % self.accumulate:
+            self._optimizer_step()  # the gradients of a last, incomplete accumulation group
         values = buffers.flush()
         if training:
             self._check_finite(values, buffers, name)
@@ -164,6 +231,38 @@ class Runner:
         self.latest = values
         return buffers.predictions() if return_preds else values
 
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None and (self.clip_grad_norm or self.clip_grad_value):
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        if self.clip_grad_value:
+            torch.nn.utils.clip_grad_value_(params, self.clip_grad_value)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad()
+        if self.scheduler is not None and self.scheduler_step == "batch":
+            self.scheduler.step()
+        self.global_step += 1
+
+    def position(self) -> dict[str, Any]:
+        """Where the running training pass is: enough to resume it exactly (see ``resume``).
+
+        The buffers are saved as they are, not flushed, so the resumed pass sums its losses and
+        updates its metrics in the same chunks as an uninterrupted one: the same floats come out.
+        """
+        buffers = self._pass["buffers"]
+        return {
+            "step": buffers.step,
+            **buffers.state(),
+            "rng_start": self._pass["rng_start"],
+            "rng": capture_rng(self._pass["generators"]),
+        }
+
     def _check_finite(self, values: dict[str, Any], buffers: _Buffers, name: str) -> None:
         # The running loss is non-finite exactly when some loss in the pass was: no extra host read.
         if not math.isfinite(values.get("loss", 0.0)):
@@ -172,6 +271,26 @@ class Runner:
                 f"the loss is {loss} at epoch {self.epoch}, step {step} of loader '{name}'; "
                 "lower the learning rate, clip gradients or check the data for NaN/inf"
             )
+
+
+def skip_batches(batches: Any, n: int) -> int:
+    """Advance a fresh loader iterator by ``n`` batches; returns ``n``.
+
+    A single-process DataLoader iterator advances its sampler only, without loading the data;
+    anything else fetches and drops the batches.
+    """
+    if isinstance(batches, _SingleProcessDataLoaderIter):
+        for _ in range(n):
+            batches._next_index()
+        batches._num_yielded += n
+        return n
+    for i in range(n):
+        if next(batches, _END) is _END:
+            raise ConfigError(f"cannot resume at step {n}: the loader has only {i} batches now")
+    return n
+
+
+_END = object()
 
 
 def step_scheduler(scheduler: Any, value: float | None) -> None:
@@ -256,6 +375,32 @@ class _Buffers:
         if self.keep_outputs:
             self.outputs.append((_detach(y_pred), _detach(y)))
             self.elements += _numel(y_pred)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "loss_sum": self.loss_sum,
+            "count": self.count,
+            "losses": self.losses,
+            "sizes": self.sizes,
+            "outputs": self.outputs,
+            "metrics": {name: get_state(m) for name, m in self.metrics.items()},
+        }
+
+    def restore(self, position: Mapping[str, Any], step: int) -> None:
+        """Continue the totals and buffers of an interrupted pass (see ``Runner.position``)."""
+        state = to_device({k: position[k] for k in ("loss_sum", "losses", "outputs", "metrics")}, self.device)
+        self.step, self.count, self.sizes = step, position["count"], list(position["sizes"])
+        self.loss_sum, self.losses, self.outputs = (
+            state["loss_sum"],
+            list(state["losses"]),
+            list(state["outputs"]),
+        )
+        self.elements = sum(_numel(p) for p, _ in self.outputs)
+        for name, metric_state in state["metrics"].items():
+            if (
+                name in self.metrics and metric_state is not None
+            ):  # metrics without a known state restart here
+                set_state(self.metrics[name], metric_state)
 
     def full(self) -> bool:
         return self.elements > _MAX_BUFFERED_ELEMENTS

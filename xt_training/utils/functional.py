@@ -12,17 +12,22 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint, write_json
+from ..callbacks import Run
+from ..checkpoint import atomic_write, load_checkpoint, read_checkpoint, save_checkpoint, write_json
 from ..errors import ConfigError
+from ..rng import capture_rng, loader_generators, restore_rng
 from ..runner import Runner, prepare_metrics, step_scheduler
 
 __all__ = ["train", "test"]
@@ -50,18 +55,28 @@ def train(
     forward_fn: Callable[[torch.nn.Module, Any], tuple[Any, Any]] | None = None,
     log_every_n_steps: int = 50,
     loggers: Iterable[Any] | None = None,
+    callbacks: Iterable[Any] | None = None,
     quiet: bool = False,
+    resume: bool | str | os.PathLike[str] = False,
+    checkpoint_every_n_steps: int | None = None,
+    precision: str = "32",
+    accumulate_grad_batches: int = 1,
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    handle_signals: bool = True,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
 
     The loop, as pseudocode::
 
         for epoch in 1..epochs:
-            model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps
+            model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
+                                                            # checkpoints/last.pt every checkpoint_every_n_steps
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
             scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
-            history.append(row); write history.json
-            save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved
+            history.append(row); callbacks.on_epoch_end(run, row)
+            save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; history.json
+            stop if a callback set run.should_stop (e.g. EarlyStopping)
 
     Args:
         save_dir: the run directory: ``history.json`` and ``checkpoints/{last,best}.pt`` go here.
@@ -72,7 +87,16 @@ def train(
             history: ``'val/loss'`` (default with a ``val_loader``, else ``'train/loss'``), ``'val/acc'``...
         mode: ``'min'`` or ``'max'``; default ``'min'`` for loss/error-like names, else ``'max'``.
         scheduler_step: ``'epoch'`` or ``'batch'``.
-        forward_fn, log_every_n_steps, loggers, quiet: see :class:`~xt_training.Runner`.
+        loggers: logger instances or registered names (``'tensorboard'``, ``'csv'``...); the console
+            logger is added unless ``quiet`` or one is given.
+        callbacks: objects with ``on_epoch_end(run, row)`` etc., see :mod:`xt_training.callbacks`.
+        resume: ``True`` continues the run in ``save_dir`` from ``checkpoints/last.pt`` exactly where it
+            stopped (mid-epoch included), or a checkpoint path. A fresh ``save_dir`` starts from scratch.
+        checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
+        handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
+            SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
+        forward_fn, log_every_n_steps, precision, accumulate_grad_batches, clip_grad_norm,
+            clip_grad_value: see :class:`~xt_training.Runner`.
 
     Returns:
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
@@ -99,6 +123,9 @@ def train(
     save_dir = prepare_save_dir(save_dir)
     ckpt_dir = save_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
+    callbacks = list(callbacks or [])
+    generators = [g for _, loader, _ in passes for g in loader_generators(loader)]
+    config = _run_config(train_loader, model, optimizer, loss_fn, scheduler, monitor)
 
     runner = Runner(
         model,
@@ -109,49 +136,118 @@ def train(
         forward_fn=forward_fn,
         scheduler_step="batch" if scheduler_step == "batch" else None,  # per-epoch steps happen here
         log_every_n_steps=log_every_n_steps,
-        loggers=loggers,
-        quiet=quiet,
+        loggers=_resolve_loggers(loggers, save_dir, quiet),
+        precision=precision,
+        accumulate_grad_batches=accumulate_grad_batches,
+        clip_grad_norm=clip_grad_norm,
+        clip_grad_value=clip_grad_value,
+        checkpoint_every_n_steps=checkpoint_every_n_steps,
     )
-    runner.loggers.start_run(_run_config(train_loader, model, optimizer, loss_fn, epochs, scheduler, monitor))
-    history: list[dict[str, Any]] = []
-    best: float | None = None
+    run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
+
+    def save(path: Path, position: dict[str, Any] | None = None) -> None:
+        save_checkpoint(
+            path, model, optimizer, scheduler,
+            scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
+            epoch=run.epoch if position is None else run.epoch - 1,  # the last completed epoch
+            global_step=runner.global_step, history=run.history, monitor=monitor, mode=mode, best=run.best,
+            callbacks=[getattr(cb, "state_dict", dict)() for cb in callbacks],
+            config=config, position=position, rng=capture_rng(generators),
+        )  # fmt: skip
+
+    position = None
+    if resume and (resume is not True or (ckpt_dir / "last.pt").exists()):
+        position = _restore(
+            Path(resume) if resume is not True else ckpt_dir / "last.pt",
+            run,
+            runner,
+            callbacks,
+            scheduler,
+            config,
+            generators,
+        )
+    start_epoch = run.epoch + 1
+    runner.loggers.start_run(
+        {
+            **config,
+            "epochs": epochs,
+            "save_dir": str(save_dir),
+            "resumed": start_epoch > 1 or position is not None,
+        }
+    )
+    for cb in callbacks:
+        getattr(cb, "on_train_start", _noop)(run)
+
     status = "failed"
-    try:
-        for epoch in range(1, epochs + 1):
-            runner.epoch = epoch
-            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            for prefix, loader, metrics in passes:
-                model.train(prefix == "train")
-                values = runner(loader, prefix, metrics=metrics)
-                row.update({f"{prefix}/{k}": v for k, v in values.items()})
-            model.train()
-            value = row[monitor]
-            if scheduler is not None and scheduler_step == "epoch":
-                step_scheduler(scheduler, value)
-            history.append(row)
-            improved = _improves(value, best, mode)
-            best = value if improved else best
-            extra = dict(
-                epoch=epoch,
-                global_step=runner.global_step,
-                history=history,
-                monitor=monitor,
-                mode=mode,
-                best=best,
-            )
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, **extra)
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, scheduler, **extra)
-            write_json(save_dir / HISTORY_FILE, history)
-            runner.loggers.end_epoch(epoch, row, runner.global_step)
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:  # never `return` here: that would swallow the exception
-        runner.loggers.end_run(status)
-        runner.loggers.close()
-    return history
+    with _stop_on_signals(runner, enabled=handle_signals) as received:
+
+        def stop(position: dict[str, Any]) -> None:
+            """A signal asked to stop: keep the exact position, then leave as the signal wants."""
+            save(ckpt_dir / "last.pt", position)
+            print(f"stopped by {received[0]}: state saved to {ckpt_dir / 'last.pt'}; resume with "
+                  f"F.train(..., resume=True) or `xt run --resume {save_dir}`", flush=True)  # fmt: skip
+            if received[0] == "SIGINT":
+                raise KeyboardInterrupt
+            raise SystemExit(0)
+
+        runner.on_checkpoint = lambda: save(
+            ckpt_dir / "last.pt", {"phase": "train", "row": row, **runner.position()}
+        )
+        try:
+            for epoch in range(start_epoch, epochs + 1):
+                run.epoch = runner.epoch = epoch
+                resumed = position if position is not None and position["row"]["epoch"] == epoch else None
+                if resumed is not None and resumed["phase"] == "eval":  # the training pass was done
+                    row = dict(resumed["row"])
+                    restore_rng(resumed["rng"], generators)
+                else:
+                    row = (
+                        dict(resumed["row"])
+                        if resumed
+                        else {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+                    )
+                    model.train()
+                    values = runner(train_loader, "train", metrics=train_metrics, resume=resumed)
+                    if runner.stopped:
+                        stop({"phase": "train", "row": row, **runner.position()})
+                    row.update({f"train/{k}": v for k, v in values.items()})
+                after_train = {"phase": "eval", "row": dict(row), "rng": capture_rng(generators)}
+                model.eval()
+                for prefix, loader, metrics in passes[1:]:
+                    values = runner(loader, prefix, metrics=metrics)
+                    if runner.stopped:
+                        stop(after_train)
+                    row.update({f"{prefix}/{k}": v for k, v in values.items()})
+                model.train()
+
+                if scheduler is not None and scheduler_step == "epoch":
+                    step_scheduler(scheduler, row[monitor])
+                run.history.append(row)
+                improved = _improves(row[monitor], run.best, mode)
+                run.best = row[monitor] if improved else run.best
+                run.global_step = runner.global_step
+                for cb in callbacks:
+                    getattr(cb, "on_epoch_end", _noop)(run, row)
+                save(ckpt_dir / "last.pt")
+                if improved:
+                    save(ckpt_dir / "best.pt")
+                write_json(save_dir / HISTORY_FILE, run.history)
+                runner.loggers.end_epoch(epoch, row, runner.global_step)
+                if run.should_stop:
+                    break
+            status = "stopped" if run.should_stop else "completed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except Exception:
+            _save_crash(ckpt_dir / "crash.pt", model, run)
+            raise
+        finally:  # never `return` here: that would swallow the exception
+            for cb in callbacks:
+                getattr(cb, "on_train_end", _noop)(run, status)
+            runner.loggers.end_run(status)
+            runner.loggers.close()
+    return run.history
 
 
 def test(
@@ -208,8 +304,6 @@ def test(
     if out_dir is not None:
         write_json(out_dir / "test_results.json", results)
         if predictions:
-            from ..checkpoint import atomic_write
-
             atomic_write(out_dir / "results.pt", lambda f: torch.save(predictions, f))
     return results
 
@@ -271,15 +365,103 @@ def _improves(value: Any, best: float | None, mode: str) -> bool:
 
 
 def _run_config(
-    loader: Any, model: Any, optimizer: Any, loss_fn: Any, epochs: int, scheduler: Any, monitor: str
+    loader: Any, model: Any, optimizer: Any, loss_fn: Any, scheduler: Any, monitor: str
 ) -> dict[str, Any]:
+    """What identifies a run, for loggers' hyper-parameters and the resume check (epochs may change)."""
     return {
         "model": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "optimizer": type(optimizer).__name__,
         "lr": optimizer.param_groups[0].get("lr"),
         "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__),
         "scheduler": type(scheduler).__name__ if scheduler is not None else None,
-        "epochs": epochs,
         "batch_size": getattr(loader, "batch_size", None),
         "monitor": monitor,
     }
+
+
+def _restore(
+    path: Path,
+    run: Run,
+    runner: Runner,
+    callbacks: list[Any],
+    scheduler: Any,
+    config: dict[str, Any],
+    generators: list[Any],
+) -> dict[str, Any] | None:
+    """Load a checkpoint for ``resume``; return the position inside an interrupted epoch, if any."""
+    state = read_checkpoint(path)
+    saved = state.get("config") or {}
+    differ = [
+        f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in config.items() if k in saved and saved[k] != v
+    ]
+    if differ:
+        raise ConfigError(
+            f"cannot resume from '{path}': the run differs from the one that wrote it ({'; '.join(differ)}); "
+            "use the same configuration or a new save_dir"
+        )
+    load_checkpoint(path, run.model, run.optimizer, scheduler)
+    if runner.scaler is not None and state.get("scaler"):
+        runner.scaler.load_state_dict(state["scaler"])
+    for cb, cb_state in zip(callbacks, state.get("callbacks") or []):
+        if cb_state and hasattr(cb, "load_state_dict"):
+            cb.load_state_dict(cb_state)
+    run.history = list(state.get("history") or [])
+    run.epoch = state.get("epoch", 0)
+    run.best = state.get("best")
+    run.global_step = runner.global_step = state.get("global_step", 0)
+    if state.get("rng"):
+        restore_rng(state["rng"], generators)
+    return state.get("position")
+
+
+def _save_crash(path: Path, model: torch.nn.Module, run: Run) -> None:
+    """On an exception, keep the weights for inspection (never over last.pt/best.pt); the caller re-raises."""
+    try:
+        save_checkpoint(path, model, run.optimizer, epoch=run.epoch, history=run.history)
+        print(f"training failed in epoch {run.epoch}; the weights at the failure are in {path}", flush=True)
+    except Exception as e:  # the original error matters more than this one
+        print(f"training failed, and saving {path} failed too: {e}", flush=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
+    """SIGTERM/SIGINT ask the runner to stop after the current step; a second Ctrl-C stops at once."""
+    received: list[str] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        runner.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _resolve_loggers(loggers: Iterable[Any] | None, save_dir: Path, quiet: bool) -> list[Any]:
+    """Logger instances from instances or registered names; the console logger unless quiet."""
+    from ..loggers.console import ConsoleLogger
+
+    resolved = []
+    for lg in loggers or []:
+        if isinstance(lg, str):
+            from .. import registry
+
+            lg = registry.create("logger", lg, save_dir=save_dir)
+        resolved.append(lg)
+    if quiet:
+        return [lg for lg in resolved if not isinstance(lg, ConsoleLogger)]
+    if not any(isinstance(lg, ConsoleLogger) for lg in resolved):
+        resolved.insert(0, ConsoleLogger())
+    return resolved
+
+
+def _noop(*args: Any) -> None:
+    return None

@@ -1,0 +1,293 @@
+"""Exact resume after SIGKILL/SIGTERM/Ctrl-C, atomic checkpoints, early stopping, loop options."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from conftest import make_classification, mlp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from xt_training import metrics
+from xt_training.callbacks import EarlyStopping
+from xt_training.checkpoint import save_checkpoint
+from xt_training.errors import ConfigError
+from xt_training.utils import functional as F
+
+# A training script with shuffling, dropout, a per-batch scheduler, Python/NumPy randomness in the data
+# and mid-epoch checkpoints; it prints nothing but the final weights' checksum.
+SCRIPT = textwrap.dedent(
+    """
+    import random, sys, time
+    import numpy as np, torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+    from xt_training import metrics
+    from xt_training.utils import functional as F
+
+    torch.set_num_threads(1)
+    save_dir, resume, delay = sys.argv[1], sys.argv[2] == "resume", float(sys.argv[3])
+    torch.manual_seed(0); random.seed(0); np.random.seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(600, 16, generator=g); y = (x[:, :3].sum(1) > 0).long()
+
+    class Noisy(Dataset):  # draws from Python's, NumPy's and torch's RNGs, like augmentations do
+        def __len__(self): return 480
+        def __getitem__(self, i):
+            return x[i] + 0.01 * random.random() + 0.01 * float(np.random.rand()) + 0.01 * torch.rand(16), y[i]
+
+    train = DataLoader(Noisy(), batch_size=16, shuffle=True)
+    val = DataLoader(list(zip(x[480:], y[480:])), batch_size=40)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.999 ** s)
+
+    def loss_fn(y_pred, y):
+        time.sleep(delay)
+        return nn.functional.cross_entropy(y_pred, y)
+
+    F.train(save_dir, train, model, opt, 4, loss_fn, val_loader=val, scheduler=sched, scheduler_step="batch",
+            eval_metrics={"acc": metrics.Accuracy()}, checkpoint_every_n_steps=7, resume=resume, quiet=True)
+    print("WEIGHTS", torch.cat([p.detach().flatten() for p in model.parameters()]).double().sum().item())
+    torch.save(model.state_dict(), save_dir + "/final.pt")
+    """
+)
+
+
+def run_script(tmp_path, save_dir, *args):
+    script = tmp_path / "train_script.py"
+    script.write_text(SCRIPT)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(save_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def final_weights(save_dir):
+    return torch.load(save_dir / "final.pt", weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = run_script(tmp, tmp / "run", "fresh", "0")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return final_weights(tmp / "run"), (tmp / "run" / "history.json").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_run_resumes_bit_identical(tmp_path, reference, sig):
+    save_dir = tmp_path / "run"
+    proc = run_script(tmp_path, save_dir, "fresh", "0.02")
+    deadline = time.time() + 120
+    while not (save_dir / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
+        time.sleep(0.02)
+    time.sleep(random.Random(sig).uniform(0.05, 1.5))  # a step somewhere in the first epochs
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert "WEIGHTS" not in out, "the run finished before the signal; make it slower"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, err
+        assert "stopped by SIGTERM: state saved to" in out and "resume with" in out
+    elif sig == signal.SIGINT:
+        assert proc.returncode in (130, -signal.SIGINT), err
+        assert "stopped by SIGINT" in out
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+    proc = run_script(tmp_path, save_dir, "resume", "0")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert_same_weights(final_weights(save_dir), reference[0])
+    assert (save_dir / "history.json").read_text() == reference[1]
+
+
+class SignalAt(Dataset):
+    """A data set that sends a signal to this process when item ``at`` is fetched the ``nth`` time."""
+
+    def __init__(self, x, y, at, sig=signal.SIGTERM, nth=1):
+        self.x, self.y, self.at, self.sig, self.nth, self.seen = x, y, at, sig, nth, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.at is not None and i == self.at:
+            self.seen += 1
+            if self.seen == self.nth:
+                os.kill(os.getpid(), self.sig)
+        return self.x[i], self.y[i]
+
+
+def train_signalled(tmp_path, train_at=None, val_at=None, resume=False, epochs=3):
+    torch.manual_seed(0)
+    x, y = make_classification(320)
+    train = DataLoader(SignalAt(x[:256], y[:256], train_at, nth=2), batch_size=32, shuffle=True)
+    val = DataLoader(SignalAt(x[256:], y[256:], val_at, nth=2), batch_size=32)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    F.train(tmp_path, train, model, opt, epochs, nn.CrossEntropyLoss(), val_loader=val,
+            eval_metrics={"acc": metrics.Accuracy()}, resume=resume, quiet=True)  # fmt: skip
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_sigterm_in_a_pass_saves_the_position_and_resume_is_exact(tmp_path, where, capsys):
+    reference = train_signalled(tmp_path / "ref")
+    kw = {"train_at": 5} if where == "train" else {"val_at": 40}
+    with pytest.raises(SystemExit) as exit_info:
+        train_signalled(tmp_path / "run", **kw)  # the signal comes in the 2nd epoch
+    assert exit_info.value.code == 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["position"]["phase"] == ("train" if where == "train" else "eval")
+    resumed = train_signalled(tmp_path / "run", resume=True)
+    assert_same_weights(resumed, reference)
+    assert (tmp_path / "run" / "history.json").read_text() == (tmp_path / "ref" / "history.json").read_text()
+
+
+def test_resume_with_a_different_configuration_says_what_differs(tabular, tmp_path):
+    train, _, _, _ = tabular
+    model = mlp()
+    F.train(
+        tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, TF.cross_entropy, quiet=True
+    )
+    model = mlp()
+    with pytest.raises(
+        ConfigError, match=r"cannot resume .*differs .*\(lr: 0.1 then, 0.5 now\); use the same"
+    ):
+        F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.5), 2, TF.cross_entropy,
+                resume=True, quiet=True)  # fmt: skip
+    # more epochs is not a different run: training continues
+    history = F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 2, TF.cross_entropy,
+                      resume=True, quiet=True)  # fmt: skip
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_early_stopping_stops_and_its_state_is_checkpointed(tabular, tmp_path):
+    train, val, _, _ = tabular
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing improves
+    stopper = EarlyStopping(patience=2, monitor="val/acc", mode="max")
+    history = F.train(tmp_path, train, model, opt, 10, TF.cross_entropy, val_loader=val,
+                      eval_metrics={"acc": metrics.Accuracy()}, callbacks=[stopper], quiet=True)  # fmt: skip
+    assert len(history) == 3  # epoch 1 sets the best, 2 and 3 do not improve
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["callbacks"] == [{"best": history[0]["val/acc"], "bad_epochs": 2}]
+    with pytest.raises(ConfigError, match="patience must be a positive integer"):
+        EarlyStopping(patience=0)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, mlp(), epoch=1)
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - any pickling error
+        save_checkpoint(path, mlp(), epoch=2, unpicklable=lambda: None)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, mlp(), epoch=1)
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # simulated: the disk fills while the file is flushed
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, mlp(), epoch=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+def test_an_exception_saves_crash_checkpoint_and_keeps_last(tabular, tmp_path, capsys):
+    train, _, _, _ = tabular
+    calls = []
+
+    def loss_fn(y_pred, y):
+        calls.append(1)
+        if len(calls) > 15:
+            raise ValueError("bad batch in user code")
+        return TF.cross_entropy(y_pred, y)
+
+    model = mlp()
+    with pytest.raises(ValueError, match="bad batch in user code"):
+        F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 3, loss_fn, quiet=True)
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "checkpoints" / "crash.pt", weights_only=True)["epoch"] == 2
+    assert "the weights at the failure are in" in capsys.readouterr().out
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    x, y = make_classification(256)
+    results = []
+    for batch, accumulate in ((64, 1), (32, 2)):
+        model = mlp()
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch)
+        F.train(tmp_path / str(batch), loader, model, torch.optim.SGD(model.parameters(), lr=0.5), 2,
+                TF.cross_entropy, accumulate_grad_batches=accumulate, quiet=True)  # fmt: skip
+        results.append(model.state_dict())
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains(tabular, tmp_path, precision):
+    train, val, _, _ = tabular
+    model = mlp()
+    history = F.train(tmp_path, train, model, torch.optim.Adam(model.parameters(), 1e-2), 3, TF.cross_entropy,
+                      val_loader=val, eval_metrics={"acc": metrics.Accuracy()}, precision=precision,
+                      clip_grad_norm=1.0, quiet=True)  # fmt: skip
+    assert history[-1]["val/acc"] > 0.6
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["scaler"] is not None) == (precision == "16-mixed")
+
+
+def test_gradient_clipping_limits_the_update(tmp_path):
+    x, y = make_classification(64)
+    loader = DataLoader(TensorDataset(x * 1000, y), batch_size=64)
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    F.train(tmp_path, loader, model, torch.optim.SGD(model.parameters(), lr=1.0), 1, TF.cross_entropy,
+            clip_grad_norm=0.01, quiet=True)  # fmt: skip
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert step.norm() <= 0.01 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("precision", "fp8", "precision must be one of '32', 'bf16-mixed', '16-mixed', not 'fp8'"),
+        ("accumulate_grad_batches", 0, "accumulate_grad_batches must be a positive integer, not 0"),
+        ("checkpoint_every_n_steps", -5, "checkpoint_every_n_steps must be a positive integer, not -5"),
+        ("log_every_n_steps", 2.5, "log_every_n_steps must be a positive integer, not 2.5"),
+        ("device", "gpu:0", "invalid device 'gpu:0'"),
+    ],
+)
+def test_bad_loop_options(tabular, tmp_path, option, value, message):
+    model = mlp()
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        F.train(tmp_path, tabular[0], model, torch.optim.SGD(model.parameters(), lr=0.1), 1, TF.cross_entropy,
+                quiet=True, **{option: value})  # fmt: skip

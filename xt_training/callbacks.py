@@ -1,0 +1,91 @@
+"""Callbacks: code that F.train runs at fixed points of a run, e.g. early stopping.
+
+A callback is any object with some of these methods (each optional, no base class)::
+
+    on_train_start(run)            after set-up (and after a resume restored the state)
+    on_epoch_end(run, row)         after each epoch's passes, with the epoch's history row;
+                                   set ``run.should_stop = True`` to end training after this epoch
+    on_train_end(run, status)      'completed', 'stopped', 'failed' or 'interrupted'
+    state_dict() / load_state_dict(state)   saved in checkpoints, restored on resume
+
+``run`` is the :class:`Run` of F.train: model, optimizer, history, save_dir, epoch, global_step,
+monitor/mode/best, should_stop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["Run", "EarlyStopping"]
+
+
+@dataclass
+class Run:
+    """What callbacks see of a running F.train."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    save_dir: Path
+    monitor: str
+    mode: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0
+    global_step: int = 0
+    best: float | None = None
+    should_stop: bool = False
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    Args:
+        monitor: a history name such as ``'val/loss'``; default: the run's monitored value.
+        mode: ``'min'`` or ``'max'``; default: the run's mode.
+    """
+
+    def __init__(
+        self, patience: int = 5, min_delta: float = 0.0, monitor: str | None = None, mode: str | None = None
+    ):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"EarlyStopping: patience must be a positive integer, not {patience!r}")
+        if mode not in (None, "min", "max"):
+            raise ConfigError(f"EarlyStopping: mode must be 'min' or 'max', not {mode!r}")
+        self.patience = patience
+        self.min_delta = abs(min_delta)
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        monitor = self.monitor or run.monitor
+        mode = self.mode or run.mode
+        if monitor not in row:
+            raise ConfigError(
+                f"EarlyStopping: {monitor!r} is not in the history; choose one of: {', '.join(row)}"
+            )
+        value = row[monitor]
+        better = not math.isnan(value) and (
+            self.best is None
+            or (value < self.best - self.min_delta if mode == "min" else value > self.best + self.min_delta)
+        )
+        if better:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            run.should_stop = True
+            print(f"early stopping: {monitor} has not improved for {self.patience} epochs (best {self.best})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
