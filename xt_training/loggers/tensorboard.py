@@ -1,0 +1,170 @@
+"""The TensorBoard logger: scalars, learning rate, hyper-parameters and optional histograms.
+
+Everything goes into one event directory, ``save_dir/tensorboard`` (``tensorboard --logdir runs``
+shows each run directory as one run). Every step is the global (optimizer) step, so all charts
+share one x-axis and TensorBoard can hide what an interrupted run logged past its resumed point. Tags:
+
+- ``train/loss``, ``train/METRIC``: running values of the training pass so far, at each logging step.
+- ``epoch/LOADER/loss``, ``epoch/LOADER/METRIC``: the epoch's exact values of every loader
+  (``train``, ``val``, ``test``, ``test.NAME``), at the epoch's last step.
+- ``epoch/lr``: the learning rate of the epoch, at the epoch's last step.
+- ``weights/PARAM``, ``grads/PARAM`` (with ``histogram_every_n_steps``): histograms of each parameter
+  and of the gradient computed at those weights. The loop frees gradients right after each optimizer
+  step, so the gradients are caught in the next backward pass by one-shot hooks: with gradient
+  accumulation they are the first micro-batch's, and under ``16-mixed`` precision they are
+  multiplied by the loss scale.
+
+The epoch values live under ``epoch/`` so that they never share a tag (and a chart) with the
+running values of the same name. Non-scalar metrics (confusion matrices) are skipped.
+
+At the end of the run the configuration given to ``start_run`` (numbers, strings and booleans;
+nested dicts flattened to ``a.b``) is written for the HPARAMS dashboard, with the ``epoch/...``
+scalars as its metrics, whose last values are the final metrics. They are written into the same
+event directory -- ``SummaryWriter.add_hparams`` would create a second, timestamped run for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .console import is_scalar
+
+__all__ = ["TensorBoardLogger"]
+
+
+class TensorBoardLogger:
+    """Writes TensorBoard event files into ``save_dir/tensorboard``; see the module docstring for the tags.
+
+    Args:
+        save_dir: the run directory (required).
+        histogram_every_n_steps: write histograms of every parameter and gradient about this often
+            (checked at logging steps, so the interval is rounded up to ``log_every_n_steps``);
+            needs ``model``. Default: no histograms.
+        model: the model whose parameters the histograms show.
+        flush_secs: how often the writer's thread writes pending events; everything is also
+            flushed at the end of each epoch and at close.
+    """
+
+    def __init__(
+        self,
+        *,
+        save_dir: str | os.PathLike[str] | None = None,
+        histogram_every_n_steps: int | None = None,
+        model: Any = None,
+        flush_secs: int = 30,
+    ):
+        if save_dir is None:
+            raise ConfigError(
+                "TensorBoardLogger needs save_dir, the run directory: TensorBoardLogger(save_dir='runs/exp1')"
+            )
+        every = histogram_every_n_steps
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError(
+                f"histogram_every_n_steps must be a positive integer or None, not {histogram_every_n_steps!r}"
+            )
+        if every is not None and model is None:
+            raise ConfigError(
+                "TensorBoardLogger(histogram_every_n_steps=...) needs the model: pass model=model as well"
+            )
+        self.log_dir = Path(save_dir) / "tensorboard"
+        self.histogram_every_n_steps = every
+        self.model = model
+        self.flush_secs = flush_secs
+        self._writer: Any = None
+        self._hparams: dict[str, Any] = {}
+        self._final: dict[str, float] = {}
+        self._resumed = False
+        self._step = 0  # the last step logged
+        self._next_histogram = 0
+        self._grad_hooks: list[Any] = []
+
+    def _open(self, purge_step: int) -> Any:
+        """The ``SummaryWriter``, created at the first write (importing it takes ~1 s).
+
+        TensorBoard hides the events of earlier event files in the directory from ``purge_step`` on: a
+        new run hides everything an earlier run in the same directory logged (step 0), a resumed run
+        what the interrupted run logged from the first step it logs again.
+        """
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(
+                log_dir=str(self.log_dir),
+                purge_step=purge_step if self._resumed else 0,
+                flush_secs=self.flush_secs,
+            )
+        return self._writer
+
+    def start_run(self, config: dict[str, Any]) -> None:
+        self._hparams = flatten_hparams(config)
+        self._resumed = bool(config.get("resumed"))
+
+    def log_metrics(self, values: dict[str, Any], step: int) -> None:
+        writer = self._open(step)
+        for tag, value in values.items():
+            if is_scalar(value):
+                writer.add_scalar(tag, value, step)
+        self._step = step
+        if self.histogram_every_n_steps and step >= self._next_histogram:
+            self._write_histograms(writer, step)
+            self._next_histogram = (step // self.histogram_every_n_steps + 1) * self.histogram_every_n_steps
+
+    def _write_histograms(self, writer: Any, step: int) -> None:
+        # The loop frees the gradients right after each optimizer step, so at a logging step there
+        # are none to read: one-shot hooks catch each gradient in the next backward pass instead,
+        # which costs nothing at the steps in between.
+        self._remove_grad_hooks()
+        for name, param in self.model.named_parameters():
+            writer.add_histogram(f"weights/{name}", param.detach(), step)
+            if param.requires_grad:
+                hook = functools.partial(self._write_grad, f"grads/{name}", step, len(self._grad_hooks))
+                self._grad_hooks.append(param.register_post_accumulate_grad_hook(hook))
+
+    def _write_grad(self, tag: str, step: int, index: int, param: Any) -> None:
+        self._writer.add_histogram(tag, param.grad.detach(), step)
+        self._grad_hooks[index].remove()
+
+    def _remove_grad_hooks(self) -> None:
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
+
+    def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None:
+        # A resumed run that starts with an epoch row logged the epoch's training steps before: keep them.
+        writer = self._open(step + 1)
+        for key, value in values.items():
+            if key != "epoch" and is_scalar(value):
+                writer.add_scalar(f"epoch/{key}", value, step)
+        self._step = step
+        self._final = {f"epoch/{k}": v for k, v in values.items() if "/" in k and is_scalar(v)}
+        writer.flush()
+
+    def end_run(self, status: str) -> None:
+        if self._writer is None:  # nothing was logged
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(self._hparams, self._final):
+            self._writer.file_writer.add_summary(summary, self._step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._remove_grad_hooks()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def flatten_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The numbers, strings and booleans of ``config``, nested dicts flattened to ``a.b`` keys."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_hparams(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+    return flat
