@@ -28,6 +28,7 @@ from torch.utils.data.distributed import DistributedSampler
 from xt_training import Runner
 from xt_training.errors import ConfigError
 from xt_training.fastpath import _device_copies, _on_device, check_data_on_device, fast_batches
+from xt_training.loggers import LoggerGroup
 from xt_training.utils import functional as F
 
 N = 103  # not a multiple of any batch size below: the last batch is short
@@ -386,6 +387,34 @@ def test_a_training_loop_ends_with_bit_identical_weights(name):
         assert torch.equal(after, before)
 
 
+def test_skip_advances_the_samplers_without_reading_data():
+    """Resuming a pass: skipping k batches draws what the DataLoader's skipped indices draw."""
+
+    def factory():
+        g = generator(2)
+        return DataLoader(Subset(dataset(), range(90)), batch_size=8, shuffle=True, generator=g), g
+
+    torch.manual_seed(5)
+    loader, g = factory()
+    it = iter(loader)
+    for _ in range(4):
+        it._next_index()  # how the Runner skips a DataLoader iterator's batches on resume
+    expected, expected_states = list(it), (torch.get_rng_state(), g.get_state())
+
+    torch.manual_seed(5)
+    loader, g = factory()
+    it = iter(fast_batches(loader))
+    assert it.skip(4) == 4
+    got = list(it)
+    assert len(got) == len(expected) == len(loader) - 4
+    for f, s in zip(got, expected):
+        assert_same_batch(f, s)
+    assert torch.equal(torch.get_rng_state(), expected_states[0]) and torch.equal(
+        g.get_state(), expected_states[1]
+    )
+    assert iter(fast_batches(loader)).skip(100) == len(loader)
+
+
 # --- through F.train / F.test (needs the Runner's fast_path option) ----------------------------------
 needs_runner_option = pytest.mark.skipif(
     "fast_path" not in inspect.signature(Runner).parameters, reason="Runner has no fast_path option yet"
@@ -421,29 +450,25 @@ def test_f_train_and_f_test_are_identical_with_and_without_the_fast_path(tmp_pat
     assert torch.equal(fast[3], slow[3])
 
 
-def test_skip_advances_the_samplers_without_reading_data():
-    """Resuming a pass: skipping k batches draws what the DataLoader's skipped indices draw."""
+@needs_runner_option
+@pytest.mark.skipif(not hasattr(LoggerGroup, "notice"), reason="loggers have no notice() yet")
+def test_the_run_says_once_that_the_fast_path_is_used(tmp_path):
+    class Notices:
+        def __init__(self):
+            self.messages = []
 
-    def factory():
-        g = generator(2)
-        return DataLoader(Subset(dataset(), range(90)), batch_size=8, shuffle=True, generator=g), g
+        def notice(self, message):
+            self.messages.append(message)
 
-    torch.manual_seed(5)
-    loader, g = factory()
-    it = iter(loader)
-    for _ in range(4):
-        it._next_index()  # how the Runner skips a DataLoader iterator's batches on resume
-    expected, expected_states = list(it), (torch.get_rng_state(), g.get_state())
+    def run(name, loader, **options):
+        torch.manual_seed(0)
+        model, logger = nn.Linear(5, 3), Notices()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        options.update(val_loader=loader, loggers=[logger], quiet=True)
+        F.train(tmp_path / name, loader, model, optimizer, 2, nn.functional.cross_entropy, **options)
+        return logger.messages
 
-    torch.manual_seed(5)
-    loader, g = factory()
-    it = iter(fast_batches(loader))
-    assert it.skip(4) == 4
-    got = list(it)
-    assert len(got) == len(expected) == len(loader) - 4
-    for f, s in zip(got, expected):
-        assert_same_batch(f, s)
-    assert torch.equal(torch.get_rng_state(), expected_states[0]) and torch.equal(
-        g.get_state(), expected_states[1]
-    )
-    assert iter(fast_batches(loader)).skip(100) == len(loader)
+    messages = run("fast", DataLoader(dataset(), batch_size=16, shuffle=True))
+    assert len(messages) == 1 and "fast path" in messages[0] and "fast_path=False" in messages[0]
+    assert run("off", DataLoader(dataset(), batch_size=16, shuffle=True), fast_path=False) == []
+    assert run("other", DataLoader(list(zip(*data())), batch_size=16)) == []  # not a TensorDataset
