@@ -1,0 +1,339 @@
+"""The built-in data sets: synthetic ones generated on the spot (seeded, learnable), CSV files and image folders.
+
+Each factory returns :class:`xt_training.registry.Data`: loaders by split (``train``, ``val``, ``test``),
+the facts a model needs (``info``) and the suggested loss and metrics. Synthetic data lives in tensors
+(``TensorDataset``); it depends only on its options (``seed`` included), not on the global RNG, so
+runs with different ``--seed`` values train on the same data.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from ..errors import ConfigError
+from ..registry import Data
+
+__all__ = ["synthetic_classification", "synthetic_images", "synthetic_sequences", "csv_table", "image_folder"]
+
+_CLASSIFICATION = {"loss": "cross-entropy", "metrics": ["accuracy"]}
+
+
+def _check(batch_size: int, val_fraction: float, test_fraction: float, n_samples: int | None = None) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+    if n_samples is not None and n_samples < 1:
+        raise ConfigError(f"n_samples must be a positive integer, got {n_samples}")
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 and sum to "
+            "less than 1, leaving examples to train on"
+        )
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    n_val, n_test = math.floor(n * val_fraction), math.floor(n * test_fraction)
+    if n - n_val - n_test < 1:
+        raise ConfigError(f"{n} examples leave none to train on after the val/test split; use more examples")
+    return n - n_val - n_test, n_val, n_test
+
+
+def _loaders(x: torch.Tensor, y: torch.Tensor, sizes: tuple[int, int, int], batch_size: int) -> dict:
+    """Consecutive train/val/test slices of ``(x, y)`` (shuffle first if their order means anything)."""
+    loaders: dict[str, DataLoader] = {}
+    start = 0
+    for split, size in zip(("train", "val", "test"), sizes):
+        if size:
+            subset = TensorDataset(x[start : start + size], y[start : start + size])
+            loaders[split] = DataLoader(subset, batch_size=batch_size, shuffle=split == "train")
+        start += size
+    return loaders
+
+
+def synthetic_classification(
+    *,
+    n_samples: int = 2000,
+    n_features: int = 20,
+    num_classes: int = 3,
+    noise: float = 0.5,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Data:
+    """Tabular classification: Gaussian features, the label is the argmax of a noisy random linear map."""
+    _check(batch_size, val_fraction, test_fraction, n_samples)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_samples, n_features, generator=g)
+    w = torch.randn(n_features, num_classes, generator=g)
+    y = (x @ w + noise * torch.randn(n_samples, num_classes, generator=g)).argmax(1)
+    sizes = _split_sizes(n_samples, val_fraction, test_fraction)
+    info = {"num_classes": num_classes, "in_features": n_features}
+    return Data(_loaders(x, y, sizes, batch_size), info, **_CLASSIFICATION)
+
+
+def synthetic_images(
+    *,
+    n_samples: int = 2000,
+    image_size: int = 32,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    noise: float = 4.0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Data:
+    """Images: each class a smooth random pattern (4x4 noise upsampled), plus per-pixel Gaussian noise."""
+    _check(batch_size, val_fraction, test_fraction, n_samples)
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(num_classes, in_channels, 4, 4, generator=g)
+    templates = torch.nn.functional.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
+    y = torch.randint(0, num_classes, (n_samples,), generator=g)
+    x = templates[y] + noise * torch.randn(n_samples, in_channels, image_size, image_size, generator=g)
+    sizes = _split_sizes(n_samples, val_fraction, test_fraction)
+    info = {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "in_features": in_channels * image_size * image_size,
+    }
+    return Data(_loaders(x, y, sizes, batch_size), info, **_CLASSIFICATION)
+
+
+def synthetic_sequences(
+    *,
+    n_samples: int = 2000,
+    seq_len: int = 20,
+    input_size: int = 32,
+    num_classes: int = 2,
+    signal: float = 1.0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Data:
+    """Sequences ``(N, seq_len, input_size)`` of noise; a class-specific pattern appears in a random window."""
+    _check(batch_size, val_fraction, test_fraction, n_samples)
+    if seq_len < 1 or input_size < 1:
+        raise ConfigError(f"seq_len and input_size must be positive, got {seq_len} and {input_size}")
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(num_classes, input_size, generator=g)
+    y = torch.randint(0, num_classes, (n_samples,), generator=g)
+    x = torch.randn(n_samples, seq_len, input_size, generator=g)
+    window = max(1, seq_len // 4)
+    start = torch.randint(0, seq_len - window + 1, (n_samples,), generator=g)
+    steps = torch.arange(seq_len)
+    inside = (steps >= start[:, None]) & (steps < start[:, None] + window)  # (N, T)
+    x += signal * inside[:, :, None] * patterns[y][:, None, :]
+    sizes = _split_sizes(n_samples, val_fraction, test_fraction)
+    info = {
+        "num_classes": num_classes,
+        "input_size": input_size,
+        "seq_len": seq_len,
+        "in_features": seq_len * input_size,
+    }
+    return Data(_loaders(x, y, sizes, batch_size), info, **_CLASSIFICATION)
+
+
+def _read_csv(path: str, label: str, delimiter: str) -> tuple[list[str], list[list[float]], list[str]]:
+    """Header, feature rows and labels of a CSV file; every feature must be a number."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"CSV file '{path}' does not exist; pass the file with --data-opt path=FILE")
+    with file.open(newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            raise ConfigError(f"CSV file '{path}' is empty; it needs a header row and data rows")
+        header = [h.strip() for h in header]
+        if label not in header:
+            raise ConfigError(
+                f"CSV file '{path}' has no column {label!r}; columns: {', '.join(header)}; "
+                "name the label column with --data-opt label=NAME"
+            )
+        col = header.index(label)
+        features = [h for i, h in enumerate(header) if i != col]
+        rows, labels = [], []
+        for line, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ConfigError(f"{path}, line {line}: {len(row)} values, but the header has {len(header)}")
+            try:
+                rows.append([float(v) for i, v in enumerate(row) if i != col])
+            except ValueError:
+                bad = next(i for i, v in enumerate(row) if i != col and not _is_number(v))
+                raise ConfigError(
+                    f"{path}, line {line}, column {header[bad]!r}: {row[bad]!r} is not a number; "
+                    "feature columns must be numeric"
+                ) from None
+            labels.append(row[col].strip())
+    if not rows:
+        raise ConfigError(f"CSV file '{path}' has a header but no data rows")
+    return features, rows, labels
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _class_order(labels: list[str]) -> list[str]:
+    """Class names sorted numerically when they are all numbers, else alphabetically."""
+    unique = set(labels)
+    return sorted(unique, key=float) if all(_is_number(v) for v in unique) else sorted(unique)
+
+
+def csv_table(
+    *,
+    path: str,
+    label: str = "label",
+    test_path: str | None = None,
+    delimiter: str = ",",
+    standardize: bool = True,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Data:
+    """A CSV file with a header: numeric feature columns and a label column (class names or numbers).
+
+    Rows are shuffled (seeded) and split into train/val(/test); ``test_path`` names a separate test
+    file with the same columns. With ``standardize`` the features are scaled by the training split's
+    mean and standard deviation. ``info['classes']`` maps class index to the label as written in the file.
+    """
+    _check(batch_size, val_fraction, test_fraction)
+    features, rows, labels = _read_csv(path, label, delimiter)
+    classes = _class_order(labels)
+    index = {c: i for i, c in enumerate(classes)}
+    x, y = torch.tensor(rows), torch.tensor([index[v] for v in labels])
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    sizes = _split_sizes(len(y), val_fraction, test_fraction)
+    test = None
+    if test_path is not None:
+        test_features, test_rows, test_labels = _read_csv(test_path, label, delimiter)
+        if test_features != features:
+            raise ConfigError(
+                f"test file '{test_path}' has columns {test_features}, the training file {features}"
+            )
+        unknown = sorted(set(test_labels) - set(classes))
+        if unknown:
+            raise ConfigError(f"test file '{test_path}' has labels not in '{path}': {', '.join(unknown[:5])}")
+        test = (torch.tensor(test_rows), torch.tensor([index[v] for v in test_labels]))
+    if standardize:
+        train = x[: sizes[0]]
+        mean, std = train.mean(0), train.std(0).nan_to_num(1.0).clamp_min(1e-8)
+        x = (x - mean) / std
+        test = ((test[0] - mean) / std, test[1]) if test is not None else None
+    loaders = _loaders(x, y, sizes, batch_size)
+    if test is not None:
+        loaders["test"] = DataLoader(TensorDataset(*test), batch_size=batch_size)
+    info = {
+        "num_classes": len(classes),
+        "in_features": len(features),
+        "classes": classes,
+        "features": features,
+    }
+    return Data(loaders, info, **_CLASSIFICATION)
+
+
+def image_folder(
+    *,
+    root: str,
+    image_size: int = 224,
+    normalize: bool = True,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> Data:
+    """Images in class folders (torchvision ImageFolder): resized, center-cropped, ImageNet-normalised.
+
+    ``root`` is either one folder of class folders (split into train/val/test, seeded), or has
+    ``train/`` and optionally ``val/`` and ``test/`` folders of class folders.
+    """
+    from torchvision import transforms
+
+    steps = [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
+    if normalize:
+        steps.append(transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    return folder_data(
+        root,
+        transforms.Compose(steps),
+        transforms.Compose(steps),
+        image_size=image_size,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+    )
+
+
+def folder_data(
+    root: str,
+    train_transform: Any,
+    eval_transform: Any,
+    *,
+    image_size: int,
+    val_fraction: float,
+    test_fraction: float,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+) -> Data:
+    """Loaders over an image folder with separate training and evaluation transforms (see :func:`image_folder`)."""
+    from torchvision.datasets import ImageFolder
+
+    _check(batch_size, val_fraction, test_fraction)
+    base = Path(root)
+    if not base.is_dir():
+        raise ConfigError(f"image folder '{root}' does not exist; pass it with --data-opt root=DIR")
+
+    def folder(path: Path, transform: Any) -> ImageFolder:
+        try:
+            return ImageFolder(str(path), transform=transform)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise ConfigError(
+                f"image folder '{path}': {e}; it must hold one folder of images per class"
+            ) from None
+
+    options = {"batch_size": batch_size, "num_workers": num_workers}
+    if (base / "train").is_dir():
+        train = folder(base / "train", train_transform)
+        loaders = {"train": DataLoader(train, shuffle=True, **options)}
+        for split in ("val", "test"):
+            if (base / split).is_dir():
+                loaders[split] = DataLoader(folder(base / split, eval_transform), **options)
+        classes = train.classes
+    else:
+        train, evaluation = folder(base, train_transform), folder(base, eval_transform)
+        sizes = _split_sizes(len(train), val_fraction, test_fraction)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+        bounds = [0, sizes[0], sizes[0] + sizes[1], len(train)]
+        loaders = {}
+        for i, split in enumerate(("train", "val", "test")):
+            indices = order[bounds[i] : bounds[i + 1]]
+            if indices:
+                subset = Subset(train if split == "train" else evaluation, indices)
+                loaders[split] = DataLoader(subset, shuffle=split == "train", **options)
+        classes = train.classes
+    info = {
+        "num_classes": len(classes),
+        "classes": classes,
+        "in_channels": 3,
+        "image_size": image_size,
+        "in_features": 3 * image_size * image_size,
+    }
+    return Data(loaders, info, **_CLASSIFICATION)

@@ -1,0 +1,48 @@
+"""Built-in metrics: every metric of :mod:`xt_training.metrics` under a kebab-case name.
+
+Plugin module (``register_metrics``). ``loss`` and ``mean`` build :class:`~xt_training.metrics.Loss` and
+:class:`~xt_training.metrics.Mean` around a function named by a string, since a command line cannot
+pass a function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hookspecs import hookimpl
+
+METRICS = {
+    "accuracy": ("Accuracy", "fraction of correct predictions (binary, multiclass, multi-label)"),
+    "top-k-accuracy": ("TopKAccuracy", "fraction of examples whose label is among the k top classes"),
+    "roc-auc": ("ROC_AUC", "area under the ROC curve over the whole epoch"),
+    "f1": ("F1", "F1 score (macro average by default)"),
+    "precision": ("Precision", "precision (macro average by default)"),
+    "recall": ("Recall", "recall (macro average by default)"),
+    "kappa": ("Kappa", "Cohen's kappa"),
+    "confusion-matrix": ("ConfusionMatrix", "confusion matrix (rows: true class)"),
+    "eps": ("EPS", "examples per second"),
+}
+
+
+def loss_metric(*, loss: str = "cross-entropy", **options: Any) -> Any:
+    """The epoch mean of a registered loss (``xt list losses``), e.g. an L1 error beside an MSE training loss."""
+    from .. import registry
+    from ..metrics import Loss
+
+    return Loss(registry.create("loss", loss, **options))
+
+
+def mean_metric(*, fn: str) -> Any:
+    """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``."""
+    from ..metrics import Mean
+    from ..registry import load_object
+
+    return Mean(load_object(fn))
+
+
+@hookimpl
+def register_metrics(register: Any) -> None:
+    for name, (cls, description) in METRICS.items():
+        register(name, f"xt_training.metrics:{cls}", description=description)
+    register("loss", loss_metric, description="the epoch mean of a registered loss (loss=NAME)")
+    register("mean", mean_metric, description="the epoch mean of a function fn='module:attr'")

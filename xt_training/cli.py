@@ -1,0 +1,534 @@
+"""The ``xt`` command line (also ``python -m xt_training``).
+
+Every command resolves names through :mod:`xt_training.registry` and calls the same Python API a user
+calls (:mod:`xt_training.config`, ``F.train``, ``F.test``). A fresh plugin manager is built per
+invocation. torch is imported only by the commands that train or evaluate: ``xt --help``, ``xt list``,
+``xt info`` (for string-registered factories: only ``xt info`` imports the factory) and ``xt plugins``
+start fast.
+
+Bad input never shows a traceback: usage errors and xt-training's own errors print one line
+``xt: error: ...`` and exit with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from . import registry
+from ._version import __version__
+from .errors import XtError
+
+__all__ = ["cli", "main", "run_options", "run_config", "parse_value", "parse_options"]
+
+
+class XtGroup(click.Group):
+    """The ``xt`` group: loads the plugins once per invocation, adds their commands, prints one-line errors."""
+
+    def loaded(self, ctx: click.Context) -> registry.Registry:
+        """The registry of this invocation, loaded with the ``-p`` values on first use."""
+        root = ctx.find_root()
+        if "xt.registry" not in root.meta:
+            reg = registry.load(root.params.get("plugins") or ())
+            collector = click.Group()
+            reg.add_commands(collector)
+            commands = {}
+            for name, command in collector.commands.items():
+                if name in self.commands:
+                    reg.problems.append(
+                        f"a plugin's command {name!r} clashes with the built-in command; ignored"
+                    )
+                else:
+                    commands[name] = command
+            for line in reg.problems:
+                click.echo(f"xt: warning: {line}", err=True)
+            root.meta["xt.registry"], root.meta["xt.commands"] = reg, commands
+        return root.meta["xt.registry"]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:  # built-in commands need no plugin loading to be found
+            return self.commands[cmd_name]
+        self.loaded(ctx)
+        return ctx.find_root().meta["xt.commands"].get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.loaded(ctx)
+        return sorted({*self.commands, *ctx.find_root().meta["xt.commands"]})
+
+    def main(self, args: Any = None, prog_name: str | None = None, *a: Any, **kw: Any) -> Any:
+        if kw.get("standalone_mode", True) is False:
+            return super().main(args, prog_name, *a, **kw)
+        kw["standalone_mode"] = False
+        try:
+            code = super().main(args, prog_name or "xt", *a, **kw)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            code = 0
+        except click.UsageError as e:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"xt: error: {_one_line(e.format_message())}{hint}", err=True)
+            code = 2
+        except click.ClickException as e:
+            click.echo(f"xt: error: {_one_line(e.format_message())}", err=True)
+            code = 2
+        except XtError as e:
+            click.echo(f"xt: error: {_one_line(str(e))}", err=True)
+            code = 2
+        except click.Abort:
+            click.echo("xt: interrupted", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+
+
+@click.group(
+    cls=XtGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+@click.option(
+    "-p",
+    "plugins",
+    multiple=True,
+    metavar="NAME",
+    help="Load plugin NAME (entry-point, distribution or module name); `-p no:NAME` blocks it.",
+)
+@click.version_option(__version__, "-V", "--version", prog_name="xt-training")
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
+    """Train and test PyTorch models; pick models, data, metrics and loggers by name.
+
+    \b
+    Examples:
+      xt run --model cnn --data synthetic-images --epochs 3
+      xt list models
+      xt train config.py          (a Python config file; `xt template DIR` writes one)
+      xt test runs/RUN_DIR
+
+    \b
+    Plugins are installed packages with entry points in the group `xt_training` (`xt plugins`).
+    XT_DISABLE_PLUGIN_AUTOLOAD=1 loads none, XT_PLUGINS=a,b loads only those, -p no:NAME blocks one.
+    """
+    cli.loaded(ctx)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script ``xt``."""
+    cli.main(args=argv, prog_name="xt")
+
+
+# --- option values -------------------------------------------------------------------------------------
+def parse_value(raw: str) -> Any:
+    """A command-line value as a Python literal (``128``, ``0.1``, ``(8, 16)``, ``True``, ``None``), else the string."""
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return raw
+
+
+def parse_options(pairs: tuple[str, ...] | list[str], flag: str) -> dict[str, Any]:
+    """``('hidden=128', 'cell=lstm')`` -> ``{'hidden': 128, 'cell': 'lstm'}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE, e.g. hidden=128", param_hint=flag)
+        options[key.strip()] = parse_value(raw)
+    return options
+
+
+def _item_options(pairs: tuple[str, ...], flag: str) -> dict[str, dict[str, Any]]:
+    """``('top-k.k=3',)`` -> ``{'top-k': {'k': 3}}``: options of one of several metrics/loggers/callbacks."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        target, sep, rest = pair.partition("=")[0].rpartition(".")
+        if not sep or not target:
+            raise click.BadParameter(
+                f"{pair!r} is not NAME.KEY=VALUE, e.g. top-k-accuracy.k=3", param_hint=flag
+            )
+        grouped.setdefault(target, {}).update(parse_options([pair[len(target) + 1 :]], flag))
+    return grouped
+
+
+# --- xt run -----------------------------------------------------------------------------------------------
+_RUN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True),
+        help="Start from a saved run configuration (RUN_DIR or RUN_DIR/config.json); other options override it.",
+    ),
+    click.option("--model", help="Model name (`xt list models`)."),
+    click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Model option; VALUE is a Python literal."),
+    click.option("--data", help="Data set name (`xt list data`)."),
+    click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Data option, e.g. n_samples=5000."),
+    click.option("--loss", help="Loss name (`xt list losses`); default: the data's suggestion."),
+    click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option."),
+    click.option("--optimizer", default="adam", show_default=True, help="Optimizer name (`xt list optimizers`)."),
+    click.option("--optimizer-opt", multiple=True, metavar="KEY=VALUE", help="Optimizer option, e.g. momentum=0.9."),
+    click.option("--lr", type=float, help="Learning rate (the optimizer option lr)."),
+    click.option("--scheduler", help="Learning-rate scheduler name (`xt list schedulers`)."),
+    click.option("--scheduler-opt", multiple=True, metavar="KEY=VALUE", help="Scheduler option."),
+    click.option(
+        "--metric",
+        "metrics",
+        multiple=True,
+        metavar="[KEY=]NAME",
+        help="Metric (repeatable), reported as KEY (default NAME); default: the data's suggestion.",
+    ),
+    click.option("--metric-opt", multiple=True, metavar="KEY.OPT=VALUE", help="Option of metric KEY, e.g. top-k-accuracy.k=3."),
+    click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Logger besides the console (repeatable)."),
+    click.option("--logger-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of logger NAME."),
+    click.option("--callback", "callbacks", multiple=True, metavar="NAME", help="Callback (repeatable)."),
+    click.option("--callback-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of callback NAME."),
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (the data option batch_size)."),
+    click.option("--device", help="cpu, cuda, cuda:1, ...; default: CUDA when available."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seeds Python, NumPy and torch."),
+    click.option("--monitor", help="Value deciding the best checkpoint, e.g. val/accuracy; default val/loss."),
+    click.option("--mode", type=click.Choice(["min", "max"]), help="Whether --monitor improves downwards or upwards."),
+    click.option(
+        "--log-every", "log_every_n_steps", type=click.IntRange(min=1), default=50, show_default=True,
+        help="Read values from the device and log them every N steps.",
+    ),
+]  # fmt: skip
+_SCALARS = ("epochs", "seed", "device", "monitor", "mode", "log_every_n_steps")
+
+
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command with every option that describes a run (``xt run``; reusable by plugins)."""
+    for option in reversed(_RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
+def run_config(ctx: click.Context) -> dict[str, Any]:
+    """The run configuration the :func:`run_options` of ``ctx`` describe (after ``--config``, if given).
+
+    Options given on the command line override the saved configuration; a new ``--model``/``--data``...
+    name drops the saved options of the old one.
+    """
+    from .config import COMPONENTS, default_config, read_config
+
+    p = ctx.params
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+    config = read_config(p["config_path"]) if p["config_path"] else default_config()
+    for kind in COMPONENTS:
+        if given(kind):
+            old = config[kind]
+            config[kind] = {
+                "name": p[kind],
+                "options": old["options"] if old and old["name"] == p[kind] else {},
+            }
+        options = parse_options(p[f"{kind}_opt"], f"--{kind}-opt")
+        if options and config[kind] is None:
+            raise click.UsageError(f"--{kind}-opt needs --{kind} NAME")
+        if options:
+            config[kind]["options"].update(options)
+    if p["lr"] is not None:
+        config["optimizer"]["options"]["lr"] = p["lr"]
+    if p["batch_size"] is not None:
+        if config["data"] is None:
+            raise click.UsageError("--batch-size needs --data NAME")
+        config["data"]["options"]["batch_size"] = p["batch_size"]
+
+    if p["metrics"]:
+        config["metrics"] = {}
+        for spec in p["metrics"]:
+            key, _, name = spec.rpartition("=")
+            config["metrics"][key or name] = {"name": name, "options": {}}
+    for key, options in _item_options(p["metric_opt"], "--metric-opt").items():
+        if key not in (config["metrics"] or {}):
+            chosen = ", ".join(config["metrics"] or {}) or "none"
+            raise click.UsageError(
+                f"--metric-opt names metric {key!r}, which is not chosen (chosen: {chosen})"
+            )
+        config["metrics"][key]["options"].update(options)
+    for kind in ("logger", "callback"):
+        key = f"{kind}s"
+        if p[key]:
+            config[key] = [{"name": name, "options": {}} for name in p[key]]
+        for name, options in _item_options(p[f"{kind}_opt"], f"--{kind}-opt").items():
+            matching = [c for c in config[key] if c["name"] == name]
+            if not matching:
+                raise click.UsageError(
+                    f"--{kind}-opt names {kind} {name!r}, which is not chosen: add --{kind} {name}"
+                )
+            for component in matching:
+                component["options"].update(options)
+    for key in _SCALARS:
+        if given(key) or not p["config_path"]:
+            config[key] = p[key]
+    return config
+
+
+@cli.command("run")
+@run_options
+@click.option(
+    "--save-dir", type=click.Path(file_okay=False), help="Run directory; default runs/MODEL-DATA-TIME."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No console output.")
+@click.pass_context
+def run_command(ctx: click.Context, save_dir: str | None, quiet: bool, **_: Any) -> None:
+    """Train a model on a data set, both picked by name.
+
+    \b
+    Example: xt run --model cnn --data synthetic-images --epochs 3 --metric accuracy
+
+    The run directory gets config.json (the fully resolved configuration), history.json and
+    checkpoints/{last,best}.pt; `xt run --config RUN_DIR` reproduces the run.
+    """
+    from . import config
+
+    run_dir, _history = config.train(run_config(ctx), save_dir, quiet=quiet)
+    if not quiet:
+        click.echo(f"run saved to {run_dir}")
+
+
+# --- xt train / xt test / xt template ------------------------------------------------------------------------
+@cli.command("train")
+@click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--save-dir", type=click.Path(file_okay=False), help="Run directory; default runs/CONFIG-TIME.")
+@click.option("--seed", type=int, help="Seed Python, NumPy and torch before the config file runs.")
+@click.option("-q", "--quiet", is_flag=True, help="No console output.")
+def train_command(config_file: str, save_dir: str | None, seed: int | None, quiet: bool) -> None:
+    """Train what a Python config file defines.
+
+    The original xt-training format: CONFIG_FILE defines model, train_loader, optimizer, loss_fn and epochs, and optionally any other
+    argument of F.train (val_loader, test_loaders, eval_metrics, scheduler, ...). The file is run as
+    Python code: only use config files you trust. `xt template DIR` writes an example.
+    """
+    from . import config
+
+    run_dir, _history = config.train_config_file(config_file, save_dir, seed=seed, quiet=quiet)
+    if not quiet:
+        click.echo(f"run saved to {run_dir}")
+
+
+@cli.command("test")
+@click.argument("source", type=click.Path(exists=True))
+@click.option(
+    "--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Default: RUN_DIR's best.pt."
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    help="Data split to evaluate (RUN_DIR only); default: the test splits.",
+)
+@click.option(
+    "--save-dir", type=click.Path(file_okay=False), help="Write test_results.json and results.pt here."
+)
+@click.option("--device", help="cpu, cuda, ...")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (and no progress).")
+@click.option("-q", "--quiet", is_flag=True, help="No console output.")
+def test_command(
+    source: str,
+    checkpoint: str | None,
+    splits: tuple[str, ...],
+    save_dir: str | None,
+    device: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Evaluate a saved model on test data.
+
+    SOURCE is a run directory of `xt run` or a Python config file. A run directory's model is rebuilt from its config.json and loaded from its best checkpoint, and
+    the results are written into it. A config file must define model and test_loaders; it is run as
+    Python code: only use config files you trust.
+    """
+    from . import config
+
+    path = Path(source)
+    if path.name == config.CONFIG_FILE:
+        path = path.parent
+    quiet = quiet or as_json
+    if path.is_dir():
+        results = config.test(
+            path, checkpoint=checkpoint, splits=list(splits), save_dir=save_dir, device=device, quiet=quiet
+        )
+    elif path.suffix == ".py":
+        if splits:
+            raise click.UsageError("--split applies to run directories; a config file names its test_loaders")
+        results = config.test_config_file(
+            path, checkpoint=checkpoint, save_dir=save_dir, device=device, quiet=quiet
+        )
+    else:
+        raise click.UsageError(f"{source!r} is neither a run directory nor a Python config file (.py)")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
+TEMPLATE = '''"""An xt-training config: `xt train {name}` trains it, `xt test {name} --checkpoint RUN/checkpoints/best.pt`
+evaluates it. It is plain Python and PyTorch, executed as code: replace the data and model with your own.
+
+Required: model, train_loader, optimizer, loss_fn, epochs. Optional: any other argument of
+xt_training.utils.functional.train (val_loader, test_loaders, eval_metrics, scheduler, monitor, ...).
+"""
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from xt_training import metrics
+
+# Data: any DataLoaders yielding (x, y) batches. Here: 1200 rows of 20 features in 3 classes.
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1200, 20, generator=g)
+y = (x @ torch.randn(20, 3, generator=g)).argmax(1)
+train_loader = DataLoader(TensorDataset(x[:800], y[:800]), batch_size=64, shuffle=True)
+val_loader = DataLoader(TensorDataset(x[800:1000], y[800:1000]), batch_size=64)
+test_loaders = {{"test": DataLoader(TensorDataset(x[1000:], y[1000:]), batch_size=64)}}
+
+# Model, loss and optimizer: plain PyTorch.
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 3))
+loss_fn = nn.CrossEntropyLoss()
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
+epochs = 5
+
+eval_metrics = {{"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC()}}
+monitor = "val/acc"
+'''
+
+
+@cli.command("template")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing config.py.")
+def template_command(directory: str, force: bool) -> None:
+    """Write a starter config file.
+
+    It goes to DIRECTORY/config.py, ready for `xt train DIRECTORY/config.py`.
+    """
+    target = Path(directory) / "config.py"
+    if target.exists() and not force:
+        raise click.UsageError(f"'{target}' exists; pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(TEMPLATE.format(name=target))
+    click.echo(f"wrote {target}; train it with: xt train {target}")
+
+
+# --- xt list / xt info / xt plugins ---------------------------------------------------------------------------
+@cli.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False, default="*")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print name, kind, plugin, distribution and description as JSON."
+)
+def list_command(kind: str | None, pattern: str, as_json: bool) -> None:
+    """List registered names by kind.
+
+    All kinds, or one KIND (models, data, metrics, loggers, losses, optimizers, schedulers, callbacks)
+    with names matching PATTERN (e.g. 'res*').
+    """
+    kinds = [registry.canonical_kind(kind)] if kind else list(registry.KINDS)
+    rows = [entry for k in kinds for entry in registry.entries(k, pattern)]
+    if as_json:
+        keys = ("kind", "name", "plugin", "distribution", "version", "description")
+        click.echo(json.dumps([{k: getattr(e, k) for k in keys} for e in rows], indent=2))
+        return
+    if not rows and kind:
+        click.echo(
+            f"no {registry.KINDS[kinds[0]]} match {pattern!r}; `xt list {registry.KINDS[kinds[0]]}` shows all",
+            err=True,
+        )
+        return
+    width = max((len(e.name) for e in rows), default=0)
+    for k in kinds:
+        entries = [e for e in rows if e.kind == k]
+        if len(kinds) > 1:
+            click.echo(f"{registry.KINDS[k]}:" + ("" if entries else " (none)"))
+        for e in entries:
+            origin = "" if e.distribution == "xt-training" else f"  [{e.distribution or e.plugin}]"
+            click.echo(f"  {e.name:<{width}}  {e.description}{origin}")
+
+
+@cli.command("info")
+@click.argument("kind")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info_command(kind: str, name: str, as_json: bool) -> None:
+    """Show a name's plugin and options.
+
+    Where NAME of KIND comes from and the options its factory takes (this imports the factory).
+    """
+    info = registry.info(kind, name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=repr))
+        return
+    dist = f" ({info['distribution']} {info['version']})" if info["distribution"] else ""
+    click.echo(f"{info['kind']} {info['name']}: {info['description']}")
+    click.echo(f"  plugin:  {info['plugin']}{dist}")
+    click.echo(f"  factory: {info['factory']}")
+    for key, value in info["metadata"].items():
+        click.echo(f"  {key}: {value}")
+    click.echo("  options:" + ("" if info["options"] else " none"))
+    width = max((len(n) for n in info["options"]), default=0)
+    for option, spec in info["options"].items():
+        default = "required" if spec["required"] else f"default {spec['default']!r}"
+        click.echo(f"    {option:<{width}}  {spec['type']}, {default}")
+    if info["any_option"]:
+        click.echo("    (and any other keyword option, passed through)")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List plugins and what they registered.
+
+    Each plugin's distribution, version, status, hooks and names; broken ones with their error.
+    """
+    reg = cli.loaded(ctx)
+    plugins = list(reg.plugins.values())
+    conflicts = [line for lines in reg.conflicts.values() for line in lines]
+    if as_json:
+        keys = ("name", "distribution", "version", "status", "builtin", "hooks", "registered", "error")
+        payload = {"plugins": [{k: getattr(p, k) for k in keys} for p in plugins], "conflicts": conflicts}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    for p in plugins:
+        dist = f"{p.distribution} {p.version or ''}".strip() if p.distribution else "(module)"
+        click.echo(f"{p.name}  {dist}  {p.status}" + (f": {p.error}" if p.error else ""))
+        if p.hooks:
+            click.echo(f"  hooks: {', '.join(p.hooks)}")
+        for kind, names in p.registered.items():
+            click.echo(f"  {registry.KINDS[kind]}: {', '.join(names)}")
+    for line in conflicts:
+        click.echo(f"conflict: {line}")
+
+
+# --- xt show / xt plot ----------------------------------------------------------------------------------------
+@cli.command("show")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def show_command(run_dir: str) -> None:
+    """Print a run's configuration and its per-epoch metrics."""
+    from .report import show
+
+    click.echo(show(run_dir))
+
+
+@cli.command("plot")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="PNG file; default RUN_DIR/curves.png.")
+def plot_command(run_dir: str, out: str | None) -> None:
+    """Draw a run's curves into a PNG.
+
+    Loss and metric curves per loader (needs matplotlib: pip install 'xt-training[plot]').
+    """
+    from .report import plot
+
+    click.echo(f"wrote {plot(run_dir, out)}")

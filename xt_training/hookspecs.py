@@ -1,0 +1,160 @@
+"""The plugin contract: every hook an xt-training plugin can implement.
+
+A plugin is a module (or any object) with functions marked ``@xt_training.hookimpl`` and named like the
+hooks below. Installed plugins declare the entry-point group ``xt_training`` in their ``pyproject.toml``::
+
+    [project.entry-points.xt_training]
+    myplugin = "my_package.plugin"
+
+and implement only the hooks they need::
+
+    from xt_training import hookimpl
+
+    @hookimpl
+    def register_models(register):
+        register("tiny-net", "my_package.models:tiny_net", description="a two-layer MLP")
+
+The built-in models, data sets, metrics, ... are registered through exactly these hooks
+(:mod:`xt_training.builtins`), so what works for them works for any plugin.
+
+**The register callable.** Every ``register_*`` hook receives ``register(name, factory, *,
+description=None, **metadata)``:
+
+- ``name``: how users pick it (``xt run --model NAME``, ``create_model(NAME)``); names are unique per
+  kind across all plugins: a second plugin registering the same name is an error naming both.
+- ``factory``: a callable that takes keyword options and returns the object, or a ``"module:attr"``
+  string naming one. Prefer the string: the module is imported only when the name is used, so
+  ``xt list`` and ``xt --help`` stay fast (importing torch alone takes over a second).
+- ``description``: one line for ``xt list``; default: the first line of the factory's docstring
+  (which needs the import the string form avoids, so give one with a string factory).
+- ``metadata``: extra facts shown by ``xt info``; ``register_schedulers`` reads ``interval``.
+
+Option names are the factory's keyword parameters; their annotations are checked, so a wrong option
+name or type gives a one-line error listing what the factory accepts. Where the CLI knows a value a
+factory may need (the number of classes from the data, the optimizer for a scheduler, the run
+directory for a logger), it passes it if and only if the factory has a parameter of that name: the
+names are listed in each hook's docstring.
+
+Loading: plugins load from entry points unless ``XT_DISABLE_PLUGIN_AUTOLOAD=1``; ``XT_PLUGINS=a,b``
+loads only those; ``xt -p no:NAME`` blocks one, ``xt -p NAME`` loads one by entry-point or module name.
+A plugin that fails to import or to register is reported (``xt plugins``) and the others still load;
+a hook name that is not in this file is such a failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("xt_training")
+hookimpl = pluggy.HookimplMarker("xt_training")
+
+
+@hookspec
+def register_models(register: Any) -> None:
+    """Register model factories: ``register(name, factory, description=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    A model factory takes keyword options and returns an ``nn.Module``. The CLI passes, when the factory
+    has a parameter of that name, the values of the data set's ``info`` (:class:`xt_training.registry.Data`),
+    e.g. ``num_classes``, ``in_features``, ``in_channels``, ``image_size``, ``input_size``; user options
+    (``--model-opt k=v``) take precedence. Called once per registry load, in plugin registration order.
+    """
+
+
+@hookspec
+def register_data(register: Any) -> None:
+    """Register data factories: ``register(name, factory, description=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    A data factory takes keyword options and returns :class:`xt_training.registry.Data`: the loaders by
+    split name (``train``, and ``val``/``test`` when available), the facts a model factory needs
+    (``info``) and the suggested loss and metrics. The CLI passes ``batch_size`` (``--batch-size``)
+    when the factory accepts it. Data must be generated or read locally: nothing may be downloaded.
+    """
+
+
+@hookspec
+def register_metrics(register: Any) -> None:
+    """Register metric factories: ``register(name, factory, description=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    A metric factory returns an object with ``update(y_pred, y)``, ``compute()`` and ``reset()`` (the
+    contract of :mod:`xt_training.metrics`; any ``torchmetrics.Metric`` qualifies). ``update`` receives
+    several batches concatenated and must accumulate, preferably on the device of its inputs.
+    """
+
+
+@hookspec
+def register_loggers(register: Any) -> None:
+    """Register logger factories: ``register(name, factory, description=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    A logger factory returns an object following :class:`xt_training.loggers.Logger` (every method
+    optional: ``start_run``, ``start_pass``, ``update_pass``, ``log_metrics``, ``end_pass``,
+    ``end_epoch``, ``end_run``, ``close``). The CLI passes ``save_dir`` (the run directory) when the
+    factory accepts it; loggers that write files write them there.
+    """
+
+
+@hookspec
+def register_losses(register: Any) -> None:
+    """Register loss factories: ``register(name, factory, description=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    A loss factory returns a callable ``loss_fn(y_pred, y) -> scalar tensor`` (any ``nn.Module`` loss).
+    """
+
+
+@hookspec
+def register_optimizers(register: Any) -> None:
+    """Register optimizer factories: ``register(name, factory, description=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    An optimizer factory is called with ``params`` (the model's parameters) and returns a
+    ``torch.optim.Optimizer``; the CLI passes ``lr`` (``--lr``) when given. A torch optimizer class
+    qualifies as it is.
+    """
+
+
+@hookspec
+def register_schedulers(register: Any) -> None:
+    """Register learning-rate scheduler factories: ``register(name, factory, description=..., interval=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    A scheduler factory is called with ``optimizer`` and returns a scheduler with ``step()`` (and
+    ``state_dict()`` to be checkpointed). The CLI also passes ``epochs`` and ``steps_per_epoch`` when
+    the factory accepts them. ``interval='batch'`` (metadata) makes the CLI step it after every optimizer
+    step; the default, ``'epoch'``, steps it after every epoch (``ReduceLROnPlateau`` with the monitored
+    value).
+    """
+
+
+@hookspec
+def register_callbacks(register: Any) -> None:
+    """Register callback factories: ``register(name, factory, description=...)``.
+
+    :param register: the register callable described in the module docstring.
+
+    A callback factory takes keyword options and returns a callback object for the training loop.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``xt`` command line.
+
+    :param cli: the ``click.Group`` of the ``xt`` command; add commands with ``@cli.command()`` or
+        ``cli.add_command(cmd)``.
+
+    Called once per ``xt`` invocation, before the command line is parsed. Keep the plugin module free of
+    heavy imports (torch, ...) at module level: import inside the command's function instead.
+    """
