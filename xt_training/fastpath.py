@@ -46,7 +46,7 @@ DATA_ON_DEVICE_FRACTION = 0.25
 
 def check_data_on_device(value: Any) -> bool | str:
     """Validate a ``data_on_device`` option: ``True``, ``False`` or ``'auto'``."""
-    if value is True or value is False or value == "auto":
+    if value is True or value is False or (isinstance(value, str) and value == "auto"):
         return value
     raise ConfigError(f"data_on_device must be True, False or 'auto', not {value!r}")
 
