@@ -290,6 +290,9 @@ def test_a_killed_run_leaves_readable_files_and_a_resumed_run_continues_them(tmp
     assert len(killed) <= len(rows) <= len(killed) + 1
     assert [r["step"] for r in rows[: len(killed)]] == [str(r["step"]) for r in killed]
 
+    acc = events(run_dir / "tensorboard")  # flushed at the end of epoch 1
+    assert [e.step for e in acc.Scalars("epoch/train/loss")] == [2000]
+
     # resume from the last mid-epoch checkpoint: the rows logged after it are logged again, once
     subprocess.run([sys.executable, str(script), str(run_dir), "3", "resume"], check=True, timeout=120)
     history = json.loads((run_dir / "history.json").read_text())
