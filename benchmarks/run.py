@@ -1,0 +1,408 @@
+"""The xt-training benchmark harness: training/eval speed against hand-written loops and peers, start-up, memory.
+
+Usage::
+
+    python benchmarks/run.py                  # 5 interleaved rounds, 3000 steps; writes benchmarks/RESULTS.md
+    python benchmarks/run.py --only 'map/*'   # a subset (ids as printed: map/plain, tensor/xt_defaults, ...)
+    python benchmarks/run.py --quick --output /tmp/r.md   # one tiny round of everything (the smoke test)
+
+Each case runs as its own process of this interpreter (``benchmarks/cases.py``), so imports, caches
+and allocator state of one case cannot help or hurt another. Rounds are interleaved (every case once per
+round, in a rotated order), so a slow spell of the machine hits all cases alike. Per case the table gives
+the median, min and max seconds per 1000 steps and the ratio to the group's baseline (the plain loop)
+as the median of the per-round ratios: each round's ratio compares two processes that ran seconds
+apart. Training cases print the trained model's loss on the whole training set; equal losses prove
+equal work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@dataclass
+class Group:
+    """Cases compared with each other: same data, the first case is the baseline of the ratios."""
+
+    name: str
+    title: str
+    data: str
+    cases: list[str]
+    targets: dict[str, str] = field(default_factory=dict)  # case -> target, e.g. '<= 1.03'
+    values: tuple[str, ...] = ("loss",)  # what proves equal work
+    same_work: dict[str, str] = field(default_factory=dict)  # case -> hand-written case doing its extra work
+
+
+GROUPS = [
+    Group(
+        "map",
+        "Training, map-style Dataset (a custom `Dataset` class: no shortcut applies, this is the loop's overhead)",
+        "map",
+        [
+            "plain",
+            "plain_item",
+            "plain_metrics",
+            "xt_defaults",
+            "xt_logging",
+            "xt_full",
+            "ignite",
+            "lightning",
+        ],
+        {"xt_defaults": "<= 1.03", "xt_logging": "<= 1.05"},
+        same_work={"xt_full": "plain_metrics"},
+    ),
+    Group(
+        "tensor",
+        "Training, `DataLoader(TensorDataset(x, y))` (where an in-memory fast path applies)",
+        "tensor",
+        ["plain", "xt_defaults"],
+        {"xt_defaults": "<= 0.75"},
+    ),
+    Group(
+        "eval",
+        "Evaluation, map-style Dataset, Accuracy + ROC AUC + examples/s, one pass",
+        "map",
+        ["eval_plain", "eval_xt"],
+        {"eval_xt": "<= 1.10"},
+        ("loss", "acc", "auc"),
+    ),
+]
+
+CASE_NOTES = {
+    "plain": "hand-written loop: zero_grad, forward, loss, backward, step",
+    "plain_item": "the same with `loss.item()` every step",
+    "plain_metrics": "hand-written loop with torchmetrics Accuracy, AUROC, F1 updated every step, computed per epoch",
+    "xt_defaults": "`F.train` defaults: console logger, checkpoint + history.json per epoch",
+    "xt_logging": "`F.train`, progress bar, `TensorBoardLogger`, Accuracy + F1 + EPS on the training pass",
+    "xt_full": "`F.train`, progress bar, `TensorBoardLogger`, Accuracy + ROC_AUC + F1 on the training pass",
+    "ignite": "Ignite `create_supervised_trainer`, defaults",
+    "lightning": "Lightning `Trainer` defaults (progress bar, logger, checkpoints), `self.log` of the loss",
+    "eval_plain": "hand-written: torchmetrics updated per batch, computed once",
+    "eval_xt": "`F.test` with Accuracy, ROC_AUC, EPS; defaults",
+}
+
+
+@dataclass
+class Outcome:
+    """The results of one case over all rounds."""
+
+    seconds: list[float] = field(default_factory=list)  # per 1000 steps, one per round
+    result: dict[str, Any] = field(default_factory=dict)  # the first round's full result
+    skipped: str | None = None
+    failed: str | None = None
+
+
+def run_case(case: str, data: str, steps: int, workdir: Path) -> tuple[str, Any]:
+    """Run one case process; return ('result', dict), ('skip', reason) or ('fail', reason)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(HERE / "cases.py"), case, data, str(steps), str(workdir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            return "result", json.loads(line.removeprefix("BENCH_RESULT "))
+        if line.startswith("BENCH_SKIP "):
+            return "skip", line.removeprefix("BENCH_SKIP ")
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return "fail", f"exit code {proc.returncode}: {tail}"
+
+
+def run_groups(groups: list[Group], only: str, rounds: int, steps: int, tmp: Path) -> dict[str, Outcome]:
+    """Every selected case once per round, rounds interleaved, the order rotated from round to round."""
+    ids = [f"{g.name}/{c}" for g in groups for c in g.cases]
+    selected = [i for i in ids if fnmatch.fnmatch(i, only)]
+    data = {f"{g.name}/{c}": g.data for g in groups for c in g.cases}
+    outcomes = {i: Outcome() for i in selected}
+    for r in range(rounds):
+        k = r % len(selected) if selected else 0
+        for run_id in selected[k:] + selected[:k]:
+            out = outcomes[run_id]
+            if out.skipped or out.failed:
+                continue
+            workdir = tmp / f"{run_id.replace('/', '-')}-{r}"
+            kind, value = run_case(run_id.split("/")[1], data[run_id], steps, workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
+            if kind == "skip":
+                out.skipped = value
+                print(f"round {r + 1}/{rounds}  {run_id:<22} skipped: {value}", flush=True)
+                continue
+            if kind == "fail":
+                out.failed = value
+                print(f"round {r + 1}/{rounds}  {run_id:<22} FAILED: {value}", flush=True)
+                continue
+            per_1000 = value["seconds"] / value["steps"] * 1000
+            out.seconds.append(per_1000)
+            out.result = out.result or value
+            shown = "  ".join(f"{k} {v:.6f}" for k, v in value.items() if k in ("loss", "acc", "auc"))
+            print(f"round {r + 1}/{rounds}  {run_id:<22} {per_1000:.4f} s/1000 steps  {shown}", flush=True)
+    return outcomes
+
+
+def ratio(group: Group, case: str, outcomes: dict[str, Outcome], baseline: str | None = None) -> float | None:
+    """Median over rounds of (case time / baseline time in the same round)."""
+    base = outcomes.get(f"{group.name}/{baseline or group.cases[0]}")
+    out = outcomes.get(f"{group.name}/{case}")
+    if not base or not out or not base.seconds or len(out.seconds) != len(base.seconds):
+        return None
+    return statistics.median(c / b for c, b in zip(out.seconds, base.seconds))
+
+
+def group_table(group: Group, outcomes: dict[str, Outcome]) -> list[str]:
+    """The markdown table of one group, with a line on equal work."""
+    extra = ["ratio to the same work by hand"] if group.same_work else []
+    head = ["case", "s / 1000 steps (median)", "min", "max", f"ratio to {group.cases[0]}", "target", *extra]
+    head += group.values
+    lines = [f"### {group.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seen: dict[str, set[str]] = {v: set() for v in group.values}
+    for case in group.cases:
+        out = outcomes.get(f"{group.name}/{case}")
+        if out is None:
+            continue
+        target = group.targets.get(case, "")
+        if out.skipped or out.failed:
+            note = f"skipped: {out.skipped}" if out.skipped else f"FAILED: {out.failed}"
+            lines.append(f"| {case} | {note} |  |  |  | {target} |" + " |" * (len(extra) + len(group.values)))
+            continue
+        s = out.seconds
+        r = ratio(group, case, outcomes)
+        shown = [f"{out.result[v]:.6f}" if v in out.result else "" for v in group.values]
+        for v, text in zip(group.values, shown):
+            seen[v].add(text)
+        r_text = f"**{r:.3f}x**" if r is not None and case != group.cases[0] else "1" if r else ""
+        cells = [case, f"{statistics.median(s):.4f}", f"{min(s):.4f}", f"{max(s):.4f}", r_text, target]
+        if extra:
+            fair = ratio(group, case, outcomes, group.same_work[case]) if case in group.same_work else None
+            cells.append(f"{fair:.3f}x ({group.same_work[case]})" if fair is not None else "")
+        cells += shown
+        lines.append("| " + " | ".join(cells) + " |")
+    equal = all(len(texts) <= 1 for texts in seen.values())
+    lines += [
+        "",
+        "Equal work: " + ("yes, every case printed the same " if equal else "**NO**, the cases differ in "),
+    ]
+    lines[-1] += ", ".join(group.values) + "."
+    lines += [""] + [f"- {c}: {CASE_NOTES[c]}" for c in group.cases] + [""]
+    return lines
+
+
+# ---- start-up ------------------------------------------------------------------------------------------
+
+TORCH_LABEL = "python -c 'import torch'"
+IMPORT_USE = "import torch; from xt_training.utils import functional; from xt_training import metrics, Runner"
+
+
+def startup_commands() -> list[tuple[str, list[str], str]]:
+    """(label, argv, target) of the start-up rows; the xt script sits beside this interpreter."""
+    py = sys.executable
+    xt = shutil.which("xt", path=str(Path(py).parent)) or "xt"
+    return [
+        ("python -c pass", [py, "-c", "pass"], ""),
+        (TORCH_LABEL, [py, "-c", "import torch"], ""),
+        ("python -c 'import xt_training'", [py, "-c", "import xt_training"], ""),
+        (f"python -c '{IMPORT_USE}'", [py, "-c", IMPORT_USE], "adds < 0.2 s to import torch"),
+        ("xt --help", [xt, "--help"], "< 0.3 s"),
+        ("xt list", [xt, "list"], "< 0.6 s"),
+    ]
+
+
+def run_startup(rounds: int) -> dict[str, Outcome]:
+    """Wall time of each command, interleaved rounds; a command that fails is reported as skipped."""
+    commands = startup_commands()
+    outcomes = {label: Outcome() for label, _, _ in commands}
+    for r in range(rounds):
+        for label, argv, _ in commands:
+            out = outcomes[label]
+            if out.skipped:
+                continue
+            start = time.perf_counter()
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=300)
+            except OSError as e:
+                out.skipped = f"cannot run: {e.strerror}"
+                continue
+            elapsed = time.perf_counter() - start
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                out.skipped = f"exit code {proc.returncode}: {tail}"
+                print(f"round {r + 1}/{rounds}  {label:<40} skipped: {out.skipped}", flush=True)
+                continue
+            out.seconds.append(elapsed)
+            print(f"round {r + 1}/{rounds}  {label:<40} {elapsed:.3f} s", flush=True)
+    return outcomes
+
+
+def startup_table(outcomes: dict[str, Outcome]) -> list[str]:
+    lines = [
+        "### Start-up (wall time of the whole command)",
+        "",
+        "| command | median s | min | max | added to `import torch` | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    torch_out = outcomes[TORCH_LABEL]
+    base = statistics.median(torch_out.seconds) if torch_out.seconds else None
+    for label, _, target in startup_commands():
+        out = outcomes[label]
+        if out.skipped:
+            lines.append(f"| `{label}` | skipped: {out.skipped} |  |  |  | {target} |")
+            continue
+        s, med = out.seconds, statistics.median(out.seconds)
+        added = f"{med - base:+.3f}" if base is not None and "torch" in label and label != TORCH_LABEL else ""
+        lines.append(f"| `{label}` | {med:.3f} | {min(s):.3f} | {max(s):.3f} | {added} | {target} |")
+    return lines + [""]
+
+
+# ---- memory ----------------------------------------------------------------------------------------------
+
+
+def run_memory(steps: int, tmp: Path) -> tuple[str, Any]:
+    print("memory: training with metrics for several epochs ...", flush=True)
+    kind, value = run_case("memory", "map", steps, tmp / "memory")
+    shutil.rmtree(tmp / "memory", ignore_errors=True)
+    return kind, value
+
+
+def memory_table(kind: str, value: Any) -> list[str]:
+    lines = [
+        "### Memory across epochs (`F.train`, map-style data, Accuracy + ROC_AUC + F1, console logger)",
+        "",
+    ]
+    if kind != "result":
+        return lines + [f"{'Skipped' if kind == 'skip' else 'FAILED'}: {value}", ""]
+    rows = value["epochs"]
+    lines += ["| epoch | RSS MiB | peak RSS MiB | live tensors holding a graph |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['epoch']} | {r['rss_mb']:.1f} | {r['peak_mb']:.1f} | {r['graph_tensors']} |" for r in rows
+    ]
+    growth = rows[-1]["rss_mb"] - rows[1]["rss_mb"] if len(rows) > 1 else 0.0
+    graphs = max(r["graph_tensors"] for r in rows)
+    verdict = "no growth" if growth < 2.0 and graphs == 0 else "**GROWTH**"
+    lines += ["", f"RSS change from epoch 2 to epoch {rows[-1]['epoch']}: {growth:+.1f} MiB; {verdict}.", ""]
+    return lines
+
+
+# ---- the report ------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> str:
+    found = []
+    for dist in ("xt-training", "torch", "torchmetrics", "tensorboard", "pytorch-ignite", "lightning"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join([f"Python {platform.python_version()}", *found])
+
+
+def git_commit() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "xt_training"], capture_output=True, text=True, cwd=ROOT
+        )
+    except OSError:
+        return "unknown"
+    return rev.stdout.strip() + (" (xt_training modified)" if dirty.stdout.strip() else "")
+
+
+def report(args: argparse.Namespace, sections: list[list[str]]) -> str:
+    command = shlex.join(["python", "benchmarks/run.py", *args.argv])
+    head = [
+        "# Benchmark results",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}; commit {git_commit()}",
+        f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"- Versions: {versions()}",
+        f"- Reproduce: `{command}`",
+        f"- Work: MLP 32-64-10, SGD (lr 0.05, momentum 0.9), cross-entropy, batch 64, {args.steps} steps "
+        f"in 3 epochs (evaluation: {args.steps} batches in one pass), 1 thread, seed 0; each case in its own "
+        f"process, {args.rounds} interleaved rounds. Times cover the training/evaluation call only (not "
+        "imports or set-up). The ratio is the median of per-round ratios to the group's first case.",
+        "- The case processes' stdout is a pipe, not a terminal: the default console logger prints plain "
+        "lines (a summary per pass), no progress bar. `xt_logging`/`xt_full` force the progress bar on "
+        "(written to the pipe), as on a terminal.",
+        "",
+    ]
+    return "\n".join(head + [line for section in sections for line in section]) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per case (default 3000)")
+    p.add_argument("--only", default="*", help="run only the case ids matching this pattern, e.g. 'map/*'")
+    p.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory case")
+    p.add_argument("--quick", action="store_true", help="one round of 60 steps: checks that everything runs")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="markdown file for the results (default: benchmarks/RESULTS.md; with --quick none)",
+    )
+    args = p.parse_args(argv)
+    args.argv = argv
+    if args.quick:
+        args.rounds, args.steps = 1, 60
+    elif args.output is None:
+        args.output = HERE / "RESULTS.md"
+    if args.rounds < 1 or args.steps < 3:
+        p.error("--rounds must be at least 1 and --steps at least 3")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    sections: list[list[str]] = [["## Speed", ""]]
+    with tempfile.TemporaryDirectory(prefix="xt-bench-") as tmp:
+        outcomes = run_groups(GROUPS, args.only, args.rounds, args.steps, Path(tmp))
+        sections += [
+            group_table(g, outcomes) for g in GROUPS if any(k.startswith(g.name + "/") for k in outcomes)
+        ]
+        if not args.no_startup:
+            sections.append(startup_table(run_startup(args.rounds)))
+        memory = ("skip", "not run (--no-memory)")
+        if not args.no_memory:
+            memory = run_memory(args.steps, Path(tmp))
+            sections.append(memory_table(*memory))
+    text = report(args, sections)
+    print("\n" + text)
+    if args.output is not None:
+        args.output.write_text(text)
+        print(f"written to {args.output}")
+    failed = [i for i, o in outcomes.items() if o.failed] + (["memory"] if memory[0] == "fail" else [])
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
