@@ -37,13 +37,14 @@ class XtGroup(click.Group):
         root = ctx.find_root()
         if "xt.registry" not in root.meta:
             reg = registry.load(root.params.get("plugins") or ())
-            collector = click.Group()
-            reg.add_commands(collector)
+            collector = click.Group()  # plugin commands live per invocation, never on the module-level group
+            owners = reg.add_commands(collector)
             commands = {}
             for name, command in collector.commands.items():
                 if name in self.commands:
                     reg.problems.append(
-                        f"a plugin's command {name!r} clashes with the built-in command; ignored"
+                        f"plugin {owners.get(name)!r} adds a command {name!r}, which clashes with the built-in "
+                        "command; ignored"
                     )
                 else:
                     commands[name] = command

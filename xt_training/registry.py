@@ -302,13 +302,22 @@ class Registry:
                     impl.function(**{arg: register for arg in impl.argnames})
         return staged
 
-    def add_commands(self, cli: Any) -> None:
-        """Call every plugin's ``register_commands(cli)``; a failure marks that plugin broken."""
+    def add_commands(self, cli: Any) -> dict[str, str]:
+        """Call every plugin's ``register_commands(cli)``; return command name -> the plugin that added it.
+
+        A plugin whose hook raises is marked broken.
+        """
+        owners: dict[str, str] = {}
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            before = dict(getattr(cli, "commands", {}))
             try:
                 impl.function(**{arg: cli for arg in impl.argnames})
             except Exception as e:
                 self._broken(self.plugins[impl.plugin_name], _one_line(e))
+            for name, command in getattr(cli, "commands", {}).items():
+                if before.get(name) is not command:
+                    owners[name] = impl.plugin_name
+        return owners
 
     # --- names -----------------------------------------------------------------------------------
     def table(self, kind: str) -> dict[str, Entry]:
@@ -332,9 +341,9 @@ class Registry:
         known = sorted(table, key=natural_key)
         if not known:
             raise ConfigError(f"unknown {kind} {name!r}: no {plural} are registered; see `xt plugins`")
-        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
         if close:
-            hint = f"did you mean {' or '.join(map(repr, close))}?"
+            hint = f"did you mean {close[0]!r}?"
         elif len(known) <= 12:
             hint = f"choose one of: {', '.join(known)};"
         else:

@@ -1,0 +1,371 @@
+"""The ``xt`` command line: the real console script in subprocesses for the main flows, click's CliRunner
+(in-process, same ``main``) for the many bad-input cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from xt_training import registry
+from xt_training.cli import cli
+
+XT = str(Path(sys.executable).with_name("xt"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SMALL = ["--data-opt", "n_samples=256", "--seed", "3", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    registry.reset()
+    yield
+    registry.reset()
+
+
+def xt(*args: str, cwd: Path, env: dict | None = None, code: int = 0) -> subprocess.CompletedProcess:
+    out = subprocess.run([XT, *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == code, f"xt {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def invoke(*args: str, code: int = 2):
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    return result
+
+
+def read(path: Path):
+    return json.loads(path.read_text())
+
+
+# --- start-up ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "metrics"], ["plugins"], ["run", "--help"]])
+def test_help_list_and_plugins_do_not_import_torch(args, tmp_path):
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('imported:', sorted(m for m in ('torch', 'torchmetrics', 'torchvision')"
+        " if m in sys.modules), file=sys.stderr))\n"
+        "from xt_training.cli import main\nmain(sys.argv[1:])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().endswith("imported: []"), out.stderr
+
+
+# --- xt run ---------------------------------------------------------------------------------------------------
+def test_run_saves_a_resolved_configuration_that_reproduces_the_run(tmp_path):
+    run1, run2, run3 = tmp_path / "run1", tmp_path / "run2", tmp_path / "run3"
+    xt(
+        "run", "--model", "cnn", "--data", "synthetic-images", "--epochs", "2", *SMALL,
+        "--metric", "accuracy", "--metric", "top3=top-k-accuracy", "--metric-opt", "top3.k=3",
+        "--model-opt", "hidden=(32,)", "--optimizer", "sgd", "--lr", "0.05", "--optimizer-opt", "momentum=0.9",
+        "--scheduler", "cosine", "--logger", "csv", "--save-dir", str(run1), cwd=tmp_path,
+    )  # fmt: skip
+    config = read(run1 / "config.json")
+    assert config["model"]["name"] == "cnn" and config["model"]["options"] == {"hidden": [32]}
+    assert config["model"]["resolved"] == {
+        "in_channels": 3, "image_size": 32, "num_classes": 10, "channels": [6, 16], "kernel_size": 5,
+        "hidden": [32], "dropout": 0.0,
+    }  # fmt: skip
+    assert config["data"]["options"] == {"n_samples": 256}
+    assert config["info"]["num_classes"] == 10
+    assert config["optimizer"]["options"] == {"momentum": 0.9, "lr": 0.05}
+    assert config["scheduler"]["resolved"]["T_max"] is None and config["scheduler"]["resolved"]["epochs"] == 2
+    assert config["loss"]["name"] == "cross-entropy"  # the data's suggestion, recorded
+    assert config["metrics"]["top3"]["name"] == "top-k-accuracy"
+    assert (
+        config["metrics"]["top3"]["options"] == {"k": 3} and config["metrics"]["top3"]["resolved"]["k"] == 3
+    )
+    assert [lg["name"] for lg in config["loggers"]] == ["csv"] and (run1 / "metrics.csv").is_file()
+    assert (config["epochs"], config["seed"]) == (2, 3)
+    history = read(run1 / "history.json")
+    assert len(history) == 2 and {"val/accuracy", "test/top3", "lr"} <= set(history[0])
+    assert history[1]["lr"] < history[0]["lr"]  # the cosine schedule stepped
+    assert (run1 / "checkpoints" / "best.pt").is_file()
+
+    xt("run", "--config", str(run1), "--save-dir", str(run2), "-q", cwd=tmp_path)
+    assert read(run2 / "history.json") == history  # same seed, data and options: the same numbers
+
+    xt(
+        "run",
+        "--config",
+        str(run1 / "config.json"),
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+        "--save-dir",
+        str(run3),
+        "-q",
+        cwd=tmp_path,
+    )
+    changed = read(run3 / "config.json")
+    assert (changed["epochs"], changed["optimizer"]["options"]["lr"]) == (1, 0.01)
+    assert changed["metrics"].keys() == config["metrics"].keys() and len(read(run3 / "history.json")) == 1
+
+    results = json.loads(xt("test", str(run1), "--json", cwd=tmp_path).stdout)
+    best = min(history, key=lambda row: row["val/loss"])
+    assert results["test"]["loss"] == pytest.approx(best["test/loss"], rel=1e-5)
+    assert results["test"]["top3"] == pytest.approx(best["test/top3"], rel=1e-5)
+    assert read(run1 / "test_results.json") == results
+    split = json.loads(
+        xt(
+            "test",
+            str(run1),
+            "--split",
+            "val",
+            "--json",
+            "--checkpoint",
+            str(run1 / "checkpoints" / "last.pt"),
+            cwd=tmp_path,
+        ).stdout
+    )
+    assert split["val"]["loss"] == pytest.approx(history[-1]["val/loss"], rel=1e-5)
+
+
+def test_the_demo_command_learns_and_prints_progress_with_python_m(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "xt_training", "run", "--model", "cnn", "--data", "synthetic-images", "--epochs", "3"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("cnn-synthetic-images-")
+    assert f"run saved to {Path('runs') / run.name}" in out.stdout
+    assert "accuracy" in out.stdout and "epoch 3" in out.stdout
+    history = read(run / "history.json")
+    assert history[-1]["val/accuracy"] > 0.9 and history[-1]["train/loss"] < history[0]["train/loss"]
+
+
+def test_rnn_and_mlp_on_sequences_with_a_batch_scheduler(tmp_path):
+    xt(
+        "run", "--model", "rnn", "--model-opt", "cell='lstm'", "--model-opt", "hidden_size=32",
+        "--data", "synthetic-sequences", "--batch-size", "32", "--scheduler", "one-cycle", "--lr", "0.01",
+        "--epochs", "2", "--monitor", "val/accuracy", *SMALL, "--save-dir", str(tmp_path / "r"), cwd=tmp_path,
+    )  # fmt: skip
+    config = read(tmp_path / "r" / "config.json")
+    assert config["model"]["resolved"]["cell"] == "lstm" and config["model"]["resolved"]["input_size"] == 32
+    assert config["data"]["options"]["batch_size"] == 32 and config["monitor"] == "val/accuracy"
+    assert config["scheduler"]["resolved"]["steps_per_epoch"] == 5  # 154 training rows / 32
+
+
+# --- config files ---------------------------------------------------------------------------------------------
+def test_template_train_and_test_a_python_config_file(tmp_path):
+    out = xt("template", "proj", cwd=tmp_path)
+    assert "wrote proj/config.py" in out.stdout
+    xt("train", "proj/config.py", "--save-dir", "run", "-q", cwd=tmp_path)
+    assert (tmp_path / "run" / "config.py").read_text() == (tmp_path / "proj" / "config.py").read_text()
+    history = read(tmp_path / "run" / "history.json")
+    assert len(history) == 5 and history[-1]["val/acc"] > 0.8
+    results = json.loads(
+        xt("test", "proj/config.py", "--checkpoint", "run/checkpoints/best.pt", "--json", cwd=tmp_path).stdout
+    )
+    assert results["test"]["acc"] > 0.8 and 0 < results["test"]["auc"] <= 1
+
+
+# --- show / plot --------------------------------------------------------------------------------------------------
+def test_show_and_plot_a_run(tmp_path):
+    xt(
+        "run",
+        "--model",
+        "mlp",
+        "--data",
+        "synthetic-classification",
+        "--epochs",
+        "2",
+        *SMALL,
+        "--save-dir",
+        "r",
+        cwd=tmp_path,
+    )
+    shown = xt("show", "r", cwd=tmp_path).stdout
+    assert "val/accuracy" in shown or "accuracy" in shown
+    pytest.importorskip("matplotlib")
+    xt("plot", "r", "-o", "curves.png", cwd=tmp_path)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- listing ----------------------------------------------------------------------------------------------------
+def test_list_info_and_plugins_output():
+    listed = invoke("list", "models", code=0).output.splitlines()
+    assert [line.split()[0] for line in listed] == ["cnn", "mlp", "rnn"]
+    assert "conv-pool" in listed[0]
+    everything = invoke("list", code=0).output
+    for plural in registry.KINDS.values():
+        assert f"{plural}:" in everything
+    assert [line.split()[0] for line in invoke("list", "metrics", "r*", code=0).output.splitlines()] == [
+        "recall",
+        "roc-auc",
+    ]
+    rows = json.loads(invoke("list", "losses", "*entropy", "--json", code=0).output)
+    assert rows == [
+        {
+            "kind": "loss", "name": "cross-entropy", "plugin": "xt_training.builtins.losses",
+            "distribution": "xt-training", "version": rows[0]["version"], "description": rows[0]["description"],
+        }
+    ]  # fmt: skip
+    assert "no models match 'zz*'" in invoke("list", "models", "zz*", code=0).output
+    info = invoke("info", "model", "rnn", code=0).output
+    assert (
+        "plugin:  xt_training.builtins.models (xt-training" in info
+        and "cell" in info
+        and "default 'gru'" in info
+    )
+    plugins = json.loads(invoke("plugins", "--json", code=0).output)
+    builtin = {p["name"]: p for p in plugins["plugins"]}["xt_training.builtins.metrics"]
+    assert builtin["status"] == "loaded" and "accuracy" in builtin["registered"]["metric"]
+    assert "xt_training.builtins.models  xt-training" in invoke("plugins", code=0).output
+
+
+# --- bad input: one line, exit 2, no traceback -----------------------------------------------------------------------
+RUN = ["run", "--model", "cnn", "--data", "synthetic-images"]
+
+
+@pytest.fixture
+def bad_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("corrupt.json").write_text('{"model": ')
+    Path("wrong.json").write_text('{"model": 3}')
+    Path("empty_run").mkdir()
+    Path("nockpt").mkdir()
+    Path("nockpt/config.json").write_text(json.dumps({"model": "mlp", "data": "synthetic-classification"}))
+    Path("notes.txt").write_text("hello")
+    Path("incomplete.py").write_text("model = 1\n")
+    Path("syntax.py").write_text("model = (\n")
+    Path("tpl").mkdir()
+    Path("tpl/config.py").write_text("# mine\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--model", "cnnn", "--data", "synthetic-images"], "unknown model 'cnnn'; did you mean 'cnn'? see `xt list models`"),
+        (["run", "--model", "cnn", "--data", "synthetic-imags"], "did you mean 'synthetic-images'?"),
+        (["run", "--model", "cnn"], "no data is chosen; pick one with --data NAME (`xt list data`)"),
+        (["run", "--data", "synthetic-images"], "no model is chosen; pick one with --model NAME"),
+        ([*RUN, "--model-opt", "hiden=3"], "model 'cnn' has no option 'hiden'; did you mean 'hidden'? options: in_channels=3"),
+        ([*RUN, "--model-opt", "hidden=abc"], "option hidden='abc' must be int | Sequence[int], not str"),
+        ([*RUN, "--model-opt", "hidden"], "'hidden' is not KEY=VALUE"),
+        ([*RUN, "--data-opt", "n_sample=10"], "data 'synthetic-images' has no option 'n_sample'; did you mean 'n_samples'?"),
+        ([*RUN, "--optimizer", "sgd", "--optimizer-opt", "momentm=0.9"], "did you mean 'momentum'?"),
+        ([*RUN, "--loss", "cross-entropi"], "unknown loss 'cross-entropi'; did you mean 'cross-entropy'?"),
+        ([*RUN, "--scheduler", "cosin"], "unknown scheduler 'cosin'; did you mean 'cosine'?"),
+        ([*RUN, "--metric", "acc=acuracy"], "unknown metric 'acuracy'"),
+        ([*RUN, "--metric", "loss"], "'loss' is the name of the training loss"),
+        ([*RUN, "--metric-opt", "top.k=3"], "--metric-opt names metric 'top', which is not chosen"),
+        ([*RUN, "--metric", "accuracy", "--metric-opt", "accuracy"], "is not NAME.KEY=VALUE"),
+        ([*RUN, "--logger", "tensorbord"], "did you mean 'tensorboard'?"),
+        ([*RUN, "--logger-opt", "csv.x=1"], "--logger-opt names logger 'csv', which is not chosen: add --logger csv"),
+        ([*RUN, "--callback", "early-stoping"], "did you mean 'early-stopping'?"),
+        ([*RUN, "--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
+        ([*RUN, "--batch-size", "0"], "Invalid value for '--batch-size'"),
+        ([*RUN, "--epoch", "2"], "No such option '--epoch'. Did you mean '--epochs'?"),
+        ([*RUN, "--mode", "sideways"], "Invalid value for '--mode'"),
+        ([*RUN, "--device", "gpu0"], "invalid device 'gpu0'"),
+        ([*RUN, "--monitor", "val/acc"], "monitor 'val/acc' is not a value of this run"),
+        (["run", "--model", "rnn", "--data", "synthetic-images"], "model 'rnn' takes input_size from the data, but data 'synthetic-images' does not give it"),
+        (["run", "--model", "mlp", "--data", "csv"], "data 'csv' needs option 'path'"),
+        (["run", "--model", "mlp", "--data", "csv", "--data-opt", "path=nope.csv"], "CSV file 'nope.csv' does not exist"),
+        (["run", "--config", "missing.json"], "Path 'missing.json' does not exist"),
+        (["run", "--config", "corrupt.json"], "'corrupt.json' is not valid JSON"),
+        (["run", "--config", "wrong.json"], "'model' must be {'name': NAME, 'options': {...}} or null, not 3"),
+        (["run", "--config", "empty_run"], "config.json' does not exist; pass a run directory written by `xt run`"),
+        (["--batch-size", "3"], "No such option '--batch-size'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["-p", "nosuchplugin", "list"], "-p nosuchplugin: no installed plugin or importable module of that name"),
+        (["list", "modles"], "unknown kind 'modles'; did you mean 'models'?"),
+        (["info", "model", "resnt"], "unknown model 'resnt'"),
+        (["test", "missing_dir"], "Path 'missing_dir' does not exist"),
+        (["test", "empty_run"], "config.json' does not exist"),
+        (["test", "nockpt"], "has no checkpoints/best.pt or last.pt; train it first"),
+        (["test", "notes.txt"], "is neither a run directory nor a Python config file (.py)"),
+        (["test", "incomplete.py"], "does not define 'test_loaders'"),
+        (["test", "incomplete.py", "--split", "val"], "--split applies to run directories"),
+        (["train", "incomplete.py"], "does not define 'train_loader', 'optimizer', 'loss_fn', 'epochs'"),
+        (["train", "syntax.py"], "syntax.py, line 1"),
+        (["train", "missing.py"], "File 'missing.py' does not exist"),
+        (["template", "tpl"], "exists; pass --force to overwrite it"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(bad_files, args, message):
+    result = invoke(*args)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xt: error: "), result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_no_arguments_prints_help():
+    assert "Commands:" in invoke(code=0).output
+
+
+# --- plugins through the CLI ---------------------------------------------------------------------------------------
+PLUGIN = """
+    import click
+    from xt_training.hookspecs import hookimpl
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command()
+        @click.argument("who")
+        def hello(who):
+            '''Say hello.'''
+            click.echo(f"hello {who}")
+
+        @cli.command("run")
+        def shadow():
+            '''A clash with a built-in command.'''
+
+    @hookimpl
+    def register_models(register):
+        register("tiny", "torch.nn:Identity", description="does nothing")
+"""
+
+
+def fake_site(root: Path) -> Path:
+    root.mkdir()
+    for dist, ep, module, source in (
+        ("hello-dist", "hello", "hello_plugin", textwrap.dedent(PLUGIN)),
+        ("broken-dist", "broken", "broken_plugin", "raise RuntimeError('boom')\n"),
+    ):
+        (root / f"{module}.py").write_text(source)
+        info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[xt_training]\n{ep} = {module}\n")
+    return root
+
+
+def test_plugins_add_commands_and_broken_ones_are_reported(tmp_path):
+    env = {**ENV, "PYTHONPATH": str(fake_site(tmp_path / "site"))}
+    out = xt("hello", "world", cwd=tmp_path, env=env)
+    assert out.stdout == "hello world\n"
+    assert "xt: warning: plugin 'broken' (broken-dist 1.0) failed to load: RuntimeError: boom" in out.stderr
+    assert (
+        "plugin 'hello' adds a command 'run', which clashes with the built-in command; ignored" in out.stderr
+    )
+    assert "hello" in xt("--help", cwd=tmp_path, env=env).stdout
+    listed = xt("list", "models", cwd=tmp_path, env=env)
+    assert "tiny  does nothing  [hello-dist]" in listed.stdout
+    plugins = json.loads(xt("plugins", "--json", cwd=tmp_path, env=env).stdout)["plugins"]
+    status = {p["name"]: (p["status"], p["error"]) for p in plugins}
+    assert status["broken"] == ("broken", "RuntimeError: boom")
+    assert status["hello"] == ("loaded", None)
+
+    quiet = xt("-p", "no:broken", "list", "models", cwd=tmp_path, env=env)
+    assert "broken" not in quiet.stderr and "tiny" in quiet.stdout
+    off = xt("list", "models", cwd=tmp_path, env={**env, "XT_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert off.stderr == "" and "tiny" not in off.stdout
+    allowed = xt("list", "models", cwd=tmp_path, env={**env, "XT_PLUGINS": "hello"})
+    assert "broken" not in allowed.stderr and "tiny" in allowed.stdout
+    assert xt(
+        "hello", "x", cwd=tmp_path, env={**env, "XT_DISABLE_PLUGIN_AUTOLOAD": "1"}, code=2
+    ).stderr.startswith("xt: error: No such command 'hello'")
