@@ -81,6 +81,7 @@ class Mean:
 
     def __init__(self, fn: Callable[[Any, Any], Any]):
         self.fn = fn
+        self.sync = True
         self.reset()
 
     def update(self, y_pred: Any, y: Any) -> None:
@@ -93,7 +94,14 @@ class Mean:
         self._n += n
 
     def compute(self) -> torch.Tensor:
-        return self._sum / self._n if self._n else torch.tensor(float("nan"))
+        total = _all_reduce(
+            torch.stack([torch.as_tensor(self._sum, dtype=torch.float32), torch.tensor(float(self._n))]),
+            self.sync,
+        )
+        return total[0] / total[1] if total[1] else torch.tensor(float("nan"))
+
+    def set_sync(self, enabled: bool) -> None:
+        self.sync = enabled
 
     def reset(self) -> None:
         self._sum: Any = 0.0
@@ -111,9 +119,10 @@ class Loss(Mean):
 
 
 class EPS:
-    """Examples per second, from the first ``update`` after ``reset()`` to ``compute()``."""
+    """Examples per second, from ``reset()`` to ``compute()`` (under DDP: of all ranks together)."""
 
     def __init__(self) -> None:
+        self.sync = True
         self.reset()
 
     def update(self, y_pred: Any, y: Any) -> None:
@@ -121,7 +130,11 @@ class EPS:
 
     def compute(self) -> float:
         elapsed = time.perf_counter() - self._start
-        return self._n / elapsed if elapsed > 0 else float("nan")
+        n = _all_reduce(torch.tensor(float(self._n)), self.sync).item()
+        return n / elapsed if elapsed > 0 else float("nan")
+
+    def set_sync(self, enabled: bool) -> None:
+        self.sync = enabled
 
     def reset(self) -> None:
         self._n = 0
@@ -158,6 +171,24 @@ def set_state(metric: Any, state: dict[str, Any]) -> None:
     metric._computed = None
 
 
+def set_sync(metric: Any, enabled: bool) -> None:
+    """Whether ``metric.compute()`` combines the states of all DDP ranks (torchmetrics and ours)."""
+    if hasattr(metric, "set_sync"):
+        metric.set_sync(enabled)
+    elif hasattr(metric, "_to_sync"):  # a torchmetrics Metric
+        metric._to_sync = enabled
+        metric._computed = None  # a cached (unsynchronised) value must not be returned
+
+
+def _all_reduce(tensor: torch.Tensor, enabled: bool) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if enabled and dist.is_available() and dist.is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def _name(fn: Any) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
@@ -187,6 +218,7 @@ class _Classification:
         self.task = task
         self.num_classes = num_classes
         self.kwargs = kwargs
+        self.sync = True
         self._metric: Any = None
 
     def _build(self, task: str, n: int) -> Any:
@@ -208,6 +240,7 @@ class _Classification:
                 raise ValueError(f"{type(self).__name__} does not support the {self.task} task")
             self.num_classes = self.num_classes or n
             self._metric = self._build(self.task, self.num_classes).to(y_pred.device)
+            set_sync(self._metric, self.sync)
         preds, target = self._prepare(y_pred, y)
         self._metric.update(preds, target)
 
@@ -219,6 +252,11 @@ class _Classification:
     def reset(self) -> None:
         if self._metric is not None:
             self._metric.reset()
+
+    def set_sync(self, enabled: bool) -> None:
+        self.sync = enabled
+        if self._metric is not None:
+            set_sync(self._metric, enabled)
 
     def get_state(self) -> dict[str, Any] | None:
         if self._metric is None:
@@ -317,8 +355,9 @@ class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
             value = super().compute()
         if self.task != "multiclass" or self._counts is None:
             return value
-        total = self._counts.sum()
-        present = (self._counts > 0) & (self._counts < total)  # both positives and negatives seen
+        counts = _all_reduce(self._counts, self.sync)
+        total = counts.sum()
+        present = (counts > 0) & (counts < total)  # both positives and negatives seen
         return value[present].mean() if bool(present.any()) else torch.tensor(float("nan"))
 
     def reset(self) -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
+from . import distributed
 from .batch import batch_size, default_forward, describe, to_device
 from .errors import ConfigError, LossError, MetricError, NonFiniteLossError, XtError
+from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup
-from .metrics import as_metric, get_state, set_state
+from .metrics import as_metric, get_state, set_state, set_sync
 from .rng import capture_rng, loader_generators, restore_rng
 
 # Metric inputs are buffered between logging steps and handed to the metrics concatenated; past this
@@ -64,6 +68,12 @@ class Runner:
         clip_grad_norm, clip_grad_value: gradient clipping before each optimizer step.
         checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps
             (F.train writes a resumable mid-epoch checkpoint there).
+        fast_path: take batches of a TensorDataset loader straight from its tensors (one gather or slice
+            per tensor instead of per-sample indexing and stacking), with exactly the DataLoader's
+            batches and random draws; other loaders are iterated as usual. See :mod:`xt_training.fastpath`.
+        data_on_device: with the fast path on CUDA, copy the dataset's tensors to the GPU once and gather
+            batches there: ``True``, ``False`` or ``'auto'`` (when they take at most a quarter of its
+            free memory).
     """
 
     def __init__(
@@ -86,6 +96,8 @@ class Runner:
         clip_grad_value: float | None = None,
         checkpoint_every_n_steps: int | None = None,
         on_checkpoint: Callable[[], Any] | None = None,
+        fast_path: bool = True,
+        data_on_device: bool | str = "auto",
     ):
         if scheduler_step not in ("epoch", "batch", None):
             raise ConfigError(f"scheduler_step must be 'epoch', 'batch' or None, not {scheduler_step!r}")
@@ -100,8 +112,18 @@ class Runner:
             raise ConfigError(
                 f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, not {precision!r}"
             )
-        self.device = resolve_device(device)
-        self.model = model.to(self.device)
+        self.distributed = distributed.init_from_env()  # under torchrun: one rank of a process group
+        if self.distributed and device is None:
+            self.device = distributed.local_device()
+        else:
+            self.device = resolve_device(device)
+        self.module = model.to(self.device)  # the plain model: evaluation passes use it directly
+        # training passes go through DistributedDataParallel, which all-reduces the gradients
+        self.model = (
+            distributed.wrap_model(self.module, self.device)
+            if self.distributed and optimizer
+            else self.module
+        )
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -113,6 +135,8 @@ class Runner:
             from .loggers.console import ConsoleLogger
 
             loggers = [] if quiet else [ConsoleLogger()]
+        if not distributed.is_main():
+            loggers = []  # only rank 0 prints and writes
         self.loggers = loggers if isinstance(loggers, LoggerGroup) else LoggerGroup(loggers)
         self.precision = precision
         self.amp_dtype = _PRECISIONS[precision]
@@ -123,12 +147,18 @@ class Runner:
         self.clip_grad_value = clip_grad_value
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.on_checkpoint = on_checkpoint
+        if not isinstance(fast_path, bool):
+            raise ConfigError(f"fast_path must be True or False, not {fast_path!r}")
+        self.fast_path = fast_path
+        self.data_on_device = check_data_on_device(data_on_device)
+        self._fast_path_noticed = False
         self.epoch = 0  # shown by loggers; F.train sets it
         self.global_step = 0  # optimizer steps taken, across passes
         self.latest: dict[str, Any] = {}  # the values of the last pass
         self.stop_requested = False  # set (e.g. by a signal handler) to end the pass after the current step
         self.stopped = False  # whether the last pass ended early because of stop_requested
         self._pass: dict[str, Any] = {}  # the running training pass, for position()
+        self._sharded: dict[tuple[int, bool], Any] = {}
 
     def __call__(
         self,
@@ -145,12 +175,17 @@ class Runner:
         whole loader, concatenated in loader order, on the CPU (the values are in ``runner.latest``).
         ``resume`` continues a training pass from a :meth:`position` saved in a checkpoint.
         """
-        training = self.model.training
+        training = self.module.training
+        model = self.model if training else self.module
         name = name or ("train" if training else "eval")
         if training and (self.optimizer is None or self.loss_fn is None):
             raise ConfigError("the model is in training mode, so the Runner needs an optimizer and a loss_fn")
         pass_metrics = self.metrics if metrics is None else prepare_metrics(metrics)
-        buffers = _Buffers(pass_metrics, self.device, keep_all=return_preds)
+        if self.distributed:
+            loader = self._shard(loader, training)
+        if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+            loader.sampler.set_epoch(self.epoch)  # a new shuffle each epoch, the same on every rank
+        buffers = _Buffers(pass_metrics, self.device, keep_all=return_preds, distributed=self.distributed)
         non_blocking = self.device.type == "cuda"  # copies overlap with compute where memory is pinned
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         self.stopped = False
@@ -162,7 +197,11 @@ class Runner:
         if resume is not None:
             restore_rng(resume["rng_start"], generators)
         rng_start = capture_rng(generators) if training else None
-        batches = iter(loader)
+        fast = fast_batches(loader, self.device, self.data_on_device) if self.fast_path else None
+        if fast is not None and not self._fast_path_noticed:
+            self._fast_path_noticed = True  # once per run
+            self.loggers.notice(fast.description)
+        batches = iter(loader if fast is None else fast)
         done = 0  # steps of this pass already done (by an interrupted run)
         if resume is not None:
             done = skip_batches(batches, resume["step"])
@@ -176,8 +215,12 @@ class Runner:
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 batch = to_device(batch, self.device, non_blocking)
-                with autocast:
-                    y_pred, y = self.forward_fn(self.model, batch)
+                # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
+                no_sync = (
+                    model.no_sync() if self.distributed and training and step % self.accumulate else _NO_OP
+                )
+                with no_sync, autocast:
+                    y_pred, y = self.forward_fn(model, batch)
                     loss = self.loss_fn(y_pred, y) if self.loss_fn is not None else None
                 if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
@@ -194,7 +237,8 @@ class Runner:
                 # Per step only detached references are kept; no value leaves the device here.
                 buffers.add(loss, y_pred, y)
                 tick()
-                if step == 1 or step % self.log_every_n_steps == 0:
+                log_step = step == 1 or step % self.log_every_n_steps == 0
+                if log_step:
                     # Logging step: metrics update on the buffered batches and values are read to the
                     # host -- on CUDA this is the pass's only synchronisation point between batches.
                     values = buffers.flush()
@@ -212,7 +256,7 @@ class Runner:
                         and self.global_step % self.checkpoint_every_n_steps == 0
                     ):
                         self.on_checkpoint()
-                if self.stop_requested:
+                if self._should_stop(training, log_step):
                     self.stopped = True
                     break
 
@@ -222,7 +266,7 @@ class Runner:
             raise ConfigError(f"loader '{name}' yielded no batches; check the dataset size and drop_last")
         if training and step % self.accumulate:
             self._optimizer_step()  # the gradients of a last, incomplete accumulation group
-        values = buffers.flush()
+        values = buffers.flush(final=True)
         if training:
             self._check_finite(values, buffers, name)
             if self.scheduler is not None and self.scheduler_step == "epoch":
@@ -230,6 +274,20 @@ class Runner:
         self.loggers.end_pass(name, values)
         self.latest = values
         return buffers.predictions() if return_preds else values
+
+    def _should_stop(self, training: bool, log_step: bool) -> bool:
+        if not self.distributed:
+            return self.stop_requested
+        # Ranks must agree to stop, which takes a collective: only at the training pass's logging
+        # steps, where every rank is at the same step (evaluation shards may differ by a batch).
+        return training and log_step and distributed.any_rank(self.stop_requested, self.device)
+
+    def _shard(self, loader: Any, training: bool) -> Any:
+        """The loader with a distributed sampler, made once per loader."""
+        key = (id(loader), training)
+        if key not in self._sharded:
+            self._sharded[key] = (loader, distributed.shard_loader(loader, training))  # keeps `loader` alive
+        return self._sharded[key][1]
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None and (self.clip_grad_norm or self.clip_grad_value):
@@ -284,6 +342,11 @@ def skip_batches(batches: Any, n: int) -> int:
             batches._next_index()
         batches._num_yielded += n
         return n
+    if isinstance(batches, FastIterator):  # the same: the samplers draw, no data is read
+        skipped = batches.skip(n)
+        if skipped < n:
+            raise ConfigError(f"cannot resume at step {n}: the loader has only {skipped} batches now")
+        return n
     for i in range(n):
         if next(batches, _END) is _END:
             raise ConfigError(f"cannot resume at step {n}: the loader has only {i} batches now")
@@ -291,6 +354,7 @@ def skip_batches(batches: Any, n: int) -> int:
 
 
 _END = object()
+_NO_OP = contextlib.nullcontext()
 
 
 def step_scheduler(scheduler: Any, value: float | None) -> None:
@@ -349,9 +413,12 @@ def _to_python(value: Any) -> Any:
 class _Buffers:
     """What a pass keeps between logging steps, and the pass totals built from it."""
 
-    def __init__(self, metrics: dict[str, Any], device: torch.device, keep_all: bool):
+    def __init__(
+        self, metrics: dict[str, Any], device: torch.device, keep_all: bool, distributed: bool = False
+    ):
         self.metrics = metrics
         self.device = device
+        self.distributed = distributed
         self.keep_all = keep_all
         self.keep_outputs = bool(metrics) or keep_all
         self.losses: list[torch.Tensor] = []  # since the last logging step
@@ -429,8 +496,11 @@ class _Buffers:
             self.all_outputs.extend(self.outputs)
         self.outputs, self.elements = [], 0
 
-    def flush(self) -> dict[str, Any]:
-        """Fold the buffers into the pass totals and read the values so far to the host."""
+    def flush(self, final: bool = False) -> dict[str, Any]:
+        """Fold the buffers into the pass totals and read the values so far to the host.
+
+        Under DDP the ``final`` values are synchronised over all ranks; running values are this rank's.
+        """
         self.chunk_losses = torch.stack(self.losses).float() if self.losses else None
         if self.chunk_losses is not None:
             sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.device, non_blocking=True)
@@ -441,10 +511,15 @@ class _Buffers:
         self.losses, self.sizes = [], []
         self.flush_outputs()
 
+        sync = final and self.distributed
         values: dict[str, Any] = {}
         if self.loss_sum is not None:
-            values["loss"] = self.loss_sum / self.count
+            total = torch.stack([self.loss_sum, torch.tensor(float(self.count), device=self.device)])
+            total = distributed.all_reduce_sum(total) if sync else total
+            values["loss"] = total[0] / total[1]
         for name, metric in self.metrics.items():
+            if self.distributed:
+                set_sync(metric, sync)
             try:
                 values[name] = metric.compute()
             except Exception as e:

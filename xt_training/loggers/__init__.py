@@ -12,6 +12,8 @@ logger implements only what it needs (no base class to inherit). The loop calls 
             end_pass(name, values)                  exact values of the whole pass
         end_epoch(epoch, values, step)     all values of the epoch, as in the history ('val/acc', ...)
     end_run(status)                        'completed', 'failed' or 'interrupted'
+    notice(message)                        any time: a one-line message for the user (e.g. that the
+                                           exact fast path for tensor data is used)
     close()
 
 Values are plain Python floats (or nested lists for non-scalar metrics such as a confusion matrix);
@@ -40,6 +42,8 @@ class Logger(Protocol):
     def end_pass(self, name: str, values: dict[str, Any]) -> None: ...
 
     def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None: ...
+
+    def notice(self, message: str) -> None: ...
 
     def end_run(self, status: str) -> None: ...
 
@@ -81,6 +85,9 @@ class LoggerGroup:
 
     def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None:
         self._call("end_epoch", epoch, values, step)
+
+    def notice(self, message: str) -> None:
+        self._call("notice", message)
 
     def end_run(self, status: str) -> None:
         self._call("end_run", status)

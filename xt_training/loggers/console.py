@@ -162,6 +162,12 @@ class ConsoleLogger:
         else:
             self._print(f"run {status} in epoch {self._epoch} after {elapsed}")
 
+    def notice(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=self._out)  # above the bar, which stays intact
+        else:
+            self._print(message)
+
     def close(self) -> None:
         self._close_bar()
 

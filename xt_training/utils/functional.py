@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..callbacks import Run
 from ..checkpoint import atomic_write, load_checkpoint, read_checkpoint, save_checkpoint, write_json
 from ..errors import ConfigError
@@ -64,6 +65,8 @@ def train(
     clip_grad_norm: float | None = None,
     clip_grad_value: float | None = None,
     handle_signals: bool = True,
+    fast_path: bool = True,
+    data_on_device: bool | str = "auto",
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
 
@@ -96,7 +99,7 @@ def train(
         handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
         forward_fn, log_every_n_steps, precision, accumulate_grad_batches, clip_grad_norm,
-            clip_grad_value: see :class:`~xt_training.Runner`.
+            clip_grad_value, fast_path, data_on_device: see :class:`~xt_training.Runner`.
 
     Returns:
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
@@ -120,9 +123,11 @@ def train(
         passes.append(("val", val_loader, eval_metrics))
     passes += [(_test_prefix(n), loader, eval_metrics) for n, loader in test_loaders.items()]
     monitor, mode = _check_monitor(monitor, mode, passes)
-    save_dir = prepare_save_dir(save_dir)
+    main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
+    save_dir = prepare_save_dir(save_dir) if main else Path(save_dir)
     ckpt_dir = save_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
+    if main:
+        ckpt_dir.mkdir(exist_ok=True)
     callbacks = list(callbacks or [])
     generators = [g for _, loader, _ in passes for g in loader_generators(loader)]
     config = _run_config(train_loader, model, optimizer, loss_fn, scheduler, monitor)
@@ -136,16 +141,20 @@ def train(
         forward_fn=forward_fn,
         scheduler_step="batch" if scheduler_step == "batch" else None,  # per-epoch steps happen here
         log_every_n_steps=log_every_n_steps,
-        loggers=_resolve_loggers(loggers, save_dir, quiet),
+        loggers=_resolve_loggers(loggers, save_dir, quiet) if main else [],
         precision=precision,
         accumulate_grad_batches=accumulate_grad_batches,
         clip_grad_norm=clip_grad_norm,
         clip_grad_value=clip_grad_value,
         checkpoint_every_n_steps=checkpoint_every_n_steps,
+        fast_path=fast_path,
+        data_on_device=data_on_device,
     )
     run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
 
     def save(path: Path, position: dict[str, Any] | None = None) -> None:
+        if not main:
+            return
         save_checkpoint(
             path, model, optimizer, scheduler,
             scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
@@ -181,12 +190,14 @@ def train(
     status = "failed"
     with _stop_on_signals(runner, enabled=handle_signals) as received:
 
-        def stop(position: dict[str, Any]) -> None:
+        def stop(position: dict[str, Any] | None) -> None:
             """A signal asked to stop: keep the exact position, then leave as the signal wants."""
-            save(ckpt_dir / "last.pt", position)
-            print(f"stopped by {received[0]}: state saved to {ckpt_dir / 'last.pt'}; resume with "
+            if position is not None:  # else the epoch's checkpoint is the position
+                save(ckpt_dir / "last.pt", position)
+            sig = received[0] if received else "SIGTERM"  # under DDP another rank may have got the signal
+            print(f"stopped by {sig}: state saved to {ckpt_dir / 'last.pt'}; resume with "
                   f"F.train(..., resume=True) or `xt run --resume {save_dir}`", flush=True)  # fmt: skip
-            if received[0] == "SIGINT":
+            if sig == "SIGINT":
                 raise KeyboardInterrupt
             raise SystemExit(0)
 
@@ -231,16 +242,20 @@ def train(
                 save(ckpt_dir / "last.pt")
                 if improved:
                     save(ckpt_dir / "best.pt")
-                write_json(save_dir / HISTORY_FILE, run.history)
+                if main:
+                    write_json(save_dir / HISTORY_FILE, run.history)
                 runner.loggers.end_epoch(epoch, row, runner.global_step)
                 if run.should_stop:
                     break
+                if distributed.any_rank(runner.stop_requested, runner.device):  # came between passes (or DDP)
+                    stop(None)
             status = "stopped" if run.should_stop else "completed"
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         except Exception:
-            _save_crash(ckpt_dir / "crash.pt", model, run)
+            if main:
+                _save_crash(ckpt_dir / "crash.pt", model, run)
             raise
         finally:  # never `return` here: that would swallow the exception
             for cb in callbacks:
@@ -262,6 +277,8 @@ def test(
     forward_fn: Callable[[torch.nn.Module, Any], tuple[Any, Any]] | None = None,
     loggers: Iterable[Any] | None = None,
     quiet: bool = False,
+    fast_path: bool = True,
+    data_on_device: bool | str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on every loader in ``test_loaders``; return ``{loader_name: {'loss': ..., metric: ...}}``.
 
@@ -269,6 +286,7 @@ def test(
     ``checkpoint_path`` the weights are loaded first. With ``save_dir`` the values go to
     ``save_dir/test_results.json`` and the predictions and labels to ``save_dir/results.pt``
     (``{loader_name: {'preds': tensor, 'labels': tensor}}``, loadable with ``weights_only=True``).
+    ``fast_path`` and ``data_on_device``: see :class:`~xt_training.Runner`.
     """
     test_loaders = _check_loaders(test_loaders)
     if not test_loaders:
@@ -284,6 +302,8 @@ def test(
         forward_fn=forward_fn,
         loggers=loggers,
         quiet=quiet,
+        fast_path=fast_path,
+        data_on_device=data_on_device,
     )
     was_training = model.training
     model.eval()
@@ -456,11 +476,23 @@ def _resolve_loggers(loggers: Iterable[Any] | None, save_dir: Path, quiet: bool)
 
             lg = registry.create("logger", lg, save_dir=save_dir)
         resolved.append(lg)
+    resolved.append(_Notes(save_dir))
     if quiet:
         return [lg for lg in resolved if not isinstance(lg, ConsoleLogger)]
     if not any(isinstance(lg, ConsoleLogger) for lg in resolved):
         resolved.insert(0, ConsoleLogger())
     return resolved
+
+
+class _Notes:
+    """Keeps the loop's one-line notices (e.g. that the fast path is used) in ``save_dir/notes.txt``."""
+
+    def __init__(self, save_dir: Path):
+        self.path = save_dir / "notes.txt"
+
+    def notice(self, message: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(message + "\n")
 
 
 def _noop(*args: Any) -> None:

@@ -1,0 +1,161 @@
+"""DDP on CPU (gloo) through torchrun: synced metrics, rank-0 I/O, failing ranks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from conftest import make_classification
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from xt_training import load_checkpoint, metrics
+from xt_training.utils import functional as F
+
+COMMON = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+    from xt_training import metrics
+    from xt_training.utils import functional as F
+
+    torch.set_num_threads(1)
+    out = sys.argv[1]
+
+    def data(n=301, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 16, generator=g)
+        w = torch.randn(16, 3, generator=g)
+        return x, (x @ w).argmax(1)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def eval_metrics():
+        return {"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC(), "f1": metrics.F1(),
+                "mae": lambda p, y: (p.argmax(1) - y).abs().float().mean()}
+    """
+)
+
+
+def torchrun(tmp_path, body, nproc=2, timeout=180):
+    script = tmp_path / "job.py"
+    script.write_text(COMMON + textwrap.dedent(body))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--standalone", str(script), str(tmp_path / "out")]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def reference_data(n=301, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, generator=g)
+    w = torch.randn(16, 3, generator=g)
+    return x, (x @ w).argmax(1)
+
+
+def reference_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def test_two_processes_report_the_metrics_of_one(tmp_path):
+    result = torchrun(
+        tmp_path,
+        """
+        x, y = data()
+        loader = DataLoader(TensorDataset(x, y), batch_size=20)  # 301 examples: uneven shards
+        res = F.test({"test": loader}, model(), nn.CrossEntropyLoss(), eval_metrics(), quiet=True)
+        json.dump(res, open(f"{out}.{os.environ['RANK']}.json", "w"))
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    x, y = reference_data()
+    expected = F.test({"test": DataLoader(TensorDataset(x, y), batch_size=20)}, reference_model(),
+                      nn.CrossEntropyLoss(), {"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC(), "f1": metrics.F1(),
+                      "mae": lambda p, y: (p.argmax(1) - y).abs().float().mean()}, quiet=True)["test"]  # fmt: skip
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"out.{rank}.json").read_text())["test"]
+        assert got.keys() == expected.keys()
+        for k in expected:
+            assert got[k] == pytest.approx(expected[k], rel=1e-5), k
+
+
+def test_ddp_training_converges_and_writes_one_run_directory(tmp_path):
+    result = torchrun(
+        tmp_path,
+        """
+        x, y = data(1200)
+        train = DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=16, shuffle=True)  # global batch 32
+        val = DataLoader(TensorDataset(x[1000:], y[1000:]), batch_size=50)
+        m = model()
+        opt = torch.optim.SGD(m.parameters(), lr=0.2)
+        hist = F.train(out, train, m, opt, 4, nn.CrossEntropyLoss(), val_loader=val,
+                       eval_metrics={"acc": metrics.Accuracy()}, accumulate_grad_batches=2)
+        print("RANK", os.environ["RANK"], "ACC", hist[-1]["val/acc"])
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    accs = [float(line.split()[3]) for line in result.stdout.splitlines() if line.startswith("RANK")]
+    assert len(accs) == 2 and accs[0] == accs[1], "all ranks agree on the synced metrics"
+
+    x, y = reference_data(1200)
+    m = reference_model()
+    hist = F.train(tmp_path / "single", DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=32, shuffle=True), m,
+                   torch.optim.SGD(m.parameters(), lr=0.2), 4, nn.CrossEntropyLoss(),
+                   val_loader=DataLoader(TensorDataset(x[1000:], y[1000:]), batch_size=50),
+                   eval_metrics={"acc": metrics.Accuracy()}, quiet=True)  # fmt: skip
+    assert abs(accs[0] - hist[-1]["val/acc"]) < 0.08 and accs[0] > 0.8
+
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.json", "notes.txt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    # each rank trains on its half: 500 examples in 32 batches of 16, an optimizer step every 2
+    assert state["global_step"] == 4 * 16
+    assert not any(k.startswith("module.") for k in state["model"])
+    plain = reference_model()
+    load_checkpoint(out / "checkpoints" / "last.pt", plain)  # strict: every key fits the plain model
+    assert json.loads((out / "history.json").read_text())[-1]["val/acc"] == accs[0]
+    assert result.stdout.count("val") <= 20, "only rank 0 prints"
+
+
+def test_a_failing_rank_brings_the_job_down(tmp_path):
+    start = time.monotonic()
+    result = torchrun(
+        tmp_path,
+        """
+        x, y = data(400)
+        train = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)
+        rank = int(os.environ["RANK"])
+
+        def loss_fn(y_pred, y):
+            loss_fn.calls = getattr(loss_fn, "calls", 0) + 1
+            if rank == 1 and loss_fn.calls == 5:
+                raise RuntimeError("rank 1 failed on purpose")
+            return nn.functional.cross_entropy(y_pred, y)
+
+        m = model()
+        F.train(out, train, m, torch.optim.SGD(m.parameters(), lr=0.1), 50, loss_fn, quiet=True)
+        """,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "rank 1 failed on purpose" in result.stderr
+    assert time.monotonic() - start < 90
+
+
+def test_training_loaders_are_sharded_without_changing_a_single_process_run(tmp_path):
+    # without torchrun nothing is wrapped: the model stays a plain module
+    x, y = make_classification(64)
+    m = reference_model()
+    F.train(tmp_path, DataLoader(TensorDataset(x, y), batch_size=16), m, torch.optim.SGD(m.parameters(), lr=0.1), 1,
+            nn.CrossEntropyLoss(), quiet=True)  # fmt: skip
+    assert not any(k.startswith("module.") for k in torch.load(tmp_path / "checkpoints" / "last.pt")["model"])
