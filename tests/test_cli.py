@@ -157,6 +157,37 @@ def test_rnn_and_mlp_on_sequences_with_a_batch_scheduler(tmp_path):
     assert config["scheduler"]["resolved"]["steps_per_epoch"] == 5  # 154 training rows / 32
 
 
+def test_resume_extends_a_run_and_refuses_a_different_one(tmp_path):
+    args = ["--model", "mlp", "--data", "synthetic-classification", *SMALL, "--save-dir", "r"]
+    xt(
+        "run",
+        *args,
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--clip-grad-norm",
+        "1",
+        "--accumulate-grad-batches",
+        "2",
+        cwd=tmp_path,
+    )
+    first = read(tmp_path / "r" / "history.json")
+    saved = read(tmp_path / "r" / "config.json")
+    assert (saved["checkpoint_every_n_steps"], saved["clip_grad_norm"], saved["accumulate_grad_batches"]) == (
+        2,
+        1.0,
+        2,
+    )
+    refused = xt("run", "--resume", "r", "--optimizer", "sgd", cwd=tmp_path, code=2)
+    assert "xt: error: cannot resume from" in refused.stderr and "optimizer" in refused.stderr
+    assert read(tmp_path / "r" / "config.json") == saved  # a refused resume leaves the run as it was
+    xt("run", "--resume", "r", "--epochs", "3", "-q", cwd=tmp_path)
+    history = read(tmp_path / "r" / "history.json")
+    assert history[:2] == first and len(history) == 3
+    assert read(tmp_path / "r" / "config.json") == {**saved, "epochs": 3}
+
+
 # --- config files ---------------------------------------------------------------------------------------------
 def test_template_train_and_test_a_python_config_file(tmp_path):
     out = xt("template", "proj", cwd=tmp_path)
@@ -269,6 +300,9 @@ def bad_files(tmp_path, monkeypatch):
         ([*RUN, "--batch-size", "0"], "Invalid value for '--batch-size'"),
         ([*RUN, "--epoch", "2"], "No such option '--epoch'. Did you mean '--epochs'?"),
         ([*RUN, "--mode", "sideways"], "Invalid value for '--mode'"),
+        ([*RUN, "--precision", "8"], "Invalid value for '--precision'"),
+        ([*RUN, "--resume", "empty_run"], "config.json' does not exist"),
+        (["run", "--resume", "empty_run", "--save-dir", "x"], "--resume RUN_DIR continues that run in place"),
         ([*RUN, "--device", "gpu0"], "invalid device 'gpu0'"),
         ([*RUN, "--monitor", "val/acc"], "monitor 'val/acc' is not a value of this run"),
         (["run", "--model", "rnn", "--data", "synthetic-images"], "model 'rnn' takes input_size from the data, but data 'synthetic-images' does not give it"),

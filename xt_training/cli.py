@@ -201,8 +201,34 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         "--log-every", "log_every_n_steps", type=click.IntRange(min=1), default=50, show_default=True,
         help="Read values from the device and log them every N steps.",
     ),
+    click.option(
+        "--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default="32", show_default=True,
+        help="Floating-point precision (mixed: autocast; 16-mixed also a gradient scaler).",
+    ),
+    click.option(
+        "--accumulate-grad-batches", type=click.IntRange(min=1), default=1, show_default=True,
+        help="Step the optimizer every N batches.",
+    ),
+    click.option("--clip-grad-norm", type=float, help="Clip the gradients' total norm to this value."),
+    click.option("--clip-grad-value", type=float, help="Clip every gradient element to [-value, value]."),
+    click.option(
+        "--checkpoint-every", "checkpoint_every_n_steps", type=click.IntRange(min=1),
+        help="Also write checkpoints/last.pt every N optimizer steps (for exact mid-epoch resume).",
+    ),
 ]  # fmt: skip
-_SCALARS = ("epochs", "seed", "device", "monitor", "mode", "log_every_n_steps")
+_SCALARS = (
+    "epochs",
+    "seed",
+    "device",
+    "monitor",
+    "mode",
+    "log_every_n_steps",
+    "precision",
+    "accumulate_grad_batches",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "checkpoint_every_n_steps",
+)
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -212,20 +238,21 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def run_config(ctx: click.Context) -> dict[str, Any]:
-    """The run configuration the :func:`run_options` of ``ctx`` describe (after ``--config``, if given).
+def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
+    """The run configuration the :func:`run_options` of ``ctx`` describe.
 
-    Options given on the command line override the saved configuration; a new ``--model``/``--data``...
-    name drops the saved options of the old one.
+    It starts from the saved configuration ``base`` (default: ``--config``), if any: options given on the
+    command line override it, and a new ``--model``/``--data``... name drops the saved options of the old one.
     """
     from .config import COMPONENTS, default_config, read_config
 
     p = ctx.params
+    base = base or p["config_path"]
 
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
-    config = read_config(p["config_path"]) if p["config_path"] else default_config()
+    config = read_config(base) if base else default_config()
     for kind in COMPONENTS:
         if given(kind):
             old = config[kind]
@@ -270,7 +297,7 @@ def run_config(ctx: click.Context) -> dict[str, Any]:
             for component in matching:
                 component["options"].update(options)
     for key in _SCALARS:
-        if given(key) or not p["config_path"]:
+        if given(key) or not base:
             config[key] = p[key]
     return config
 
@@ -280,20 +307,30 @@ def run_config(ctx: click.Context) -> dict[str, Any]:
 @click.option(
     "--save-dir", type=click.Path(file_okay=False), help="Run directory; default runs/MODEL-DATA-TIME."
 )
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False),
+    help="Continue the run in this directory where it stopped; options given here override it (e.g. --epochs).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No console output.")
 @click.pass_context
-def run_command(ctx: click.Context, save_dir: str | None, quiet: bool, **_: Any) -> None:
+def run_command(ctx: click.Context, save_dir: str | None, resume: str | None, quiet: bool, **_: Any) -> None:
     """Train a model on a data set, both picked by name.
 
     \b
     Example: xt run --model cnn --data synthetic-images --epochs 3 --metric accuracy
 
     The run directory gets config.json (the fully resolved configuration), history.json and
-    checkpoints/{last,best}.pt; `xt run --config RUN_DIR` reproduces the run.
+    checkpoints/{last,best}.pt; `xt run --config RUN_DIR` reproduces the run, `xt run --resume RUN_DIR`
+    continues it.
     """
     from . import config
 
-    run_dir, _history = config.train(run_config(ctx), save_dir, quiet=quiet)
+    if resume and (save_dir or ctx.params["config_path"]):
+        raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
+    run_dir, _history = config.train(
+        run_config(ctx, resume), resume or save_dir, resume=bool(resume), quiet=quiet
+    )
     if not quiet:
         click.echo(f"run saved to {run_dir}")
 

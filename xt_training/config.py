@@ -11,7 +11,9 @@
      "metrics":   {"accuracy": {"name": "accuracy", "options": {}}},   # history key -> metric
      "loggers":   [{"name": "csv", "options": {}}],
      "callbacks": [{"name": "early-stopping", "options": {"patience": 3}}],
-     "epochs": 10, "seed": 0, "device": null, "monitor": null, "mode": null, "log_every_n_steps": 50}
+     "epochs": 10, "seed": 0, "device": null, "monitor": null, "mode": null, "log_every_n_steps": 50,
+     "precision": "32", "accumulate_grad_batches": 1, "clip_grad_norm": null, "clip_grad_value": null,
+     "checkpoint_every_n_steps": null}                     # the arguments of F.train of the same names
 
 The saved file also records, per component, ``resolved`` (every option the factory was called with,
 defaults and the values taken from the data included) and ``source`` (the plugin distribution that
@@ -68,7 +70,24 @@ SCALARS = {
     "monitor": (str, type(None)),
     "mode": (str, type(None)),
     "log_every_n_steps": int,
+    "precision": str,
+    "accumulate_grad_batches": int,
+    "clip_grad_norm": (int, float, type(None)),
+    "clip_grad_value": (int, float, type(None)),
+    "checkpoint_every_n_steps": (int, type(None)),
 }
+#: the SCALARS passed to F.train under the same name
+TRAIN_ARGS = (
+    "device",
+    "monitor",
+    "mode",
+    "log_every_n_steps",
+    "precision",
+    "accumulate_grad_batches",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "checkpoint_every_n_steps",
+)
 #: facts a data set's ``info`` may give that model factories take by these names
 DATA_INFO_KEYS = ("num_classes", "in_features", "in_channels", "image_size", "input_size", "seq_len")
 REQUIRED_IN_CONFIG_FILE = ("model", "train_loader", "optimizer", "loss_fn", "epochs")
@@ -92,6 +111,11 @@ def default_config() -> dict[str, Any]:
         "monitor": None,
         "mode": None,
         "log_every_n_steps": 50,
+        "precision": "32",
+        "accumulate_grad_batches": 1,
+        "clip_grad_norm": None,
+        "clip_grad_value": None,
+        "checkpoint_every_n_steps": None,
     }
 
 
@@ -344,11 +368,13 @@ def train(
     config: Mapping[str, Any],
     save_dir: str | os.PathLike[str] | None = None,
     *,
+    resume: bool = False,
     quiet: bool = False,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Build the run ``config`` describes, save its configuration and train it; return the run directory and history.
 
-    The default ``save_dir`` is ``runs/<model>-<data>-<time>``.
+    The default ``save_dir`` is ``runs/<model>-<data>-<time>``. With ``resume``, ``save_dir`` is a run
+    directory to continue from its ``checkpoints/last.pt`` (``F.train(..., resume=True)``).
     """
     from .utils import functional as F
 
@@ -357,7 +383,10 @@ def train(
         save_dir = default_save_dir(config["model"]["name"], config["data"]["name"])
     save_dir = F.prepare_save_dir(save_dir)
     built = build(config, save_dir)
-    _write_json(save_dir / CONFIG_FILE, {**built.config, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    created = config.get("created") if resume else None
+    saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if not resume:  # written first, so that a crashed run still says what it was
+        _write_json(save_dir / CONFIG_FILE, saved)
     loaders = built.data.loaders
     history = F.train(
         save_dir,
@@ -370,15 +399,15 @@ def train(
         test_loaders=_test_loaders(built.data),
         scheduler=built.scheduler,
         eval_metrics=built.metrics,
-        device=config["device"],
-        monitor=config["monitor"],
-        mode=config["mode"],
         scheduler_step=built.scheduler_step,
-        log_every_n_steps=config["log_every_n_steps"],
         loggers=built.loggers,
         callbacks=built.callbacks,
+        resume=resume,
         quiet=quiet,
+        **{key: config[key] for key in TRAIN_ARGS},
     )
+    if resume:  # only once F.train accepted the configuration as the same run, possibly extended
+        _write_json(save_dir / CONFIG_FILE, saved)
     return save_dir, history
 
 
