@@ -25,15 +25,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import gymnasium as gym
 import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from xt_training.errors import XtError
 from xt_training.utils import functional as F
+
+try:
+    import gymnasium as gym
+except ImportError:
+    sys.exit("this example needs gymnasium: pip install 'xt-training[rl]' (or pip install gymnasium)")
 
 
 def discounted_returns(rewards: Sequence[float], gamma: float) -> torch.Tensor:
@@ -214,4 +220,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except XtError as e:  # a bad option, e.g. an unknown logger name: one line, not a traceback
+        sys.exit(f"error: {e}")

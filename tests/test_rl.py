@@ -140,14 +140,28 @@ def test_a_worker_process_is_refused_because_it_would_play_a_stale_policy(tmp_pa
                 loss_fn=rl.reinforce_loss, device="cpu", quiet=True)  # fmt: skip
 
 
-def test_a_bad_size_is_a_one_line_error(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--episodes-per-batch", "0"], cwd=tmp_path, env=ENV,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 2
-    assert out.stderr.splitlines()[-1].endswith(
-        "argument --episodes-per-batch: must be a positive integer, got 0"
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--episodes-per-batch", "0"], "argument --episodes-per-batch: must be a positive integer, got 0"),
+        (["--logger", "tensorbord"], "error: unknown logger 'tensorbord'; did you mean 'tensorboard'?"),
+    ],
+)
+def test_a_bad_option_is_a_one_line_error(tmp_path, args, message):
+    out = subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=tmp_path, env=ENV, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode in (1, 2)
+    assert "Traceback" not in out.stderr and message in out.stderr.strip().splitlines()[-1]  # after the usage
+
+
+def test_without_gymnasium_the_example_says_what_to_install(tmp_path):
+    code = f"import sys, runpy; sys.modules['gymnasium'] = None; runpy.run_path({str(EXAMPLE)!r}, run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip()
+        == "this example needs gymnasium: pip install 'xt-training[rl]' (or pip install gymnasium)"
     )
 
 
