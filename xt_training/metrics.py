@@ -9,6 +9,10 @@ that keeps the per-step cost of metrics at zero), so ``update`` must accumulate,
 ``compute()`` returns the value over everything since the last ``reset()``: the epoch AUC is the
 AUC of all the epoch's examples, not a mean of per-batch AUCs.
 
+A metric need not read its arguments: a value recorded elsewhere during the pass (e.g. the mean
+episode return an RL data set keeps, see docs/rl.md) is a metric whose ``update()`` does nothing,
+whose ``reset()`` marks the start of the pass and whose ``compute()`` reads the value.
+
 **Classification tasks.** :class:`Accuracy`, :class:`ROC_AUC`, :class:`F1`, ... infer the task from
 the first batch they see, unless ``task=`` is given:
 
