@@ -331,8 +331,15 @@ def run_command(ctx: click.Context, save_dir: str | None, resume: str | None, qu
     run_dir, _history = config.train(
         run_config(ctx, resume), resume or save_dir, resume=bool(resume), quiet=quiet
     )
-    if not quiet:
+    if not quiet and _is_main():
         click.echo(f"run saved to {run_dir}")
+
+
+def _is_main() -> bool:
+    """Not a non-zero rank of a torchrun job (those print nothing)."""
+    from . import distributed
+
+    return distributed.is_main()
 
 
 # --- xt train / xt test / xt template ------------------------------------------------------------------------
@@ -344,14 +351,15 @@ def run_command(ctx: click.Context, save_dir: str | None, resume: str | None, qu
 def train_command(config_file: str, save_dir: str | None, seed: int | None, quiet: bool) -> None:
     """Train what a Python config file defines.
 
-    The original xt-training format: CONFIG_FILE defines model, train_loader, optimizer, loss_fn and epochs, and optionally any other
-    argument of F.train (val_loader, test_loaders, eval_metrics, scheduler, ...). The file is run as
-    Python code: only use config files you trust. `xt template DIR` writes an example.
+    The original xt-training format: CONFIG_FILE defines model, train_loader, optimizer, loss_fn and
+    epochs, and optionally any other argument of F.train (val_loader, test_loaders, eval_metrics,
+    scheduler, ...). The file is run as Python code: only use config files you trust. `xt template DIR`
+    writes an example.
     """
     from . import config
 
     run_dir, _history = config.train_config_file(config_file, save_dir, seed=seed, quiet=quiet)
-    if not quiet:
+    if not quiet and _is_main():
         click.echo(f"run saved to {run_dir}")
 
 

@@ -376,16 +376,21 @@ def train(
     The default ``save_dir`` is ``runs/<model>-<data>-<time>``. With ``resume``, ``save_dir`` is a run
     directory to continue from its ``checkpoints/last.pt`` (``F.train(..., resume=True)``).
     """
+    from . import distributed
     from .utils import functional as F
 
     config = _checked_run(config)
-    if save_dir is None:
-        save_dir = default_save_dir(config["model"]["name"], config["data"]["name"])
-    save_dir = F.prepare_save_dir(save_dir)
+    distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
+    main = distributed.is_main()
+    if save_dir is None:  # rank 0's clock names the directory of all ranks
+        save_dir = _from_rank_0(
+            default_save_dir(config["model"]["name"], config["data"]["name"]) if main else None
+        )
+    save_dir = F.prepare_save_dir(save_dir) if main else Path(save_dir)
     built = build(config, save_dir)
     created = config.get("created") if resume else None
     saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if not resume:  # written first, so that a crashed run still says what it was
+    if not resume and main:  # written first, so that a crashed run still says what it was
         _write_json(save_dir / CONFIG_FILE, saved)
     loaders = built.data.loaders
     history = F.train(
@@ -406,9 +411,22 @@ def train(
         quiet=quiet,
         **{key: config[key] for key in TRAIN_ARGS},
     )
-    if resume:  # only once F.train accepted the configuration as the same run, possibly extended
+    if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
         _write_json(save_dir / CONFIG_FILE, saved)
     return save_dir, history
+
+
+def _from_rank_0(value: Any) -> Any:
+    """``value`` as rank 0 has it, on every rank (itself in a single process)."""
+    from . import distributed
+
+    if not distributed.active():
+        return value
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def _checkpoint_of(run_dir: Path) -> Path:
@@ -496,6 +514,7 @@ def train_config_file(
     """
     import inspect
 
+    from . import distributed
     from .utils import functional as F
 
     if seed is not None:
@@ -506,10 +525,14 @@ def train_config_file(
     kwargs = {k: namespace[k] for k in params if k in namespace and k != "save_dir"}
     if quiet:
         kwargs["quiet"] = True
-    save_dir = save_dir or namespace.get("save_dir") or default_save_dir(Path(path).stem)
-    save_dir = F.prepare_save_dir(save_dir)
-    shutil.copyfile(path, save_dir / "config.py")
-    return save_dir, F.train(save_dir, **kwargs)
+    distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
+    save_dir = save_dir or namespace.get("save_dir")
+    if save_dir is None:  # rank 0's clock names the directory of all ranks
+        save_dir = _from_rank_0(default_save_dir(Path(path).stem) if distributed.is_main() else None)
+    if distributed.is_main():
+        save_dir = F.prepare_save_dir(save_dir)
+        shutil.copyfile(path, save_dir / "config.py")
+    return Path(save_dir), F.train(save_dir, **kwargs)
 
 
 def test_config_file(

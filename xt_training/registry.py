@@ -120,10 +120,8 @@ class Entry:
 
     @property
     def source(self) -> str:
-        """``plugin (distribution version)``, for messages."""
-        if self.distribution is None:
-            return repr(self.plugin)
-        return f"{self.plugin!r} ({self.distribution} {self.version or ''})".replace(" )", ")")
+        """``'plugin' (distribution version)``, for messages."""
+        return _source(self.plugin, self.distribution, self.version)
 
     def load(self) -> Callable[..., Any]:
         """The factory itself; imports its module when it was registered as ``"module:attr"``."""
@@ -165,8 +163,14 @@ class PluginStatus:
 
     @property
     def source(self) -> str:
-        dist = f" ({self.distribution} {self.version or ''})".replace(" )", ")") if self.distribution else ""
-        return f"{self.name!r}{dist}"
+        """``'plugin' (distribution version)``, for messages."""
+        return _source(self.name, self.distribution, self.version)
+
+
+def _source(plugin: str, distribution: str | None, version: str | None) -> str:
+    if distribution is None:
+        return repr(plugin)
+    return f"{plugin!r} ({distribution} {version})" if version else f"{plugin!r} ({distribution})"
 
 
 class Registry:
