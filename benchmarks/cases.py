@@ -95,16 +95,24 @@ class Skip(Exception):
     """A case that cannot run here (an optional package is missing); the harness prints the reason."""
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+Timing = tuple[float, float]
+
+
+def timed(fn: Callable[[], Any]) -> Timing:
+    """(wall seconds, CPU seconds of this process) of ``fn()``.
+
+    The CPU time leaves out the time the process waited for a core, so on a shared machine it is the
+    steadier of the two; both include the work of helper threads (e.g. TensorBoard's writer).
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-# ---- training cases: each returns the seconds of the timed work --------------------------------------
+# ---- training cases: each returns the timing of the work -----------------------------------------------
 
 
-def plain(s: Setup) -> float:
+def plain(s: Setup) -> Timing:
     """The loop a user writes by hand: nothing but the step."""
 
     def run() -> None:
@@ -120,7 +128,7 @@ def plain(s: Setup) -> float:
     return timed(run)
 
 
-def plain_item(s: Setup) -> float:
+def plain_item(s: Setup) -> Timing:
     """The hand-written loop with the common habit of reading the loss every step (``loss.item()``)."""
 
     def run() -> None:
@@ -138,7 +146,7 @@ def plain_item(s: Setup) -> float:
     return timed(run)
 
 
-def xt_defaults(s: Setup) -> float:
+def xt_defaults(s: Setup) -> Timing:
     """``F.train`` with its defaults: console logger (plain lines when stdout is not a terminal),
     checkpoints and history.json each epoch."""
     from xt_training.utils import functional as F
@@ -153,7 +161,7 @@ def full_metrics() -> dict[str, Any]:
     return {"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC(), "f1": metrics.F1()}
 
 
-def _train_logged(s: Setup, metrics: dict[str, Any]) -> float:
+def _train_logged(s: Setup, metrics: dict[str, Any]) -> Timing:
     """``F.train`` with the console progress bar forced on, the TensorBoard logger and ``metrics``."""
     from xt_training.loggers.console import ConsoleLogger
     from xt_training.utils import functional as F
@@ -177,12 +185,12 @@ def _train_logged(s: Setup, metrics: dict[str, Any]) -> float:
     )
 
 
-def xt_full(s: Setup) -> float:
+def xt_full(s: Setup) -> Timing:
     """Progress bar, TensorBoard, and Accuracy, ROC_AUC, F1 on the training pass."""
     return _train_logged(s, full_metrics())
 
 
-def xt_logging(s: Setup) -> float:
+def xt_logging(s: Setup) -> Timing:
     """Progress bar, TensorBoard, and three metrics whose cost does not grow with the epoch: Accuracy,
     F1, examples/s -- the loop's own cost of logging."""
     from xt_training import metrics
@@ -190,7 +198,7 @@ def xt_logging(s: Setup) -> float:
     return _train_logged(s, {"acc": metrics.Accuracy(), "f1": metrics.F1(), "eps": metrics.EPS()})
 
 
-def plain_metrics(s: Setup) -> float:
+def plain_metrics(s: Setup) -> Timing:
     """The hand-written loop computing xt_full's metrics over each epoch with torchmetrics (updated every
     step, computed at the end of the epoch): the same work as xt_full, written by hand."""
     from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
@@ -220,7 +228,7 @@ def plain_metrics(s: Setup) -> float:
     return timed(run)
 
 
-def ignite(s: Setup) -> float:
+def ignite(s: Setup) -> Timing:
     """PyTorch-Ignite's ``create_supervised_trainer`` with its defaults (its output is ``loss.item()``)."""
     try:
         from ignite.engine import create_supervised_trainer
@@ -230,7 +238,7 @@ def ignite(s: Setup) -> float:
     return timed(lambda: trainer.run(s.loader, max_epochs=s.epochs))
 
 
-def lightning(s: Setup) -> float:
+def lightning(s: Setup) -> Timing:
     """Lightning with its defaults (progress bar, logger, checkpoint each epoch), logging the loss."""
     try:
         import lightning as L
@@ -260,10 +268,10 @@ def lightning(s: Setup) -> float:
     return timed(run)
 
 
-# ---- evaluation cases: one pass, same metrics; each returns (seconds, values) ------------------------
+# ---- evaluation cases: one pass, same metrics; each returns (timing, values) -------------------------
 
 
-def eval_plain(s: Setup) -> tuple[float, dict[str, float]]:
+def eval_plain(s: Setup) -> tuple[Timing, dict[str, float]]:
     """A hand-written eval loop: torchmetrics Accuracy and AUROC updated per batch and computed once over
     the epoch, the loss summed on the device, examples per second."""
     from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
@@ -289,15 +297,15 @@ def eval_plain(s: Setup) -> tuple[float, dict[str, float]]:
     return timed(run), values
 
 
-def eval_xt(s: Setup) -> tuple[float, dict[str, float]]:
+def eval_xt(s: Setup) -> tuple[Timing, dict[str, float]]:
     """``F.test`` with Accuracy, ROC_AUC and EPS, defaults otherwise (console logger on)."""
     from xt_training import metrics
     from xt_training.utils import functional as F
 
     m = {"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC(), "eps": metrics.EPS()}
     results: dict[str, Any] = {}
-    seconds = timed(lambda: results.update(F.test({"test": s.loader}, s.model, s.loss_fn, eval_metrics=m)))
-    return seconds, results["test"]
+    timing = timed(lambda: results.update(F.test({"test": s.loader}, s.model, s.loss_fn, eval_metrics=m)))
+    return timing, results["test"]
 
 
 # ---- memory: several epochs with metrics and loggers, memory read after each epoch -------------------
@@ -330,14 +338,14 @@ class MemoryProbe:
         self.rows.append(row)
 
 
-def memory(s: Setup) -> tuple[float, dict[str, Any]]:
+def memory(s: Setup) -> tuple[Timing, dict[str, Any]]:
     """``F.train`` with Accuracy, ROC_AUC, F1 and the console logger for several epochs."""
     from xt_training.loggers.console import ConsoleLogger
     from xt_training.utils import functional as F
 
     probe, metrics = MemoryProbe(), full_metrics()
     loggers = [ConsoleLogger(), probe]
-    seconds = timed(
+    timing = timed(
         lambda: F.train(
             s.workdir / "run",
             s.loader,
@@ -349,10 +357,10 @@ def memory(s: Setup) -> tuple[float, dict[str, Any]]:
             loggers=loggers,
         )
     )
-    return seconds, {"epochs": probe.rows}
+    return timing, {"epochs": probe.rows}
 
 
-TRAIN_CASES: dict[str, Callable[[Setup], float]] = {
+TRAIN_CASES: dict[str, Callable[[Setup], Timing]] = {
     f.__name__: f
     for f in (plain, plain_item, plain_metrics, xt_defaults, xt_logging, xt_full, ignite, lightning)
 }
@@ -364,18 +372,22 @@ def run_case(case: str, data: str, steps: int, workdir: Path) -> dict[str, Any]:
     """Run one case and return its result (what ``BENCH_RESULT`` prints)."""
     if case in TRAIN_CASES:
         s = make_setup(data, steps, EPOCHS, workdir)
-        seconds, extra = TRAIN_CASES[case](s), {}
+        timing, extra = TRAIN_CASES[case](s), {}
         extra["loss"] = final_loss(s)
     elif case in EVAL_CASES:
         s = make_setup(data, steps, 1, workdir, shuffle=False)
-        seconds, extra = EVAL_CASES[case](s)
+        timing, extra = EVAL_CASES[case](s)
     elif case == "memory":
         s = make_setup(data, steps, MEMORY_EPOCHS, workdir)
-        seconds, extra = memory(s)
+        timing, extra = memory(s)
     else:
         raise SystemExit(f"unknown case {case!r}; choose one of: {', '.join(CASES)}")
     extra = {k: v for k, v in extra.items() if not (isinstance(v, float) and math.isnan(v))}
-    return {"case": case, "data": data, "steps": s.steps, "seconds": seconds, **extra}
+    wall, cpu = timing
+    result = {"case": case, "data": data, "steps": s.steps, "seconds": wall, "cpu_seconds": cpu, **extra}
+    if "xt_training" in sys.modules:  # which copy ran: run.py --compare checks it
+        result["xt_training"] = str(Path(sys.modules["xt_training"].__file__).parent)
+    return result
 
 
 def main(argv: list[str]) -> None:

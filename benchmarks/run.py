@@ -9,10 +9,11 @@ Usage::
 Each case runs as its own process of this interpreter (``benchmarks/cases.py``), so imports, caches
 and allocator state of one case cannot help or hurt another. Rounds are interleaved (every case once per
 round, in a rotated order), so a slow spell of the machine hits all cases alike. Per case the table gives
-the median, min and max seconds per 1000 steps and the ratio to the group's baseline (the plain loop)
-as the median of the per-round ratios: each round's ratio compares two processes that ran seconds
-apart. Training cases print the trained model's loss on the whole training set; equal losses prove
-equal work.
+the median, min and max wall seconds per 1000 steps, the median CPU seconds of the process, and the
+ratio to the group's baseline (the plain loop) as the median of the per-round ratios: each round's
+ratio compares two processes that ran seconds apart. On a machine shared with other work the CPU
+ratio is the steadier one (it leaves out the time spent waiting for a core). Training cases print the
+trained model's loss on the whole training set; equal losses prove equal work.
 """
 
 from __future__ import annotations
@@ -105,15 +106,24 @@ CASE_NOTES = {
 class Outcome:
     """The results of one case over all rounds."""
 
-    seconds: list[float] = field(default_factory=list)  # per 1000 steps, one per round
+    seconds: list[float] = field(default_factory=list)  # wall time per 1000 steps, one per round
+    cpu: list[float] = field(default_factory=list)  # CPU time of the process per 1000 steps
     result: dict[str, Any] = field(default_factory=dict)  # the first round's full result
     skipped: str | None = None
     failed: str | None = None
 
 
-def run_case(case: str, data: str, steps: int, workdir: Path) -> tuple[str, Any]:
-    """Run one case process; return ('result', dict), ('skip', reason) or ('fail', reason)."""
+COMPARED = "@B"  # suffix of the case ids that run with the xt_training of --compare
+
+
+def run_case(case: str, data: str, steps: int, workdir: Path, tree: Path | None = None) -> tuple[str, Any]:
+    """Run one case process; return ('result', dict), ('skip', reason) or ('fail', reason).
+
+    ``tree``: a directory holding another ``xt_training`` package, imported instead of the installed one.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     cmd = [sys.executable, str(HERE / "cases.py"), case, data, str(steps), str(workdir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     for line in proc.stdout.splitlines():
@@ -125,11 +135,19 @@ def run_case(case: str, data: str, steps: int, workdir: Path) -> tuple[str, Any]
     return "fail", f"exit code {proc.returncode}: {tail}"
 
 
-def run_groups(groups: list[Group], only: str, rounds: int, steps: int, tmp: Path) -> dict[str, Outcome]:
-    """Every selected case once per round, rounds interleaved, the order rotated from round to round."""
+def run_groups(
+    groups: list[Group], only: str, rounds: int, steps: int, tmp: Path, compare: Path | None = None
+) -> dict[str, Outcome]:
+    """Every selected case once per round, rounds interleaved, the order rotated from round to round.
+
+    With ``compare``, every xt-training case also runs with that tree's package, as ``case@B``.
+    """
     ids = [f"{g.name}/{c}" for g in groups for c in g.cases]
-    selected = [i for i in ids if fnmatch.fnmatch(i, only)]
-    data = {f"{g.name}/{c}": g.data for g in groups for c in g.cases}
+    if compare is not None:
+        ids = [j for i in ids for j in ([i, i + COMPARED] if "xt" in i.split("/")[1] else [i])]
+    patterns = only.split(",")
+    selected = [i for i in ids if any(fnmatch.fnmatch(i.removesuffix(COMPARED), p) for p in patterns)]
+    data = {f"{g.name}/{c}{b}": g.data for g in groups for c in g.cases for b in ("", COMPARED)}
     outcomes = {i: Outcome() for i in selected}
     for r in range(rounds):
         k = r % len(selected) if selected else 0
@@ -137,69 +155,105 @@ def run_groups(groups: list[Group], only: str, rounds: int, steps: int, tmp: Pat
             out = outcomes[run_id]
             if out.skipped or out.failed:
                 continue
-            workdir = tmp / f"{run_id.replace('/', '-')}-{r}"
-            kind, value = run_case(run_id.split("/")[1], data[run_id], steps, workdir)
+            workdir = tmp / f"{run_id.replace('/', '-').replace('@', '-')}-{r}"
+            case = run_id.split("/")[1].removesuffix(COMPARED)
+            tree = compare if run_id.endswith(COMPARED) else None
+            kind, value = run_case(case, data[run_id], steps, workdir, tree)
             shutil.rmtree(workdir, ignore_errors=True)
             if kind == "skip":
                 out.skipped = value
                 print(f"round {r + 1}/{rounds}  {run_id:<22} skipped: {value}", flush=True)
                 continue
+            if (
+                kind == "result"
+                and tree is not None
+                and not value.get("xt_training", "").startswith(str(tree))
+            ):
+                kind, value = "fail", f"imported xt_training from {value.get('xt_training')}, not from {tree}"
             if kind == "fail":
                 out.failed = value
                 print(f"round {r + 1}/{rounds}  {run_id:<22} FAILED: {value}", flush=True)
                 continue
             per_1000 = value["seconds"] / value["steps"] * 1000
             out.seconds.append(per_1000)
+            out.cpu.append(value["cpu_seconds"] / value["steps"] * 1000)
             out.result = out.result or value
             shown = "  ".join(f"{k} {v:.6f}" for k, v in value.items() if k in ("loss", "acc", "auc"))
-            print(f"round {r + 1}/{rounds}  {run_id:<22} {per_1000:.4f} s/1000 steps  {shown}", flush=True)
+            print(
+                f"round {r + 1}/{rounds}  {run_id:<22} {per_1000:.4f} s/1000 steps (CPU {out.cpu[-1]:.4f})  {shown}",
+                flush=True,
+            )
     return outcomes
 
 
-def ratio(group: Group, case: str, outcomes: dict[str, Outcome], baseline: str | None = None) -> float | None:
-    """Median over rounds of (case time / baseline time in the same round)."""
+def ratio(
+    group: Group, case: str, outcomes: dict[str, Outcome], baseline: str | None = None, clock: str = "seconds"
+) -> float | None:
+    """Median over rounds of (case time / baseline time in the same round), on the wall or CPU clock."""
     base = outcomes.get(f"{group.name}/{baseline or group.cases[0]}")
     out = outcomes.get(f"{group.name}/{case}")
     if not base or not out or not base.seconds or len(out.seconds) != len(base.seconds):
         return None
-    return statistics.median(c / b for c, b in zip(out.seconds, base.seconds))
+    return statistics.median(c / b for c, b in zip(getattr(out, clock), getattr(base, clock)))
+
+
+def ratios(group: Group, case: str, outcomes: dict[str, Outcome], baseline: str | None = None) -> str:
+    """'wall ratio / CPU ratio' of ``case`` to ``baseline``."""
+    wall = ratio(group, case, outcomes, baseline)
+    cpu = ratio(group, case, outcomes, baseline, clock="cpu")
+    return "" if wall is None or cpu is None else f"**{wall:.3f}x** / {cpu:.3f}x"
 
 
 def group_table(group: Group, outcomes: dict[str, Outcome]) -> list[str]:
     """The markdown table of one group, with a line on equal work."""
+    base = group.cases[0]
     extra = ["ratio to the same work by hand"] if group.same_work else []
-    head = ["case", "s / 1000 steps (median)", "min", "max", f"ratio to {group.cases[0]}", "target", *extra]
-    head += group.values
+    head = [
+        "case",
+        "wall s / 1000 steps: median",
+        "min",
+        "max",
+        "CPU s / 1000 steps",
+        f"ratio to {base}: wall / CPU",
+    ]
+    head += ["target", *extra, *group.values]
     lines = [f"### {group.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     seen: dict[str, set[str]] = {v: set() for v in group.values}
-    for case in group.cases:
+    for case in [c + b for c in group.cases for b in ("", COMPARED)]:
         out = outcomes.get(f"{group.name}/{case}")
         if out is None:
             continue
-        target = group.targets.get(case, "")
+        target = group.targets.get(case.removesuffix(COMPARED), "")
         if out.skipped or out.failed:
             note = f"skipped: {out.skipped}" if out.skipped else f"FAILED: {out.failed}"
-            lines.append(f"| {case} | {note} |  |  |  | {target} |" + " |" * (len(extra) + len(group.values)))
+            lines.append(
+                f"| {case} | {note} |  |  |  |  | {target} |" + " |" * (len(extra) + len(group.values))
+            )
             continue
         s = out.seconds
-        r = ratio(group, case, outcomes)
         shown = [f"{out.result[v]:.6f}" if v in out.result else "" for v in group.values]
         for v, text in zip(group.values, shown):
             seen[v].add(text)
-        r_text = f"**{r:.3f}x**" if r is not None and case != group.cases[0] else "1" if r else ""
-        cells = [case, f"{statistics.median(s):.4f}", f"{min(s):.4f}", f"{max(s):.4f}", r_text, target]
+        cells = [case, f"{statistics.median(s):.4f}", f"{min(s):.4f}", f"{max(s):.4f}"]
+        cells += [
+            f"{statistics.median(out.cpu):.4f}",
+            "1" if case == base else ratios(group, case, outcomes),
+            target,
+        ]
         if extra:
-            fair = ratio(group, case, outcomes, group.same_work[case]) if case in group.same_work else None
-            cells.append(f"{fair:.3f}x ({group.same_work[case]})" if fair is not None else "")
-        cells += shown
-        lines.append("| " + " | ".join(cells) + " |")
+            fair = group.same_work.get(case.removesuffix(COMPARED))
+            cells.append(f"{ratios(group, case, outcomes, fair)} ({fair})" if fair else "")
+        lines.append("| " + " | ".join(cells + shown) + " |")
     equal = all(len(texts) <= 1 for texts in seen.values())
     lines += [
         "",
         "Equal work: " + ("yes, every case printed the same " if equal else "**NO**, the cases differ in "),
     ]
     lines[-1] += ", ".join(group.values) + "."
-    lines += [""] + [f"- {c}: {CASE_NOTES[c]}" for c in group.cases] + [""]
+    lines += [""] + [f"- {c}: {CASE_NOTES[c]}" for c in group.cases]
+    if any(k.startswith(group.name + "/") and k.endswith(COMPARED) for k in outcomes):
+        lines.append(f"- case{COMPARED}: the same case with the xt_training of `--compare`")
+    lines.append("")
     return lines
 
 
@@ -346,7 +400,8 @@ def report(args: argparse.Namespace, sections: list[list[str]]) -> str:
         f"- Work: MLP 32-64-10, SGD (lr 0.05, momentum 0.9), cross-entropy, batch 64, {args.steps} steps "
         f"in 3 epochs (evaluation: {args.steps} batches in one pass), 1 thread, seed 0; each case in its own "
         f"process, {args.rounds} interleaved rounds. Times cover the training/evaluation call only (not "
-        "imports or set-up). The ratio is the median of per-round ratios to the group's first case.",
+        "imports or set-up). Ratios are medians of per-round ratios to the group's first case, of wall "
+        "time and of the process's CPU time (steadier where other work shares the machine).",
         "- The case processes' stdout is a pipe, not a terminal: the default console logger prints plain "
         "lines (a summary per pass), no progress bar. `xt_logging`/`xt_full` force the progress bar on "
         "(written to the pipe), as on a terminal.",
@@ -359,7 +414,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
     p.add_argument("--steps", type=int, default=3000, help="training steps per case (default 3000)")
-    p.add_argument("--only", default="*", help="run only the case ids matching this pattern, e.g. 'map/*'")
+    p.add_argument(
+        "--only",
+        default="*",
+        help="run only the case ids matching these comma-separated patterns, e.g. 'map/*,eval/*'",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="also run every xt-training case with the xt_training package in DIR (e.g. a patched copy), "
+        "interleaved, as case@B",
+    )
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
     p.add_argument("--no-memory", action="store_true", help="skip the memory case")
     p.add_argument("--quick", action="store_true", help="one round of 60 steps: checks that everything runs")
@@ -372,10 +438,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.argv = argv
     if args.quick:
         args.rounds, args.steps = 1, 60
-    elif args.output is None:
+    elif args.output is None and args.compare is None:
         args.output = HERE / "RESULTS.md"
     if args.rounds < 1 or args.steps < 3:
         p.error("--rounds must be at least 1 and --steps at least 3")
+    if args.compare is not None:
+        if not (args.compare / "xt_training" / "__init__.py").is_file():
+            p.error(
+                f"--compare {args.compare}: no xt_training package there; give the directory that holds it"
+            )
+        args.compare = args.compare.resolve()
     return args
 
 
@@ -383,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     sections: list[list[str]] = [["## Speed", ""]]
     with tempfile.TemporaryDirectory(prefix="xt-bench-") as tmp:
-        outcomes = run_groups(GROUPS, args.only, args.rounds, args.steps, Path(tmp))
+        outcomes = run_groups(GROUPS, args.only, args.rounds, args.steps, Path(tmp), args.compare)
         sections += [
             group_table(g, outcomes) for g in GROUPS if any(k.startswith(g.name + "/") for k in outcomes)
         ]
