@@ -61,6 +61,7 @@ def test_help_list_and_plugins_do_not_import_torch(args, tmp_path):
 
 
 # --- xt run ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_run_saves_a_resolved_configuration_that_reproduces_the_run(tmp_path):
     run1, run2, run3 = tmp_path / "run1", tmp_path / "run2", tmp_path / "run3"
     xt(
@@ -157,6 +158,7 @@ def test_rnn_and_mlp_on_sequences_with_a_batch_scheduler(tmp_path):
     assert config["scheduler"]["resolved"]["steps_per_epoch"] == 5  # 154 training rows / 32
 
 
+@pytest.mark.slow
 def test_resume_extends_a_run_and_refuses_a_different_one(tmp_path):
     args = ["--model", "mlp", "--data", "synthetic-classification", *SMALL, "--save-dir", "r"]
     xt(
@@ -188,6 +190,7 @@ def test_resume_extends_a_run_and_refuses_a_different_one(tmp_path):
     assert read(tmp_path / "r" / "config.json") == {**saved, "epochs": 3}
 
 
+@pytest.mark.slow
 def test_torchrun_xt_run_writes_one_run_directory(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "xt_training", "run",
@@ -202,6 +205,7 @@ def test_torchrun_xt_run_writes_one_run_directory(tmp_path):
 
 
 # --- config files ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_template_train_and_test_a_python_config_file(tmp_path):
     out = xt("template", "proj", cwd=tmp_path)
     assert "wrote proj/config.py" in out.stdout
