@@ -24,6 +24,7 @@ from click.core import ParameterSource
 
 from . import registry
 from ._version import __version__
+from .config import default_config
 from .errors import XtError
 
 __all__ = ["cli", "main", "run_options", "run_config", "parse_value", "parse_options"]
@@ -161,6 +162,7 @@ def _item_options(pairs: tuple[str, ...], flag: str) -> dict[str, dict[str, Any]
 
 
 # --- xt run -----------------------------------------------------------------------------------------------
+_DEFAULTS = default_config()
 _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--config",
@@ -174,7 +176,7 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Data option, e.g. n_samples=5000."),
     click.option("--loss", help="Loss name (`xt list losses`); default: the data's suggestion."),
     click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option."),
-    click.option("--optimizer", default="adam", show_default=True, help="Optimizer name (`xt list optimizers`)."),
+    click.option("--optimizer", default=_DEFAULTS["optimizer"]["name"], show_default=True, help="Optimizer name (`xt list optimizers`)."),
     click.option("--optimizer-opt", multiple=True, metavar="KEY=VALUE", help="Optimizer option, e.g. momentum=0.9."),
     click.option("--lr", type=float, help="Learning rate (the optimizer option lr)."),
     click.option("--scheduler", help="Learning-rate scheduler name (`xt list schedulers`)."),
@@ -191,22 +193,22 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--logger-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of logger NAME."),
     click.option("--callback", "callbacks", multiple=True, metavar="NAME", help="Callback (repeatable)."),
     click.option("--callback-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of callback NAME."),
-    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (the data option batch_size)."),
     click.option("--device", help="cpu, cuda, cuda:1, ...; default: CUDA when available."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seeds Python, NumPy and torch."),
+    click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seeds Python, NumPy and torch."),
     click.option("--monitor", help="Value deciding the best checkpoint, e.g. val/accuracy; default val/loss."),
     click.option("--mode", type=click.Choice(["min", "max"]), help="Whether --monitor improves downwards or upwards."),
     click.option(
-        "--log-every", "log_every_n_steps", type=click.IntRange(min=1), default=50, show_default=True,
+        "--log-every", "log_every_n_steps", type=click.IntRange(min=1), default=_DEFAULTS["log_every_n_steps"], show_default=True,
         help="Read values from the device and log them every N steps.",
     ),
     click.option(
-        "--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default="32", show_default=True,
+        "--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=_DEFAULTS["precision"], show_default=True,
         help="Floating-point precision (mixed: autocast; 16-mixed also a gradient scaler).",
     ),
     click.option(
-        "--accumulate-grad-batches", type=click.IntRange(min=1), default=1, show_default=True,
+        "--accumulate-grad-batches", type=click.IntRange(min=1), default=_DEFAULTS["accumulate_grad_batches"], show_default=True,
         help="Step the optimizer every N batches.",
     ),
     click.option("--clip-grad-norm", type=float, help="Clip the gradients' total norm to this value."),
@@ -216,19 +218,6 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="Also write checkpoints/last.pt every N optimizer steps (for exact mid-epoch resume).",
     ),
 ]  # fmt: skip
-_SCALARS = (
-    "epochs",
-    "seed",
-    "device",
-    "monitor",
-    "mode",
-    "log_every_n_steps",
-    "precision",
-    "accumulate_grad_batches",
-    "clip_grad_norm",
-    "clip_grad_value",
-    "checkpoint_every_n_steps",
-)
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -244,7 +233,7 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     It starts from the saved configuration ``base`` (default: ``--config``), if any: options given on the
     command line override it, and a new ``--model``/``--data``... name drops the saved options of the old one.
     """
-    from .config import COMPONENTS, default_config, read_config
+    from .config import COMPONENTS, SCALARS, read_config
 
     p = ctx.params
     base = base or p["config_path"]
@@ -296,7 +285,7 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
                 )
             for component in matching:
                 component["options"].update(options)
-    for key in _SCALARS:
+    for key in SCALARS:
         if given(key) or not base:
             config[key] = p[key]
     return config

@@ -77,17 +77,7 @@ SCALARS = {
     "checkpoint_every_n_steps": (int, type(None)),
 }
 #: the SCALARS passed to F.train under the same name
-TRAIN_ARGS = (
-    "device",
-    "monitor",
-    "mode",
-    "log_every_n_steps",
-    "precision",
-    "accumulate_grad_batches",
-    "clip_grad_norm",
-    "clip_grad_value",
-    "checkpoint_every_n_steps",
-)
+TRAIN_ARGS = tuple(key for key in SCALARS if key not in ("epochs", "seed"))
 #: facts a data set's ``info`` may give that model factories take by these names
 DATA_INFO_KEYS = ("num_classes", "in_features", "in_channels", "image_size", "input_size", "seq_len")
 REQUIRED_IN_CONFIG_FILE = ("model", "train_loader", "optimizer", "loss_fn", "epochs")
