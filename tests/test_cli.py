@@ -308,6 +308,7 @@ def bad_files(tmp_path, monkeypatch):
         ([*RUN, "--scheduler", "cosin"], "unknown scheduler 'cosin'; did you mean 'cosine'?"),
         ([*RUN, "--metric", "acc=acuracy"], "unknown metric 'acuracy'"),
         ([*RUN, "--metric", "loss"], "'loss' is the name of the training loss"),
+        ([*RUN, "--metric", "f1", "--metric", "f1=recall"], "--metric f1=recall: 'f1' is chosen twice"),
         ([*RUN, "--metric-opt", "top.k=3"], "--metric-opt names metric 'top', which is not chosen"),
         ([*RUN, "--metric", "accuracy", "--metric-opt", "accuracy"], "is not NAME.KEY=VALUE"),
         ([*RUN, "--logger", "tensorbord"], "did you mean 'tensorboard'?"),

@@ -265,6 +265,8 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
         config["metrics"] = {}
         for spec in p["metrics"]:
             key, _, name = spec.rpartition("=")
+            if (key or name) in config["metrics"]:
+                raise click.UsageError(f"--metric {spec}: {key or name!r} is chosen twice; name one KEY=NAME")
             config["metrics"][key or name] = {"name": name, "options": {}}
     for key, options in _item_options(p["metric_opt"], "--metric-opt").items():
         if key not in (config["metrics"] or {}):
