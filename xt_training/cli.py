@@ -152,7 +152,7 @@ def _item_options(pairs: tuple[str, ...], flag: str) -> dict[str, dict[str, Any]
     """``('top-k.k=3',)`` -> ``{'top-k': {'k': 3}}``: options of one of several metrics/loggers/callbacks."""
     grouped: dict[str, dict[str, Any]] = {}
     for pair in pairs:
-        target, sep, rest = pair.partition("=")[0].rpartition(".")
+        target, sep, _ = pair.partition("=")[0].rpartition(".")
         if not sep or not target:
             raise click.BadParameter(
                 f"{pair!r} is not NAME.KEY=VALUE, e.g. top-k-accuracy.k=3", param_hint=flag
