@@ -12,18 +12,59 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from . import metrics
+    from . import metrics, registry
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .hookspecs import hookimpl
+    from .registry import (
+        Data,
+        create_data,
+        create_logger,
+        create_metric,
+        create_model,
+        list_data,
+        list_loggers,
+        list_metrics,
+        list_models,
+    )
     from .runner import Runner
 
-__all__ = ["__version__", "Runner", "metrics", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "__version__",
+    "Runner",
+    "metrics",
+    "load_checkpoint",
+    "save_checkpoint",
+    "hookimpl",
+    "registry",
+    "Data",
+    "create_model",
+    "list_models",
+    "create_data",
+    "list_data",
+    "create_metric",
+    "list_metrics",
+    "create_logger",
+    "list_loggers",
+]
 
 _LAZY = {
     "Runner": ("xt_training.runner", "Runner"),
     "metrics": ("xt_training.metrics", None),
     "load_checkpoint": ("xt_training.checkpoint", "load_checkpoint"),
     "save_checkpoint": ("xt_training.checkpoint", "save_checkpoint"),
+    "hookimpl": ("xt_training.hookspecs", "hookimpl"),
+    "registry": ("xt_training.registry", None),
+    "Data": ("xt_training.registry", "Data"),
+    "create_model": ("xt_training.registry", "create_model"),
+    "list_models": ("xt_training.registry", "list_models"),
+    "create_data": ("xt_training.registry", "create_data"),
+    "list_data": ("xt_training.registry", "list_data"),
+    "create_metric": ("xt_training.registry", "create_metric"),
+    "list_metrics": ("xt_training.registry", "list_metrics"),
+    "create_logger": ("xt_training.registry", "create_logger"),
+    "list_loggers": ("xt_training.registry", "list_loggers"),
 }
+assert set(__all__) == {"__version__", *_LAZY}
 
 
 def __getattr__(name: str) -> Any:

@@ -88,6 +88,7 @@ class ConsoleLogger:
         self._run_start = self._epoch_start = self._pass_start = self._last_line = time.monotonic()
         self._step = 0
         self._total: int | None = None
+        self._running = {}
 
     @property
     def _out(self) -> TextIO:
@@ -106,6 +107,7 @@ class ConsoleLogger:
         if epoch != self._epoch:
             self._epoch_start = now
         self._epoch, self._total, self._step = epoch, total, 0
+        self._running: dict[str, Any] = {}
         self._pass_start = self._last_line = now
         progress = self.progress if self.progress is not None else self._out.isatty()
         if not progress:
@@ -129,6 +131,8 @@ class ConsoleLogger:
         self._step += 1  # the only per-step work without a bar: a counter for the progress lines
 
     def update_pass(self, name: str, values: dict[str, Any]) -> None:
+        # a slow metric (AUC) is left out of some logging steps: show its last value meanwhile
+        values = self._running = {**self._running, **values}
         if self.metrics is not None:
             values = {k: v for k, v in values.items() if k in self.metrics}
         if self._bar is not None:
