@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +160,19 @@ def test_training_loaders_are_sharded_without_changing_a_single_process_run(tmp_
     F.train(tmp_path, DataLoader(TensorDataset(x, y), batch_size=16), m, torch.optim.SGD(m.parameters(), lr=0.1), 1,
             nn.CrossEntropyLoss(), quiet=True)  # fmt: skip
     assert not any(k.startswith("module.") for k in torch.load(tmp_path / "checkpoints" / "last.pt")["model"])
+
+
+def test_xt_run_nproc_2_end_to_end(tmp_path):
+    xt = Path(sys.executable).with_name("xt")
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [str(xt), "run", "--model", "mlp", "--data", "synthetic-classification", "--epochs", "2",
+         "--metric", "accuracy", "--nproc", "2", "--save-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("run completed") == 1, "only rank 0 prints"
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state["model"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +67,7 @@ class XtGroup(click.Group):
         return sorted({*self.commands, *ctx.find_root().meta["xt.commands"]})
 
     def main(self, args: Any = None, prog_name: str | None = None, *a: Any, **kw: Any) -> Any:
+        self.raw_args = list(args) if args is not None else sys.argv[1:]  # for `xt run --nproc N`
         if kw.get("standalone_mode", True) is False:
             return super().main(args, prog_name, *a, **kw)
         kw["standalone_mode"] = False
@@ -304,8 +307,14 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     help="Continue the run in this directory where it stopped; options given here override it (e.g. --epochs).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No console output.")
+@click.option(
+    "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Train with N local processes (DDP through torch.distributed.run; gloo on CPU, NCCL on GPUs).",
+)  # fmt: skip
 @click.pass_context
-def run_command(ctx: click.Context, save_dir: str | None, resume: str | None, quiet: bool, **_: Any) -> None:
+def run_command(
+    ctx: click.Context, save_dir: str | None, resume: str | None, quiet: bool, nproc: int, **_: Any
+) -> None:
     """Train a model on a data set, both picked by name.
 
     \b
@@ -317,6 +326,11 @@ def run_command(ctx: click.Context, save_dir: str | None, resume: str | None, qu
     """
     from . import config
 
+    if nproc > 1 and "RANK" not in os.environ:
+        # torchrun's own entry point starts the processes; each runs this command without --nproc
+        args = _without_option(cli.raw_args, "--nproc")
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        sys.exit(subprocess.call([*launch, "-m", "xt_training", *args]))
     if resume and (save_dir or ctx.params["config_path"]):
         raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
     run_dir, _history = config.train(
@@ -324,6 +338,19 @@ def run_command(ctx: click.Context, save_dir: str | None, resume: str | None, qu
     )
     if not quiet and _is_main():
         click.echo(f"run saved to {run_dir}")
+
+
+def _without_option(args: list[str], option: str) -> list[str]:
+    """``args`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def _is_main() -> bool:
