@@ -97,12 +97,23 @@ class Data:
             the model factory if it has a parameter of that name.
         loss: the loss name to use when the user names none (e.g. ``'cross-entropy'``).
         metrics: metric names to use when the user names none (e.g. ``['accuracy']``).
+        forward_fn: how a batch of these loaders is fed to a model, ``forward_fn(model, batch) -> (y_pred, y)``
+            (see :mod:`xt_training.batch`), for batches that are not ``(x, y)`` pairs of a plain model;
+            the CLI hands it to ``F.train``, ``F.test`` and ``F.predict``.
+        monitor: the value that decides the best checkpoint when the user names none, e.g. ``'val/map'``
+            for a detection model, whose evaluation passes report no loss.
+        tokenizer: a tokenizer built for this data, with ``save_pretrained(directory)`` (a Hugging Face
+            tokenizer qualifies); ``xt run`` saves it into the run directory and ``xt predict`` reads raw
+            text with it.
     """
 
     loaders: dict[str, Iterable[Any]]
     info: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None
     metrics: list[str] = field(default_factory=list)
+    forward_fn: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    monitor: str | None = None
+    tokenizer: Any = None
 
 
 @dataclass(frozen=True)
