@@ -382,7 +382,11 @@ def train(
     saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if not resume and main:  # written first, so that a crashed run still says what it was
         _write_json(save_dir / CONFIG_FILE, saved)
+        if built.data.tokenizer is not None:  # xt predict reads raw text with it
+            built.data.tokenizer.save_pretrained(str(save_dir))
     loaders = built.data.loaders
+    train_args = {key: config[key] for key in TRAIN_ARGS}
+    train_args["monitor"] = train_args["monitor"] or built.data.monitor
     history = F.train(
         save_dir,
         loaders["train"],
@@ -397,9 +401,10 @@ def train(
         scheduler_step=built.scheduler_step,
         loggers=built.loggers,
         callbacks=built.callbacks,
+        forward_fn=built.data.forward_fn,
         resume=resume,
         quiet=quiet,
-        **{key: config[key] for key in TRAIN_ARGS},
+        **train_args,
     )
     if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
         _write_json(save_dir / CONFIG_FILE, saved)
@@ -455,6 +460,7 @@ def test(
         built.model,
         built.loss_fn,
         eval_metrics=built.metrics,
+        forward_fn=built.data.forward_fn,
         save_dir=run_dir if save_dir is None else save_dir,
         checkpoint_path=checkpoint if checkpoint is not None else _checkpoint_of(run_dir),
         device=device if device is not None else config["device"],
