@@ -388,12 +388,12 @@ def git_commit() -> str:
     return rev.stdout.strip() + (" (xt_training modified)" if dirty.stdout.strip() else "")
 
 
-def report(args: argparse.Namespace, sections: list[list[str]]) -> str:
+def report(args: argparse.Namespace, commit: str, sections: list[list[str]]) -> str:
     command = shlex.join(["python", "benchmarks/run.py", *args.argv])
     head = [
         "# Benchmark results",
         "",
-        f"- Date: {datetime.date.today().isoformat()}; commit {git_commit()}",
+        f"- Date: {datetime.date.today().isoformat()}; commit {commit} (as the run started)",
         f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         f"- Versions: {versions()}",
         f"- Reproduce: `{command}`",
@@ -453,6 +453,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    commit = git_commit()
     sections: list[list[str]] = [["## Speed", ""]]
     with tempfile.TemporaryDirectory(prefix="xt-bench-") as tmp:
         outcomes = run_groups(GROUPS, args.only, args.rounds, args.steps, Path(tmp), args.compare)
@@ -465,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_memory:
             memory = run_memory(args.steps, Path(tmp))
             sections.append(memory_table(*memory))
-    text = report(args, sections)
+    text = report(args, commit, sections)
     print("\n" + text)
     if args.output is not None:
         args.output.write_text(text)
