@@ -16,4 +16,5 @@ PLUGINS = (
     "xt_training.builtins.schedulers",
     "xt_training.builtins.loggers",
     "xt_training.builtins.callbacks",
+    "xt_training.builtins.export_command",
 )
