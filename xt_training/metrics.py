@@ -23,6 +23,11 @@ the first batch they see, unless ``task=`` is given:
 Predictions may be logits or probabilities: as in torchmetrics, values outside [0, 1] are passed
 through a sigmoid (binary, multi-label) or softmax (multiclass) first.
 
+**Other problem shapes.** :class:`IoU` and :class:`Dice` score segmentation masks per pixel, over every
+pixel of the epoch, with the same task inference (logits ``(N, C, H, W)`` and class masks ``(N, H, W)``:
+multiclass). :class:`MSE`, :class:`MAE` and :class:`R2` score regression outputs;
+:class:`MeanAveragePrecision` scores detected boxes (torchvision's detection format).
+
 torchmetrics is imported when a metric first updates, so ``import xt_training`` stays fast.
 """
 
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -51,6 +56,12 @@ __all__ = [
     "Recall",
     "Kappa",
     "ConfusionMatrix",
+    "IoU",
+    "Dice",
+    "MSE",
+    "MAE",
+    "R2",
+    "MeanAveragePrecision",
 ]
 
 
@@ -434,3 +445,176 @@ class ConfusionMatrix(_Classification):
             "multilabel": tmc.MultilabelConfusionMatrix,
         }[task]
         return cls(**_task_kwargs(task, n), **self.kwargs)
+
+
+class IoU(_Classification):
+    """Intersection over union (Jaccard index), e.g. the mean IoU of segmentation masks.
+
+    Per class, over every pixel (or example) of the epoch: the intersection and union are summed over the
+    epoch before dividing, then averaged over the classes that occur in the predictions or targets
+    (``average='macro'``). Binary (``(N, 1, H, W)`` logits): the IoU of the positive class.
+    ``ignore_index`` leaves out pixels of that target value (e.g. unlabelled borders).
+    """
+
+    def __init__(self, average: str = "macro", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.average = average
+
+    def _build(self, task: str, n: int) -> Any:
+        import torchmetrics.classification as tmc
+
+        cls = {
+            "binary": tmc.BinaryJaccardIndex,
+            "multiclass": tmc.MulticlassJaccardIndex,
+            "multilabel": tmc.MultilabelJaccardIndex,
+        }[task]
+        kw = {} if task == "binary" else {"average": self.average}
+        return cls(**_task_kwargs(task, n), **{**kw, **self.kwargs})
+
+
+class Dice(F1):
+    """Dice coefficient ``2|A & B| / (|A| + |B|)`` per class, over every pixel of the epoch, macro-averaged.
+
+    Per class it equals the F1 score of the pixels (which is how it is computed); see :class:`IoU` for
+    the tasks and options.
+    """
+
+
+class _Regression:
+    """Base of the regression metrics: a torchmetrics regression metric that accepts ``(N, 1)`` vs ``(N,)``."""
+
+    _name = ""  # the class in torchmetrics.regression
+
+    def __init__(self, **kwargs: Any):
+        import torchmetrics.regression
+
+        self.kwargs = kwargs
+        self.sync = True
+        self._metric = getattr(torchmetrics.regression, self._name)(**kwargs)
+
+    def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
+        if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"expects tensors, got y_pred {describe(y_pred)} and y {describe(y)}")
+        if y_pred.shape != y.shape:
+            if y_pred.numel() != y.numel():
+                raise ValueError(
+                    f"predictions {tuple(y_pred.shape)} and targets {tuple(y.shape)} differ in shape; "
+                    "the model needs one output per target value"
+                )
+            y_pred = y_pred.reshape(y.shape)  # (N, 1) outputs for (N,) targets
+        if self._metric.device != y_pred.device:
+            self._metric = self._metric.to(y_pred.device)
+        self._metric.update(y_pred.float(), y.float())
+
+    def compute(self) -> torch.Tensor:
+        if self._metric.update_count == 0:
+            return torch.tensor(float("nan"))
+        return self._metric.compute()
+
+    def reset(self) -> None:
+        self._metric.reset()
+
+    def set_sync(self, enabled: bool) -> None:
+        self.sync = enabled
+        set_sync(self._metric, enabled)
+
+    def get_state(self) -> dict[str, Any] | None:
+        return get_state(self._metric)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        set_state(self._metric, state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())})"
+
+
+class MSE(_Regression):
+    """Mean squared error over the epoch (``squared=False``: its root, RMSE)."""
+
+    _name = "MeanSquaredError"
+
+
+class MAE(_Regression):
+    """Mean absolute error over the epoch."""
+
+    _name = "MeanAbsoluteError"
+
+
+class R2(_Regression):
+    """Coefficient of determination R² over the epoch (several outputs: averaged uniformly)."""
+
+    _name = "R2Score"
+
+
+class MeanAveragePrecision:
+    """COCO mean average precision of detected boxes over the epoch (torchmetrics ``MeanAveragePrecision``).
+
+    ``y_pred`` is a list of ``{'boxes', 'scores', 'labels'}`` per image and ``y`` a list of
+    ``{'boxes', 'labels'}``: torchvision's detection format, boxes as ``(x1, y1, x2, y2)`` unless
+    ``box_format`` says otherwise. ``key`` picks the value reported: ``'map'`` (IoU 0.5:0.95),
+    ``'map_50'``, ``'map_75'``, ``'mar_100'``, ... A detection model in training mode returns its
+    losses instead of boxes: those batches are skipped, so a training pass reports NaN.
+
+    Needs pycocotools or faster-coco-eval (``pip install 'xt-training[detection]'``).
+    """
+
+    def __init__(self, key: str = "map", box_format: str = "xyxy", **kwargs: Any):
+        import importlib.util
+
+        from torchmetrics.detection import MeanAveragePrecision as TorchmetricsMAP
+
+        from .errors import ConfigError
+
+        backend = kwargs.pop("backend", None)
+        if backend is None:
+            found = [b for b in ("pycocotools", "faster_coco_eval") if importlib.util.find_spec(b)]
+            if not found:
+                raise ConfigError(
+                    "metric MeanAveragePrecision needs pycocotools or faster-coco-eval; "
+                    "pip install 'xt-training[detection]'"
+                )
+            backend = found[0]
+        self.key = key
+        self.kwargs = {"box_format": box_format, **kwargs}
+        self.sync = True
+        self._metric = TorchmetricsMAP(box_format=box_format, backend=backend, **kwargs)
+        self._images = 0
+
+    def update(self, y_pred: Any, y: Any) -> None:
+        if isinstance(y_pred, Mapping):  # a detection model's losses (training mode): no boxes to score
+            return
+        if not isinstance(y_pred, (list, tuple)) or not isinstance(y, (list, tuple)) or len(y_pred) != len(y):
+            raise TypeError(
+                f"expects a list of per-image dicts of predictions and one of targets, of the same length; "
+                f"got y_pred {describe(y_pred)} and y {describe(y)}"
+            )
+        if y_pred and self._metric.device != y_pred[0]["boxes"].device:
+            self._metric = self._metric.to(y_pred[0]["boxes"].device)
+        self._metric.update(list(y_pred), list(y))
+        self._images += len(y)
+
+    def compute(self) -> torch.Tensor:
+        if not self._images:
+            return torch.tensor(float("nan"))
+        values = self._metric.compute()
+        if self.key not in values:
+            raise KeyError(f"no value {self.key!r}; the values are {', '.join(sorted(values))}")
+        return values[self.key]
+
+    def reset(self) -> None:
+        self._metric.reset()
+        self._images = 0
+
+    def set_sync(self, enabled: bool) -> None:
+        self.sync = enabled
+        set_sync(self._metric, enabled)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"inner": get_state(self._metric), "images": self._images}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        set_state(self._metric, state["inner"])
+        self._images = state["images"]
+
+    def __repr__(self) -> str:
+        return f"MeanAveragePrecision(key={self.key!r})"
