@@ -1,0 +1,439 @@
+"""Predictions: ``F.predict`` (a model's outputs over a loader, kept or streamed to a file) and :func:`load_model`.
+
+Usage::
+
+    from xt_training import load_model
+    from xt_training.utils import functional as F
+
+    model = load_model('runs/cnn-synthetic-images-20250101-120000')     # its best checkpoint, in eval mode
+    probabilities = F.predict(model, loader).softmax(1)
+    F.predict(model, big_loader, out='predictions.npy')                 # streamed: memory stays bounded
+
+``F.predict`` moves batches with the loop's own code (:mod:`xt_training.batch`), takes the loop's fast path
+for TensorDataset loaders, and feeds batches the way ``F.train`` does when given the same ``forward_fn``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .batch import describe, to_device
+from .checkpoint import load_checkpoint
+from .errors import BatchError, CheckpointError, ConfigError, XtError
+from .fastpath import check_data_on_device, fast_batches
+from .runner import resolve_device
+
+__all__ = ["predict", "predict_forward", "load_model", "checkpoint_of", "load_tokenizer", "FORMATS"]
+
+#: the file formats of ``out=``, by extension; the first two are written batch by batch
+FORMATS = (".npy", ".csv", ".pt")
+
+_CPU = torch.device("cpu")
+
+
+def predict(
+    model: nn.Module,
+    loader: Iterable[Any],
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    *,
+    forward_fn: Callable[[nn.Module, Any], tuple[Any, Any]] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    fast_path: bool = True,
+    data_on_device: bool | str = "auto",
+) -> Any:
+    """The model's outputs for every batch of ``loader``, in loader order, on the CPU.
+
+    Runs under ``model.eval()`` and ``torch.inference_mode()`` and restores the model's mode afterwards.
+
+    Args:
+        loader: yields inputs only -- ``x`` (a tensor or a dict of tensors) or ``[x]`` (as
+            ``TensorDataset(x)`` yields) -- or ``(x, y)`` pairs, whose ``y`` is ignored.
+        checkpoint_path: load these weights first (:func:`~xt_training.load_checkpoint`).
+        device: default CUDA when available, else the CPU; the model is moved there.
+        forward_fn: ``forward_fn(model, batch) -> (y_pred, y)`` for other batch shapes; the one given to
+            ``F.train`` works as it is (``y`` may be None for unlabelled batches).
+        out: write the outputs to this file instead of returning them, by extension:
+
+            - ``.npy``: a tensor output with the same shape per example; written batch by batch (the
+              header's length is fixed up at the end), so memory stays bounded;
+            - ``.csv``: one row per example, from ``(N,)`` or ``(N, K)`` tensors or a dict of such
+              columns (values may also be lists, e.g. class names); written batch by batch;
+            - ``.pt``: any outputs (nested lists/dicts, detection's boxes); kept in memory and saved at
+              the end, loadable with ``torch.load(..., weights_only=True)``.
+
+            The file appears complete or not at all (written to ``PATH.tmp``, then renamed).
+        fast_path, data_on_device: see :class:`~xt_training.Runner`.
+
+    Returns:
+        The outputs concatenated along the batch: tensors with ``torch.cat`` (tensors whose shapes differ
+        between batches, e.g. padded per batch, become a list of per-example tensors), lists joined (a
+        detection model's per-image dicts), tuples and dicts per field. With ``out``: the path written.
+    """
+    if checkpoint_path is not None:
+        load_checkpoint(checkpoint_path, model)
+    if not isinstance(fast_path, bool):
+        raise ConfigError(f"fast_path must be True or False, not {fast_path!r}")
+    data_on_device = check_data_on_device(data_on_device)
+    writer = _writer(out)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    forward = forward_fn or predict_forward
+    non_blocking = dev.type == "cuda"
+    was_training = model.training
+    model.eval()
+    try:
+        fast = fast_batches(loader, dev, data_on_device) if fast_path else None
+        with torch.inference_mode():
+            for step, batch in enumerate(loader if fast is None else fast, 1):
+                batch = to_device(batch, dev, non_blocking)
+                try:
+                    y_pred, _ = forward(model, batch)
+                except XtError:
+                    raise
+                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                    inputs = batch if forward_fn is not None else _inputs(batch)
+                    raise BatchError(_mismatch(model, inputs, step, e)) from e
+                writer.add(to_device(y_pred, _CPU))
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        model.train(was_training)
+    return writer.finish()
+
+
+def predict_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+    """``(model(x), y)`` for ``(x, y)`` batches and ``(model(x), None)`` for batches of inputs only."""
+    x = _inputs(batch)
+    y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    return model(x), y
+
+
+def _inputs(batch: Any) -> Any:
+    if isinstance(batch, (torch.Tensor, Mapping)):
+        return batch
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        return batch[0]
+    raise BatchError(
+        f"the loader yielded {describe(batch)}; F.predict takes x, [x] or (x, y) batches: "
+        "pass forward_fn=lambda model, batch: (model(...), None) for other batch shapes"
+    )
+
+
+def _mismatch(model: nn.Module, inputs: Any, step: int, error: Exception) -> str:
+    """Why a batch did not fit the model: the inputs' shape beside the one the model's first layer expects."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    expected = expected_input(model)
+    expects = f"; the model expects {expected}" if expected else ""
+    return (
+        f"the model failed on batch {step} of the loader, inputs {describe(inputs)} ({reason}){expects}; "
+        "give it inputs of the shape it was trained on"
+    )
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """What the model's first layer with weights takes, in words (None when it is not a known layer)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return f"{m.in_features} features per example (its first layer is Linear({m.in_features}, {m.out_features}))"
+        if isinstance(m, nn.modules.conv._ConvNd):
+            dims = ", ".join(["N", str(m.in_channels), *"HWD"[: len(m.kernel_size)]])
+            return f"({dims}) inputs with {m.in_channels} channels (its first layer is {type(m).__name__})"
+        if isinstance(m, nn.Embedding):
+            return (
+                f"token ids below {m.num_embeddings} (its first layer is Embedding({m.num_embeddings}, ...))"
+            )
+        if isinstance(m, nn.RNNBase):
+            order = "N, T" if m.batch_first else "T, N"
+            return f"sequences ({order}, {m.input_size}) (its first layer is {type(m).__name__})"
+    return None
+
+
+# --- where the outputs go ----------------------------------------------------------------------------------
+def _writer(out: str | os.PathLike[str] | None) -> Any:
+    if out is None:
+        return _Memory()
+    path = Path(out)
+    kinds = {".npy": _Npy, ".csv": _Csv, ".pt": _Pt}
+    if path.suffix.lower() not in kinds:
+        raise ConfigError(f"cannot write predictions to '{path}': the file must end in {', '.join(FORMATS)}")
+    if path.is_dir():
+        raise ConfigError(f"'{path}' is a directory; name a file ending in {', '.join(FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return kinds[path.suffix.lower()](path)
+
+
+class _Memory:
+    """Keeps every batch's outputs; ``finish`` concatenates them."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Any] = []
+
+    def add(self, y_pred: Any) -> None:
+        self.chunks.append(y_pred)
+
+    def abort(self) -> None:
+        self.chunks = []
+
+    def finish(self) -> Any:
+        if not self.chunks:
+            raise ConfigError("the loader yielded no batches; check the dataset size and drop_last")
+        return _owned(concat_outputs(self.chunks))
+
+
+class _File:
+    """Writes to ``PATH.tmp`` and renames it to ``PATH`` once complete."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.rows = 0
+
+    def abort(self) -> None:
+        self.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        pass
+
+    def finish(self) -> Path:
+        self.close()
+        if not self.rows:
+            self.tmp.unlink(missing_ok=True)
+            raise ConfigError("the loader yielded no batches; check the dataset size and drop_last")
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+class _Pt(_File):
+    """Everything in memory, ``torch.save`` at the end (a pickle cannot be appended to)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.memory = _Memory()
+
+    def add(self, y_pred: Any) -> None:
+        self.memory.add(y_pred)
+        self.rows += 1
+
+    def abort(self) -> None:
+        self.memory.abort()
+        super().abort()
+
+    def close(self) -> None:
+        if self.memory.chunks:
+            torch.save(self.memory.finish(), self.tmp)
+            self.memory.chunks = []
+
+
+class _Npy(_File):
+    """A ``.npy`` file written batch by batch: the header is reserved first and rewritten with the final length."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.file: Any = None
+        self.shape: tuple[int, ...] = ()
+        self.descr = ""
+        self.size = 0  # of the header, reserved for the longest length it may have to hold
+
+    def add(self, y_pred: Any) -> None:
+        import numpy as np
+
+        if not isinstance(y_pred, torch.Tensor) or y_pred.ndim == 0:
+            raise ConfigError(
+                f"'.npy' holds one array, but the model returned {describe(y_pred)}; write '.pt' instead"
+            )
+        if y_pred.dtype == torch.bfloat16:
+            y_pred = y_pred.float()  # NumPy has no bfloat16
+        array = np.ascontiguousarray(y_pred.numpy())
+        if self.file is None:
+            self.shape, self.descr = tuple(array.shape[1:]), np.lib.format.dtype_to_descr(array.dtype)
+            self.size = -(-len(self._header(10**20)) // 64) * 64  # .npy headers end on a 64-byte boundary
+            self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
+            self.file.write(self._header(0))
+        elif tuple(array.shape[1:]) != self.shape or np.lib.format.dtype_to_descr(array.dtype) != self.descr:
+            raise ConfigError(
+                f"'.npy' holds one array: batch outputs {describe(y_pred)} differ from the first batch's "
+                f"(N, {', '.join(map(str, self.shape))}) {self.descr}; write '.pt' instead"
+            )
+        self.file.write(array.tobytes())
+        self.rows += array.shape[0]
+
+    def _header(self, rows: int) -> bytes:
+        """Format 1.0: magic, version, header length, then the header dict padded with spaces and a newline."""
+        text = f"{{'descr': {self.descr!r}, 'fortran_order': False, 'shape': {(rows, *self.shape)!r}, }}"
+        body = text.ljust(max(self.size - 11, len(text))) + "\n"
+        return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.seek(0)
+            self.file.write(self._header(self.rows))
+            self.file.close()
+            self.file = None
+
+
+class _Csv(_File):
+    """One row per example, written batch by batch; the header comes from the first batch."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.file: Any = None
+        self.writer: Any = None
+        self.header: list[str] | None = None
+
+    def add(self, y_pred: Any) -> None:
+        columns = _columns(y_pred)
+        header = list(columns)
+        if self.file is None:
+            self.header = header
+            self.file = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self.writer = csv.writer(self.file)
+            self.writer.writerow(header)
+        elif header != self.header:
+            raise ConfigError(
+                f"CSV columns changed between batches: {', '.join(header)} after {', '.join(self.header or [])}"
+            )
+        values = list(columns.values())
+        lengths = {len(v) for v in values}
+        if len(lengths) != 1:
+            raise ConfigError(f"CSV columns of different lengths in one batch: {describe(y_pred)}")
+        self.writer.writerows(zip(*values))
+        self.rows += lengths.pop()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _columns(y_pred: Any) -> dict[str, list[Any]]:
+    """CSV columns of one batch: ``output`` or ``output_0..K-1`` for a tensor; ``key``/``key_j`` for a dict."""
+    items = y_pred.items() if isinstance(y_pred, Mapping) else [("output", y_pred)]
+    columns: dict[str, list[Any]] = {}
+    for key, value in items:
+        if isinstance(value, torch.Tensor) and value.ndim == 2:
+            for j, column in enumerate(value.T.tolist()):
+                columns[f"{key}_{j}"] = column
+        elif isinstance(value, torch.Tensor) and value.ndim == 1 or isinstance(value, list):
+            columns[str(key)] = value.tolist() if isinstance(value, torch.Tensor) else value
+        else:
+            raise ConfigError(
+                f"a CSV row holds up to one value per column, but the outputs are {describe(y_pred)}; "
+                "write '.npy' or '.pt' for outputs of more dimensions"
+            )
+    return columns
+
+
+def concat_outputs(chunks: list[Any]) -> Any:
+    """Per-batch outputs joined along the batch; see :func:`predict` (Returns)."""
+    first = chunks[0]
+    if isinstance(first, torch.Tensor):
+        parts = [c.reshape(1) if c.ndim == 0 else c for c in chunks]
+        if all(p.shape[1:] == parts[0].shape[1:] for p in parts):
+            return torch.cat(parts)
+        return [row for p in parts for row in p.unbind(0)]
+    if isinstance(first, list):
+        return [item for c in chunks for item in c]
+    if isinstance(first, tuple):
+        return tuple(concat_outputs(list(parts)) for parts in zip(*chunks))
+    if isinstance(first, Mapping):
+        return {k: concat_outputs([c[k] for c in chunks]) for k in first}
+    raise ConfigError(f"cannot join outputs of type {type(first).__name__}; return tensors, lists or dicts")
+
+
+def _owned(obj: Any) -> Any:
+    """Copies of tensors made under inference mode, which could not be modified in place outside it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.is_inference() else obj
+    if isinstance(obj, list):
+        return [_owned(o) for o in obj]
+    if isinstance(obj, tuple):
+        return tuple(_owned(o) for o in obj)
+    if isinstance(obj, Mapping):
+        return {k: _owned(v) for k, v in obj.items()}
+    return obj
+
+
+# --- models and tokenizers of a run directory ------------------------------------------------------------
+def checkpoint_of(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] = "best") -> Path:
+    """The checkpoint file of a run directory: ``'best'``, ``'last'`` or a path."""
+    run_dir = Path(run_dir)
+    if str(checkpoint) not in ("best", "last"):
+        return Path(checkpoint)
+    folder = run_dir / "checkpoints"
+    path = folder / f"{checkpoint}.pt"
+    if path.is_file():
+        return path
+    others = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+    if not others:
+        raise CheckpointError(f"run directory '{run_dir}' has no checkpoints; train it first (`xt run ...`)")
+    raise CheckpointError(
+        f"run directory '{run_dir}' has no {checkpoint}.pt (the monitored value never improved?); "
+        f"pick one of its checkpoints: {', '.join(others)}"
+    )
+
+
+def load_model(
+    run_dir: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] = "best",
+    *,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """The model of an ``xt run`` directory: rebuilt from its ``config.json`` and loaded, in eval mode.
+
+    The model is created by name with the options the run saved (those it took from the data included),
+    so the data need not be built. ``checkpoint``: ``'best'`` (``checkpoints/best.pt``), ``'last'`` or a
+    checkpoint path. The model's plugin must be installed.
+    """
+    from . import registry
+    from .config import read_config
+
+    config = read_config(run_dir)
+    if config["model"] is None:
+        raise ConfigError(f"the configuration of '{run_dir}' names no model; it was not written by `xt run`")
+    path = checkpoint_of(run_dir, checkpoint)
+    name, options = config["model"]["name"], config["model"]["options"]
+    from_data = registry.accepts("model", name, config.get("info") or {})
+    model = registry.create("model", name, **{**from_data, **options})
+    load_checkpoint(path, model)
+    model.eval()
+    return model.to(resolve_device(device)) if device is not None else model
+
+
+def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
+    """The tokenizer saved in ``directory`` by ``save_pretrained``, or None when there is none.
+
+    ``tokenizer_class`` in ``tokenizer_config.json`` names it: ``'module:Class'`` (xt-training's and
+    plugins' tokenizers) is imported and loaded with ``Class.from_pretrained(directory)``; any other name
+    is a Hugging Face tokenizer, loaded with ``transformers.AutoTokenizer``.
+    """
+    from .registry import load_object
+
+    file = Path(directory) / "tokenizer_config.json"
+    if not file.is_file():
+        return None
+    try:
+        name = json.loads(file.read_text()).get("tokenizer_class") or ""
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ConfigError(
+            f"'{file}' is not a tokenizer configuration ({e}); save the tokenizer again"
+        ) from None
+    if ":" in name:
+        return load_object(name).from_pretrained(directory)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ConfigError(
+            f"'{file}' is a Hugging Face tokenizer ({name or 'unnamed'}); pip install transformers to load it"
+        ) from None
+    return AutoTokenizer.from_pretrained(directory)
