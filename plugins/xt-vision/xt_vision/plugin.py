@@ -36,6 +36,7 @@ def model_names() -> list[str]:
 
 @hookimpl
 def register_models(register: Any) -> None:
+    from .detection import DETECTION_MODELS, detection_model
     from .models import torchvision_model
 
     for name in model_names():
@@ -43,6 +44,13 @@ def register_models(register: Any) -> None:
             name,
             functools.partial(torchvision_model, name),
             description=f"torchvision {name}, randomly initialised (weights=None)",
+        )
+    for name, builder in DETECTION_MODELS.items():
+        register(
+            name,
+            functools.partial(detection_model, builder),
+            description=f"torchvision {builder} detection model, randomly initialised",
+            task="detection",
         )
 
 
