@@ -28,10 +28,11 @@ from .. import distributed
 from ..callbacks import Run
 from ..checkpoint import atomic_write, load_checkpoint, read_checkpoint, save_checkpoint, write_json
 from ..errors import ConfigError
+from ..predict import predict
 from ..rng import capture_rng, loader_generators, restore_rng
 from ..runner import Runner, prepare_metrics, step_scheduler
 
-__all__ = ["train", "test"]
+__all__ = ["train", "test", "predict"]
 
 HISTORY_FILE = "history.json"
 
