@@ -141,8 +141,13 @@ def synthetic_sequences(
     return Data(_loaders(x, y, sizes, batch_size), info, **_CLASSIFICATION)
 
 
-def _read_csv(path: str, label: str, delimiter: str) -> tuple[list[str], list[list[float]], list[str]]:
-    """Header, feature rows and labels of a CSV file; every feature must be a number."""
+def _read_csv(
+    path: str, label: str, delimiter: str, labelled: bool = True
+) -> tuple[list[str], list[list[float]], list[str]]:
+    """Header, feature rows and labels of a CSV file; every feature must be a number.
+
+    Unless ``labelled``, the label column may be missing (inputs to predict): then there are no labels.
+    """
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"CSV file '{path}' does not exist; pass the file with --data-opt path=FILE")
@@ -152,12 +157,12 @@ def _read_csv(path: str, label: str, delimiter: str) -> tuple[list[str], list[li
         if header is None:
             raise ConfigError(f"CSV file '{path}' is empty; it needs a header row and data rows")
         header = [h.strip() for h in header]
-        if label not in header:
+        if label not in header and labelled:
             raise ConfigError(
                 f"CSV file '{path}' has no column {label!r}; columns: {', '.join(header)}; "
                 "name the label column with --data-opt label=NAME"
             )
-        col = header.index(label)
+        col = header.index(label) if label in header else None
         features = [h for i, h in enumerate(header) if i != col]
         rows, labels = [], []
         for line, row in enumerate(reader, 2):
@@ -173,7 +178,8 @@ def _read_csv(path: str, label: str, delimiter: str) -> tuple[list[str], list[li
                     f"{path}, line {line}, column {header[bad]!r}: {row[bad]!r} is not a number; "
                     "feature columns must be numeric"
                 ) from None
-            labels.append(row[col].strip())
+            if col is not None:
+                labels.append(row[col].strip())
     if not rows:
         raise ConfigError(f"CSV file '{path}' has a header but no data rows")
     return features, rows, labels
@@ -198,6 +204,7 @@ def csv_table(
     path: str,
     label: str = "label",
     test_path: str | None = None,
+    predict_path: str | None = None,
     delimiter: str = ",",
     standardize: bool = True,
     val_fraction: float = 0.2,
@@ -210,6 +217,9 @@ def csv_table(
     Rows are shuffled (seeded) and split into train/val(/test); ``test_path`` names a separate test
     file with the same columns. With ``standardize`` the features are scaled by the training split's
     mean and standard deviation. ``info['classes']`` maps class index to the label as written in the file.
+    ``predict_path`` names a file of inputs to predict (``xt predict --input``): the same feature columns,
+    the label column optional; it becomes the split ``predict``, which yields the features alone,
+    standardized as the training rows are.
     """
     _check(batch_size, val_fraction, test_fraction)
     features, rows, labels = _read_csv(path, label, delimiter)
@@ -230,14 +240,25 @@ def csv_table(
         if unknown:
             raise ConfigError(f"test file '{test_path}' has labels not in '{path}': {', '.join(unknown[:5])}")
         test = (torch.tensor(test_rows), torch.tensor([index[v] for v in test_labels]))
+    predict = None
+    if predict_path is not None:
+        predict_features, predict_rows, _ = _read_csv(predict_path, label, delimiter, labelled=False)
+        if predict_features != features:
+            raise ConfigError(
+                f"predict file '{predict_path}' has feature columns {predict_features}, the training file {features}"
+            )
+        predict = torch.tensor(predict_rows)
     if standardize:
         train = x[: sizes[0]]
         mean, std = train.mean(0), train.std(0).nan_to_num(1.0).clamp_min(1e-8)
         x = (x - mean) / std
         test = ((test[0] - mean) / std, test[1]) if test is not None else None
+        predict = (predict - mean) / std if predict is not None else None
     loaders = _loaders(x, y, sizes, batch_size)
     if test is not None:
         loaders["test"] = DataLoader(TensorDataset(*test), batch_size=batch_size)
+    if predict is not None:
+        loaders["predict"] = DataLoader(TensorDataset(predict), batch_size=batch_size)
     info = {
         "num_classes": len(classes),
         "in_features": len(features),
@@ -252,6 +273,7 @@ def image_folder(
     root: str,
     image_size: int = 224,
     normalize: bool = True,
+    predict_path: str | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     batch_size: int = 32,
@@ -261,7 +283,9 @@ def image_folder(
     """Images in class folders (torchvision ImageFolder): resized, center-cropped, ImageNet-normalised.
 
     ``root`` is either one folder of class folders (split into train/val/test, seeded), or has
-    ``train/`` and optionally ``val/`` and ``test/`` folders of class folders.
+    ``train/`` and optionally ``val/`` and ``test/`` folders of class folders. ``predict_path`` is a folder
+    of images without class folders (``xt predict --input``): the split ``predict`` yields them, in the
+    order of their file names, prepared as the evaluation images are.
     """
     from torchvision import transforms
 
@@ -278,6 +302,7 @@ def image_folder(
         batch_size=batch_size,
         num_workers=num_workers,
         seed=seed,
+        predict_path=predict_path,
     )
 
 
@@ -292,6 +317,7 @@ def folder_data(
     batch_size: int,
     num_workers: int,
     seed: int,
+    predict_path: str | None = None,
 ) -> Data:
     """Loaders over an image folder with separate training and evaluation transforms (see :func:`image_folder`)."""
     from torchvision.datasets import ImageFolder
@@ -329,6 +355,8 @@ def folder_data(
                 subset = Subset(train if split == "train" else evaluation, indices)
                 loaders[split] = DataLoader(subset, shuffle=split == "train", **options)
         classes = train.classes
+    if predict_path is not None:
+        loaders["predict"] = DataLoader(ImageFiles(predict_path, eval_transform), **options)
     info = {
         "num_classes": len(classes),
         "classes": classes,
@@ -337,3 +365,26 @@ def folder_data(
         "in_features": 3 * image_size * image_size,
     }
     return Data(loaders, info, **_CLASSIFICATION)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The images of one folder (no class folders), sorted by file name; items are transformed images only."""
+
+    def __init__(self, root: str, transform: Any):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        folder = Path(root)
+        if not folder.is_dir():
+            raise ConfigError(f"image folder '{root}' does not exist; pass a folder of images to predict")
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        if not self.files:
+            raise ConfigError(f"image folder '{root}' has no images ({', '.join(IMG_EXTENSIONS)})")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Any:
+        from torchvision.datasets.folder import default_loader
+
+        return self.transform(default_loader(str(self.files[i])))
