@@ -399,7 +399,7 @@ def _write_onnx(
     try:
         program = torch.onnx.export(
             model,
-            (x,),
+            (x, {}) if isinstance(x, dict) else (x,),  # else a dict x would be taken for keyword arguments
             dynamo=True,
             dynamic_shapes=_dynamic_shapes(x) if dynamic else None,
             input_names=in_names,
