@@ -66,7 +66,15 @@ def data_options(name: str, tmp_path: Path) -> dict:
 
 
 # --- every registered name ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", registry.names("data"))
+def classification(kind: str) -> list[str]:
+    """The names of ``kind`` for classification; other problem shapes (metadata ``task``) are tested in test_shapes.py."""
+    table = registry.current().table(kind)
+    return [
+        n for n in registry.names(kind) if table[n].metadata.get("task", "classification") == "classification"
+    ]
+
+
+@pytest.mark.parametrize("name", classification("data"))
 def test_every_data_set_yields_batches_and_info(name, tmp_path):
     data = registry.create_data(name, **data_options(name, tmp_path))
     assert isinstance(data, registry.Data)
@@ -91,7 +99,7 @@ def fitting_data(model: str) -> str:
     pytest.fail(f"no synthetic data set fits model {model!r}")
 
 
-@pytest.mark.parametrize("name", registry.names("model"))
+@pytest.mark.parametrize("name", classification("model"))
 def test_every_model_runs_forward_and_backward_on_its_data(name):
     data = registry.create_data(fitting_data(name), n_samples=32, batch_size=8)
     model = registry.create_model(name, **registry.accepts("model", name, data.info))
@@ -105,7 +113,7 @@ def test_every_model_runs_forward_and_backward_on_its_data(name):
 METRIC_OPTIONS = {"mean": {"fn": "torch.nn.functional:cross_entropy"}}
 
 
-@pytest.mark.parametrize("name", registry.names("metric"))
+@pytest.mark.parametrize("name", classification("metric"))
 def test_every_metric_computes_over_several_updates(name):
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(48, 6, generator=g), torch.randint(0, 6, (48,), generator=g)
@@ -148,7 +156,7 @@ def loss_inputs(name: str):
     }.get(name, (logits, torch.randn(8, 3, generator=g)))
 
 
-@pytest.mark.parametrize("name", registry.names("loss"))
+@pytest.mark.parametrize("name", classification("loss"))
 def test_every_loss_returns_a_scalar(name):
     options = {"reduction": "batchmean"} if name == "kl-div" else {}
     value = registry.create("loss", name, **options)(*loss_inputs(name))
@@ -203,7 +211,11 @@ def test_every_kind_is_listed_with_descriptions():
         for entry in registry.entries(kind):
             assert entry.plugin and entry.distribution == "xt-training", entry
             assert entry.description and "``" not in entry.description, entry
-    assert registry.names("models") == registry.names("model") == ["cnn", "mlp", "rnn"]
+    assert (
+        registry.names("models")
+        == registry.names("model")
+        == ["cnn", "mlp", "rnn", "rnn-tagger", "text-gru", "unet"]
+    )
     assert registry.list_models("*n") == ["cnn", "rnn"]
     assert registry.list_metrics("top-*") == ["top-k-accuracy"]
     assert set(registry.list_loggers()) >= {"console", "tensorboard", "csv", "jsonl"}
@@ -264,7 +276,7 @@ def test_image_folder_with_split_folders_and_errors(tmp_path):
         ),
         (
             lambda: registry.create_model("zzz"),
-            r"^unknown model 'zzz'; choose one of: cnn, mlp, rnn; see `xt list models`$",
+            r"^unknown model 'zzz'; choose one of: cnn, mlp, rnn, rnn-tagger, text-gru, unet; see `xt list models`$",
         ),
         (lambda: registry.create_metric("acuracy"), r"did you mean 'accuracy'"),
         (
@@ -393,7 +405,14 @@ def test_autoload_off_allow_list_and_blocking(site):
 
     off = registry.load(environ=NO_AUTOLOAD)
     assert off.plugins["tiny"].status == "not loaded" and "tiny" not in off.names("model")
-    assert off.names("model") == ["cnn", "mlp", "rnn"]  # built-ins still load
+    assert off.names("model") == [
+        "cnn",
+        "mlp",
+        "rnn",
+        "rnn-tagger",
+        "text-gru",
+        "unet",
+    ]  # built-ins still load
     explicit = registry.load(["tiny"], environ=NO_AUTOLOAD)  # -p NAME loads it anyway
     assert "tiny" in explicit.names("model") and "other" not in explicit.names("model")
 
@@ -406,7 +425,15 @@ def test_autoload_off_allow_list_and_blocking(site):
     blocked = registry.load(["no:tiny"], environ={})
     assert blocked.plugins["tiny"].status == "blocked" and "tiny" not in blocked.names("model")
     no_builtin = registry.load(["no:xt_training.builtins.models"], environ={})
-    assert no_builtin.names("model") == ["other", "other-lazy", "tiny", "tiny-lazy"]
+    assert no_builtin.names("model") == [
+        "other",
+        "other-lazy",
+        "rnn-tagger",
+        "text-gru",
+        "tiny",
+        "tiny-lazy",
+        "unet",  # the shapes module's stay
+    ]
 
 
 def test_a_broken_plugin_is_reported_by_name_and_distribution_and_the_others_load(site):
