@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .batch import describe, to_device
 from .checkpoint import load_checkpoint
@@ -31,7 +32,15 @@ from .errors import BatchError, CheckpointError, ConfigError, XtError
 from .fastpath import check_data_on_device, fast_batches
 from .runner import resolve_device
 
-__all__ = ["predict", "predict_forward", "load_model", "checkpoint_of", "load_tokenizer", "FORMATS"]
+__all__ = [
+    "predict",
+    "predict_forward",
+    "load_model",
+    "checkpoint_of",
+    "load_tokenizer",
+    "predict_run",
+    "FORMATS",
+]
 
 #: the file formats of ``out=``, by extension; the first two are written batch by batch
 FORMATS = (".npy", ".csv", ".pt")
@@ -437,3 +446,100 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
             f"'{file}' is a Hugging Face tokenizer ({name or 'unnamed'}); pip install transformers to load it"
         ) from None
     return AutoTokenizer.from_pretrained(directory)
+
+
+# --- xt predict ----------------------------------------------------------------------------------------------
+def predict_run(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    data: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    split: str | None = None,
+    checkpoint: str | os.PathLike[str] = "best",
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> Path:
+    """``xt predict``: the predictions of an ``xt run`` directory's model, written to ``out``.
+
+    The inputs are, in this order of precedence:
+
+    - ``inputs`` with a tokenizer saved in the run directory: a text file, one raw text per line,
+      tokenized with that tokenizer and fed as ``model(**tokenizer(texts))``;
+    - ``inputs`` otherwise: unlabelled inputs the data set reads with its ``predict_path`` option (a CSV
+      file without the label column, a folder of images), the split ``predict``;
+    - else the split ``split`` (default ``'test'``) of the run's data, or of ``data`` with ``data_options``
+      (the run's own data options are kept when ``data`` is the run's data set).
+
+    A ``.csv`` gets, for a classifier (cross-entropy or NLL loss), the predicted class and one
+    probability column per class; for multi-label models (BCE loss) the labels predicted on and one
+    probability column per label; else the outputs. ``.npy`` and ``.pt`` get the model's outputs as they are.
+    """
+    from . import registry
+    from .builtins.text import TextCollate, TextDataset, read_lines, text_forward
+    from .config import DATA_INFO_KEYS, read_config
+
+    run_dir, out = Path(run_dir), Path(out)
+    config = read_config(run_dir)
+    model = load_model(run_dir, checkpoint)
+    trained_on = config.get("info") or {}
+    tokenizer = load_tokenizer(run_dir) if inputs is not None and data is None else None
+    if tokenizer is not None:
+        texts = TextDataset(read_lines(inputs))
+        loader: Any = DataLoader(texts, batch_size or 64, collate_fn=TextCollate(tokenizer))
+        forward: Any = text_forward
+    else:
+        name = data or config["data"]["name"]
+        options = dict(config["data"]["options"]) if name == config["data"]["name"] else {}
+        options.update(data_options or {})
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+        if inputs is not None:
+            if "predict_path" not in registry.current().entry("data", name).parameters():
+                raise ConfigError(
+                    f"data '{name}' cannot read unlabelled inputs (it has no predict_path option); "
+                    "predict one of its splits with --split, or name a data set that reads them with --data"
+                )
+            options["predict_path"] = str(inputs)
+        built = registry.create_data(name, **options)
+        split = split or ("predict" if inputs is not None else "test")
+        if split not in built.loaders:
+            raise ConfigError(f"data '{name}' has no split {split!r}; splits: {', '.join(built.loaders)}")
+        for key in (*DATA_INFO_KEYS, "vocab_size"):
+            if key in trained_on and key in built.info and built.info[key] != trained_on[key]:
+                raise ConfigError(
+                    f"data '{name}' gives inputs with {key}={built.info[key]!r}, but the model of '{run_dir}' "
+                    f"was trained on {key}={trained_on[key]!r}; predict on inputs of the shape it was trained on"
+                )
+        loader, forward = built.loaders[split], built.forward_fn or predict_forward
+    if out.suffix.lower() == ".csv":
+        forward = _with_columns(forward, config["loss"]["name"], trained_on.get("classes"))
+    return predict(model, loader, device=device or config["device"], forward_fn=forward, out=out)
+
+
+def _with_columns(forward: Callable[[nn.Module, Any], tuple[Any, Any]], loss: str, classes: Any) -> Any:
+    """``forward`` with classifier outputs turned into CSV columns: the prediction and the probabilities."""
+    if loss not in ("cross-entropy", "nll", "bce-with-logits", "bce"):
+        return forward
+
+    def columns(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+        y_pred, y = forward(model, batch)
+        if not isinstance(y_pred, torch.Tensor) or y_pred.ndim > 2:
+            return y_pred, y  # e.g. segmentation masks: the CSV writer says to use .npy or .pt
+        scores = y_pred.reshape(len(y_pred), -1).float()
+        names = list(classes) if classes and len(classes) == scores.shape[1] else range(scores.shape[1])
+        if loss in ("cross-entropy", "nll"):
+            probabilities = scores.exp() if loss == "nll" else scores.softmax(1)
+            predicted = [names[i] for i in probabilities.argmax(1).tolist()]
+        else:
+            probabilities = scores if loss == "bce" else scores.sigmoid()
+            on = (probabilities >= 0.5).tolist()
+            if scores.shape[1] == 1:  # binary: one probability, of the positive class
+                binary = list(classes) if classes and len(classes) == 2 else [0, 1]
+                predicted, names = [binary[row[0]] for row in on], [binary[1]]
+            else:
+                predicted = [";".join(str(names[j]) for j, o in enumerate(row) if o) for row in on]
+        return {"prediction": predicted, **{f"p_{n}": probabilities[:, j] for j, n in enumerate(names)}}, y
+
+    return columns
