@@ -17,4 +17,6 @@ PLUGINS = (
     "xt_training.builtins.loggers",
     "xt_training.builtins.callbacks",
     "xt_training.builtins.export_command",
+    "xt_training.builtins.shapes",
+    "xt_training.builtins.predict_command",
 )
