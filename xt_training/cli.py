@@ -578,21 +578,32 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
 # --- xt show / xt plot ----------------------------------------------------------------------------------------
 @cli.command("show")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-def show_command(run_dir: str) -> None:
-    """Print a run's configuration and its per-epoch metrics."""
+@click.pass_context
+def show_command(ctx: click.Context, run_dir: str) -> None:
+    """Print a run's configuration and its per-epoch metrics.
+
+    Plugins show their own kinds of directories (`xt tune` studies) through the hook show_directory.
+    """
     from .report import show
 
-    click.echo(show(run_dir))
+    text = cli.loaded(ctx).pm.hook.show_directory(path=Path(run_dir))
+    click.echo(show(run_dir) if text is None else text)
 
 
 @cli.command("plot")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="PNG file; default RUN_DIR/curves.png.")
-def plot_command(run_dir: str, out: str | None) -> None:
+@click.pass_context
+def plot_command(ctx: click.Context, run_dir: str, out: str | None) -> None:
     """Draw a run's curves into a PNG.
 
-    Loss and metric curves per loader (needs matplotlib: pip install 'xt-training[plot]').
+    Loss and metric curves per loader (needs matplotlib: pip install 'xt-training[plot]'). Plugins draw
+    directories of their own kinds through the hook plot_directory.
     """
     from .report import plot
 
-    click.echo(f"wrote {plot(run_dir, out)}")
+    written = cli.loaded(ctx).pm.hook.plot_directory(
+        path=Path(run_dir), out=None if out is None else Path(out)
+    )
+    for path in [plot(run_dir, out)] if written is None else written:
+        click.echo(f"wrote {path}")

@@ -158,3 +158,30 @@ def register_commands(cli: Any) -> None:
     Called once per ``xt`` invocation, before the command line is parsed. Keep the plugin module free of
     heavy imports (torch, ...) at module level: import inside the command's function instead.
     """
+
+
+@hookspec(firstresult=True)
+def show_directory(path: Any) -> str | None:
+    """Describe a directory of the plugin's own kind for ``xt show PATH`` (e.g. a study of ``xt tune``).
+
+    :param path: the directory given to ``xt show``, a ``pathlib.Path``.
+    :return: the text to print, or ``None`` when ``path`` is not of the plugin's kind.
+
+    Called by ``xt show`` before it reads ``path`` as a run directory: the first plugin that returns text
+    wins; when all return ``None``, ``xt show`` shows a run. Recognise your directories by a file you
+    write into them and return ``None`` at once for any other (this is called for every ``xt show``);
+    raise :class:`xt_training.errors.ConfigError` for a directory of your kind that cannot be shown.
+    """
+
+
+@hookspec(firstresult=True)
+def plot_directory(path: Any, out: Any) -> list[Any] | None:
+    """Draw a directory of the plugin's own kind for ``xt plot PATH`` (e.g. a study of ``xt tune``).
+
+    :param path: the directory given to ``xt plot``, a ``pathlib.Path``.
+    :param out: the ``-o`` path (a ``pathlib.Path``), or ``None`` for the plugin's default file names.
+        A plugin that draws several files derives their names from it.
+    :return: the paths of the files written, or ``None`` when ``path`` is not of the plugin's kind.
+
+    Called by ``xt plot`` before it reads ``path`` as a run directory, like :func:`show_directory`.
+    """
