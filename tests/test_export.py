@@ -158,18 +158,14 @@ def run_dir(tmp_path_factory) -> Path:
     return root / "run"
 
 
-def run_model_and_inputs(run_dir: Path):
-    """The run's model loaded from its best checkpoint, and its test inputs: through load_model when it exists."""
-    import xt_training
-    from xt_training import config
-    from xt_training.checkpoint import load_checkpoint
+def run_model_and_inputs(run_dir: Path, checkpoint: str = "best"):
+    """``load_model(RUN_DIR)`` and the run's test inputs."""
+    from xt_training.config import read_config
+    from xt_training.predict import load_model
 
-    built = config.build(config.read_config(run_dir), train=False)
-    x = torch.cat([xb for xb, _ in built.data.loaders["test"]])
-    if hasattr(xt_training, "load_model"):
-        return xt_training.load_model(run_dir), x
-    load_checkpoint(run_dir / "checkpoints" / "best.pt", built.model)
-    return built.model.eval(), x
+    data = read_config(run_dir)["data"]
+    loader = registry.create_data(data["name"], **data["options"]).loaders["test"]
+    return load_model(run_dir, checkpoint), torch.cat([xb for xb, _ in loader])
 
 
 def test_xt_export_prints_the_file_its_shapes_and_the_difference(run_dir):

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .errors import CheckpointError, ConfigError, XtError
+from .errors import ConfigError, XtError
 
 if TYPE_CHECKING:
     import torch
@@ -641,17 +641,20 @@ def export_run(
     ``source`` is a run directory (its model rebuilt from ``config.json``, weights from
     ``checkpoints/{checkpoint}.pt``, ``checkpoint`` being ``'best'`` (default) or ``'last'``) or a
     checkpoint file; one outside a run directory needs ``model`` (a registered name) and
-    ``model_options``. The example input is one batch of the run's data, or random values of
-    ``input_shape``. The default output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last
+    ``model_options``. The model of a run is :func:`xt_training.predict.load_model`'s. The example input
+    is one batch of the run's data (whose transforms also tell the input normalisation), or random values
+    of ``input_shape``. The default output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last
     checkpoint), or the checkpoint's path with the format's suffix.
     """
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .config import CONFIG_FILE, build, read_config
+    from . import registry
+    from .checkpoint import load_checkpoint, read_checkpoint
+    from .config import CONFIG_FILE, read_config
+    from .predict import checkpoint_of, load_model
 
     check_format(format, verify)
-    source, notes = Path(source), []
+    source = Path(source)
     run_dir: Path | None = None
     if source.is_dir() or source.name == CONFIG_FILE:
         run_dir = source if source.is_dir() else source.parent
@@ -663,7 +666,9 @@ def export_run(
             )
         if model is not None:
             raise ConfigError(f"--model applies to a checkpoint outside a run; '{run_dir}' names its model")
-        ckpt = _run_checkpoint(run_dir, checkpoint or "best", notes)
+        if checkpoint not in (None, "best", "last"):
+            raise ConfigError(f"checkpoint must be 'best' or 'last', not {checkpoint!r}")
+        ckpt = checkpoint_of(run_dir, checkpoint or "best")
         default = run_dir / (("model" if ckpt.stem == "best" else f"model-{ckpt.stem}") + SUFFIXES[format])
     elif source.is_file():
         if checkpoint is not None:
@@ -678,48 +683,34 @@ def export_run(
         raise ConfigError(f"'{source}' does not exist; pass a run directory or a checkpoint file")
     output = _writable(output if output is not None else default)
 
+    x = None
+    if input_shape is not None:
+        x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     if run_dir is not None:
         config = read_config(run_dir)
-        built = build(config, train=False)
-        net, meta = built.model, _config_metadata(config)
-        normalization = built.data.info.get("normalization") or _normalization(built.data.loaders.values())
-        if normalization:
-            meta["normalization"] = normalization
+        net, meta = load_model(run_dir, ckpt), _config_metadata(config)
+        epoch = read_checkpoint(ckpt).get("epoch")
+        if x is None:  # the data is built only for its example batch (it may be large, or gone)
+            data = registry.create("data", config["data"]["name"], **config["data"]["options"])
+            x = _first_input(_example_loader(data.loaders))
+            normalization = _normalization(data.loaders.values())
+            if normalization and "normalization" not in meta:
+                meta["normalization"] = normalization
     else:
         if model is None or input_shape is None:
             raise ConfigError(
                 f"'{source}' is not inside a run directory (no {CONFIG_FILE} beside its checkpoints/ folder); "
                 "name its model and input: --model NAME [--model-opt KEY=VALUE] --input-shape 1,3,32,32"
             )
-        from . import registry
-
         net = registry.create("model", model, **dict(model_options or {}))
         meta = {"model": model, "model_options": dict(model_options or {})}
-    state = load_checkpoint(ckpt, net)
+        epoch = load_checkpoint(ckpt, net).get("epoch")
     meta["checkpoint"] = ckpt.name
-    if isinstance(state.get("epoch"), int):
-        meta["epoch"] = state["epoch"]
-    if input_shape is not None:
-        x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
-    else:
-        x = _first_input(_example_loader(built.data.loaders))
-    result = export(
+    if isinstance(epoch, int):
+        meta["epoch"] = epoch
+    return export(
         net, x, output, format, dynamic_batch=dynamic_batch, verify=verify, opset=opset, metadata=meta
     )
-    result.notes[:0] = notes
-    return result
-
-
-def _run_checkpoint(run_dir: Path, which: str, notes: list[str]) -> Path:
-    if which not in ("best", "last"):
-        raise ConfigError(f"checkpoint must be 'best' or 'last', not {which!r}")
-    folder = run_dir / "checkpoints"
-    if (folder / f"{which}.pt").is_file():
-        return folder / f"{which}.pt"
-    if which == "best" and (folder / "last.pt").is_file():
-        notes.append("the run has no best.pt (its monitored value never improved); exported last.pt")
-        return folder / "last.pt"
-    raise CheckpointError(f"run directory '{run_dir}' has no checkpoints/{which}.pt; train it first")
 
 
 def _config_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -734,6 +725,8 @@ def _config_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
         meta["classes"] = [str(c) for c in info["classes"]]
     elif isinstance(info.get("num_classes"), int):
         meta["num_classes"] = info["num_classes"]
+    if info.get("normalization"):  # a data plugin may state it; else it is read from the data's transforms
+        meta["normalization"] = info["normalization"]
     return meta
 
 
@@ -819,7 +812,7 @@ def export_trained(
             "no checkpoints/best.pt (the monitored value never improved): exported the final weights"
         )
     normalization = _normalization([loader])
-    if normalization:
+    if normalization and "normalization" not in meta:
         meta["normalization"] = normalization
     try:
         result = export(
