@@ -388,13 +388,22 @@ def git_commit() -> str:
     return rev.stdout.strip() + (" (xt_training modified)" if dirty.stdout.strip() else "")
 
 
-def report(args: argparse.Namespace, commit: str, sections: list[list[str]]) -> str:
+def load_average() -> str:
+    """The 1-minute load average: above the core count, other work was competing for the cores."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "unknown"
+
+
+def report(args: argparse.Namespace, commit: str, load: str, sections: list[list[str]]) -> str:
     command = shlex.join(["python", "benchmarks/run.py", *args.argv])
     head = [
         "# Benchmark results",
         "",
         f"- Date: {datetime.date.today().isoformat()}; commit {commit} (as the run started)",
-        f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+        f"load average (1 min) {load} at the start, {load_average()} at the end",
         f"- Versions: {versions()}",
         f"- Reproduce: `{command}`",
         f"- Work: MLP 32-64-10, SGD (lr 0.05, momentum 0.9), cross-entropy, batch 64, {args.steps} steps "
@@ -453,7 +462,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    commit = git_commit()
+    commit, load = git_commit(), load_average()
     sections: list[list[str]] = [["## Speed", ""]]
     with tempfile.TemporaryDirectory(prefix="xt-bench-") as tmp:
         outcomes = run_groups(GROUPS, args.only, args.rounds, args.steps, Path(tmp), args.compare)
@@ -466,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_memory:
             memory = run_memory(args.steps, Path(tmp))
             sections.append(memory_table(*memory))
-    text = report(args, commit, sections)
+    text = report(args, commit, load, sections)
     print("\n" + text)
     if args.output is not None:
         args.output.write_text(text)
