@@ -306,6 +306,7 @@ def export(
     """
     import torch
 
+    from .batch import to_device
     from .checkpoint import unwrap_model
 
     check_format(format, verify)
@@ -319,7 +320,7 @@ def export(
         raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     model = unwrap_model(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = _pytree_to(example_input, device)
+    x = to_device(example_input, device)
     n = _batch_size(_leaves(x, "the example input"), dynamic_batch)
     if dynamic_batch and n == 1:
         x, n = _resize(x, 2), 2
@@ -372,12 +373,6 @@ def _hushed() -> Iterator[None]:
             yield
     finally:
         logging.disable(previous)
-
-
-def _pytree_to(tree: Any, device: Any) -> Any:
-    from .batch import to_device
-
-    return to_device(tree, device)
 
 
 Loader = Callable[[], Callable[[Any], "list[torch.Tensor]"]]
