@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from sklearn import metrics as sk
 
 from xt_training import metrics, registry
 from xt_training.builtins.text import WordTokenizer
+from xt_training.errors import ConfigError
 from xt_training.utils import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -386,26 +388,37 @@ def vision(monkeypatch):
     registry.reset()
 
 
-def test_detection_model_loss_falls_on_a_few_images_and_predictions_are_boxes(vision, tmp_path):
+def test_detection_example_loss_falls_on_a_few_images(tmp_path):
+    history_, model, _, detections = load_example("detection").main(
+        tmp_path, n_samples=10, epochs=3, quiet=True
+    )
+    losses = [row["train/loss"] for row in history_]
+    assert losses[-1] < 0.75 * losses[0], losses
+    assert "val/loss" not in history_[-1] and 0 <= history_[-1]["val/map"] <= 1
+    assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
+    assert model.training  # F.predict restored the mode
+
+
+def test_detection_by_name_data_forward_fn_loss_and_vision_model(vision, tmp_path):
     data = registry.create_data(
-        "synthetic-detection", n_samples=10, image_size=48, batch_size=4, val_fraction=0.2, test_fraction=0.0
+        "synthetic-detection", n_samples=10, image_size=32, batch_size=4, val_fraction=0.2, test_fraction=0.0
     )
     torch.manual_seed(0)
     model = registry.create_model(
         "fasterrcnn-mobilenet", **registry.accepts("model", "fasterrcnn-mobilenet", data.info)
     )
+    assert model.transform.min_size == (32,) and model.roi_heads.box_predictor.cls_score.out_features == 3
     runs = F.train(
-        tmp_path, data.loaders["train"], model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), 3,
+        tmp_path, data.loaders["train"], model, torch.optim.SGD(model.parameters(), lr=0.01), 1,
         registry.create("loss", "detection"), val_loader=data.loaders["val"], eval_metrics={"map": registry.create_metric("map")},
         forward_fn=data.forward_fn, monitor=data.monitor, quiet=True,
     )  # fmt: skip
-    losses = [row["train/loss"] for row in runs]
-    assert losses[-1] < 0.75 * losses[0], losses
-    assert "val/loss" not in runs[-1] and 0 <= runs[-1]["val/map"] <= 1
+    assert runs[0]["train/loss"] > 0 and math.isnan(runs[0]["train/map"]) and 0 <= runs[0]["val/map"] <= 1
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
-    detections = F.predict(model, data.loaders["val"], forward_fn=data.forward_fn)
-    assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
-    assert model.training  # F.predict restored the mode
+    with pytest.raises(
+        ConfigError, match="xt-vision builds fasterrcnn_mobilenet_v3_large_320_fpn with random weights"
+    ):
+        registry.create_model("fasterrcnn-mobilenet", weights_backbone="DEFAULT")
 
 
 @pytest.mark.slow
