@@ -318,7 +318,7 @@ def bad_files(tmp_path, monkeypatch):
         ([*RUN, "--callback", "early-stoping"], "did you mean 'early-stopping'?"),
         ([*RUN, "--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
         ([*RUN, "--batch-size", "0"], "Invalid value for '--batch-size'"),
-        ([*RUN, "--epoch", "2"], "No such option '--epoch'. Did you mean '--epochs'?"),
+        ([*RUN, "--epoch", "2"], "No such option '--epoch'. (Did you mean one of: '--epochs'"),
         ([*RUN, "--mode", "sideways"], "Invalid value for '--mode'"),
         ([*RUN, "--precision", "8"], "Invalid value for '--precision'"),
         ([*RUN, "--resume", "empty_run"], "config.json' does not exist"),

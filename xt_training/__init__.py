@@ -14,6 +14,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from . import metrics, registry
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .exporting import export
     from .hookspecs import hookimpl
     from .registry import (
         Data,
@@ -45,6 +46,7 @@ __all__ = [
     "list_metrics",
     "create_logger",
     "list_loggers",
+    "export",
 ]
 
 _LAZY = {
@@ -63,6 +65,7 @@ _LAZY = {
     "list_metrics": ("xt_training.registry", "list_metrics"),
     "create_logger": ("xt_training.registry", "create_logger"),
     "list_loggers": ("xt_training.registry", "list_loggers"),
+    "export": ("xt_training.exporting", "export"),
 }
 assert set(__all__) == {"__version__", *_LAZY}
 

@@ -338,6 +338,22 @@ def run_command(
     )
     if not quiet and _is_main():
         click.echo(f"run saved to {run_dir}")
+    _finish_distributed()
+
+
+def _finish_distributed() -> None:
+    """A rank whose run succeeded leaves at once, after every rank got here.
+
+    Exiting through the interpreter's teardown lets gloo's threads abort the process now and then
+    ("terminate called without an active exception") although the work is done and saved.
+    """
+    from . import distributed
+
+    if distributed.active():
+        distributed.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _without_option(args: list[str], option: str) -> list[str]:

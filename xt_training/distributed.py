@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,14 +54,35 @@ def init_from_env() -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
-    # tear the group down before the interpreter does: gloo threads left running abort the process
-    atexit.register(_destroy)
+    # Tear the group down before the interpreter does, all ranks together: a rank whose peer has
+    # already closed its connections, or whose gloo threads outlive it, aborts ("terminate called").
+    sys.excepthook = _note_failure(sys.excepthook)
+    atexit.register(shutdown)
     return True
 
 
-def _destroy() -> None:
-    if active():
-        dist.destroy_process_group()
+_failed = False
+
+
+def _note_failure(hook: Any) -> Any:
+    def excepthook(*args: Any) -> None:
+        global _failed
+        _failed = True  # no barrier at exit: the other ranks may never get there
+        hook(*args)
+
+    return excepthook
+
+
+def shutdown() -> None:
+    """Leave the process group together with the other ranks (also at exit, unless a rank failed)."""
+    if not active():
+        return
+    if not _failed:
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass
+    dist.destroy_process_group()
 
 
 def local_device() -> torch.device:

@@ -23,6 +23,8 @@ from .rng import capture_rng, loader_generators, restore_rng
 # Metric inputs are buffered between logging steps and handed to the metrics concatenated; past this
 # many buffered prediction elements they are handed over early, which bounds the buffer's memory.
 _MAX_BUFFERED_ELEMENTS = 1 << 22
+# A metric whose compute() takes less than this gives a running value at every logging step.
+_CHEAP_COMPUTE_S = 0.5e-3
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -533,7 +535,8 @@ class _Buffers:
                 raise MetricError(f"metric {name!r} ({type(metric).__name__}) failed to compute: {e}") from e
             # A running value may cost at most ~5% of the pass: a metric whose compute() is slow (an
             # AUC sorts every example so far) is computed again only after 20x its cost has passed.
-            self.next_compute[name] = start + 20 * (time.perf_counter() - start)
+            cost = time.perf_counter() - start
+            self.next_compute[name] = start + 20 * cost if cost > _CHEAP_COMPUTE_S else 0.0
         return values
 
     def non_finite_loss(self) -> tuple[int, float]:

@@ -68,6 +68,7 @@ def train(
     handle_signals: bool = True,
     fast_path: bool = True,
     data_on_device: bool | str = "auto",
+    export: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
 
@@ -101,6 +102,10 @@ def train(
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
         forward_fn, log_every_n_steps, precision, accumulate_grad_batches, clip_grad_norm,
             clip_grad_value, fast_path, data_on_device: see :class:`~xt_training.Runner`.
+        export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
+            ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
+            the first batch of ``val_loader`` (else ``train_loader``) as the example input; see
+            :func:`xt_training.exporting.export_trained`. Checked before training starts.
 
     Returns:
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
@@ -116,6 +121,15 @@ def train(
     ):
         if not all(hasattr(obj, m) for m in methods):
             raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(obj).__name__}")
+    if export is not None:
+        from ..exporting import check_format
+
+        check_format(export)  # an unknown format or a missing onnx extra fails now, not after training
+        if forward_fn is not None:
+            raise ConfigError(
+                "export= takes its example input from (x, y) batches, which forward_fn replaces; call "
+                "xt_training.exporting.export(model, example_input, path) after training instead"
+            )
     test_loaders = _check_loaders(test_loaders)
     eval_metrics = prepare_metrics(eval_metrics)
     train_metrics = eval_metrics if train_metrics is None else prepare_metrics(train_metrics)
@@ -263,6 +277,12 @@ def train(
                 getattr(cb, "on_train_end", _noop)(run, status)
             runner.loggers.end_run(status)
             runner.loggers.close()
+    if export is not None and main:
+        from ..exporting import export_trained
+
+        export_trained(
+            save_dir, model, val_loader if val_loader is not None else train_loader, export, quiet=quiet
+        )
     return run.history
 
 
