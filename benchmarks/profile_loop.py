@@ -3,8 +3,11 @@
 The harness (``run.py``) says *how much* slower the loop is; this says *why*, in microseconds per step:
 
 1. **Loop overhead**: the plain loop and ``Runner`` over the same pre-fetched batches (a list, so data
-   loading, which both pay alike, adds no noise), alternated many times; the minimum of each is the
-   least disturbed run. Also with the map-style DataLoader, as the harness runs it.
+   loading, which both pay alike, adds no noise), alternated many times, timed on this thread's CPU
+   clock (waiting for a core does not count); the minimum of each is the least disturbed run. Also
+   with the map-style DataLoader, as the harness runs it. With ``--compare DIR`` the Runner of the
+   xt_training package in DIR (a patched copy) runs in the same process, alternated with the others:
+   differences of a few µs/step that separate processes on a busy machine cannot resolve show here.
 2. **Fixed costs of F.train per epoch** (checkpoints, history.json, set-up), as µs per step of an
    epoch of ``--steps`` steps.
 3. **The pieces**: each per-step operation of the loop timed on its own (timeit, best of 5), and the
@@ -12,7 +15,7 @@ The harness (``run.py``) says *how much* slower the loop is; this says *why*, in
 4. With ``--cprofile``: the functions whose own time differs most between the Runner and the plain
    loop under cProfile (which inflates Python-level costs, so read it for *where*, not *how much*).
 
-Run it before and after a change to the loop; ``PYTHONPATH=/path/to/other/checkout`` profiles another copy.
+Run it before and after a change to the loop, or once with ``--compare``.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import importlib
 import io
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -43,21 +48,38 @@ from xt_training.runner import Runner  # noqa: E402
 from xt_training.utils import functional as F  # noqa: E402
 
 
-def per_step(fn: Callable[[], Any], steps: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) / steps * 1e6
-
-
-def alternate(variants: dict[str, Callable[[], Any]], steps: int, reps: int) -> dict[str, list[float]]:
+def alternate(
+    variants: dict[str, Callable[[], Any]],
+    steps: int,
+    reps: int,
+    clock: Callable[[], float] = time.thread_time,
+) -> dict[str, list[float]]:
     """µs/step of each variant, run in turn ``reps`` times (after one warm-up each)."""
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(reps):
         for k, fn in variants.items():
-            times[k].append(per_step(fn, steps))
+            start = clock()
+            fn()
+            times[k].append((clock() - start) / steps * 1e6)
     return times
+
+
+def compared_runner(tree: Path) -> type:
+    """The Runner class of the xt_training package in ``tree``, imported beside the installed one.
+
+    The package is copied under another name; the Runner's own imports are relative, so the copy
+    uses its own modules throughout.
+    """
+    if not (tree / "xt_training" / "runner.py").is_file():
+        raise SystemExit(
+            f"--compare {tree}: no xt_training/runner.py there; give the directory that holds it"
+        )
+    target = Path(tempfile.mkdtemp()) / "xt_training_compared"
+    shutil.copytree(tree / "xt_training", target, ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(target.parent))
+    return importlib.import_module("xt_training_compared.runner").Runner
 
 
 def show(times: dict[str, list[float]], base: str) -> None:
@@ -68,7 +90,7 @@ def show(times: dict[str, list[float]], base: str) -> None:
     print()
 
 
-def loop_overhead(steps: int, reps: int) -> None:
+def loop_overhead(steps: int, reps: int, compare: Path | None) -> None:
     s = make_setup("map", steps, 1, Path(tempfile.mkdtemp()))
     batches = list(s.loader)
     model, opt, loss_fn = s.model, s.optimizer, s.loss_fn
@@ -82,19 +104,18 @@ def loop_overhead(steps: int, reps: int) -> None:
 
     quiet = Runner(model, loss_fn, opt, quiet=True)
     console = Runner(model, loss_fn, opt, loggers=[ConsoleLogger(file=io.StringIO())])
-    print("## 1. Loop overhead, pre-fetched batches (no data loading)\n")
-    variants = {
-        "plain": plain,
-        "Runner(quiet=True)": lambda: quiet(batches),
-        "Runner, console": lambda: console(batches),
-    }
+    runners = {"Runner(quiet=True)": quiet, "Runner, console": console}
+    if compare is not None:
+        runners[f"Runner(quiet=True) of {compare}"] = compared_runner(compare)(
+            model, loss_fn, opt, quiet=True
+        )
+    print("## 1. Loop overhead, pre-fetched batches (no data loading), CPU time of the thread\n")
+    variants: dict[str, Callable[[], Any]] = {"plain": plain}
+    variants.update({k: (lambda r=r: r(batches)) for k, r in runners.items()})
     show(alternate(variants, len(batches), reps), "plain")
     print("## 1b. The same with the map-style DataLoader (data loading included, noisier)\n")
-    variants = {
-        "plain": lambda: plain(s.loader),
-        "Runner(quiet=True)": lambda: quiet(s.loader),
-        "Runner, console": lambda: console(s.loader),
-    }
+    variants = {"plain": lambda: plain(s.loader)}
+    variants.update({k: (lambda r=r: r(s.loader)) for k, r in runners.items()})
     show(alternate(variants, len(batches), max(3, reps // 2)), "plain")
 
 
@@ -108,14 +129,15 @@ def epoch_costs(steps: int, reps: int) -> None:
         with contextlib.redirect_stdout(out):
             F.train(s.workdir / "run", batches, s.model, s.optimizer, 1, s.loss_fn)
 
-    print(f"## 2. F.train around the Runner: one epoch of {len(batches)} steps, console logger\n")
-    times = alternate({"Runner pass": lambda: runner(batches), "F.train, 1 epoch": train}, len(batches), reps)
+    print(f"## 2. F.train around the Runner: one epoch of {len(batches)} steps, console logger, wall time\n")
+    variants = {"Runner pass": lambda: runner(batches), "F.train, 1 epoch": train}
+    times = alternate(variants, len(batches), reps, clock=time.perf_counter)  # file writes wait on the disk
     show(times, "Runner pass")
     fixed = (min(times["F.train, 1 epoch"]) - min(times["Runner pass"])) * len(batches) / 1000
     print(f"F.train's fixed cost per epoch: ~{fixed:.1f} ms (checkpoint files, history.json, set-up).\n")
 
 
-def pieces() -> None:
+def pieces(scale: float = 1.0) -> None:
     """Each per-step operation of the loop on its own, on a real batch of the benchmark."""
     s = make_setup("map", 300, 1, Path(tempfile.mkdtemp()))
     batch = next(iter(s.loader))
@@ -150,14 +172,14 @@ def pieces() -> None:
     ]
     print("## 3. The pieces, µs per call (timeit, best of 5)\n\n| operation | µs |\n|---|---|")
     for label, stmt in rows:
-        n = 100_000
+        n = max(1, int(100_000 * scale))
         best = min(timeit.repeat(stmt, number=n, repeat=5, globals=ns)) / n * 1e6
         print(f"| {label} | {best:.3f} |")
     flush_stmt = (
         "(torch.stack(losses).float() * torch.tensor(sizes, dtype=torch.float32).to(cpu, non_blocking=True))"
         ".sum().item()"
     )
-    n = 5000
+    n = max(1, int(5000 * scale))
     best = min(timeit.repeat(flush_stmt, number=n, repeat=5, globals=ns)) / n * 1e6
     print(
         f"| logging step's loss reduction over 50 losses (stack, sizes tensor, sum, item) | {best:.1f} "
@@ -165,7 +187,8 @@ def pieces() -> None:
     )
     runner = Runner(s.model, s.loss_fn, s.optimizer, loggers=[ConsoleLogger(file=io.StringIO())])
     ns["runner"], ns["batches"] = runner, [batch] * 50
-    one = min(timeit.repeat("runner(batches[:1])", number=200, repeat=5, globals=ns)) / 200 * 1e6
+    n = max(1, int(200 * scale))
+    one = min(timeit.repeat("runner(batches[:1])", number=n, repeat=5, globals=ns)) / n * 1e6
     print(f"| a whole 1-step pass (pass set-up + step + logging step + end of pass) | {one:.1f} |\n")
 
 
@@ -212,12 +235,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000, help="steps per timed pass (default 1000)")
     p.add_argument("--reps", type=int, default=15, help="alternations of the variants (default 15)")
     p.add_argument("--cprofile", action="store_true", help="also print the cProfile difference")
+    p.add_argument(
+        "--compare", type=Path, metavar="DIR", help="also time the Runner of the xt_training in DIR"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny passes and few repetitions: checks that it runs"
+    )
     args = p.parse_args()
+    if args.quick:
+        args.steps, args.reps = 20, 1
     torch.set_num_threads(1)
     print(f"xt_training from {Path(xt_training.__file__).parent}, torch {torch.__version__}\n")
-    loop_overhead(args.steps, args.reps)
-    epoch_costs(args.steps, max(3, args.reps // 3))
-    pieces()
+    loop_overhead(args.steps, args.reps, args.compare.resolve() if args.compare else None)
+    epoch_costs(args.steps, 1 if args.quick else max(3, args.reps // 3))
+    pieces(0.01 if args.quick else 1.0)
     if args.cprofile:
         cprofile_diff(args.steps)
 

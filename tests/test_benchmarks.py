@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,28 @@ def test_bad_options_name_the_problem():
         cwd=ROOT,
     )
     assert proc.returncode == 1 and "unknown case 'nonsense'; choose one of: plain," in proc.stderr
+
+
+def test_profiler_runs_and_compares_a_copy(tmp_path):
+    # --compare imports the Runner of another xt_training copy beside the installed one
+    import xt_training
+
+    shutil.copytree(Path(xt_training.__file__).parent, tmp_path / "xt_training")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "profile_loop.py"),
+            "--quick",
+            "--cprofile",
+            "--compare",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for heading in ("## 1. Loop overhead", "## 2. F.train", "## 3. The pieces", "## 4. cProfile"):
+        assert heading in proc.stdout
+    assert f"| Runner(quiet=True) of {tmp_path} | " in proc.stdout
