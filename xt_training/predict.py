@@ -275,6 +275,7 @@ class _Npy(_File):
                 f"(N, {', '.join(map(str, self.shape))}) {self.descr}; write '.pt' instead"
             )
         self.file.write(array.tobytes())
+        self.file.flush()  # on disk batch by batch, not in a buffer
         self.rows += array.shape[0]
 
     def _header(self, rows: int) -> bytes:
@@ -317,6 +318,7 @@ class _Csv(_File):
         if len(lengths) != 1:
             raise ConfigError(f"CSV columns of different lengths in one batch: {describe(y_pred)}")
         self.writer.writerows(zip(*values))
+        self.file.flush()
         self.rows += lengths.pop()
 
     def close(self) -> None:
