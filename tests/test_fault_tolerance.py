@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from xt_training import metrics
 from xt_training.callbacks import EarlyStopping
 from xt_training.checkpoint import save_checkpoint
-from xt_training.errors import ConfigError
+from xt_training.errors import ConfigError, MetricError
 from xt_training.utils import functional as F
 
 # A training script with shuffling, dropout, a per-batch scheduler, Python/NumPy randomness in the data
@@ -291,3 +291,33 @@ def test_bad_loop_options(tabular, tmp_path, option, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         F.train(tmp_path, tabular[0], model, torch.optim.SGD(model.parameters(), lr=0.1), 1, TF.cross_entropy,
                 quiet=True, **{option: value})  # fmt: skip
+
+
+def test_nonfinite_loss_skip_leaves_those_batches_out(tabular, tmp_path):
+    train, _, _, _ = tabular
+    calls = []
+
+    def loss_fn(y_pred, y):
+        calls.append(1)
+        loss = TF.cross_entropy(y_pred, y)
+        return loss * float("inf") if len(calls) in (3, 8) else loss
+
+    model = mlp()
+    history = F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 2, loss_fn,
+                      nonfinite_loss="skip", quiet=True)  # fmt: skip
+    assert [row["train/skipped"] for row in history] == [2, 0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert history[0]["train/loss"] < 10 and "skipped 2 batches" in (tmp_path / "notes.txt").read_text()
+    with pytest.raises(ConfigError, match="nonfinite_loss must be 'raise' or 'skip', not 'ignore'"):
+        F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, loss_fn,
+                nonfinite_loss="ignore", quiet=True)  # fmt: skip
+
+
+def test_labels_out_of_range_name_the_metric():
+    x, _ = make_classification(64)
+    loader = DataLoader(TensorDataset(x, torch.full((64,), 7)), batch_size=32)  # 3 classes: 0, 1, 2
+    with pytest.raises(
+        MetricError,
+        match=r"metric 'acc' \(Accuracy\) failed on y_pred Tensor\(32, 3\) float32 and y Tensor\(32,\) int64: .*",
+    ):
+        F.test({"test": loader}, mlp(), None, {"acc": metrics.Accuracy()}, quiet=True)

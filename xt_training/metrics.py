@@ -243,6 +243,16 @@ class _Classification:
         if self.task == "binary":
             preds = y_pred.reshape(y_pred.shape[0], *y_pred.shape[2:]) if y_pred.ndim >= 2 else y_pred
             return preds, y.reshape(preds.shape).long()
+        if self.task == "multiclass":
+            # torchmetrics counts an out-of-range label silently as wrong; name it instead
+            # (a host read, but metrics update only at logging steps)
+            ignore = self.kwargs.get("ignore_index")
+            labels = y if ignore is None else y[y != ignore]
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(
+                    f"labels must be in 0..{self.num_classes - 1} for {self.num_classes} classes, "
+                    f"got {int(labels.min())}..{int(labels.max())}"
+                )
         return y_pred, y.long()
 
     def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:

@@ -67,6 +67,9 @@ class Runner:
         loggers: objects following the :class:`~xt_training.loggers.Logger` contract. Default: the
             console logger, unless ``quiet``.
         precision: ``'32'``, ``'bf16-mixed'`` or ``'16-mixed'`` (autocast; fp16 adds a GradScaler).
+        nonfinite_loss: ``'raise'`` (default: a NaN/inf loss stops training with an error naming the
+            epoch, step and loader; checked at logging steps, no extra host read) or ``'skip'`` (such
+            batches get no backward/optimizer step; costs one host read per step; counted as ``skipped``).
         accumulate_grad_batches: optimizer step every N batches (the loss is divided by N).
         clip_grad_norm, clip_grad_value: gradient clipping before each optimizer step.
         checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps
@@ -94,6 +97,7 @@ class Runner:
         loggers: Iterable[Any] | None = None,
         quiet: bool = False,
         precision: str = "32",
+        nonfinite_loss: str = "raise",
         accumulate_grad_batches: int = 1,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
@@ -111,6 +115,8 @@ class Runner:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{option} must be a positive integer, not {value!r}")
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', not {nonfinite_loss!r}")
         if precision not in _PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, not {precision!r}"
@@ -142,6 +148,7 @@ class Runner:
             loggers = []  # only rank 0 prints and writes
         self.loggers = loggers if isinstance(loggers, LoggerGroup) else LoggerGroup(loggers)
         self.precision = precision
+        self.nonfinite_loss = nonfinite_loss
         self.amp_dtype = _PRECISIONS[precision]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16-mixed" else None
@@ -216,6 +223,7 @@ class Runner:
         if training:
             self.optimizer.zero_grad()
         step = done
+        skipped = 0  # batches left out for a non-finite loss (nonfinite_loss='skip')
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 batch = to_device(batch, self.device, non_blocking)
@@ -232,6 +240,11 @@ class Runner:
                         "reduce it (e.g. reduction='mean') or return loss.mean()"
                     )
 
+                if training and self.nonfinite_loss == "skip" and not torch.isfinite(loss).item():
+                    # A host read every step: the price of this option (the default, raising, needs none).
+                    skipped += 1
+                    tick()
+                    continue
                 if training:
                     scaled = loss / self.accumulate if self.accumulate > 1 else loss
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -271,6 +284,10 @@ class Runner:
         if training and step % self.accumulate:
             self._optimizer_step()  # the gradients of a last, incomplete accumulation group
         values = buffers.flush(final=True)
+        if training and self.nonfinite_loss == "skip":
+            values["skipped"] = skipped
+            if skipped:
+                self.loggers.notice(f"{name}: skipped {skipped} batches with a non-finite loss")
         if training:
             self._check_finite(values, buffers, name)
             if self.scheduler is not None and self.scheduler_step == "epoch":

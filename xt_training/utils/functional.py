@@ -62,6 +62,7 @@ def train(
     resume: bool | str | os.PathLike[str] = False,
     checkpoint_every_n_steps: int | None = None,
     precision: str = "32",
+    nonfinite_loss: str = "raise",
     accumulate_grad_batches: int = 1,
     clip_grad_norm: float | None = None,
     clip_grad_value: float | None = None,
@@ -100,7 +101,7 @@ def train(
         checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
         handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
-        forward_fn, log_every_n_steps, precision, accumulate_grad_batches, clip_grad_norm,
+        forward_fn, log_every_n_steps, precision, nonfinite_loss, accumulate_grad_batches, clip_grad_norm,
             clip_grad_value, fast_path, data_on_device: see :class:`~xt_training.Runner`.
         export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
             ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
@@ -158,6 +159,7 @@ def train(
         log_every_n_steps=log_every_n_steps,
         loggers=_resolve_loggers(loggers, save_dir, quiet) if main else [],
         precision=precision,
+        nonfinite_loss=nonfinite_loss,
         accumulate_grad_batches=accumulate_grad_batches,
         clip_grad_norm=clip_grad_norm,
         clip_grad_value=clip_grad_value,
