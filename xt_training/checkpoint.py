@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -50,6 +51,22 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def atomic_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Give ``src``'s content the second name ``dst``, atomically: a hard link (a copy where links fail).
+
+    Safe for checkpoints because :func:`atomic_write` always creates a new file: writing ``src``
+    again later leaves ``dst`` as it was.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -197,6 +197,7 @@ class Runner:
             loader.sampler.set_epoch(self.epoch)  # a new shuffle each epoch, the same on every rank
         buffers = _Buffers(pass_metrics, self.device, keep_all=return_preds, distributed=self.distributed)
         non_blocking = self.device.type == "cuda"  # copies overlap with compute where memory is pinned
+        move = self.device.type != "cpu"  # a CPU run uses the batches as the loader yields them
         # (a disabled torch.autocast still costs ~2.5 us a step; the no-op context costs nothing)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _NO_OP
         self.stopped = False
@@ -226,7 +227,8 @@ class Runner:
         skipped = 0  # batches left out for a non-finite loss (nonfinite_loss='skip')
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
-                batch = to_device(batch, self.device, non_blocking)
+                if move:
+                    batch = to_device(batch, self.device, non_blocking)
                 # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
                 no_sync = (
                     model.no_sync() if self.distributed and training and step % self.accumulate else _NO_OP
@@ -313,11 +315,12 @@ class Runner:
     def _optimizer_step(self) -> None:
         if self.scaler is not None and (self.clip_grad_norm or self.clip_grad_value):
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if self.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        if self.clip_grad_value:
-            torch.nn.utils.clip_grad_value_(params, self.clip_grad_value)
+        if self.clip_grad_norm or self.clip_grad_value:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            if self.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            if self.clip_grad_value:
+                torch.nn.utils.clip_grad_value_(params, self.clip_grad_value)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -536,9 +539,12 @@ class _Buffers:
         sync = final and self.distributed
         values: dict[str, Any] = {}
         if self.loss_sum is not None:
-            total = torch.stack([self.loss_sum, torch.tensor(float(self.count), device=self.device)])
-            total = distributed.all_reduce_sum(total) if sync else total
-            values["loss"] = total[0] / total[1]
+            if sync:  # one all-reduce for the sum and the count
+                total = torch.stack([self.loss_sum, torch.tensor(float(self.count), device=self.device)])
+                total = distributed.all_reduce_sum(total)
+                values["loss"] = total[0] / total[1]
+            else:
+                values["loss"] = self.loss_sum / self.count
         values = {k: _to_python(v) for k, v in values.items()}
         for name, metric in self.metrics.items():
             start = time.perf_counter()

@@ -26,7 +26,14 @@ import torch
 
 from .. import distributed
 from ..callbacks import Run
-from ..checkpoint import atomic_write, load_checkpoint, read_checkpoint, save_checkpoint, write_json
+from ..checkpoint import (
+    atomic_link,
+    atomic_write,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    write_json,
+)
 from ..errors import ConfigError
 from ..predict import predict
 from ..rng import capture_rng, loader_generators, restore_rng
@@ -257,8 +264,8 @@ def train(
                 for cb in callbacks:
                     getattr(cb, "on_epoch_end", _noop)(run, row)
                 save(ckpt_dir / "last.pt")
-                if improved:
-                    save(ckpt_dir / "best.pt")
+                if improved and main:  # the same state as last.pt: a second name, not a second write
+                    atomic_link(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
                 if main:
                     write_json(save_dir / HISTORY_FILE, run.history)
                 runner.loggers.end_epoch(epoch, row, runner.global_step)
