@@ -20,3 +20,12 @@ def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (about 10 minutes): writes benchmarks/RESULTS.md. Arguments go to benchmarks/run.py,
+    e.g. `nox -s bench -- --quick` or `-- --compare /path/to/patched/copy`."""
+    # benchmark-only extras (peers to compare with, psutil for RSS); never runtime dependencies
+    session.run("python", "-m", "pip", "install", "-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs)

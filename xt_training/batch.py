@@ -17,7 +17,7 @@ the batch already moved to the device. Examples::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -25,18 +25,63 @@ import torch
 from .errors import BatchError
 
 
-def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move every tensor in a nested tuple/list/dict to ``device``; other leaves are kept as they are."""
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False, channels_last: bool = False) -> Any:
+    """Move every tensor in a nested tuple/list/dict to ``device``; other leaves are kept as they are.
+
+    With ``channels_last``, 4-D floating-point tensors (image batches) also get that memory format.
+    """
     if isinstance(obj, torch.Tensor):
+        if channels_last and obj.ndim == 4 and obj.is_floating_point():
+            return obj.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
         return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, (tuple, list)):
-        moved = [to_device(o, device, non_blocking) for o in obj]
+        moved = [to_device(o, device, non_blocking, channels_last) for o in obj]
         if hasattr(obj, "_fields"):  # namedtuple
             return type(obj)(*moved)
         return type(obj)(moved) if isinstance(obj, tuple) else moved
     if isinstance(obj, Mapping):
-        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+        return {k: to_device(v, device, non_blocking, channels_last) for k, v in obj.items()}
     return obj
+
+
+def prefetch_to_cuda(
+    batches: Iterator[Any], device: torch.device, channels_last: bool = False
+) -> Iterator[Any]:
+    """Yield the batches already on the GPU: batch i+1 is copied on a side stream while step i runs.
+
+    The copies overlap with compute when the loader pins its memory (``pin_memory=True``).
+    """
+    stream = torch.cuda.Stream(device)
+    current = torch.cuda.current_stream(device)
+
+    def load() -> Any:
+        batch = next(batches, _END)
+        if batch is _END:
+            return _END
+        with torch.cuda.stream(stream):
+            return to_device(batch, device, non_blocking=True, channels_last=channels_last)
+
+    upcoming = load()
+    while upcoming is not _END:
+        current.wait_stream(stream)  # the step waits for its batch's copy (on the GPU, not the host)
+        batch = upcoming
+        _record_stream(batch, current)  # its memory must not be reused while the step still reads it
+        upcoming = load()
+        yield batch
+
+
+_END = object()
+
+
+def _record_stream(obj: Any, stream: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        obj.record_stream(stream)
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            _record_stream(o, stream)
+    elif isinstance(obj, Mapping):
+        for o in obj.values():
+            _record_stream(o, stream)
 
 
 def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:

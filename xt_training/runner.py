@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from . import distributed
-from .batch import batch_size, default_forward, describe, to_device
+from .batch import batch_size, default_forward, describe, prefetch_to_cuda, to_device
 from .errors import ConfigError, LossError, MetricError, NonFiniteLossError, XtError
 from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup
@@ -80,6 +80,11 @@ class Runner:
         data_on_device: with the fast path on CUDA, copy the dataset's tensors to the GPU once and gather
             batches there: ``True``, ``False`` or ``'auto'`` (when they take at most a quarter of its
             free memory).
+        compile: ``torch.compile`` the model for training (under DDP: the DDP-wrapped model).
+        channels_last: NHWC memory format for the model and 4-D input batches.
+
+    On CUDA, batches are copied to the GPU on a side stream one step ahead (``pin_memory=True`` in
+    the DataLoader makes those copies asynchronous).
     """
 
     def __init__(
@@ -105,6 +110,8 @@ class Runner:
         on_checkpoint: Callable[[], Any] | None = None,
         fast_path: bool = True,
         data_on_device: bool | str = "auto",
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         if scheduler_step not in ("epoch", "batch", None):
             raise ConfigError(f"scheduler_step must be 'epoch', 'batch' or None, not {scheduler_step!r}")
@@ -127,12 +134,16 @@ class Runner:
         else:
             self.device = resolve_device(device)
         self.module = model.to(self.device)  # the plain model: evaluation passes use it directly
+        if channels_last:  # NHWC: faster convolutions on tensor cores and many CPUs
+            self.module = self.module.to(memory_format=torch.channels_last)
         # training passes go through DistributedDataParallel, which all-reduces the gradients
         self.model = (
             distributed.wrap_model(self.module, self.device)
             if self.distributed and optimizer
             else self.module
         )
+        if compile:
+            self.model = torch.compile(self.model)
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -148,6 +159,7 @@ class Runner:
             loggers = []  # only rank 0 prints and writes
         self.loggers = loggers if isinstance(loggers, LoggerGroup) else LoggerGroup(loggers)
         self.precision = precision
+        self.channels_last = channels_last
         self.nonfinite_loss = nonfinite_loss
         self.amp_dtype = _PRECISIONS[precision]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
@@ -186,7 +198,8 @@ class Runner:
         ``resume`` continues a training pass from a :meth:`position` saved in a checkpoint.
         """
         training = self.module.training
-        model = self.model if training else self.module
+        # DDP is for training: evaluation shards differ in size, so ranks evaluate the plain module
+        model = self.model if training or not self.distributed else self.module
         name = name or ("train" if training else "eval")
         if training and (self.optimizer is None or self.loss_fn is None):
             raise ConfigError("the model is in training mode, so the Runner needs an optimizer and a loss_fn")
@@ -197,7 +210,8 @@ class Runner:
             loader.sampler.set_epoch(self.epoch)  # a new shuffle each epoch, the same on every rank
         buffers = _Buffers(pass_metrics, self.device, keep_all=return_preds, distributed=self.distributed)
         non_blocking = self.device.type == "cuda"  # copies overlap with compute where memory is pinned
-        move = self.device.type != "cpu"  # a CPU run uses the batches as the loader yields them
+        # a CPU run uses the batches as the loader yields them
+        move = self.device.type != "cpu" or self.channels_last
         # (a disabled torch.autocast still costs ~2.5 us a step; the no-op context costs nothing)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _NO_OP
         self.stopped = False
@@ -219,6 +233,9 @@ class Runner:
             done = skip_batches(batches, resume["step"])
             buffers.restore(resume, done)
             restore_rng(resume["rng"], generators)
+        if self.device.type == "cuda":
+            batches = prefetch_to_cuda(batches, self.device, self.channels_last)
+            move = False  # done by the prefetcher
         self._pass = {"buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name}
 
         if training:
@@ -228,7 +245,7 @@ class Runner:
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 if move:
-                    batch = to_device(batch, self.device, non_blocking)
+                    batch = to_device(batch, self.device, non_blocking, self.channels_last)
                 # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
                 no_sync = (
                     model.no_sync() if self.distributed and training and step % self.accumulate else _NO_OP

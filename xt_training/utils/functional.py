@@ -76,6 +76,8 @@ def train(
     handle_signals: bool = True,
     fast_path: bool = True,
     data_on_device: bool | str = "auto",
+    compile: bool = False,
+    channels_last: bool = False,
     export: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
@@ -109,7 +111,7 @@ def train(
         handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
         forward_fn, log_every_n_steps, precision, nonfinite_loss, accumulate_grad_batches, clip_grad_norm,
-            clip_grad_value, fast_path, data_on_device: see :class:`~xt_training.Runner`.
+            clip_grad_value, fast_path, data_on_device, compile, channels_last: see :class:`~xt_training.Runner`.
         export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
             ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
             the first batch of ``val_loader`` (else ``train_loader``) as the example input; see
@@ -173,6 +175,8 @@ def train(
         checkpoint_every_n_steps=checkpoint_every_n_steps,
         fast_path=fast_path,
         data_on_device=data_on_device,
+        compile=compile,
+        channels_last=channels_last,
     )
     run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
 
