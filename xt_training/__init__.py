@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .checkpoint import load_checkpoint, save_checkpoint
     from .exporting import export
     from .hookspecs import hookimpl
+    from .predict import load_model
     from .registry import (
         Data,
         create_data,
@@ -47,6 +48,7 @@ __all__ = [
     "create_logger",
     "list_loggers",
     "export",
+    "load_model",
 ]
 
 _LAZY = {
@@ -66,6 +68,7 @@ _LAZY = {
     "create_logger": ("xt_training.registry", "create_logger"),
     "list_loggers": ("xt_training.registry", "list_loggers"),
     "export": ("xt_training.exporting", "export"),
+    "load_model": ("xt_training.predict", "load_model"),
 }
 assert set(__all__) == {"__version__", *_LAZY}
 

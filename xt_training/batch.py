@@ -84,6 +84,27 @@ def _record_stream(obj: Any, stream: Any) -> None:
             _record_stream(o, stream)
 
 
+def concat(chunks: list[Any], ragged_to_list: bool = False) -> Any:
+    """Per-batch outputs joined along the batch: tensors with torch.cat, lists joined, tuples/dicts per field.
+
+    Tensors whose shapes differ beyond the batch dimension (padded per batch) raise, or with
+    ``ragged_to_list`` become a list of per-example tensors.
+    """
+    first = chunks[0]
+    if isinstance(first, torch.Tensor):
+        parts = [c.reshape(1) if c.ndim == 0 else c for c in chunks]
+        if ragged_to_list and any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            return [row for p in parts for row in p.unbind(0)]
+        return torch.cat(parts)
+    if isinstance(first, list):
+        return [item for c in chunks for item in c]
+    if isinstance(first, tuple):
+        return tuple(concat(list(parts), ragged_to_list) for parts in zip(*chunks))
+    if isinstance(first, Mapping):
+        return {k: concat([c[k] for c in chunks], ragged_to_list) for k in first}
+    raise BatchError(f"cannot join outputs of type {type(first).__name__}; return tensors, lists or dicts")
+
+
 def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
     """Unpack an ``(x, y)`` batch and return ``(model(x), y)``."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .batch import describe, to_device
+from .batch import concat, describe, to_device
 from .checkpoint import load_checkpoint
 from .errors import BatchError, CheckpointError, ConfigError, XtError
 from .fastpath import check_data_on_device, fast_batches
@@ -196,7 +196,7 @@ class _Memory:
     def finish(self) -> Any:
         if not self.chunks:
             raise ConfigError("the loader yielded no batches; check the dataset size and drop_last")
-        return _owned(concat_outputs(self.chunks))
+        return _owned(concat(self.chunks, ragged_to_list=True))
 
 
 class _File:
@@ -343,23 +343,6 @@ def _columns(y_pred: Any) -> dict[str, list[Any]]:
                 "write '.npy' or '.pt' for outputs of more dimensions"
             )
     return columns
-
-
-def concat_outputs(chunks: list[Any]) -> Any:
-    """Per-batch outputs joined along the batch; see :func:`predict` (Returns)."""
-    first = chunks[0]
-    if isinstance(first, torch.Tensor):
-        parts = [c.reshape(1) if c.ndim == 0 else c for c in chunks]
-        if all(p.shape[1:] == parts[0].shape[1:] for p in parts):
-            return torch.cat(parts)
-        return [row for p in parts for row in p.unbind(0)]
-    if isinstance(first, list):
-        return [item for c in chunks for item in c]
-    if isinstance(first, tuple):
-        return tuple(concat_outputs(list(parts)) for parts in zip(*chunks))
-    if isinstance(first, Mapping):
-        return {k: concat_outputs([c[k] for c in chunks]) for k in first}
-    raise ConfigError(f"cannot join outputs of type {type(first).__name__}; return tensors, lists or dicts")
 
 
 def _owned(obj: Any) -> Any:

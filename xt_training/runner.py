@@ -13,8 +13,8 @@ from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from . import distributed
-from .batch import batch_size, default_forward, describe, prefetch_to_cuda, to_device
-from .errors import ConfigError, LossError, MetricError, NonFiniteLossError, XtError
+from .batch import batch_size, concat, default_forward, describe, prefetch_to_cuda, to_device
+from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError
 from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup
 from .metrics import as_metric, get_state, set_state, set_sync
@@ -427,20 +427,6 @@ def _detach(obj: Any) -> Any:
     return obj
 
 
-def _concat(chunks: list[Any]) -> Any:
-    """Concatenate per-batch outputs along the batch: tensors with torch.cat, nesting kept, lists joined."""
-    first = chunks[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat([c.reshape(1) if c.ndim == 0 else c for c in chunks])
-    if isinstance(first, list):
-        return [item for c in chunks for item in c]
-    if isinstance(first, tuple):
-        return tuple(_concat(list(parts)) for parts in zip(*chunks))
-    if isinstance(first, Mapping):
-        return {k: _concat([c[k] for c in chunks]) for k in first}
-    raise TypeError(f"cannot concatenate outputs of type {type(first).__name__}")
-
-
 def _numel(obj: Any) -> int:
     return obj.numel() if isinstance(obj, torch.Tensor) else 0
 
@@ -519,8 +505,8 @@ class _Buffers:
         if not self.outputs:
             return
         try:  # several batches in one update: much cheaper than one update per batch
-            groups = [(_concat([p for p, _ in self.outputs]), _concat([t for _, t in self.outputs]))]
-        except (TypeError, RuntimeError):  # outputs whose shapes differ between batches
+            groups = [(concat([p for p, _ in self.outputs]), concat([t for _, t in self.outputs]))]
+        except (BatchError, RuntimeError):  # outputs whose shapes differ between batches
             groups = self.outputs
         for y_pred, y in groups:
             for name, metric in self.metrics.items():
@@ -586,6 +572,7 @@ class _Buffers:
         return self.chunk_start + index, self.chunk_losses[index].item()
 
     def predictions(self) -> tuple[Any, Any]:
-        y_pred = _concat([p for p, _ in self.all_outputs])
-        y = _concat([t for _, t in self.all_outputs])
+        # tensors padded per batch (different widths) come back as per-example lists
+        y_pred = concat([p for p, _ in self.all_outputs], ragged_to_list=True)
+        y = concat([t for _, t in self.all_outputs], ragged_to_list=True)
         return to_device(y_pred, torch.device("cpu")), to_device(y, torch.device("cpu"))

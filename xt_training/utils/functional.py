@@ -259,6 +259,11 @@ def train(
                     row.update({f"{prefix}/{k}": v for k, v in values.items()})
                 model.train()
 
+                if monitor not in row:
+                    raise ConfigError(
+                        f"monitor {monitor!r} was not reported in epoch {epoch}: a loss_fn that returns None in "
+                        "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
+                    )
                 if scheduler is not None and scheduler_step == "epoch":
                     step_scheduler(scheduler, row[monitor])
                 run.history.append(row)
