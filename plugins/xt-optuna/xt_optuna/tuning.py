@@ -343,22 +343,24 @@ def _run_trial(
         "state": "running",
         "params": {},
     }
+    made = False  # whether this trial made its directory (one that existed is another trial's)
 
     def finish(state: str, **facts: Any) -> None:
         record.update(state=state, seconds=round(time.monotonic() - started, 3), **facts)
-        if run_dir.is_dir():
+        if made:
             write_json(run_dir / TRIAL_FILE, record)
         if not session["quiet"]:
             print(_line(record, monitor), flush=True)
 
     try:
+        run_dir.mkdir(parents=True, exist_ok=False)  # never over another trial's directory
+        made = True
+        write_json(run_dir / TRIAL_FILE, record)
         values = suggest(trial)
         record["params"] = values
         config = apply(definition["config"], values)
         if not any(c["name"] == PRUNING for c in config["callbacks"]):
             config["callbacks"] = [*config["callbacks"], {"name": PRUNING, "options": {}}]
-        run_dir.mkdir(parents=True, exist_ok=False)  # never over another trial's directory
-        write_json(run_dir / TRIAL_FILE, record)
         with reporting_to(trial) as reporting, _output_to(run_dir / OUTPUT_FILE):
             _, history = xt_config.train(config, run_dir, quiet=True)
         value = _best(history, monitor, mode)
