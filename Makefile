@@ -4,7 +4,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint
+.PHONY: demo test lint tune
 
 $(BIN)/xt: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,3 +20,7 @@ test: $(BIN)/xt
 
 lint: $(BIN)/xt
 	$(BIN)/nox -s lint
+
+# hyper-parameter search (`xt tune`): the xt-optuna plugin, a separate distribution
+tune: $(BIN)/xt
+	$(BIN)/pip install --quiet ./plugins/xt-optuna

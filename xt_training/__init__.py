@@ -74,6 +74,16 @@ assert set(__all__) == {"__version__", *_LAZY}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "tune":  # the xt-optuna plugin's search, a separate distribution
+        try:
+            from xt_optuna import tune
+        except ImportError:
+            raise ImportError(
+                "xt_training.tune is the hyper-parameter search of the xt-optuna plugin, which is not "
+                "installed: pip install ./plugins/xt-optuna"
+            ) from None
+        globals()["tune"] = tune
+        return tune
     if name not in _LAZY:
         raise AttributeError(f"module 'xt_training' has no attribute {name!r}")
     module, attr = _LAZY[name]
