@@ -423,3 +423,17 @@ def test_plugins_add_commands_and_broken_ones_are_reported(tmp_path):
     assert xt(
         "hello", "x", cwd=tmp_path, env={**env, "XT_DISABLE_PLUGIN_AUTOLOAD": "1"}, code=2
     ).stderr.startswith("xt: error: No such command 'hello'")
+
+
+def test_loop_options_reach_f_train_and_the_saved_configuration(tmp_path):
+    base = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=300",
+            "--epochs", "1", "-q"]  # fmt: skip
+    invoke(*base, "--save-dir", str(tmp_path / "fast"), code=0)
+    assert "fast path" in (tmp_path / "fast" / "notes.txt").read_text()
+    invoke(*base, "--save-dir", str(tmp_path / "slow"), "--no-fast-path", "--nonfinite-loss", "skip",
+           "--channels-last", code=0)  # fmt: skip
+    assert not (tmp_path / "slow" / "notes.txt").exists()
+    config = read(tmp_path / "slow" / "config.json")
+    assert (config["fast_path"], config["nonfinite_loss"], config["channels_last"]) == (False, "skip", True)
+    assert read(tmp_path / "slow" / "history.json")[0]["train/skipped"] == 0
+    invoke(*base, "--save-dir", str(tmp_path / "x"), "--export", "onnx2", code=2)

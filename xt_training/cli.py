@@ -220,6 +220,23 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         "--checkpoint-every", "checkpoint_every_n_steps", type=click.IntRange(min=1),
         help="Also write checkpoints/last.pt every N optimizer steps (for exact mid-epoch resume).",
     ),
+    click.option(
+        "--nonfinite-loss", type=click.Choice(["raise", "skip"]), default=_DEFAULTS["nonfinite_loss"], show_default=True,
+        help="A NaN/inf loss stops the run (raise), or its batch is left out (skip: a host read per step).",
+    ),
+    click.option(
+        "--fast-path/--no-fast-path", default=_DEFAULTS["fast_path"], show_default=True,
+        help="Gather batches of in-memory tensor data directly (the same batches, faster).",
+    ),
+    click.option("--compile", is_flag=True, default=_DEFAULTS["compile"], help="torch.compile the model."),
+    click.option(
+        "--channels-last", is_flag=True, default=_DEFAULTS["channels_last"],
+        help="NHWC memory format for the model and image batches.",
+    ),
+    click.option(
+        "--export", type=click.Choice(["onnx", "pt2", "torchscript"]),
+        help="Export the best model once training ends (verified against the eager model).",
+    ),
 ]  # fmt: skip
 
 

@@ -13,7 +13,8 @@
      "callbacks": [{"name": "early-stopping", "options": {"patience": 3}}],
      "epochs": 10, "seed": 0, "device": null, "monitor": null, "mode": null, "log_every_n_steps": 50,
      "precision": "32", "accumulate_grad_batches": 1, "clip_grad_norm": null, "clip_grad_value": null,
-     "checkpoint_every_n_steps": null}                     # the arguments of F.train of the same names
+     "checkpoint_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
+     "channels_last": false, "export": null}              # the arguments of F.train of the same names
 
 The saved file also records, per component, ``resolved`` (every option the factory was called with,
 defaults and the values taken from the data included) and ``source`` (the plugin distribution that
@@ -75,6 +76,11 @@ SCALARS = {
     "clip_grad_norm": (int, float, type(None)),
     "clip_grad_value": (int, float, type(None)),
     "checkpoint_every_n_steps": (int, type(None)),
+    "nonfinite_loss": str,
+    "fast_path": bool,
+    "compile": bool,
+    "channels_last": bool,
+    "export": (str, type(None)),
 }
 #: the SCALARS passed to F.train under the same name
 TRAIN_ARGS = tuple(key for key in SCALARS if key not in ("epochs", "seed"))
@@ -106,6 +112,11 @@ def default_config() -> dict[str, Any]:
         "clip_grad_norm": None,
         "clip_grad_value": None,
         "checkpoint_every_n_steps": None,
+        "nonfinite_loss": "raise",
+        "fast_path": True,
+        "compile": False,
+        "channels_last": False,
+        "export": None,
     }
 
 
@@ -155,7 +166,8 @@ def check_config(config: Any, where: str = "the run configuration") -> dict[str,
             raise ConfigError(f"{where}: {key!r} must be a list of {{'name': ..., 'options': {{}}}}")
         checked[key] = [_component(v, f"{where}: {key}") for v in checked[key]]
     for key, types in SCALARS.items():
-        if not isinstance(checked[key], types) or isinstance(checked[key], bool):
+        wants_bool = bool in (types if isinstance(types, tuple) else (types,))
+        if not isinstance(checked[key], types) or (isinstance(checked[key], bool) and not wants_bool):
             raise ConfigError(f"{where}: {key!r} must be {_names(types)}, not {checked[key]!r}")
     return checked
 
