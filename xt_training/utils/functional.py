@@ -283,7 +283,7 @@ def train(
                 if distributed.any_rank(runner.stop_requested, runner.device):  # came between passes (or DDP)
                     stop(None)
             status = "stopped" if run.should_stop else "completed"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's exit after saving the position
             status = "interrupted"
             raise
         except Exception:
