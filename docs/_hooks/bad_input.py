@@ -1,0 +1,367 @@
+"""The table of bad input and its errors, each message produced by triggering the error at build time.
+
+Every case runs for real -- the Python API with tiny tensors, the CLI in-process through click's test
+runner -- in a scratch directory, so the table shows the messages users get from this version, and a case
+that stops raising (or starts printing several lines) fails the docs build. The test suite checks the
+same messages (tests/test_core.py, test_cli.py, test_registry.py, test_fault_tolerance.py, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Case:
+    """One bad input: what it is, how a user meets it (shown), and the call that meets it (run)."""
+
+    problem: str
+    shown: str
+    trigger: Callable[[], Any]
+    cli: bool = False
+
+
+def _tiny() -> tuple[Any, Any, Any]:
+    """A 3-class MLP, a loader of 64 examples and a loss: the smallest real training setup."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g)
+    y = (x @ torch.randn(16, 3, generator=g)).argmax(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    return model, DataLoader(TensorDataset(x, y), batch_size=32), nn.CrossEntropyLoss()
+
+
+def _train(save_dir: str = "run", **overrides: Any) -> Any:
+    import torch
+
+    from xt_training.utils import functional as F
+
+    model, loader, loss_fn = _tiny()
+    args = {
+        "train_loader": loader,
+        "model": model,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+        "epochs": 1,
+        "loss_fn": loss_fn,
+        "quiet": True,
+        **overrides,
+    }
+    return F.train(save_dir, **args)
+
+
+def _test(**overrides: Any) -> Any:
+    from xt_training.utils import functional as F
+
+    model, loader, loss_fn = _tiny()
+    args = {"test_loaders": {"test": loader}, "model": model, "loss_fn": loss_fn, "quiet": True, **overrides}
+    return F.test(**args)
+
+
+def _labels(y: Any) -> Any:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(len(y), 16, generator=g), y), batch_size=32)
+
+
+def _accuracy() -> dict[str, Any]:
+    from xt_training import metrics
+
+    return {"acc": metrics.Accuracy()}
+
+
+def _nan_loss(y_pred: Any, y: Any) -> Any:
+    import torch.nn.functional as TF
+
+    return TF.cross_entropy(y_pred, y) * float("nan")
+
+
+def _corrupt_checkpoint() -> Any:
+    from xt_training import load_checkpoint
+
+    _train("ckpt")
+    data = Path("ckpt/checkpoints/last.pt").read_bytes()
+    Path("ckpt/checkpoints/last.pt").write_bytes(data[:200])
+    return load_checkpoint("ckpt/checkpoints/last.pt", _tiny()[0])
+
+
+class _Payload:
+    """An object whose unpickling would run code: it would create the file ``pwned``."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, ("pwned", "w"))
+
+
+def _unsafe_checkpoint() -> Any:
+    import torch
+
+    from xt_training import load_checkpoint
+
+    torch.save({"model": _tiny()[0].state_dict(), "extra": _Payload()}, "unsafe.pt")
+    try:
+        return load_checkpoint("unsafe.pt", _tiny()[0])
+    finally:
+        if Path("pwned").exists():
+            raise AssertionError("loading the unsafe checkpoint ran its code")
+
+
+def _other_architecture() -> Any:
+    from torch import nn
+
+    from xt_training import load_checkpoint
+
+    _train("arch")
+    return load_checkpoint(
+        "arch/checkpoints/last.pt", nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 5))
+    )
+
+
+def _different_resume() -> Any:
+    import torch
+
+    _train("resumed")
+    model, loader, loss_fn = _tiny()
+    return _train("resumed", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), resume=True)
+
+
+def _disk_full() -> Any:
+    from xt_training import save_checkpoint
+
+    save_checkpoint("full.pt", _tiny()[0], epoch=1)
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    fsync = os.fsync
+    os.fsync = full
+    try:
+        save_checkpoint("full.pt", _tiny()[0], epoch=2)
+    finally:
+        os.fsync = fsync
+        import torch
+
+        assert torch.load("full.pt", weights_only=True)["epoch"] == 1, "the previous checkpoint was lost"
+
+
+def _non_pair() -> Any:
+    import torch
+    from torch.utils.data import DataLoader
+
+    return _train(train_loader=DataLoader(torch.randn(64, 16), batch_size=32))
+
+
+def _empty() -> Any:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(
+        TensorDataset(torch.zeros(3, 16), torch.zeros(3).long()), batch_size=4, drop_last=True
+    )
+    return _train(train_loader=loader)
+
+
+def _runner_without_optimizer() -> Any:
+    from xt_training import Runner
+
+    model, loader, loss_fn = _tiny()
+    return Runner(model, loss_fn, quiet=True)(loader)
+
+
+def _predict_shape() -> Any:
+    import torch
+
+    from xt_training import create_model
+    from xt_training.utils import functional as F
+
+    return F.predict(create_model("cnn", in_channels=3), [torch.randn(2, 1, 32, 32)])
+
+
+def _write_files() -> None:
+    Path("corrupt.json").write_text('{"model": {"name": "cnn"')
+    Path("syntax.py").write_text("model = (\n")
+    Path("incomplete.py").write_text("model = None\n")
+    Path("notes.txt").write_text("not a config\n")
+    Path("file").write_text("a file, not a directory\n")
+    Path("empty_run").mkdir()
+    Path("empty_run/config.json").write_text(
+        '{"model": {"name": "mlp", "options": {}}, "data": {"name": "synthetic-classification", "options": {}}}'
+    )
+
+
+def _cli(*args: str) -> Callable[[], str]:
+    def run() -> str:
+        from click.testing import CliRunner
+
+        from xt_training.cli import cli
+
+        result = CliRunner().invoke(cli, list(args), prog_name="xt")
+        if result.exit_code != 2:
+            raise AssertionError(f"xt {' '.join(args)} exited {result.exit_code}, not 2: {result.output}")
+        return result.output
+
+    return run
+
+
+def _call(fn: Callable[..., Any], /, **kwargs: Any) -> Callable[[], Any]:
+    return lambda: fn(**kwargs)
+
+
+def _create(kind: str, name: str, **options: Any) -> Callable[[], Any]:
+    def run() -> Any:
+        from xt_training import registry
+
+        return registry.create(kind, name, **options)
+
+    return run
+
+
+def cases() -> list[Case]:
+    """The bad inputs, in the order of the table."""
+    import torch
+
+    from xt_training import metrics
+
+    return [
+        Case("unknown name (with a suggestion)", "xt run --model cnnn --data synthetic-images",
+             _cli("run", "--model", "cnnn", "--data", "synthetic-images"), cli=True),
+        Case("unknown name (no close match)", "create_model('zzz')", _create("model", "zzz")),
+        Case("wrong option name", "xt run --model cnn --data synthetic-images --model-opt hiden=3",
+             _cli("run", "--model", "cnn", "--data", "synthetic-images", "--model-opt", "hiden=3"), cli=True),
+        Case("wrong option type", "create_model('cnn', hidden='big')", _create("model", "cnn", hidden="big")),
+        Case("option value not among the choices", "create_model('rnn', cell='lstmm')",
+             _create("model", "rnn", cell="lstmm")),
+        Case("required option missing", "create_data('csv')", _create("data", "csv")),
+        Case("option not KEY=VALUE", "xt run --model cnn --data synthetic-images --model-opt hidden",
+             _cli("run", "--model", "cnn", "--data", "synthetic-images", "--model-opt", "hidden"), cli=True),
+        Case("model that does not fit the data", "xt run --model rnn --data synthetic-images",
+             _cli("run", "--model", "rnn", "--data", "synthetic-images"), cli=True),
+        Case("unknown kind", "xt list modles", _cli("list", "modles"), cli=True),
+        Case("plugin that is not installed", "xt -p nosuchplugin list", _cli("-p", "nosuchplugin", "list"), cli=True),
+        Case("prediction/label shapes a metric cannot take",
+             "F.test(..., eval_metrics={'acc': metrics.Accuracy()}) on labels of shape (N, 2)",
+             _call(_test, test_loaders={"test": _labels(torch.zeros(64, 2).long())}, loss_fn=None,
+                   eval_metrics=_accuracy())),
+        Case("labels out of range", "F.test(..., eval_metrics={'acc': metrics.Accuracy()}) on label 7 of a 3-class model",
+             _call(_test, test_loaders={"test": _labels(torch.full((64,), 7))}, loss_fn=None,
+                   eval_metrics=_accuracy())),
+        Case("not a metric", "F.test(..., eval_metrics={'x': 3})", _call(_test, eval_metrics={"x": 3})),
+        Case("empty loader", "F.train(...) on 3 examples with batch_size=4, drop_last=True", _empty),
+        Case("loader that does not yield (x, y)", "F.train(...) on DataLoader(tensor)", _non_pair),
+        Case("non-scalar loss", "F.train(..., loss_fn=nn.CrossEntropyLoss(reduction='none'))",
+             _call(_train, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))),
+        Case("NaN/inf loss", "F.train(...) with a loss that becomes NaN", _call(_train, loss_fn=_nan_loss)),
+        Case("epochs 0", "F.train(..., epochs=0)", _call(_train, epochs=0)),
+        Case("epochs 0 on the command line", "xt run --model cnn --data synthetic-images --epochs 0",
+             _cli("run", "--model", "cnn", "--data", "synthetic-images", "--epochs", "0"), cli=True),
+        Case("unknown monitored value", "F.train(..., eval_metrics={'acc': ...}, monitor='val/accuracy')",
+             _call(_train, val_loader=_tiny()[1], eval_metrics={"acc": metrics.Accuracy()}, monitor="val/accuracy")),
+        Case("invalid device", "F.train(..., device='gpu:0')", _call(_train, device="gpu:0")),
+        Case("invalid loop option", "F.train(..., precision='fp8')", _call(_train, precision="fp8")),
+        Case("training without an optimizer", "Runner(model, loss_fn)(loader) with the model in training mode",
+             _runner_without_optimizer),
+        Case("unwritable save_dir", "F.train('file/run', ...) where file is a file", _call(_train, save_dir="file/run")),
+        Case("corrupt run configuration", "xt run --config corrupt.json", _cli("run", "--config", "corrupt.json"),
+             cli=True),
+        Case("Python config file with a syntax error", "xt train syntax.py", _cli("train", "syntax.py"), cli=True),
+        Case("Python config file missing names", "xt train incomplete.py", _cli("train", "incomplete.py"), cli=True),
+        Case("neither a run directory nor a config file", "xt test notes.txt", _cli("test", "notes.txt"), cli=True),
+        Case("run directory without checkpoints", "xt test empty_run", _cli("test", "empty_run"), cli=True),
+        Case("missing checkpoint", "load_checkpoint('good/checkpoints/nope.pt', model)",
+             lambda: (_train("good"), _load("good/checkpoints/nope.pt"))),
+        Case("checkpoint of another architecture", "load_checkpoint(path, model_with_5_classes)",
+             _other_architecture),
+        Case("truncated or corrupt checkpoint", "load_checkpoint(truncated_path, model)", _corrupt_checkpoint),
+        Case("checkpoint holding arbitrary objects (code would run on unpickling)",
+             "load_checkpoint(path, model)", _unsafe_checkpoint),
+        Case("disk full while a checkpoint is written (simulated)", "save_checkpoint(...) during a failing fsync",
+             _disk_full),
+        Case("resuming with a different configuration", "F.train(..., lr=0.5, resume=True) of a run trained with lr=0.1",
+             _different_resume),
+        Case("inputs of another shape than the model's", "F.predict(cnn_for_rgb, [torch.randn(2, 1, 32, 32)])",
+             _predict_shape),
+        Case("resume and another run directory", "xt run --resume empty_run --save-dir x",
+             _cli("run", "--resume", "empty_run", "--save-dir", "x"), cli=True),
+    ]  # fmt: skip
+
+
+def _load(path: str) -> Any:
+    from xt_training import load_checkpoint
+
+    return load_checkpoint(path, _tiny()[0])
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[None]:
+    """A temporary working directory with the bad files, quiet stdout, one torch thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        torch.set_num_threads(1)
+        try:
+            _write_files()
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            os.chdir(cwd)
+            torch.set_num_threads(threads)
+
+
+def outcomes() -> list[tuple[Case, str, str]]:
+    """``(case, error class, one-line message)`` of every case, produced by running it."""
+    from xt_training import registry
+
+    results = []
+    with _scratch():
+        registry.reset()
+        for case in cases():
+            if case.cli:
+                output = case.trigger().strip()
+                lines = output.splitlines()
+                if len(lines) != 1 or not lines[0].startswith("xt: error: "):
+                    raise AssertionError(f"{case.shown!r} did not print one 'xt: error:' line: {output!r}")
+                results.append((case, "exit status 2", lines[0]))
+                continue
+            try:
+                case.trigger()
+            except Exception as e:  # the point: every case raises
+                message = str(e)
+                if "\n" in message.strip():
+                    raise AssertionError(
+                        f"{case.shown!r} raised a message of several lines: {message!r}"
+                    ) from e
+                results.append((case, type(e).__name__, message))
+            else:
+                raise AssertionError(f"{case.shown!r} ({case.problem}) no longer raises an error")
+        registry.reset()
+    return results
+
+
+def _cell(text: str) -> str:
+    """``text`` as literal markdown table cell content."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal bold in torch's own messages
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
+
+
+def errors_table() -> str:
+    """Markdown: one row per bad input with the error and its message as this version prints it."""
+    rows = ["| bad input | where | error | message |", "|---|---|---|---|"]
+    for case, error, message in outcomes():
+        rows.append(f"| {case.problem} | `{case.shown}` | `{error}` | {_cell(message)} |")
+    return "\n".join(rows)

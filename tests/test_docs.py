@@ -1,0 +1,196 @@
+"""The documentation: the site builds in strict mode, every hook and every command is documented on it, every
+example is shown on it, and the README's commands and example work.
+
+The build is the real ``mkdocs build --strict`` in a subprocess (broken links, missing anchors, pages outside
+the navigation and unknown API references fail it); its generated pages are read back from the built HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xt_training import hookspecs
+
+ROOT = Path(__file__).resolve().parents[1]
+XT = str(Path(sys.executable).with_name("xt"))
+MKDOCS = (
+    importlib.util.find_spec("mkdocs") is not None and importlib.util.find_spec("mkdocstrings") is not None
+)
+needs_mkdocs = pytest.mark.skipif(
+    not MKDOCS, reason="mkdocs and mkdocstrings are not installed: pip install -e '.[docs]' to build the docs"
+)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site built with ``mkdocs build --strict`` into a temporary directory."""
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return out
+
+
+def text_of(page: Path) -> str:
+    """The visible text of a built page's article (tags dropped, entities decoded)."""
+    content = page.read_text()
+    article = content[content.index("<article") : content.index("</article>")]
+    return html.unescape(re.sub(r"<[^>]+>", "", article))
+
+
+def hook_specs() -> dict:
+    return {
+        name: fn
+        for name, fn in vars(hookspecs).items()
+        if inspect.isfunction(fn) and hasattr(fn, "xt_training_spec")
+    }
+
+
+# --- hooks -------------------------------------------------------------------------------------------------------
+def test_every_hookspec_has_a_docstring_naming_each_parameter():
+    specs = hook_specs()
+    assert {"register_models", "register_metrics", "register_commands", "show_directory"} <= set(specs)
+    for name, fn in specs.items():
+        doc = inspect.getdoc(fn) or ""
+        assert len(doc.splitlines()) >= 3, f"hook {name} needs a docstring that says what it is for"
+        for param in inspect.signature(fn).parameters:
+            assert re.search(rf"^:param {param}: \S", doc, re.M), (
+                f"hook {name}: parameter {param} is not documented"
+            )
+        if fn.xt_training_spec.get("firstresult") or inspect.signature(fn).return_annotation not in (
+            None,
+            "None",
+        ):
+            assert re.search(r"^:returns?: \S", doc, re.M), f"hook {name}: its return value is not documented"
+
+
+@needs_mkdocs
+def test_every_hook_is_on_the_generated_hook_reference(site):
+    page = (site / "reference" / "hooks" / "index.html").read_text()
+    text = text_of(site / "reference" / "hooks" / "index.html")
+    for name, fn in hook_specs().items():
+        assert f'id="{name}"' in page, f"hook {name} has no section on the hook reference"
+        assert f"{name}({', '.join(inspect.signature(fn).parameters)})" in text
+        summary = inspect.getdoc(fn).splitlines()[0].split("`")[0].strip()
+        assert summary in text, f"the summary of hook {name} is not on the page"
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------------
+def xt_commands() -> list[str]:
+    """The commands `xt --help` lists (built-in plugins only: autoload off)."""
+    env = {**os.environ, "XT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    out = subprocess.run([XT, "--help"], capture_output=True, text=True, env=env, timeout=60).stdout
+    listing = out.split("Commands:", 1)[1]
+    return [line.split()[0] for line in listing.splitlines() if line.startswith("  ") and line.strip()]
+
+
+@needs_mkdocs
+def test_every_command_and_option_is_on_the_generated_cli_reference(site):
+    import click
+
+    from xt_training.cli import cli
+
+    page = (site / "reference" / "cli" / "index.html").read_text()
+    text = text_of(site / "reference" / "cli" / "index.html")
+    commands = xt_commands()
+    assert {"run", "train", "test", "list", "plugins", "predict", "export"} <= set(commands)
+    ctx = click.Context(cli, info_name="xt")
+    ctx.params = {"plugins": ()}
+    for name in commands:
+        assert f'id="xt-{name}"' in page, f"`xt {name}` has no section on the CLI reference"
+        command = cli.get_command(ctx, name)
+        for param in command.params:
+            for opt in [*param.opts, *param.secondary_opts] if isinstance(param, click.Option) else []:
+                assert opt in text, f"`xt {name} {opt}` is not on the CLI reference"
+    assert 'id="xt-tune"' in page  # the repository's xt-optuna plugin adds it
+
+
+# --- other generated pages ----------------------------------------------------------------------------------------
+@needs_mkdocs
+def test_bad_input_table_has_at_least_20_real_messages(site):
+    page = (site / "fault-tolerance" / "index.html").read_text()
+    table = page[page.index('id="bad-input-and-its-errors"') :]
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]
+    assert len(rows) >= 20
+    text = html.unescape(re.sub(r"<[^>]+>", "", table))
+    for message in ("unknown model 'cnnn'; did you mean 'cnn'?", "loss_fn must return a scalar tensor",
+                    "holds objects other than tensors", "cannot resume from"):  # fmt: skip
+        assert message in text
+
+
+@needs_mkdocs
+def test_every_example_is_on_the_examples_page(site):
+    text = text_of(site / "examples" / "index.html")
+    for example in sorted((ROOT / "examples").glob("*.py")):
+        assert f"examples/{example.name}" in text, f"examples/{example.name} is not on the examples page"
+        first_line = example.read_text().splitlines()[0].strip('"')
+        assert first_line[:60] in text, f"the source of examples/{example.name} is not on the examples page"
+
+
+@needs_mkdocs
+def test_benchmark_results_and_registered_names_are_on_their_pages(site):
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    performance = text_of(site / "performance" / "index.html")
+    first_row = next(line for line in results.splitlines() if line.startswith("| plain |"))
+    assert first_row.split("|")[2].strip() in performance
+    names = text_of(site / "reference" / "names" / "index.html")
+    for name in ("cnn", "synthetic-images", "roc-auc", "tensorboard", "adamw", "one-cycle", "early-stopping"):
+        assert name in names
+    assert "ece" in names and "xt-calibration" in names  # a repository plugin's names, labelled
+
+
+# --- README ---------------------------------------------------------------------------------------------------------
+def readme() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+def test_readme_commands_are_make_targets():
+    commands = re.findall(r"^make (\w+)", readme(), re.M)
+    assert sorted(set(commands)) == ["demo", "test"]
+    makefile = (ROOT / "Makefile").read_text()
+    for target in commands:
+        assert re.search(rf"^{target}:", makefile, re.M), (
+            f"`make {target}` is in the README but not the Makefile"
+        )
+
+
+def test_readme_example_runs(tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", readme(), re.S)
+    assert len(blocks) == 1 and len(blocks[0].splitlines()) <= 20, "the README has one short example"
+    script = tmp_path / "readme_example.py"
+    script.write_text("import torch\ntorch.set_num_threads(1)\n" + blocks[0])
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "exp1" / "checkpoints" / "best.pt").is_file()
+
+
+def test_quickstart_example_runs(tmp_path):
+    page = (ROOT / "docs" / "quickstart.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "F.train(" in b)
+    script = tmp_path / "quickstart.py"
+    script.write_text("import torch\ntorch.set_num_threads(1)\n" + block)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    val_acc, test_acc = map(float, proc.stdout.split()[-2:])
+    assert val_acc > 0.8 and test_acc > 0.8
+
+
+def test_readme_links_into_the_docs_exist():
+    for target in re.findall(r"\]\((docs/[^)#]+)", readme()):
+        assert (ROOT / target).is_file(), f"README links to {target}, which does not exist"
