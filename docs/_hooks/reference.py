@@ -247,13 +247,17 @@ def _cell(value: Any) -> str:
 
 
 def names_reference() -> str:
-    """Markdown: every registered name of every kind with its description, options and plugin."""
+    """Markdown: every registered name of every kind with its description, options and plugin.
+
+    The built-in names come first. Names of one plugin that differ only by name (xt-vision's torchvision
+    models: same options, the same description but for the name) share one row.
+    """
     from xt_training import registry
 
     parts = []
     with repo_registry() as reg:
         for kind, plural in registry.KINDS.items():
-            rows = ["| name | description | options | from |", "|---|---|---|---|"]
+            groups: dict[tuple[bool, str, str, str], list[str]] = {}
             for name in reg.names(kind):
                 info = reg.info(kind, name)
                 options = ", ".join(
@@ -262,9 +266,21 @@ def names_reference() -> str:
                 )
                 if info["any_option"]:
                     options += (", " if options else "") + "any other keyword option"
-                origin = _origin(reg.table(kind)[name].plugin, reg)
-                rows.append(
-                    f"| `{name}` | {_cell(info['description'])} | {_cell(options) or '-'} | {origin} |"
+                plugin = reg.table(kind)[name].plugin
+                pattern = (
+                    info["description"].replace(name, "NAME") if not reg.plugins[plugin].builtin else name
                 )
+                key = (not reg.plugins[plugin].builtin, _origin(plugin, reg), pattern, options)
+                groups.setdefault(key, []).append((name, info["description"]))
+            rows = ["| name | description | options | from |", "|---|---|---|---|"]
+            for (_, origin, pattern, options), members in sorted(groups.items(), key=lambda g: g[0][:2]):
+                if len(members) > 3:  # one row: the names, and the description with NAME for each
+                    names, description = ", ".join(f"`{n}`" for n, _ in members), pattern
+                else:
+                    rows += [
+                        f"| `{n}` | {_cell(d)} | {_cell(options) or '-'} | {origin} |" for n, d in members
+                    ]
+                    continue
+                rows.append(f"| {names} | {_cell(description)} | {_cell(options) or '-'} | {origin} |")
             parts.append(f"## {plural.capitalize()} {{#{plural}}}\n\n" + "\n".join(rows))
     return "\n\n".join(parts)
