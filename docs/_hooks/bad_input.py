@@ -286,7 +286,7 @@ def cases() -> list[Case]:
         Case("truncated or corrupt checkpoint", "load_checkpoint(truncated_path, model)", _corrupt_checkpoint),
         Case("checkpoint holding arbitrary objects (code would run on unpickling)",
              "load_checkpoint(path, model)", _unsafe_checkpoint),
-        Case("disk full while a checkpoint is written (simulated)", "save_checkpoint(...) during a failing fsync",
+        Case("disk full while a checkpoint is written (simulated; the previous checkpoint is kept)", "save_checkpoint(...) during a failing fsync",
              _disk_full),
         Case("resuming with a different configuration", "F.train(..., lr=0.5, resume=True) of a run trained with lr=0.1",
              _different_resume),
