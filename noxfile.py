@@ -23,6 +23,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ in strict mode: broken links, missing anchors, unknown API
+    references and pages outside the navigation fail. Needs the docs extra (in dev)."""
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks (about 10 minutes): writes benchmarks/RESULTS.md. Arguments go to benchmarks/run.py,
     e.g. `nox -s bench -- --quick` or `-- --compare /path/to/patched/copy`."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -115,12 +116,12 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint '{path}' holds objects other than tensors and plain data and was refused "
-            f"(weights_only=True; {str(e).splitlines()[0][:200]}); only load it with torch.load(weights_only=False) "
+            f"(weights_only=True; {_first_sentence(e)}); only load it with torch.load(weights_only=False) "
             "if you trust its source"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(
-            f"checkpoint '{path}' is truncated or corrupt ({str(e).splitlines()[0][:200]}); "
+            f"checkpoint '{path}' is truncated or corrupt ({_first_sentence(e)}); "
             "use an earlier checkpoint (e.g. last.pt instead of best.pt) or retrain"
         ) from None
     if not isinstance(state, dict) or "model" not in state:
@@ -171,6 +172,14 @@ def load_checkpoint(
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def _first_sentence(e: BaseException) -> str:
+    """torch's reason, for a one-line message: its first sentence, without terminal colour codes."""
+    text = (
+        re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    )
+    return re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
 
 
 def _strip_prefixes(weights: dict[str, Any]) -> dict[str, Any]:

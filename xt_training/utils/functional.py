@@ -110,12 +110,14 @@ def train(
         checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
         handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
-        forward_fn, log_every_n_steps, precision, nonfinite_loss, accumulate_grad_batches, clip_grad_norm,
-            clip_grad_value, fast_path, data_on_device, compile, channels_last: see :class:`~xt_training.Runner`.
         export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
             ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
             the first batch of ``val_loader`` (else ``train_loader``) as the example input; see
             :func:`xt_training.exporting.export_trained`. Checked before training starts.
+
+    The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
+    ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
+    ``compile`` and ``channels_last`` are the :class:`~xt_training.Runner`'s.
 
     Returns:
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
