@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -321,3 +322,30 @@ def test_labels_out_of_range_name_the_metric():
         match=r"metric 'acc' \(Accuracy\) failed on y_pred Tensor\(32, 3\) float32 and y Tensor\(32,\) int64: .*",
     ):
         F.test({"test": loader}, mlp(), None, {"acc": metrics.Accuracy()}, quiet=True)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_xt_run_stops_on_a_signal_and_resumes(tmp_path, sig, code):
+    xt = [sys.executable, "-m", "xt_training"]
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=20000",
+           "--batch-size", "16", "--epochs", "8", "--checkpoint-every", "50"]  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*xt, *run, "--save-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (out, err)
+    assert f"stopped by {sig.name}: state saved to" in out
+    if sig == signal.SIGTERM:
+        assert f"xt run --resume {run_dir}" in out
+        resumed = subprocess.run([*xt, "run", "--resume", str(run_dir), "-q"], capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        history = json.loads((run_dir / "history.json").read_text())
+        assert [row["epoch"] for row in history] == list(range(1, 9))
+    else:
+        assert err.strip().endswith("xt: interrupted")
