@@ -238,6 +238,13 @@ class Runner:
             move = False  # done by the prefetcher
         self._pass = {"buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name}
 
+        # Read once per pass: the loop body below runs every step, where each lookup counts.
+        accumulate = self.accumulate
+        ddp_accumulation = self.distributed and training and accumulate > 1
+        skip_nonfinite = training and self.nonfinite_loss == "skip"
+        log_every = self.log_every_n_steps
+        checkpoint_every = (self.checkpoint_every_n_steps or 0) if training and self.on_checkpoint else 0
+
         if training:
             self.optimizer.zero_grad()
         step = done
@@ -247,9 +254,7 @@ class Runner:
                 if move:
                     batch = to_device(batch, self.device, non_blocking, self.channels_last)
                 # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
-                no_sync = (
-                    model.no_sync() if self.distributed and training and step % self.accumulate else _NO_OP
-                )
+                no_sync = model.no_sync() if ddp_accumulation and step % accumulate else _NO_OP
                 with no_sync, autocast:
                     y_pred, y = self.forward_fn(model, batch)
                     loss = self.loss_fn(y_pred, y) if self.loss_fn is not None else None
@@ -259,21 +264,21 @@ class Runner:
                         "reduce it (e.g. reduction='mean') or return loss.mean()"
                     )
 
-                if training and self.nonfinite_loss == "skip" and not torch.isfinite(loss).item():
+                if skip_nonfinite and not torch.isfinite(loss).item():
                     # A host read every step: the price of this option (the default, raising, needs none).
                     skipped += 1
                     tick()
                     continue
                 if training:
-                    scaled = loss / self.accumulate if self.accumulate > 1 else loss
+                    scaled = loss / accumulate if accumulate > 1 else loss
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    if step % self.accumulate == 0:
+                    if step % accumulate == 0:
                         self._optimizer_step()
 
                 # Per step only detached references are kept; no value leaves the device here.
                 buffers.add(loss, y_pred, y)
                 tick()
-                log_step = step == 1 or step % self.log_every_n_steps == 0
+                log_step = step == 1 or step % log_every == 0
                 if log_step:
                     # Logging step: metrics update on the buffered batches and values are read to the
                     # host -- on CUDA this is the pass's only synchronisation point between batches.
@@ -286,12 +291,8 @@ class Runner:
                     self.loggers.update_pass(name, values)
                 elif buffers.full():
                     buffers.flush_outputs()
-                if training and self.on_checkpoint and step % self.accumulate == 0:
-                    if (
-                        self.checkpoint_every_n_steps
-                        and self.global_step % self.checkpoint_every_n_steps == 0
-                    ):
-                        self.on_checkpoint()
+                if checkpoint_every and step % accumulate == 0 and self.global_step % checkpoint_every == 0:
+                    self.on_checkpoint()
                 if self._should_stop(training, log_step):
                     self.stopped = True
                     break
@@ -330,9 +331,9 @@ class Runner:
         return self._sharded[key][1]
 
     def _optimizer_step(self) -> None:
-        if self.scaler is not None and (self.clip_grad_norm or self.clip_grad_value):
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.clip_grad_norm or self.clip_grad_value:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
