@@ -462,3 +462,29 @@ def test_corrupt_and_unsafe_checkpoints(tmp_path):
 def test_runner_without_optimizer_in_training_mode(tabular):
     with pytest.raises(ConfigError, match="training mode, so the Runner needs an optimizer"):
         Runner(mlp(), nn.CrossEntropyLoss(), quiet=True)(tabular[0])
+
+
+def test_results_pt_keeps_nested_outputs(tmp_path):
+    x, y = make_classification(64)
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            logits = self.net(x)
+            return {"logits": logits, "boxes": [row for row in logits[:, :2]]}
+
+    def forward_fn(model, batch):
+        out = model(batch[0])
+        return out, batch[1]
+
+    def loss_fn(y_pred, y):
+        return TF.cross_entropy(y_pred["logits"], y)
+
+    F.test({"test": DataLoader(TensorDataset(x, y), batch_size=16)}, TwoHeads(), loss_fn, save_dir=tmp_path,
+           forward_fn=forward_fn, quiet=True)  # fmt: skip
+    saved = torch.load(tmp_path / "results.pt", weights_only=True)["test"]
+    assert saved["preds"]["logits"].shape == (64, 3) and len(saved["preds"]["boxes"]) == 64
+    assert torch.equal(saved["labels"], y)

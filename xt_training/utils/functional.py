@@ -326,7 +326,8 @@ def test(
     Runs under ``model.eval()`` and no-grad and restores the model's mode afterwards. With
     ``checkpoint_path`` the weights are loaded first. With ``save_dir`` the values go to
     ``save_dir/test_results.json`` and the predictions and labels to ``save_dir/results.pt``
-    (``{loader_name: {'preds': tensor, 'labels': tensor}}``, loadable with ``weights_only=True``).
+    (``{loader_name: {'preds': tensor, 'labels': tensor}}``, loadable with ``weights_only=True``;
+    nested outputs are kept as lists/tuples/dicts of tensors).
     ``fast_path`` and ``data_on_device``: see :class:`~xt_training.Runner`.
     """
     test_loaders = _check_loaders(test_loaders)
@@ -357,8 +358,12 @@ def test(
             else:
                 preds, labels = runner(loader, name, return_preds=True)
                 results[name] = runner.latest
-                if isinstance(preds, torch.Tensor) and isinstance(labels, torch.Tensor):
+                if _plain(preds) and _plain(labels):
                     predictions[name] = {"preds": preds, "labels": labels}
+                else:
+                    runner.loggers.notice(
+                        f"results.pt: the outputs of '{name}' are not tensors/lists/dicts; left out"
+                    )
     finally:
         model.train(was_training)
         runner.loggers.close()
@@ -367,6 +372,17 @@ def test(
         if predictions:
             atomic_write(out_dir / "results.pt", lambda f: torch.save(predictions, f))
     return results
+
+
+def _plain(obj: Any) -> bool:
+    """Whether ``obj`` loads back with ``torch.load(weights_only=True)``: tensors in lists/tuples/dicts."""
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):  # a namedtuple is a class: refused
+        return all(_plain(o) for o in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in obj.items())
+    return isinstance(obj, (int, float, str, bool)) or obj is None
 
 
 def prepare_save_dir(save_dir: str | os.PathLike[str]) -> Path:
