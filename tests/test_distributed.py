@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,7 +53,8 @@ def torchrun(tmp_path, body, nproc=2, timeout=180):
     script.write_text(COMMON + textwrap.dedent(body))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
            "--standalone", str(script), str(tmp_path / "out")]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # output survives a teardown abort
 
 
 def succeeded(result):

@@ -367,9 +367,7 @@ def _finish_distributed() -> None:
     from . import distributed
 
     if distributed.active():
-        distributed.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        distributed.shutdown()  # flushes stdout/stderr
         os._exit(0)
 
 

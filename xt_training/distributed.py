@@ -83,6 +83,10 @@ def shutdown() -> None:
         except RuntimeError:
             pass
     dist.destroy_process_group()
+    # A rare gloo/interpreter-teardown race can still abort this process after atexit; what the
+    # program printed must not die with it in the stdio buffers.
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
 
 
 def local_device() -> torch.device:
