@@ -21,6 +21,7 @@ test: $(BIN)/xt
 lint: $(BIN)/xt
 	$(BIN)/nox -s lint
 
-# hyper-parameter search (`xt tune`): the xt-optuna plugin, a separate distribution
+# hyper-parameter search (`xt tune`): the [tune] extra, whose xt-optuna plugin (a separate distribution,
+# on no index yet) comes from its path here
 tune: $(BIN)/xt
-	$(BIN)/pip install --quiet ./plugins/xt-optuna
+	$(BIN)/pip install --quiet -e '.[tune]' ./plugins/xt-optuna
