@@ -1,8 +1,9 @@
 """``xt tune`` of plugins/xt-optuna: real Optuna, real SQLite, the real ``xt`` command line in subprocesses.
 
-The plugin is pip-installed once for this module into a venv that sees this environment's packages
-(torch, optuna, xt-training) through a ``.pth`` file, as tests/test_plugins.py does, and every command
-runs ``python -m xt_training`` (the ``xt`` CLI) of that venv. Trials are tiny: synthetic-classification
+The plugin is installed once for this module by ``pip install 'xt-training[tune]'`` (its wheel built
+from a copy of plugins/xt-optuna) into a venv that sees this environment's packages (torch, optuna,
+xt-training) through a ``.pth`` file, as tests/test_plugins.py does, and every command runs
+``python -m xt_training`` (the ``xt`` CLI) of that venv. Trials are tiny: synthetic-classification
 with 240 rows, 2-3 epochs. Refused commands (bad ``--search`` forms, a changed study) run in-process
 through click's CliRunner, with the plugin imported from the source tree. PostgreSQL is not tested: no server can be
 installed and started here in CI's time (the plugin's README says so).
@@ -38,24 +39,49 @@ BASE = [
 
 @pytest.fixture(scope="module")
 def python(tmp_path_factory) -> Path:
-    """The python of a venv with xt-optuna pip-installed (from a copy of plugins/xt-optuna)."""
+    """The python of a venv where ``pip install 'xt-training[tune]'`` pulled in xt-optuna.
+
+    xt-training (with the extras of this checkout's pyproject.toml), torch and optuna come from this
+    environment through a ``.pth`` file; the only place pip can find xt-optuna is a wheel built from a copy
+    of plugins/xt-optuna, and only the extra asks for it. A copy of xt-optuna installed here (``make tune``)
+    is hidden from the venv, or pip would find the requirement already satisfied.
+    """
     root = tmp_path_factory.mktemp("tune-venv")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    Path(site, "_xt_base.pth").write_text(
-        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
-    )
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    base = root / "base-site"  # this environment's site-packages less any xt-optuna
+    base.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if "xt_optuna" not in entry.name.lower().replace("-", "_"):
+            (base / entry.name).symlink_to(entry)
+    (site / "_xt_base.pth").write_text(f"import site; site.addsitedir({str(base)!r})\n")
+
     source = shutil.copytree(PLUGIN, root / "src" / "xt-optuna")
+    wheels = root / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "-q", "install",
-         "--no-deps", "--no-build-isolation", str(source)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         check=True, env=ENV, cwd=root, timeout=300,
     )  # fmt: skip
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-index", "--find-links", str(wheels),
+         "--no-build-isolation", "xt-training[tune]"],
+        check=True, env={**ENV, "PIP_FIND_LINKS": ""}, cwd=root, timeout=300,
+    )  # fmt: skip
+    where = subprocess.run(
+        [python, "-c", "from importlib.metadata import distribution as d; print(d('xt-optuna').locate_file(''))"],
+        capture_output=True, text=True, env=ENV,
+    )  # fmt: skip
+    assert where.returncode == 0 and Path(where.stdout.strip()) == site, (
+        f"pip install 'xt-training[tune]' did not install xt-optuna into {site}\n{where.stdout}{where.stderr}"
+    )
     return python
 
 
