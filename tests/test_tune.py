@@ -423,6 +423,14 @@ def test_every_bad_search_form_is_a_one_line_error(plugin_on_path, tmp_path, sea
     assert not (tmp_path / "s").exists()  # refused before anything was made
 
 
+def test_nproc_is_refused_with_the_ways_to_scale_out(plugin_on_path, tmp_path):
+    args = ["tune", *BASE, "--search", "lr=float:0.001:0.1", "--study-dir", str(tmp_path / "s")]
+    line = refused(*args, "--nproc", "2")
+    assert "--nproc: xt tune trains each trial in one process (distributed trials are not supported)" in line
+    assert "--jobs N" in line and "one --storage URL" in line
+    assert not (tmp_path / "s").exists()
+
+
 def test_nothing_to_search_and_nothing_to_continue(plugin_on_path, tmp_path):
     for args, message in (
         (["--model", "mlp", "--data", "synthetic-classification"], "nothing to search: add --search KEY=SPEC"),

@@ -89,6 +89,7 @@ from .tuning import PRUNERS, SAMPLERS, tune
 )
 @click.option("--study-name", help="The study's name in the storage; default: the study directory's name.")
 @click.option("-q", "--quiet", is_flag=True, help="No line per trial and no summary.")
+@click.option("--nproc", type=int, hidden=True)  # `xt run --nproc N`'s, refused with the way to scale out
 @click.pass_context
 def tune_command(
     ctx: click.Context,
@@ -106,6 +107,7 @@ def tune_command(
     storage: str | None,
     study_name: str | None,
     quiet: bool,
+    nproc: int | None,
     **_: Any,
 ) -> None:
     """Search hyper-parameters with Optuna; every trial is an ordinary `xt run`.
@@ -123,6 +125,11 @@ def tune_command(
     or with none (only --trials, --jobs, ...); a different one is refused. `xt show STUDY_DIR` and
     `xt plot STUDY_DIR` summarise a study.
     """
+    if nproc is not None and nproc != 1:
+        raise click.UsageError(
+            "--nproc: xt tune trains each trial in one process (distributed trials are not supported); "
+            "scale out with --jobs N worker processes, or xt tune on several machines with one --storage URL"
+        )
     if space_file and search:
         raise click.UsageError("give --search KEY=SPEC or a SPACE.py file, not both")
     defining = bool(space_file or search) or any(
