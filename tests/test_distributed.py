@@ -53,8 +53,9 @@ def torchrun(tmp_path, body, nproc=2, timeout=180):
     script.write_text(COMMON + textwrap.dedent(body))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
            "--standalone", str(script), str(tmp_path / "out")]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # output survives a teardown abort
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )  # output survives a teardown abort
 
 
 def succeeded(result):

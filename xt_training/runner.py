@@ -450,7 +450,11 @@ class _Buffers:
         self.next_compute: dict[str, float] = {}  # per metric: when its running value may be computed next
         self.keep_all = keep_all
         self.keep_outputs = bool(metrics) or keep_all
-        self.losses: list[torch.Tensor] = []  # since the last logging step
+        # The losses since the last logging step. On the CPU each is read at once (.item()): there is no
+        # device to wait for, and a float costs ~3 us a step less than keeping a detached tensor. On a
+        # GPU they stay tensors, read together at the logging step, so that a step never waits for it.
+        self.read_at_once = device.type == "cpu"
+        self.losses: list[torch.Tensor | float] = []
         self.sizes: list[int] = []
         self.outputs: list[tuple[Any, Any]] = []
         self.elements = 0
@@ -466,7 +470,7 @@ class _Buffers:
     def add(self, loss: torch.Tensor | None, y_pred: Any, y: Any) -> None:
         self.step += 1
         if loss is not None:
-            self.losses.append(loss.detach())
+            self.losses.append(loss.item() if self.read_at_once else loss.detach())
         self.sizes.append(batch_size(y))
         if self.keep_outputs:
             self.outputs.append((_detach(y_pred), _detach(y)))
@@ -486,11 +490,10 @@ class _Buffers:
         """Continue the totals and buffers of an interrupted pass (see ``Runner.position``)."""
         state = to_device({k: position[k] for k in ("loss_sum", "losses", "outputs", "metrics")}, self.device)
         self.step, self.count, self.sizes = step, position["count"], list(position["sizes"])
-        self.loss_sum, self.losses, self.outputs = (
-            state["loss_sum"],
-            list(state["losses"]),
-            list(state["outputs"]),
-        )
+        self.loss_sum, self.outputs = state["loss_sum"], list(state["outputs"])
+        # saved on another kind of device (floats from a CPU run, tensors from a GPU run): as this one keeps them
+        convert = float if self.read_at_once else lambda loss: torch.as_tensor(loss, device=self.device)
+        self.losses = [convert(loss) for loss in state["losses"]]
         self.elements = sum(_numel(p) for p, _ in self.outputs)
         for name, metric_state in state["metrics"].items():
             if (
@@ -530,7 +533,12 @@ class _Buffers:
 
         Under DDP the ``final`` values are synchronised over all ranks; running values are this rank's.
         """
-        self.chunk_losses = torch.stack(self.losses).float() if self.losses else None
+        if not self.losses:
+            self.chunk_losses = None
+        elif self.read_at_once:
+            self.chunk_losses = torch.tensor(self.losses, dtype=torch.float32)
+        else:
+            self.chunk_losses = torch.stack(self.losses).float()
         if self.chunk_losses is not None:
             sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.device, non_blocking=True)
             chunk_sum = (self.chunk_losses * sizes).sum()
