@@ -244,6 +244,7 @@ class Runner:
         skip_nonfinite = training and self.nonfinite_loss == "skip"
         log_every = self.log_every_n_steps
         checkpoint_every = (self.checkpoint_every_n_steps or 0) if training and self.on_checkpoint else 0
+        forward_fn, loss_fn, scaler, add = self.forward_fn, self.loss_fn, self.scaler, buffers.add
 
         if training:
             self.optimizer.zero_grad()
@@ -256,8 +257,8 @@ class Runner:
                 # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
                 no_sync = model.no_sync() if ddp_accumulation and step % accumulate else _NO_OP
                 with no_sync, autocast:
-                    y_pred, y = self.forward_fn(model, batch)
-                    loss = self.loss_fn(y_pred, y) if self.loss_fn is not None else None
+                    y_pred, y = forward_fn(model, batch)
+                    loss = loss_fn(y_pred, y) if loss_fn is not None else None
                 if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
                         f"loss_fn must return a scalar tensor, but returned {describe(loss)}; "
@@ -271,12 +272,12 @@ class Runner:
                     continue
                 if training:
                     scaled = loss / accumulate if accumulate > 1 else loss
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     if step % accumulate == 0:
                         self._optimizer_step()
 
-                # Per step only detached references are kept; no value leaves the device here.
-                buffers.add(loss, y_pred, y)
+                # Per step only detached references are kept: no value leaves a GPU here.
+                add(loss, y_pred, y)
                 tick()
                 log_step = step == 1 or step % log_every == 0
                 if log_step:

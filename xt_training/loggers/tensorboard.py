@@ -70,6 +70,11 @@ class TensorBoardLogger:
             raise ConfigError(
                 "TensorBoardLogger(histogram_every_n_steps=...) needs the model: pass model=model as well"
             )
+        # Imported now (tensorboard and protobuf: ~0.3 s, once per process), not inside the first training
+        # pass, where it would stall the first steps; the writer itself is created at the first write.
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer_class = SummaryWriter
         self.log_dir = Path(save_dir) / "tensorboard"
         self.histogram_every_n_steps = every
         self.model = model
@@ -83,16 +88,14 @@ class TensorBoardLogger:
         self._grad_hooks: list[Any] = []
 
     def _open(self, purge_step: int) -> Any:
-        """The ``SummaryWriter``, created at the first write (importing it takes ~1 s).
+        """The ``SummaryWriter``, created at the first write.
 
         TensorBoard hides the events of earlier event files in the directory from ``purge_step`` on: a
         new run hides everything an earlier run in the same directory logged (step 0), a resumed run
         what the interrupted run logged from the first step it logs again.
         """
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(
+            self._writer = self._writer_class(
                 log_dir=str(self.log_dir),
                 purge_step=purge_step if self._resumed else 0,
                 flush_secs=self.flush_secs,
