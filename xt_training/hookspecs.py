@@ -97,7 +97,7 @@ def register_loggers(register: Any) -> None:
 
     A logger factory returns an object following :class:`xt_training.loggers.Logger` (every method
     optional: ``start_run``, ``start_pass``, ``update_pass``, ``log_metrics``, ``end_pass``,
-    ``end_epoch``, ``end_run``, ``close``). The CLI passes ``save_dir`` (the run directory) when the
+    ``end_epoch``, ``notice``, ``flush``, ``end_run``, ``close``). The CLI passes ``save_dir`` (the run directory) when the
     factory accepts it; loggers that write files write them there.
     """
 

@@ -11,6 +11,8 @@ logger implements only what it needs (no base class to inherit). The loop calls 
             log_metrics({'train/loss': ...}, step)  at logging steps of training passes
             end_pass(name, values)                  exact values of the whole pass
         end_epoch(epoch, values, step)     all values of the epoch, as in the history ('val/acc', ...)
+    flush()                                before each checkpoint: make what was logged so far durable
+                                           (a run resumed from the checkpoint logs only what follows it)
     end_run(status)                        'completed', 'failed' or 'interrupted'
     notice(message)                        any time: a one-line message for the user (e.g. that the
                                            exact fast path for tensor data is used)
@@ -44,6 +46,8 @@ class Logger(Protocol):
     def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None: ...
 
     def notice(self, message: str) -> None: ...
+
+    def flush(self) -> None: ...
 
     def end_run(self, status: str) -> None: ...
 
@@ -88,6 +92,9 @@ class LoggerGroup:
 
     def notice(self, message: str) -> None:
         self._call("notice", message)
+
+    def flush(self) -> None:
+        self._call("flush")
 
     def end_run(self, status: str) -> None:
         self._call("end_run", status)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ class TensorBoardLogger:
             (checked at logging steps, so the interval is rounded up to ``log_every_n_steps``);
             needs ``model``. Default: no histograms.
         model: the model whose parameters the histograms show.
-        flush_secs: how often the writer's thread writes pending events; everything is also
+        flush_secs: how often the scalars of logging steps reach the event file; everything is also
             flushed at the end of each epoch and at close.
     """
 
@@ -84,6 +85,11 @@ class TensorBoardLogger:
         self._final: dict[str, float] = {}
         self._resumed = False
         self._step = 0  # the last step logged
+        # The scalars of logging steps wait here and go to the writer together every `flush_secs` (when
+        # the writer would write them to the file anyway): handing each one over at once wakes the
+        # writer's thread, whose fight for the GIL slowed the training loop by ~9 us a step.
+        self._pending: list[tuple[str, float, int]] = []
+        self._next_write = 0.0
         self._next_histogram = 0
         self._grad_hooks: list[Any] = []
 
@@ -108,13 +114,19 @@ class TensorBoardLogger:
 
     def log_metrics(self, values: dict[str, Any], step: int) -> None:
         writer = self._open(step)
-        for tag, value in values.items():
-            if is_scalar(value):
-                writer.add_scalar(tag, value, step)
+        self._pending.extend((tag, value, step) for tag, value in values.items() if is_scalar(value))
+        if time.monotonic() >= self._next_write:
+            self._write_pending()
         self._step = step
         if self.histogram_every_n_steps and step >= self._next_histogram:
             self._write_histograms(writer, step)
             self._next_histogram = (step // self.histogram_every_n_steps + 1) * self.histogram_every_n_steps
+
+    def _write_pending(self) -> None:
+        for tag, value, step in self._pending:
+            self._writer.add_scalar(tag, value, step)
+        self._pending = []
+        self._next_write = time.monotonic() + self.flush_secs
 
     def _write_histograms(self, writer: Any, step: int) -> None:
         # The loop frees the gradients right after each optimizer step, so at a logging step there
@@ -139,6 +151,7 @@ class TensorBoardLogger:
     def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None:
         # A resumed run that starts with an epoch row logged the epoch's training steps before: keep them.
         writer = self._open(step + 1)
+        self._write_pending()
         for key, value in values.items():
             if key != "epoch" and is_scalar(value):
                 writer.add_scalar(f"epoch/{key}", value, step)
@@ -151,13 +164,20 @@ class TensorBoardLogger:
             return
         from torch.utils.tensorboard.summary import hparams
 
+        self._write_pending()
         for summary in hparams(self._hparams, self._final):
             self._writer.file_writer.add_summary(summary, self._step)
         self._writer.flush()
 
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._write_pending()
+            self._writer.flush()
+
     def close(self) -> None:
         self._remove_grad_hooks()
         if self._writer is not None:
+            self._write_pending()
             self._writer.close()
 
 

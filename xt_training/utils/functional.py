@@ -185,6 +185,7 @@ def train(
     def save(path: Path, position: dict[str, Any] | None = None) -> None:
         if not main:
             return
+        runner.loggers.flush()  # what was logged up to the checkpoint survives a kill after it
         save_checkpoint(
             path, model, optimizer, scheduler,
             scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
