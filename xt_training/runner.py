@@ -417,7 +417,7 @@ def _length(loader: Any) -> int | None:
 
 def _detach(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.detach()
+        return obj.detach() if obj.requires_grad else obj  # labels and evaluation outputs: as they are
     if isinstance(obj, (tuple, list)):
         return (
             type(obj)(_detach(o) for o in obj)
