@@ -5,19 +5,22 @@ from a copy of plugins/xt-optuna) into a venv that sees this environment's packa
 xt-training) through a ``.pth`` file, as tests/test_plugins.py does, and every command runs
 ``python -m xt_training`` (the ``xt`` CLI) of that venv. Trials are tiny: synthetic-classification
 with 240 rows, 2-3 epochs. Refused commands (bad ``--search`` forms, a changed study) run in-process
-through click's CliRunner, with the plugin imported from the source tree. PostgreSQL is not tested: no server can be
-installed and started here in CI's time (the plugin's README says so).
+through click's CliRunner, with the plugin imported from the source tree. One test runs against a real
+PostgreSQL server that its fixture ``postgres_url`` starts (initdb and pg_ctl, as an unprivileged user under
+root; a few seconds) and stops; it is skipped where the server programs or psycopg2 are missing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +86,79 @@ def python(tmp_path_factory) -> Path:
         f"pip install 'xt-training[tune]' did not install xt-optuna into {site}\n{where.stdout}{where.stderr}"
     )
     return python
+
+
+def postgres_bindir() -> Path | None:
+    """The directory of PostgreSQL's server programs: that of ``pg_ctl`` on PATH, else the newest
+    ``/usr/lib/postgresql/VERSION/bin`` (Debian keeps them there, off PATH)."""
+    found = shutil.which("pg_ctl")
+    candidates = [Path(found).resolve().parent] if found else []
+    versions = [d for d in Path("/usr/lib/postgresql").glob("*/bin") if d.parent.name.isdigit()]
+    candidates += sorted(versions, key=lambda d: int(d.parent.name), reverse=True)
+    for bindir in candidates:
+        if all((bindir / name).is_file() for name in ("initdb", "pg_ctl", "postgres", "createdb")):
+            return bindir
+    return None
+
+
+@pytest.fixture
+def postgres_url():
+    """A SQLAlchemy URL of a database on a real PostgreSQL server started for this test, stopped after it.
+
+    initdb makes a throw-away cluster (user ``xt``, trust authentication, no fsync) in a new directory under
+    /tmp; the server listens only on a unix socket in that directory. PostgreSQL refuses to run as root, so
+    under root the server programs run as the ``postgres`` user (else ``nobody``) through ``runuser``, and
+    that user owns the directory. Skipped where the server programs, such a user or psycopg2 are missing.
+    """
+    pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary, in the dev extra) is not installed")
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl, postgres, createdb) are not installed")
+    as_user: list[str] = []
+    owner = None
+    if os.geteuid() == 0:  # postgres will not run as root
+        runuser = shutil.which("runuser")
+        for name in ("postgres", "nobody"):
+            try:
+                owner = pwd.getpwnam(name)
+                break
+            except KeyError:
+                continue
+        if runuser is None or owner is None:
+            pytest.skip("running as root, with no runuser or no postgres/nobody user to run PostgreSQL as")
+        as_user = [runuser, "-u", owner.pw_name, "--"]
+    root = Path(tempfile.mkdtemp(prefix="xt-pg-"))  # short: a socket path has at most 107 bytes
+    if owner is not None:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    data, log, port = root / "data", root / "server.log", 5432  # the port only names the socket file here
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+    def run(*args: str | Path, user: bool = True) -> None:
+        out = subprocess.run(
+            [*(as_user if user else []), *map(str, args)],
+            capture_output=True, text=True, env=env, cwd=root, timeout=120,
+        )  # fmt: skip
+        if out.returncode != 0:
+            server = log.read_text(errors="replace") if log.exists() else ""
+            pytest.fail(f"{' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}{out.stderr}{server}")
+
+    try:
+        run(bindir / "initdb", "-D", data, "-U", "xt", "--auth=trust", "--no-locale", "-E", "UTF8", "-N")
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"listen_addresses = ''\nunix_socket_directories = '{root}'\nport = {port}\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
+        run(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "start")
+        run(bindir / "createdb", "-h", root, "-p", str(port), "-U", "xt", "optuna", user=False)
+        yield f"postgresql+psycopg2://xt@/optuna?host={root}&port={port}"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                [*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                capture_output=True, env=env, cwd=root, timeout=60,
+            )  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def xt(python: Path, *args: str, cwd: Path, code: int = 0) -> subprocess.CompletedProcess:
@@ -276,6 +352,34 @@ def test_continue_a_study_and_refuse_a_changed_one(python, plugin_on_path, tmp_p
     other = f"sqlite:///{tmp_path / 'other.db'}"
     assert "pass the same --storage or none" in refused("tune", "--study-dir", study_dir, "--storage", other)
     assert len(study_of(tmp_path / "s").trials) == 5
+
+
+# --- PostgreSQL: a real server, one study shared by two study directories ---------------------------------------
+@pytest.mark.slow
+def test_a_study_in_postgresql_is_shared_and_continued(postgres_url, python, tmp_path):
+    args = [*BASE, "--epochs", "2", "--search", "lr=logfloat:1e-3:1e-1", "--pruner", "none", "-q"]
+    xt(python, "tune", *args, "--storage", postgres_url, "--trials", "3", "--study-dir", "s", cwd=tmp_path)
+    record = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert (record["study_name"], record["storage"]) == ("s", postgres_url)
+    assert not (tmp_path / "s" / "study.db").exists()
+    study = optuna.load_study(study_name="s", storage=postgres_url)  # from this process, from the server
+    assert [(t.number, t.state) for t in study.trials] == [(n, TrialState.COMPLETE) for n in range(3)]
+
+    # another machine: the same --storage and --study-name, trial directories under its own --study-dir
+    xt(
+        python, "tune", *args, "--storage", postgres_url, "--study-name", "s", "--trials", "2",
+        "--study-dir", "elsewhere", cwd=tmp_path,
+    )  # fmt: skip
+    # the first directory again, with no definition: the study as it is
+    xt(python, "tune", "--study-dir", "s", "--trials", "1", "--pruner", "none", "-q", cwd=tmp_path)
+    study = optuna.load_study(study_name="s", storage=postgres_url)
+    assert [(t.number, t.state) for t in study.trials] == [(n, TrialState.COMPLETE) for n in range(6)]
+    for study_dir, numbers in (("s", [0, 1, 2, 5]), ("elsewhere", [3, 4])):
+        assert sorted(int(p.name) for p in (tmp_path / study_dir / "trials").iterdir()) == numbers
+        for number in numbers:
+            assert_complete_run(tmp_path / study_dir, number)
+            assert study.trials[number].user_attrs["run_dir"].endswith(f"{study_dir}/trials/{number}")
+    assert "trials: 6 (6 complete, 0 pruned" in xt(python, "show", "elsewhere", cwd=tmp_path).stdout
 
 
 # --- failures ------------------------------------------------------------------------------------------------
