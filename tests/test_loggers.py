@@ -122,10 +122,13 @@ def test_tensorboard_interval_scalars_are_the_logged_running_values(run):
     interval = {t for t in acc.Tags()["scalars"] if not t.startswith("epoch/")}
     assert interval == {"train/loss", "train/acc"}  # no confusion matrix, no eval passes
     step_rows = [r for r in run.jsonl if r["kind"] == "step"]
+    assert [e.step for e in acc.Scalars("train/loss")] == logging_steps()
     for tag in interval:
+        # a metric whose compute() is slow (> 0.5 ms, as on a loaded machine) skips some logging steps
+        rows = [r for r in step_rows if tag in r]
         got = acc.Scalars(tag)
-        assert [e.step for e in got] == logging_steps()
-        assert [e.value for e in got] == pytest.approx([r[tag] for r in step_rows], rel=1e-6)
+        assert [e.step for e in got] == [r["step"] for r in rows]
+        assert [e.value for e in got] == pytest.approx([r[tag] for r in rows], rel=1e-6)
     # the running value at an epoch's last logging step is its exact value when the step ends the epoch
     last = [r for r in step_rows if r["step"] == STEPS_PER_EPOCH * 3]
     assert last == [] or last[0]["train/loss"] == pytest.approx(run.history[-1]["train/loss"])
