@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from xt_training import registry
@@ -423,6 +424,23 @@ def test_plugins_add_commands_and_broken_ones_are_reported(tmp_path):
     assert xt(
         "hello", "x", cwd=tmp_path, env={**env, "XT_DISABLE_PLUGIN_AUTOLOAD": "1"}, code=2
     ).stderr.startswith("xt: error: No such command 'hello'")
+
+
+def test_num_threads_sets_torch_threads_and_is_saved(tmp_path):
+    base = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=300",
+            "--epochs", "1", "-q"]  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        invoke(*base, "--save-dir", str(tmp_path / "one"), "--num-threads", "1", code=0)
+        assert torch.get_num_threads() == 1 and read(tmp_path / "one" / "config.json")["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "not in the range" in invoke(*base, "--num-threads", "0", code=2).output
+    config = {**read(tmp_path / "one" / "config.json"), "num_threads": 0}
+    (tmp_path / "bad.json").write_text(json.dumps(config))
+    out = invoke("run", "--config", str(tmp_path / "bad.json"), "--save-dir", str(tmp_path / "bad"), code=2)
+    assert "num_threads must be a positive integer or null, not 0" in out.output
 
 
 def test_loop_options_reach_f_train_and_the_saved_configuration(tmp_path):

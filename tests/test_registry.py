@@ -266,6 +266,30 @@ def test_image_folder_with_split_folders_and_errors(tmp_path):
         registry.create_data("image-folder", root=str(tmp_path / "empty"))
 
 
+def test_image_folder_workers_fit_the_machine(tmp_path, monkeypatch):
+    from xt_training.builtins.datasets import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert default_workers() == 8  # 15 cores left beside the loop, capped at 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_workers() == 3  # 4 cores per process under torchrun, one of them for the loop
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_workers() == 0  # one core: the loop loads the images itself
+
+    root = write_image_folder(tmp_path / "images", per_class=6)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    data = registry.create_data("image-folder", root=str(root), image_size=16, batch_size=4)
+    train = data.loaders["train"]
+    assert (train.num_workers, train.persistent_workers) == (1, True)
+    assert sum(len(y) for _, y in train) == len(train.dataset)  # images decoded in a worker process
+    assert (
+        registry.create_data("image-folder", root=str(root), num_workers=0).loaders["train"].num_workers == 0
+    )
+    with pytest.raises(ConfigError, match="num_workers must be >= 0"):
+        registry.create_data("image-folder", root=str(root), num_workers=-1)
+
+
 # --- error messages -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("call", "message"),

@@ -234,6 +234,10 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="NHWC memory format for the model and image batches.",
     ),
     click.option(
+        "--num-threads", type=click.IntRange(min=1),
+        help="CPU threads of torch's operators (torch.set_num_threads); default: torch's, one per core.",
+    ),
+    click.option(
         "--export", type=click.Choice(["onnx", "pt2", "torchscript"]),
         help="Export the best model once training ends (verified against the eager model).",
     ),

@@ -14,7 +14,8 @@
      "epochs": 10, "seed": 0, "device": null, "monitor": null, "mode": null, "log_every_n_steps": 50,
      "precision": "32", "accumulate_grad_batches": 1, "clip_grad_norm": null, "clip_grad_value": null,
      "checkpoint_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
-     "channels_last": false, "export": null}              # the arguments of F.train of the same names
+     "channels_last": false, "export": null,              # the arguments of F.train of the same names
+     "num_threads": null}                                 # torch.set_num_threads before the run; null: torch's
 
 The saved file also records, per component, ``resolved`` (every option the factory was called with,
 defaults and the values taken from the data included) and ``source`` (the plugin distribution that
@@ -81,9 +82,10 @@ SCALARS = {
     "compile": bool,
     "channels_last": bool,
     "export": (str, type(None)),
+    "num_threads": (int, type(None)),
 }
 #: the SCALARS passed to F.train under the same name
-TRAIN_ARGS = tuple(key for key in SCALARS if key not in ("epochs", "seed"))
+TRAIN_ARGS = tuple(key for key in SCALARS if key not in ("epochs", "seed", "num_threads"))
 #: facts a data set's ``info`` may give that model factories take by these names
 DATA_INFO_KEYS = ("num_classes", "in_features", "in_channels", "image_size", "input_size", "seq_len")
 REQUIRED_IN_CONFIG_FILE = ("model", "train_loader", "optimizer", "loss_fn", "epochs")
@@ -117,6 +119,7 @@ def default_config() -> dict[str, Any]:
         "compile": False,
         "channels_last": False,
         "export": None,
+        "num_threads": None,
     }
 
 
@@ -188,6 +191,21 @@ def _component(value: Any, where: str) -> dict[str, Any] | None:
     if not isinstance(options, dict):
         raise ConfigError(f"{where}: 'options' must be an object of option -> value, not {options!r}")
     return {**value, "options": options}
+
+
+def set_num_threads(n: int | None) -> None:
+    """``torch.set_num_threads(n)``: the CPU threads of torch's operators (None keeps torch's, one per core).
+
+    Fewer threads than cores helps where other processes share the machine (several runs, DataLoader
+    workers); small models often run fastest on one.
+    """
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"num_threads must be a positive integer or null, not {n!r}")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def seed_everything(seed: int) -> None:
@@ -291,6 +309,7 @@ def build(
     """
     config = _checked_run(config)
     seed_everything(config["seed"])
+    set_num_threads(config["num_threads"])
     saved: dict[str, Any] = {"format": FORMAT, "xt_training_version": __version__}
     data, saved["data"] = _make("data", config["data"])
     if not isinstance(data, registry.Data):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +278,7 @@ def image_folder(
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     seed: int = 0,
 ) -> Data:
     """Images in class folders (torchvision ImageFolder): resized, center-cropped, ImageNet-normalised.
@@ -285,7 +286,8 @@ def image_folder(
     ``root`` is either one folder of class folders (split into train/val/test, seeded), or has
     ``train/`` and optionally ``val/`` and ``test/`` folders of class folders. ``predict_path`` is a folder
     of images without class folders (``xt predict --input``): the split ``predict`` yields them, in the
-    order of their file names, prepared as the evaluation images are.
+    order of their file names, prepared as the evaluation images are. ``num_workers``: DataLoader worker
+    processes decoding the images; None fits the machine (see :func:`default_workers`).
     """
     from torchvision import transforms
 
@@ -315,7 +317,7 @@ def folder_data(
     val_fraction: float,
     test_fraction: float,
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     seed: int,
     predict_path: str | None = None,
 ) -> Data:
@@ -335,7 +337,16 @@ def folder_data(
                 f"image folder '{path}': {e}; it must hold one folder of images per class"
             ) from None
 
-    options = {"batch_size": batch_size, "num_workers": num_workers}
+    workers = default_workers() if num_workers is None else num_workers
+    if workers < 0:
+        raise ConfigError(f"num_workers must be >= 0 (or None: fit the machine), not {num_workers}")
+    # workers live across epochs (no new processes per pass); pinned batches copy to a GPU asynchronously
+    options = {
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+    }
     if (base / "train").is_dir():
         train = folder(base / "train", train_transform)
         loaders = {"train": DataLoader(train, shuffle=True, **options)}
@@ -365,6 +376,14 @@ def folder_data(
         "in_features": 3 * image_size * image_size,
     }
     return Data(loaders, info, **_CLASSIFICATION)
+
+
+def default_workers() -> int:
+    """DataLoader workers that fit this machine: one per core this process may use, less one for the
+    training loop itself, shared among the processes of this machine under torchrun, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, cores // local_processes - 1))
 
 
 class ImageFiles(torch.utils.data.Dataset):

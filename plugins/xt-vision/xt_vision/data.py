@@ -65,7 +65,7 @@ def augmented_image_folder(
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     seed: int = 0,
 ) -> Data:
     """Images in class folders (see xt-training's ``image-folder``), augmented for training by ``preset``.
