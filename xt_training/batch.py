@@ -17,7 +17,7 @@ the batch already moved to the device. Examples::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -25,23 +25,33 @@ import torch
 from .errors import BatchError
 
 
+def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it: nested tuples (named ones too), lists and dicts
+    are rebuilt around the results, other leaves are kept as they are."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        mapped = [map_tensors(fn, o) for o in obj]
+        if hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*mapped)
+        return type(obj)(mapped) if isinstance(obj, tuple) else mapped
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(fn, v) for k, v in obj.items()}
+    return obj
+
+
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False, channels_last: bool = False) -> Any:
     """Move every tensor in a nested tuple/list/dict to ``device``; other leaves are kept as they are.
 
     With ``channels_last``, 4-D floating-point tensors (image batches) also get that memory format.
     """
-    if isinstance(obj, torch.Tensor):
-        if channels_last and obj.ndim == 4 and obj.is_floating_point():
-            return obj.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, (tuple, list)):
-        moved = [to_device(o, device, non_blocking, channels_last) for o in obj]
-        if hasattr(obj, "_fields"):  # namedtuple
-            return type(obj)(*moved)
-        return type(obj)(moved) if isinstance(obj, tuple) else moved
-    if isinstance(obj, Mapping):
-        return {k: to_device(v, device, non_blocking, channels_last) for k, v in obj.items()}
-    return obj
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if channels_last and t.ndim == 4 and t.is_floating_point():
+            return t.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
+        return t.to(device, non_blocking=non_blocking)
+
+    return map_tensors(move, obj)
 
 
 def prefetch_to_cuda(
@@ -65,23 +75,13 @@ def prefetch_to_cuda(
     while upcoming is not _END:
         current.wait_stream(stream)  # the step waits for its batch's copy (on the GPU, not the host)
         batch = upcoming
-        _record_stream(batch, current)  # its memory must not be reused while the step still reads it
+        # its memory must not be reused while the step still reads it
+        map_tensors(lambda t: t.record_stream(current), batch)
         upcoming = load()
         yield batch
 
 
 _END = object()
-
-
-def _record_stream(obj: Any, stream: Any) -> None:
-    if isinstance(obj, torch.Tensor):
-        obj.record_stream(stream)
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            _record_stream(o, stream)
-    elif isinstance(obj, Mapping):
-        for o in obj.values():
-            _record_stream(o, stream)
 
 
 def concat(chunks: list[Any], ragged_to_list: bool = False) -> Any:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .batch import concat, describe, to_device
+from .batch import concat, describe, map_tensors, to_device
 from .checkpoint import load_checkpoint
 from .errors import BatchError, CheckpointError, ConfigError, XtError
 from .fastpath import check_data_on_device, fast_batches
@@ -347,15 +347,7 @@ def _columns(y_pred: Any) -> dict[str, list[Any]]:
 
 def _owned(obj: Any) -> Any:
     """Copies of tensors made under inference mode, which could not be modified in place outside it."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone() if obj.is_inference() else obj
-    if isinstance(obj, list):
-        return [_owned(o) for o in obj]
-    if isinstance(obj, tuple):
-        return tuple(_owned(o) for o in obj)
-    if isinstance(obj, Mapping):
-        return {k: _owned(v) for k, v in obj.items()}
-    return obj
+    return map_tensors(lambda t: t.clone() if t.is_inference() else t, obj)
 
 
 # --- models and tokenizers of a run directory ------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from . import distributed
-from .batch import batch_size, concat, default_forward, describe, prefetch_to_cuda, to_device
+from .batch import batch_size, concat, default_forward, describe, map_tensors, prefetch_to_cuda, to_device
 from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError
 from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup
@@ -416,17 +416,8 @@ def _length(loader: Any) -> int | None:
 
 
 def _detach(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach() if obj.requires_grad else obj  # labels and evaluation outputs: as they are
-    if isinstance(obj, (tuple, list)):
-        return (
-            type(obj)(_detach(o) for o in obj)
-            if not hasattr(obj, "_fields")
-            else type(obj)(*map(_detach, obj))
-        )
-    if isinstance(obj, Mapping):
-        return {k: _detach(v) for k, v in obj.items()}
-    return obj
+    # labels and evaluation outputs need no detach: they are kept as they are
+    return map_tensors(lambda t: t.detach() if t.requires_grad else t, obj)
 
 
 def _numel(obj: Any) -> int:
