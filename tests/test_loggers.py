@@ -145,6 +145,15 @@ def test_tensorboard_hparams_hold_the_config_and_final_metrics(run):
     assert hparams["epochs"].number_value == 3
     metric_tags = {m.name.tag for m in data["_hparams_/experiment"].experiment.metric_infos}
     assert metric_tags == {f"epoch/{k}" for k in scalar_items(run.history[-1]) if "/" in k}
+    assert session_status(run.dir / "tensorboard") == "STATUS_SUCCESS"
+
+
+def session_status(log_dir) -> str:
+    """The status the HPARAMS dashboard shows for the run."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    content = events(log_dir).PluginTagToContent("hparams")["_hparams_/session_end_info"]
+    return api_pb2.Status.Name(plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status)
 
 
 def test_tensorboard_histograms_of_weights_and_gradients(run):
@@ -182,6 +191,7 @@ def test_tensorboard_events_survive_a_failed_run(tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 21))
     assert [e.step for e in acc.Scalars("epoch/train/loss")] == [STEPS_PER_EPOCH]
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    assert session_status(tmp_path / "tensorboard") == "STATUS_FAILURE"
 
 
 # --- CSV and JSONL -----------------------------------------------------------------------------------

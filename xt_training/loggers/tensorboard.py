@@ -19,7 +19,8 @@ running values of the same name. Non-scalar metrics (confusion matrices) are ski
 
 At the end of the run the configuration given to ``start_run`` (numbers, strings and booleans;
 nested dicts flattened to ``a.b``) is written for the HPARAMS dashboard, with the ``epoch/...``
-scalars as its metrics, whose last values are the final metrics. They are written into the same
+scalars as its metrics, whose last values are the final metrics, and the run's status (success for a
+completed or early-stopped run, failure for a failed one, unknown for an interrupted, resumable one). They are written into the same
 event directory -- ``SummaryWriter.add_hparams`` would create a second, timestamped run for them.
 """
 
@@ -162,10 +163,19 @@ class TensorBoardLogger:
     def end_run(self, status: str) -> None:
         if self._writer is None:  # nothing was logged
             return
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
         from torch.utils.tensorboard.summary import hparams
 
         self._write_pending()
-        for summary in hparams(self._hparams, self._final):
+        experiment, start, end = hparams(self._hparams, self._final)
+        # torch always records a success: record the run's own ending instead (an interrupted run,
+        # resumable, is neither a success nor a failure)
+        outcome = {"completed": "STATUS_SUCCESS", "stopped": "STATUS_SUCCESS", "failed": "STATUS_FAILURE"}
+        plugin = end.value[0].metadata.plugin_data
+        data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+        data.session_end_info.status = api_pb2.Status.Value(outcome.get(status, "STATUS_UNKNOWN"))
+        plugin.content = data.SerializeToString()
+        for summary in (experiment, start, end):
             self._writer.file_writer.add_summary(summary, self._step)
         self._writer.flush()
 
