@@ -416,8 +416,11 @@ def _length(loader: Any) -> int | None:
 
 
 def _detach(obj: Any) -> Any:
-    # labels and evaluation outputs need no detach: they are kept as they are
-    return map_tensors(lambda t: t.detach() if t.requires_grad else t, obj)
+    return map_tensors(_detach_tensor, obj)
+
+
+def _detach_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.detach() if t.requires_grad else t  # labels and evaluation outputs: kept as they are
 
 
 def _numel(obj: Any) -> int:
