@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -31,3 +36,30 @@ def tabular():
 def mlp(features: int = 16, classes: int = 3) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
+
+
+def overlay_venv(venv: Path, hide: str | None = None) -> tuple[Path, Path]:
+    """Make a venv that sees this environment's packages (torch, xt-training...) through a ``.pth`` file;
+    returns its python and its own site-packages, where ``pip --python PYTHON install`` puts what it installs.
+
+    ``hide`` leaves out this environment's entries whose names contain it (``xt_optuna``: a plugin installed
+    here would otherwise satisfy the requirement that the test wants pip to install).
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    base = Path(sysconfig.get_paths()["purelib"])
+    if hide is not None:
+        visible = venv.parent / f"{venv.name}-base-site"
+        visible.mkdir()
+        for entry in base.iterdir():
+            if hide not in entry.name.lower().replace("-", "_"):
+                (visible / entry.name).symlink_to(entry)
+        base = visible
+    (site / "_xt_base.pth").write_text(f"import site; site.addsitedir({str(base)!r})\n")
+    return python, site

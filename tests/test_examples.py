@@ -15,10 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import overlay_venv
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -84,14 +84,7 @@ def test_config_file_with_xt_train_and_xt_test(tmp_path):
 
 @pytest.mark.slow
 def test_plugin_skeleton_installs_lists_runs_and_uninstalls(tmp_path):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path).stdout
-    # this environment's packages (torch, xt-training) are seen there; what pip installs goes into the venv
-    (Path(site.strip()) / "_xt_base.pth").write_text(
-        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
-    )
+    python, _ = overlay_venv(tmp_path / "venv")
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
     pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "-q"]
     source = shutil.copytree(EXAMPLES / "plugin_skeleton", tmp_path / "src")

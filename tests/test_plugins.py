@@ -13,11 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import overlay_venv
 
 from xt_training.errors import ConfigError
 
@@ -170,19 +170,7 @@ def test_augmented_image_folder_presets(vision, preset, tmp_path):
 # --- pip install for real ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_pip_install_list_run_and_uninstall_the_plugins(tmp_path):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    )  # fmt: skip
-    # this environment's packages (torch, xt-training) are visible there; what pip installs goes to the venv
-    (site / "_xt_base.pth").write_text(
-        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
-    )
+    python, _ = overlay_venv(tmp_path / "venv")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
 

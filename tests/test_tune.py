@@ -19,12 +19,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import overlay_venv
 
 optuna = pytest.importorskip("optuna")
 
@@ -50,21 +50,7 @@ def python(tmp_path_factory) -> Path:
     is hidden from the venv, or pip would find the requirement already satisfied.
     """
     root = tmp_path_factory.mktemp("tune-venv")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    )  # fmt: skip
-    base = root / "base-site"  # this environment's site-packages less any xt-optuna
-    base.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if "xt_optuna" not in entry.name.lower().replace("-", "_"):
-            (base / entry.name).symlink_to(entry)
-    (site / "_xt_base.pth").write_text(f"import site; site.addsitedir({str(base)!r})\n")
+    python, site = overlay_venv(root / "venv", hide="xt_optuna")
 
     source = shutil.copytree(PLUGIN, root / "src" / "xt-optuna")
     wheels = root / "wheels"
