@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.serialization  # noqa: F401 - torch.save imports it at its first call (~3 ms): paid here, not in the run
 
 from .. import distributed
 from ..callbacks import Run
@@ -35,6 +36,7 @@ from ..checkpoint import (
     write_json,
 )
 from ..errors import ConfigError
+from ..loggers.console import ConsoleLogger
 from ..predict import predict
 from ..rng import capture_rng, loader_generators, restore_rng
 from ..runner import Runner, prepare_metrics, step_scheduler
@@ -525,8 +527,6 @@ def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
 
 def _resolve_loggers(loggers: Iterable[Any] | None, save_dir: Path, quiet: bool) -> list[Any]:
     """Logger instances from instances or registered names; the console logger unless quiet."""
-    from ..loggers.console import ConsoleLogger
-
     resolved = []
     for lg in loggers or []:
         if isinstance(lg, str):
