@@ -11,10 +11,16 @@ DATA is ``map`` (a small map-style ``Dataset`` class: no shortcut can apply, so 
 loop's own overhead) or ``tensor`` (``DataLoader(TensorDataset(x, y))``, the case an in-memory fast
 path speeds up). Training runs ``STEPS`` optimizer steps over ``EPOCHS`` epochs; evaluation runs
 ``STEPS`` batches in one pass.
+
+DATA ``gpu`` is another workload (issue 5): a ResNet-18 on synthetic 3x224x224 images, bf16 autocast,
+channels_last, on a CUDA GPU (``BENCH_SKIP`` without one); see :func:`make_gpu_setup`. Setting
+``XT_BENCH_GPU_ON_CPU=1`` runs those cases in a tiny form on the CPU (32x32 images): only the smoke
+test does, to check that the code runs end to end; its timings mean nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import math
@@ -23,7 +29,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +70,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     loss_fn: torch.nn.Module
     loader: DataLoader
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def make_setup(data: str, steps: int, epochs: int, workdir: Path, shuffle: bool = True) -> Setup:
@@ -98,14 +105,20 @@ class Skip(Exception):
 Timing = tuple[float, float]
 
 
-def timed(fn: Callable[[], Any]) -> Timing:
+def timed(fn: Callable[[], Any], device: torch.device | None = None) -> Timing:
     """(wall seconds, CPU seconds of this process) of ``fn()``.
 
     The CPU time leaves out the time the process waited for a core, so on a shared machine it is the
-    steadier of the two; both include the work of helper threads (e.g. TensorBoard's writer).
+    steadier of the two; both include the work of helper threads (e.g. TensorBoard's writer). On a CUDA
+    ``device`` the clocks are read after ``torch.cuda.synchronize()``: the queued kernels count.
     """
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -360,6 +373,208 @@ def memory(s: Setup) -> tuple[Timing, dict[str, Any]]:
     return timing, {"epochs": probe.rows}
 
 
+# ---- GPU: ResNet-18 on synthetic 224x224 images, bf16 (DATA 'gpu'; issue 5) ---------------------------
+
+GPU_ON_CPU = "XT_BENCH_GPU_ON_CPU"  # "1": the GPU cases in a tiny form on the CPU (the smoke test only)
+GPU_IMAGE_SIZE = 224
+TINY_IMAGE_SIZE = 32  # with GPU_ON_CPU
+GPU_WORKERS = 4  # DataLoader workers of the tuned loader (not persistent: see make_gpu_setup)
+TINY_WORKERS = 1  # with GPU_ON_CPU: the same code path, without forking 4 workers an epoch on a small machine
+GPU_LR = 0.02
+GPU_WARMUP_STEPS = 3
+SIGNAL = 0.05  # an image is this much its class's template, the rest noise: the loss falls as it trains
+TEMPLATE_SIZE = 7  # the templates are random 7x7 colour blocks, upsampled: shapes a CNN can learn
+
+
+class ToFloat(torch.nn.Module):
+    """The model's first layer: uint8 images to floats in [-1, 1], on the device, keeping the memory
+    format (so the host-to-device copies move a quarter of float32's bytes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().mul_(2 / 255).sub_(1)
+
+
+def gpu_device() -> torch.device:
+    """CUDA, or the CPU with ``XT_BENCH_GPU_ON_CPU=1``; otherwise the case is skipped."""
+    if os.environ.get(GPU_ON_CPU) == "1":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise Skip(f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False)")
+    return torch.device("cuda")
+
+
+def synthetic_images(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` uint8 images (3 x size x size) and their labels, on the host. Each image is ``SIGNAL`` of its
+    class's template (a smooth random colour pattern) plus uniform noise. Drawn from a generator seeded
+    with ``SEED`` on ``device`` (fast on a GPU; the same numbers in every process on the same device), in
+    chunks, then copied to the host."""
+    g = torch.Generator(device=device).manual_seed(SEED)
+    shape = (3, size, size)
+    coarse = torch.randint(0, 256, (NUM_CLASSES, 3, TEMPLATE_SIZE, TEMPLATE_SIZE), generator=g, device=device)
+    templates = torch.nn.functional.interpolate(coarse.float(), size=(size, size), mode="bilinear")
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=g, device=device)
+    x = torch.empty((n, *shape), dtype=torch.uint8)
+    for i in range(0, n, 512):
+        labels = y[i : i + 512]
+        noise = torch.randint(0, 256, (len(labels), *shape), generator=g, device=device, dtype=torch.uint8)
+        mixed = noise.float().mul_(1 - SIGNAL).add_(templates[labels].mul_(SIGNAL))
+        x[i : i + len(labels)] = mixed.round_().to(torch.uint8).cpu()
+    return x, y.cpu()
+
+
+def warm_up(s: Setup) -> None:
+    """A few bf16 steps of a copy of the model on a batch of the data, before the clock starts: CUDA
+    context, cuDNN/cuBLAS handles, cudnn.benchmark's algorithm choice and the caching allocator are then
+    ready alike for every case. The copy leaves the model, optimizer and global RNG untouched. (It runs in
+    the tiny CPU form too, so that the smoke test runs its code.)"""
+    model = copy.deepcopy(s.model).to(s.device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=GPU_LR, momentum=0.9)
+    x = s.x[:BATCH_SIZE].to(s.device).contiguous(memory_format=torch.channels_last)
+    y = s.y[:BATCH_SIZE].to(s.device)
+    for _ in range(GPU_WARMUP_STEPS):
+        with torch.autocast(s.device.type, dtype=torch.bfloat16):
+            loss = s.loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    del model, optimizer, x, y, loss
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+
+
+def make_gpu_setup(steps: int, workdir: Path, tuned_loader: bool) -> Setup:
+    """ResNet-18 (torchvision, 10 classes, random init: nothing is downloaded) behind :class:`ToFloat`,
+    SGD (lr ``GPU_LR``, momentum 0.9), cross-entropy, ``STEPS // EPOCHS`` batches of 64 synthetic images
+    per epoch, ``EPOCHS`` epochs, seed ``SEED``; ``cudnn.benchmark`` on (in every case alike).
+
+    ``tuned_loader``: ``DataLoader(..., shuffle=True, pin_memory=True, num_workers=GPU_WORKERS)`` as a
+    tuned loop has it, else a plain ``DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)``.
+    The workers are not persistent: a persistent loader draws its base seed once, not once per epoch,
+    so from the 2nd epoch on it would shuffle differently from the other loader (and from F.train's fast
+    path). The model stays on the host: moving it to the device is part of the timed work of each case.
+    """
+    device = gpu_device()  # skips without CUDA, before anything slow
+    from torchvision.models import resnet18
+
+    torch.set_num_threads(1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    size = TINY_IMAGE_SIZE if device.type == "cpu" else GPU_IMAGE_SIZE
+    batches = max(1, steps // EPOCHS)
+    x, y = synthetic_images(batches * BATCH_SIZE, size, device)
+    torch.manual_seed(SEED)  # the global RNG drives the init and the shuffling: equal in every case
+    model = torch.nn.Sequential(ToFloat(), resnet18(weights=None, num_classes=NUM_CLASSES))
+    optimizer = torch.optim.SGD(model.parameters(), lr=GPU_LR, momentum=0.9)
+    dataset = TensorDataset(x, y)
+    if tuned_loader:
+        workers = TINY_WORKERS if device.type == "cpu" else GPU_WORKERS
+        loader = DataLoader(
+            dataset, batch_size=BATCH_SIZE, shuffle=True, pin_memory=True, num_workers=workers
+        )
+    else:
+        loader = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True)
+    s = Setup("gpu", batches * EPOCHS, EPOCHS, workdir, x, y, model, optimizer, torch.nn.CrossEntropyLoss(),
+              loader, device)  # fmt: skip
+    warm_up(s)
+    return s
+
+
+def gpu_plain(s: Setup) -> Timing:
+    """The tuned hand-written loop: channels_last model and inputs, bf16 autocast, pinned batches copied
+    with ``non_blocking=True``, ``zero_grad(set_to_none=True)``, no host read of any value per step."""
+
+    def run() -> None:
+        device, opt, loss_fn = s.device, s.optimizer, s.loss_fn
+        model = s.model.to(device, memory_format=torch.channels_last).train()
+        for _ in range(s.epochs):
+            for x, y in s.loader:
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                y = y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+    return timed(run, s.device)
+
+
+def _gpu_train(s: Setup) -> Timing:
+    """``F.train`` with its defaults but for ``precision='bf16-mixed'`` and ``channels_last=True``."""
+    from xt_training.utils import functional as F
+
+    return timed(
+        lambda: F.train(s.workdir / "run", s.loader, s.model, s.optimizer, s.epochs, s.loss_fn,
+                        device=s.device, precision="bf16-mixed", channels_last=True),
+        s.device,
+    )  # fmt: skip
+
+
+def gpu_runner(s: Setup) -> Timing:
+    """The loop alone: a ``Runner`` (bf16-mixed, channels_last, quiet) called once per epoch on the tuned
+    loader, without F.train's per-epoch checkpoints (~90 MB each for ResNet-18 with momentum) and history."""
+    from xt_training import Runner
+
+    def run() -> None:
+        runner = Runner(s.model, s.loss_fn, s.optimizer, device=s.device, precision="bf16-mixed",
+                        channels_last=True, quiet=True)  # fmt: skip
+        s.model.train()
+        for epoch in range(1, s.epochs + 1):
+            runner.epoch = epoch
+            runner(s.loader, "train")
+
+    return timed(run, s.device)
+
+
+def data_path(s: Setup) -> str:
+    """Which data path F.train took, from the notices in the run's notes.txt."""
+    notes = s.workdir / "run" / "notes.txt"
+    text = notes.read_text() if notes.is_file() else ""
+    fast = [line for line in text.splitlines() if line.startswith("fast path")]
+    if fast:
+        return fast[0].split(" -- ")[0]  # e.g. 'fast path: batches are gathered on cuda:0 directly from ...'
+    path = "the DataLoader's batches (no fast-path notice in notes.txt)"
+    return path + (", copied to the GPU on a side stream one step ahead" if s.device.type == "cuda" else "")
+
+
+def gpu_final_loss(s: Setup) -> float:
+    """The trained model's loss on the whole training set (eval mode, bf16 autocast, batches of 256)."""
+    model, total = s.model.eval(), torch.zeros((), device=s.device)
+    with torch.no_grad(), torch.autocast(s.device.type, dtype=torch.bfloat16):
+        for i in range(0, len(s.x), 256):
+            x = s.x[i : i + 256].to(s.device).contiguous(memory_format=torch.channels_last)
+            y = s.y[i : i + 256].to(s.device)
+            total += torch.nn.functional.cross_entropy(model(x).float(), y, reduction="sum")
+    return total.item() / len(s.x)
+
+
+def gpu_info(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"CPU ({GPU_ON_CPU}=1: tiny form, {TINY_IMAGE_SIZE}x{TINY_IMAGE_SIZE} images; timings mean nothing)"
+    cudnn = torch.backends.cudnn.version()
+    return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, cuDNN {cudnn}"
+
+
+def run_gpu_case(case: str, steps: int, workdir: Path) -> dict[str, Any]:
+    if case not in GPU_CASES:
+        raise SystemExit(f"unknown GPU case {case!r}; choose one of: {', '.join(GPU_CASES)}")
+    s = make_gpu_setup(steps, workdir, tuned_loader=case != "xt_fast")
+    timing = GPU_CASES[case](s)
+    extra = {"loss": gpu_final_loss(s), "device": gpu_info(s.device), "seed": SEED}
+    extra["image_size"] = s.x.shape[-1]
+    if case.startswith("xt_") and case != "xt_runner":
+        extra["path"] = data_path(s)
+    return {"timing": timing, "steps": s.steps, **extra}
+
+
+GPU_CASES: dict[str, Callable[[Setup], Timing]] = {
+    "plain": gpu_plain,
+    "xt_defaults": _gpu_train,  # the tuned loop's loader: pinned, workers
+    "xt_fast": _gpu_train,  # a plain DataLoader over the TensorDataset: F.train's fast path
+    "xt_runner": gpu_runner,  # the tuned loop's loader
+}
+
+
 TRAIN_CASES: dict[str, Callable[[Setup], Timing]] = {
     f.__name__: f
     for f in (plain, plain_item, plain_metrics, xt_defaults, xt_logging, xt_full, ignite, lightning)
@@ -370,6 +585,10 @@ CASES = [*TRAIN_CASES, *EVAL_CASES, "memory"]
 
 def run_case(case: str, data: str, steps: int, workdir: Path) -> dict[str, Any]:
     """Run one case and return its result (what ``BENCH_RESULT`` prints)."""
+    if data == "gpu":
+        gpu = run_gpu_case(case, steps, workdir)
+        wall, cpu = gpu.pop("timing")
+        return {"case": case, "data": data, "seconds": wall, "cpu_seconds": cpu, **gpu, **_package()}
     if case in TRAIN_CASES:
         s = make_setup(data, steps, EPOCHS, workdir)
         timing, extra = TRAIN_CASES[case](s), {}
@@ -385,14 +604,19 @@ def run_case(case: str, data: str, steps: int, workdir: Path) -> dict[str, Any]:
     extra = {k: v for k, v in extra.items() if not (isinstance(v, float) and math.isnan(v))}
     wall, cpu = timing
     result = {"case": case, "data": data, "steps": s.steps, "seconds": wall, "cpu_seconds": cpu, **extra}
-    if "xt_training" in sys.modules:  # which copy ran: run.py --compare checks it
-        result["xt_training"] = str(Path(sys.modules["xt_training"].__file__).parent)
-    return result
+    return {**result, **_package()}
+
+
+def _package() -> dict[str, str]:
+    """Which copy of xt_training ran, if any: run.py --compare checks it."""
+    if "xt_training" not in sys.modules:
+        return {}
+    return {"xt_training": str(Path(sys.modules["xt_training"].__file__).parent)}
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 4 or argv[1] not in ("map", "tensor") or not argv[2].isdigit():
-        raise SystemExit("usage: python benchmarks/cases.py CASE {map,tensor} STEPS WORKDIR")
+    if len(argv) != 4 or argv[1] not in ("map", "tensor", "gpu") or not argv[2].isdigit():
+        raise SystemExit("usage: python benchmarks/cases.py CASE {map,tensor,gpu} STEPS WORKDIR")
     case, data, steps, workdir = argv[0], argv[1], int(argv[2]), Path(argv[3])
     os.makedirs(workdir, exist_ok=True)
     try:

@@ -1,22 +1,33 @@
 """Smoke test of the benchmark harness: one tiny round of every case, end to end, in real processes.
 
 It checks that the harness runs and reports, not how fast anything is (timings are not tests here):
-every case has a row with a time (or, for the optional peers, a reason it was skipped), every group's
-cases did the same work, and the memory probe found no live autograd graph between epochs.
+every case has a row with a time (or, for the optional peers and the GPU cases without CUDA, a reason it
+was skipped), every group's cases did the same work, and the memory probe found no live autograd graph
+between epochs. The GPU cases also run here in their tiny CPU form (``XT_BENCH_GPU_ON_CPU=1``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 OPTIONAL = {"ignite", "lightning"}  # benchmark-only extras: skipped with a note when not installed
+GPU_CASES = ["plain", "xt_defaults", "xt_fast", "xt_runner"]
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def load_harness():
@@ -47,12 +58,13 @@ def test_quick_round_of_every_case(tmp_path):
     harness = load_harness()
     for group in harness.GROUPS:
         section = text.split(f"### {group.title}", 1)[1].split("###", 1)[0]
+        may_skip = OPTIONAL if group.name != "gpu" or has_cuda() else set(group.cases)
         for case in group.cases:
             row = re.search(rf"^\| {case} \| (.*)$", section, re.MULTILINE)
             assert row, f"no row for {group.name}/{case}"
             timed = re.match(r"\d+\.\d{4} \|", row.group(1))
-            assert timed or (case in OPTIONAL and row.group(1).startswith("skipped: ")), row.group(0)
-        assert "Equal work: yes" in section, section
+            assert timed or (case in may_skip and row.group(1).startswith("skipped: ")), row.group(0)
+        assert "Equal work: yes" in section or may_skip == set(group.cases), section
 
     startup = text.split("### Start-up", 1)[1].split("###", 1)[0]
     assert re.search(r"^\| `python -c 'import torch'` \| \d+\.\d{3} \|", startup, re.MULTILINE), startup
@@ -102,3 +114,64 @@ def test_profiler_runs_and_compares_a_copy(tmp_path):
     for heading in ("## 1. Loop overhead", "## 2. F.train", "## 3. The pieces", "## 4. cProfile"):
         assert heading in proc.stdout
     assert f"| Runner(quiet=True) of {tmp_path} | " in proc.stdout
+
+
+def run_gpu_group(tmp_path, gpu_on_cpu: bool, only: str = "gpu/*") -> tuple[subprocess.CompletedProcess, str]:
+    env = {k: v for k, v in os.environ.items() if k != "XT_BENCH_GPU_ON_CPU"}
+    if gpu_on_cpu:
+        env["XT_BENCH_GPU_ON_CPU"] = "1"
+    out = tmp_path / "RESULTS-GPU.md"
+    argv = ["--only", only, "--rounds", "1", "--gpu-steps", "6", "--no-startup", "--no-memory"]
+    proc = subprocess.run(
+        [sys.executable, str(RUN), *argv, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc, out.read_text()
+
+
+def test_gpu_cases_run_end_to_end_in_their_tiny_cpu_form(tmp_path):
+    # ResNet-18 on 32x32 images, 2 batches of 64 per epoch, bf16 autocast on the CPU: the code of every
+    # GPU case runs, prints its BENCH_RESULT (a row with a time comes from nothing else) and its loss.
+    proc, text = run_gpu_group(tmp_path, gpu_on_cpu=True)
+    assert "- GPU work: torchvision ResNet-18" in text and "- Work: MLP" not in text
+    losses = set()
+    for case in GPU_CASES:
+        printed = re.search(
+            rf"^round 1/1  gpu/{case} +[\d.]+ s/1000 steps .* loss (\d+\.\d+)$", proc.stdout, re.M
+        )
+        assert printed, proc.stdout
+        row = re.search(rf"^\| {case} \| \d+\.\d{{4}} \|.* \| (\d+\.\d{{6}}) \|$", text, re.MULTILINE)
+        assert row and row.group(1) == printed.group(1), text
+        losses.add(row.group(1))
+    # CPU kernels are deterministic: the same batches and updates give the same loss in every case
+    assert (
+        len(losses) == 1
+        and "Equal work: yes, the largest difference in loss between cases is 0.000000" in text
+    )
+    assert "- xt_fast, this run's data path: fast path: batches are gathered directly" in text
+    assert "- xt_defaults, this run's data path: the DataLoader's batches" in text
+    assert "- Device: CPU (XT_BENCH_GPU_ON_CPU=1: tiny form, 32x32 images" in text and "seed 0" in text
+
+
+@pytest.mark.skipif(has_cuda(), reason="checks the run without CUDA")
+def test_gpu_group_is_skipped_without_cuda(tmp_path):
+    proc, text = run_gpu_group(tmp_path, gpu_on_cpu=False, only="gpu/plain,gpu/xt_defaults")
+    assert "round 1/1  gpu/plain              skipped: no CUDA device" in proc.stdout
+    for case in ("plain", "xt_defaults"):
+        assert re.search(rf"^\| {case} \| skipped: no CUDA device \(torch ", text, re.MULTILINE), text
+    assert "| xt_fast |" not in text and "Equal work: not checked, no case ran." in text
+
+
+def test_a_gpu_only_run_writes_its_own_results_file():
+    harness = load_harness()
+    assert harness.parse_args(["--only", "gpu/*"]).output.name == "RESULTS-GPU.md"
+    assert harness.parse_args(["--only", "gpu/plain,gpu/xt_fast"]).output.name == "RESULTS-GPU.md"
+    assert harness.parse_args(["--only", "gpu/*,map/plain"]).output.name == "RESULTS.md"
+    assert harness.parse_args([]).output.name == "RESULTS.md"
+    args = harness.parse_args(["--quick"])
+    assert args.output is None and args.gpu_steps == 60
