@@ -6,7 +6,7 @@ A page asks for generated content with a marker line; the build replaces it:
 - ``<!-- xt:hooks -->``: the plugin hook reference, from ``xt_training/hookspecs.py``;
 - ``<!-- xt:names -->``: every registered name with its options, from the registry;
 - ``<!-- xt:errors -->``: the bad-input table, each message produced by triggering it (:mod:`bad_input`);
-- ``<!-- xt:benchmarks -->``: ``benchmarks/RESULTS.md``, as the benchmark harness last wrote it;
+- ``<!-- xt:benchmarks -->``: ``benchmarks/RESULTS.md`` (and ``RESULTS-GPU.md``), as the harness last wrote them;
 - ``<!-- xt:source PATH -->``: a file of the repository (an example) as a code block.
 
 An unknown marker fails the build. After rendering, the Sphinx roles that the package's docstrings use
@@ -31,10 +31,17 @@ _cache: dict[str, str] = {}
 
 
 def _benchmarks() -> str:
-    """RESULTS.md with its headings one level down and its title dropped (the page has its own)."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-    text = re.sub(r"\A# .*\n", "", text)
-    return re.sub(r"^(#+) ", r"\1# ", text, flags=re.M)
+    """RESULTS.md, then RESULTS-GPU.md where a GPU run wrote it, with headings one level down and their
+    titles dropped (the page has its own)."""
+    parts = []
+    for name in ("RESULTS.md", "RESULTS-GPU.md"):
+        file = ROOT / "benchmarks" / name
+        if file.is_file():
+            text = re.sub(r"\A# .*\n", "", file.read_text())
+            parts.append(re.sub(r"^(#+) ", r"\1# ", text, flags=re.M))
+    if len(parts) == 1:
+        parts.append("### GPU\n\nNot measured yet: no GPU was available when these results were written.\n")
+    return "\n".join(parts)
 
 
 def _source(path: str) -> str:
