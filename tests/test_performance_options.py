@@ -50,11 +50,16 @@ def test_to_device_channels_last_only_touches_image_batches():
     batch = [
         torch.randn(2, 3, 4, 4),
         torch.tensor([0, 1]),
-        {"mask": torch.ones(2, 1, 4, 4, dtype=torch.bool)},
+        {
+            "mask": torch.ones(2, 1, 4, 4, dtype=torch.bool),
+            "bytes": torch.zeros(2, 3, 4, 4, dtype=torch.uint8),
+        },
     ]
     moved = to_device(batch, torch.device("cpu"), channels_last=True)
     assert moved[0].is_contiguous(memory_format=torch.channels_last) and not moved[0].is_contiguous()
     assert moved[1] is batch[1] and moved[2]["mask"].is_contiguous()
+    assert moved[2]["bytes"].is_contiguous(memory_format=torch.channels_last)  # uint8 images: converted too
+    assert moved[2]["bytes"].float().is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.slow

@@ -43,11 +43,12 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False, channels_last: bool = False) -> Any:
     """Move every tensor in a nested tuple/list/dict to ``device``; other leaves are kept as they are.
 
-    With ``channels_last``, 4-D floating-point tensors (image batches) also get that memory format.
+    With ``channels_last``, 4-D floating-point and uint8 tensors (image batches) also get that memory format
+    (a uint8 batch keeps it when the model turns it into floats).
     """
 
     def move(t: torch.Tensor) -> torch.Tensor:
-        if channels_last and t.ndim == 4 and t.is_floating_point():
+        if channels_last and t.ndim == 4 and (t.is_floating_point() or t.dtype == torch.uint8):
             return t.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
         return t.to(device, non_blocking=non_blocking)
 
