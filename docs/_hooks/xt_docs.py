@@ -39,8 +39,6 @@ def _benchmarks() -> str:
         if file.is_file():
             text = re.sub(r"\A# .*\n", "", file.read_text())
             parts.append(re.sub(r"^(#+) ", r"\1# ", text, flags=re.M))
-    if len(parts) == 1:
-        parts.append("### GPU\n\nNot measured yet: no GPU was available when these results were written.\n")
     return "\n".join(parts)
 
 
