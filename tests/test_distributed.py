@@ -161,6 +161,29 @@ def test_a_failing_rank_brings_the_job_down(tmp_path):
     assert time.monotonic() - start < 90
 
 
+def test_a_callback_that_stops_one_rank_stops_every_rank(tmp_path):
+    result = torchrun(
+        tmp_path,
+        """
+        x, y = data(400)
+        train = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)
+        rank = int(os.environ["RANK"])
+
+        class RankZeroBudget:  # e.g. a time budget: the ranks' clocks disagree
+            def on_epoch_end(self, run, row):
+                run.should_stop = run.should_stop or (rank == 0 and run.epoch == 2)
+
+        m = model()
+        hist = F.train(out, train, m, torch.optim.SGD(m.parameters(), lr=0.1), 6, nn.CrossEntropyLoss(),
+                       quiet=True, callbacks=[RankZeroBudget()])
+        print("RANK", rank, "EPOCHS", len(hist))
+        """,
+        timeout=120,
+    )
+    assert succeeded(result), result.stderr[-3000:]
+    assert sorted(re.findall(r"RANK (\d) EPOCHS (\d+)", result.stdout)) == [("0", "2"), ("1", "2")]
+
+
 def test_training_loaders_are_sharded_without_changing_a_single_process_run(tmp_path):
     # without torchrun nothing is wrapped: the model stays a plain module
     x, y = make_classification(64)

@@ -277,6 +277,9 @@ def train(
                 run.global_step = runner.global_step
                 for cb in callbacks:
                     getattr(cb, "on_epoch_end", _noop)(run, row)
+                # one rank's callback (a time budget, a file it reads) stops every rank: one that trained on
+                # alone would wait for the others in its next collective for ever
+                run.should_stop = distributed.any_rank(run.should_stop, runner.device)
                 save(ckpt_dir / "last.pt")
                 if improved and main:  # the same state as last.pt: a second name, not a second write
                     atomic_link(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
