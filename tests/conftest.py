@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -14,6 +15,26 @@ from torch.utils.data import DataLoader, TensorDataset
 
 # Tests run on 2 CPU cores next to each other; one thread per process keeps them predictable.
 torch.set_num_threads(1)
+
+XT = str(Path(sys.executable).with_name("xt"))  # the console script of this environment
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def xt(*args: str, cwd: Path, env: dict | None = None, code: int = 0) -> subprocess.CompletedProcess:
+    """Run the real ``xt`` command; assert its exit code (the output is in the message when it differs)."""
+    out = subprocess.run([XT, *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == code, f"xt {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+@pytest.fixture
+def fresh_registry():
+    """The registry built anew for the test and after it (tests that install or block plugins)."""
+    from xt_training import registry
+
+    registry.reset()
+    yield
+    registry.reset()
 
 
 def make_classification(n: int = 512, features: int = 16, classes: int = 3, seed: int = 0):

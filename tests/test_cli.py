@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,26 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import ENV, xt
 
 from xt_training import registry
 from xt_training.cli import cli
 
-XT = str(Path(sys.executable).with_name("xt"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = ["--data-opt", "n_samples=256", "--seed", "3", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    registry.reset()
-    yield
-    registry.reset()
-
-
-def xt(*args: str, cwd: Path, env: dict | None = None, code: int = 0) -> subprocess.CompletedProcess:
-    out = subprocess.run([XT, *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == code, f"xt {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out
+pytestmark = pytest.mark.usefixtures("fresh_registry")  # conftest
 
 
 def invoke(*args: str, code: int = 2):

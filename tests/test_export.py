@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import mlp
+from conftest import ENV, mlp, xt
 from torch import nn
 
 from xt_training import registry
@@ -27,23 +27,11 @@ from xt_training.errors import ConfigError
 from xt_training.exporting import METADATA_FILE, ExportError, export, export_trained
 from xt_training.utils import functional as F
 
-XT = str(Path(sys.executable).with_name("xt"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 BATCH = 8
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    registry.reset()
-    yield
-    registry.reset()
-
-
-def xt(*args: str, cwd: Path, env: dict | None = None, code: int = 0) -> subprocess.CompletedProcess:
-    out = subprocess.run([XT, *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == code, f"xt {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out
+pytestmark = pytest.mark.usefixtures("fresh_registry")  # conftest
 
 
 def resnet18() -> nn.Module:

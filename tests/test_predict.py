@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_classification, mlp
+from conftest import make_classification, mlp, xt
 from test_registry import write_csv, write_image_folder
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -22,16 +19,6 @@ from xt_training import Runner, load_checkpoint, metrics, registry
 from xt_training.errors import BatchError, ConfigError
 from xt_training.predict import load_model
 from xt_training.utils import functional as F
-
-XT = str(Path(sys.executable).with_name("xt"))
-
-
-def xt(*args: str, cwd: Path, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [XT, *args], cwd=cwd, capture_output=True, text=True, env=dict(os.environ), timeout=300
-    )
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    return proc
 
 
 @pytest.fixture

@@ -25,11 +25,7 @@ SYNTHETIC = ("synthetic-classification", "synthetic-images", "synthetic-sequence
 NO_AUTOLOAD = {"XT_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    registry.reset()
-    yield
-    registry.reset()
+pytestmark = pytest.mark.usefixtures("fresh_registry")  # conftest
 
 
 def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 4, size=(20, 24)) -> Path:
