@@ -152,13 +152,12 @@ class TensorBoardLogger:
     def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None:
         # A resumed run that starts with an epoch row logged the epoch's training steps before: keep them.
         writer = self._open(step + 1)
-        self._write_pending()
         for key, value in values.items():
             if key != "epoch" and is_scalar(value):
                 writer.add_scalar(f"epoch/{key}", value, step)
         self._step = step
         self._final = {f"epoch/{k}": v for k, v in values.items() if "/" in k and is_scalar(v)}
-        writer.flush()
+        self.flush()
 
     def end_run(self, status: str) -> None:
         if self._writer is None:  # nothing was logged
@@ -166,7 +165,6 @@ class TensorBoardLogger:
         from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
         from torch.utils.tensorboard.summary import hparams
 
-        self._write_pending()
         experiment, start, end = hparams(self._hparams, self._final)
         # torch always records a success: record the run's own ending instead (an interrupted run,
         # resumable, is neither a success nor a failure)
@@ -177,7 +175,7 @@ class TensorBoardLogger:
         plugin.content = data.SerializeToString()
         for summary in (experiment, start, end):
             self._writer.file_writer.add_summary(summary, self._step)
-        self._writer.flush()
+        self.flush()
 
     def flush(self) -> None:
         if self._writer is not None:
