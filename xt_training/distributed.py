@@ -77,16 +77,16 @@ def shutdown() -> None:
     """Leave the process group together with the other ranks (also at exit, unless a rank failed)."""
     if not active():
         return
+    # A rare gloo race can abort this process while the group is torn down or after it; what the
+    # program printed must not die with it in the stdio buffers: flush before anything else.
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
     if not _failed:
         try:
             dist.barrier()
         except RuntimeError:
             pass
     dist.destroy_process_group()
-    # A rare gloo/interpreter-teardown race can still abort this process after atexit; what the
-    # program printed must not die with it in the stdio buffers.
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
 
 
 def local_device() -> torch.device:
