@@ -4,8 +4,9 @@
 metric, so every ``torchmetrics.Metric`` works as it is. A plain callable ``fn(y_pred, y) -> tensor``
 is wrapped in :class:`Mean` and averaged over the epoch, weighted by batch size.
 
-The loop calls ``update`` with *several batches concatenated* (at logging steps, not at every step:
-that keeps the per-step cost of metrics at zero), so ``update`` must accumulate, not average per call.
+The loop calls ``update`` with *several batches concatenated* (at some logging steps, not at every
+step: that keeps the per-step cost of metrics near zero), so ``update`` must accumulate, not average
+per call.
 ``compute()`` returns the value over everything since the last ``reset()``: the epoch AUC is the
 AUC of all the epoch's examples, not a mean of per-batch AUCs.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -217,11 +219,38 @@ def infer_task(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[str, int]:
     return "multiclass", y_pred.shape[1]
 
 
+_last_labels: tuple[Any, torch.Tensor | None] = (None, None)  # (weak reference to y_pred, its labels)
+
+
+def predicted_labels(y_pred: torch.Tensor) -> torch.Tensor:
+    """The predicted classes ``y_pred.argmax(1)`` of multiclass scores ``(N, C, ...)``.
+
+    Computed once per tensor: the metrics that the loop updates with the same ``y_pred`` (Accuracy, F1,
+    ...) share them instead of each taking its own argmax inside torchmetrics, the largest part of
+    their update. ``max(1).indices`` picks the same (first) index as ``argmax(1)``, ties and NaN
+    included, in a third of its time on the CPU.
+    """
+    global _last_labels
+    ref, labels = _last_labels
+    if ref is None or ref() is not y_pred:
+        labels = y_pred.max(1).indices
+        _last_labels = (weakref.ref(y_pred), labels)
+    return labels
+
+
 class _Classification:
-    """Base of the classification metrics: builds the torchmetrics metric once the task is known."""
+    """Base of the classification metrics: builds the torchmetrics metric once the task is known.
+
+    Multiclass scores are turned into labels here (:func:`predicted_labels`) for the metrics that only
+    use the top class. torchmetrics validates the first update's inputs; later updates skip its checks
+    (they sort the labels each time) unless ``validate_args=True`` is given; the label-range check
+    below runs on every update.
+    """
 
     #: the tasks a subclass supports
     tasks: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+    #: whether the multiclass metric reads the top class only (not the scores)
+    uses_labels = True
 
     def __init__(self, task: str | None = None, num_classes: int | None = None, **kwargs: Any):
         if task is not None and task not in self.tasks:
@@ -253,6 +282,8 @@ class _Classification:
                     f"labels must be in 0..{self.num_classes - 1} for {self.num_classes} classes, "
                     f"got {int(labels.min())}..{int(labels.max())}"
                 )
+            if self.uses_labels and y_pred.ndim == y.ndim + 1 and self.kwargs.get("top_k", 1) == 1:
+                return predicted_labels(y_pred), y.long()
         return y_pred, y.long()
 
     def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
@@ -268,6 +299,8 @@ class _Classification:
             set_sync(self._metric, self.sync)
         preds, target = self._prepare(y_pred, y)
         self._metric.update(preds, target)
+        if "validate_args" not in self.kwargs:
+            self._metric.validate_args = False  # the first update was checked
 
     def compute(self) -> torch.Tensor:
         if self._metric is None:
@@ -335,6 +368,7 @@ class TopKAccuracy(_Classification):
     """Fraction of examples whose label is among the ``k`` highest-scored classes (multiclass)."""
 
     tasks = ("multiclass",)
+    uses_labels = False
 
     def __init__(self, k: int = 5, **kwargs: Any):
         super().__init__(**kwargs)
@@ -356,6 +390,8 @@ class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
     Multiclass: one-vs-rest AUC per class, averaged over the classes that occur in the targets (a
     class without examples has no defined AUC; torchmetrics would count it as 0).
     """
+
+    uses_labels = False
 
     def _build(self, task: str, n: int) -> Any:
         from torchmetrics.classification import BinaryAUROC, MulticlassAUROC, MultilabelAUROC
