@@ -429,8 +429,8 @@ def test_console_on_a_terminal_draws_a_progress_bar(tmp_path, columns):
     script.write_text(LONG_RUN_SCRIPT)
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "run"), "1500", "10"], stdout=follower, stderr=follower
+    proc = subprocess.Popen(  # 6000 steps: the bar redraws every 0.25 s, the pass must take longer
+        [sys.executable, str(script), str(tmp_path / "run"), "6000", "10"], stdout=follower, stderr=follower
     )
     os.close(follower)
     chunks = []

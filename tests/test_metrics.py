@@ -146,3 +146,65 @@ def test_metric_failure_names_metric_and_shapes():
         match=r"metric 'm' \(Accuracy\) failed on y_pred Tensor\(4, 3\) float32 and y Tensor\(4, 2\) int64",
     ):
         runner_values(y_pred, y, 4, 50, metrics.Accuracy())
+
+
+class Recording:
+    """A metric that records the number of rows of each update."""
+
+    def __init__(self):
+        self.rows = []
+
+    def update(self, y_pred, y):
+        self.rows.append(len(y))
+
+    def compute(self):
+        return float(sum(self.rows))
+
+    def reset(self):
+        self.rows = []
+
+
+class RunningValues:
+    def __init__(self):
+        self.seen = []
+
+    def update_pass(self, name, values):
+        self.seen.append(sorted(values))
+
+
+@pytest.mark.parametrize("width, rows", [(10, [4, 40, 40, 16]), (1 << 16, [4] * 25)])
+def test_metrics_update_in_chunks_fixed_by_steps_and_sizes(width, rows):
+    # log_every=1: small outputs are handed over at the first logging step, then every 10 logging steps
+    # (and at the end); outputs of 2**18 elements a step at every logging step. Never by time, so that
+    # reruns and resumed runs sum in the same chunks. Running values come with the updates only.
+    metric, logger = Recording(), RunningValues()
+    loader = DataLoader(TensorDataset(torch.zeros(100, width), torch.zeros(100)), batch_size=4)
+    runner = Runner(nn.Identity().eval(), batch_metrics={"m": metric}, device="cpu", log_every_n_steps=1,
+                    loggers=[logger])  # fmt: skip
+    assert runner(loader)["m"] == 100
+    assert metric.rows == rows
+    with_m = [i + 1 for i, names in enumerate(logger.seen) if "m" in names]
+    assert with_m == ([1, 11, 21] if width == 10 else list(range(1, 26)))
+
+
+def test_top_class_metrics_share_labels_and_agree_with_torchmetrics():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 3, (200, 5), generator=g).float()  # many ties: the first top class counts
+    b = torch.randn(200, 5, generator=g)
+    y = torch.randint(0, 5, (200,), generator=g)
+    tmc = torchmetrics.classification
+    refs = {
+        "acc": (metrics.Accuracy, tmc.MulticlassAccuracy(5, average="micro")),
+        "f1": (metrics.F1, tmc.MulticlassF1Score(5)),
+        "kappa": (metrics.Kappa, tmc.MulticlassCohenKappa(5)),
+        "iou": (metrics.IoU, tmc.MulticlassJaccardIndex(5)),
+        "cm": (metrics.ConfusionMatrix, tmc.MulticlassConfusionMatrix(5)),
+    }
+    ours = {k: cls() for k, (cls, _) in refs.items()}
+    for y_pred in (a, b, a.clone()):  # labels are reused for the same tensor only
+        for m in ours.values():
+            m.update(y_pred, y)
+        for _, ref in refs.values():
+            ref.update(y_pred, y)
+    for k, (_, ref) in refs.items():
+        assert torch.equal(ours[k].compute(), ref.compute()), k

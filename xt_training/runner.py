@@ -20,10 +20,17 @@ from .loggers import LoggerGroup
 from .metrics import as_metric, get_state, set_state, set_sync
 from .rng import capture_rng, loader_generators, restore_rng
 
-# Metric inputs are buffered between logging steps and handed to the metrics concatenated; past this
-# many buffered prediction elements they are handed over early, which bounds the buffer's memory.
+# Metric inputs are buffered and handed to the metrics concatenated, at a logging step: the pass's
+# first, then once they hold _UPDATE_ELEMENTS prediction elements or _UPDATE_EVERY_LOGS logging steps
+# have passed since the last update (deterministic, so reruns and resumed runs update in the same
+# chunks). Each update costs a few torch calls whose cost hardly depends on the size: a small model's
+# outputs (640 elements a step) would pay it every 50 steps, ~5 us a step per metric. Between updates
+# the metrics give no running value. Past _MAX_BUFFERED_ELEMENTS they are handed over at once
+# (any step), which bounds the buffer's memory.
+_UPDATE_ELEMENTS = 1 << 18
+_UPDATE_EVERY_LOGS = 10
 _MAX_BUFFERED_ELEMENTS = 1 << 22
-# A metric whose compute() takes less than this gives a running value at every logging step.
+# A metric whose compute() takes less than this gives a running value at every update (see above).
 _CHEAP_COMPUTE_S = 0.5e-3
 
 
@@ -245,6 +252,10 @@ class Runner:
         log_every = self.log_every_n_steps
         checkpoint_every = (self.checkpoint_every_n_steps or 0) if training and self.on_checkpoint else 0
         forward_fn, loss_fn, scaler, add = self.forward_fn, self.loss_fn, self.scaler, buffers.add
+        keep_outputs = buffers.keep_outputs
+        # Under DDP the ranks must agree to stop, which takes a collective: only at the training pass's
+        # logging steps, where every rank is at the same step (evaluation shards may differ by a batch).
+        alone, agree_to_stop = not self.distributed, self.distributed and training
 
         if training:
             self.optimizer.zero_grad()
@@ -290,11 +301,11 @@ class Runner:
                             {f"{name}/{k}": v for k, v in values.items()}, self.global_step
                         )
                     self.loggers.update_pass(name, values)
-                elif buffers.full():
-                    buffers.flush_outputs()
+                elif keep_outputs and buffers.elements > _MAX_BUFFERED_ELEMENTS:
+                    buffers.flush_outputs()  # bounds the memory of the buffered outputs
                 if checkpoint_every and step % accumulate == 0 and self.global_step % checkpoint_every == 0:
                     self.on_checkpoint()
-                if self._should_stop(training, log_step):
+                if (alone and self.stop_requested) or (agree_to_stop and log_step and self._any_stop()):
                     self.stopped = True
                     break
 
@@ -317,12 +328,9 @@ class Runner:
         self.latest = values
         return buffers.predictions() if return_preds else values
 
-    def _should_stop(self, training: bool, log_step: bool) -> bool:
-        if not self.distributed:
-            return self.stop_requested
-        # Ranks must agree to stop, which takes a collective: only at the training pass's logging
-        # steps, where every rank is at the same step (evaluation shards may differ by a batch).
-        return training and log_step and distributed.any_rank(self.stop_requested, self.device)
+    def _any_stop(self) -> bool:
+        """Whether any DDP rank was asked to stop (a collective: every rank calls it at the same step)."""
+        return distributed.any_rank(self.stop_requested, self.device)
 
     def _shard(self, loader: Any, training: bool) -> Any:
         """The loader with a distributed sampler, made once per loader."""
@@ -416,6 +424,8 @@ def _length(loader: Any) -> int | None:
 
 
 def _detach(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):  # the common case, without the walker's calls
+        return obj.detach() if obj.requires_grad else obj
     return map_tensors(_detach_tensor, obj)
 
 
@@ -457,6 +467,8 @@ class _Buffers:
         self.loss_sum: torch.Tensor | None = None  # on the device
         self.count = 0
         self.step = 0  # steps added so far
+        self.logs = 0  # logging steps so far
+        self.updated_at = 0  # the logging step at which the metrics were last updated
         for m in metrics.values():
             if isinstance(m, torch.nn.Module):
                 m.to(device)
@@ -478,6 +490,7 @@ class _Buffers:
             "losses": self.losses,
             "sizes": self.sizes,
             "outputs": self.outputs,
+            "logs": (self.logs, self.updated_at),
             "metrics": {name: get_state(m) for name, m in self.metrics.items()},
         }
 
@@ -485,6 +498,7 @@ class _Buffers:
         """Continue the totals and buffers of an interrupted pass (see ``Runner.position``)."""
         state = to_device({k: position[k] for k in ("loss_sum", "losses", "outputs", "metrics")}, self.device)
         self.step, self.count, self.sizes = step, position["count"], list(position["sizes"])
+        self.logs, self.updated_at = position["logs"]
         self.loss_sum, self.outputs = state["loss_sum"], list(state["outputs"])
         # saved on another kind of device (floats from a CPU run, tensors from a GPU run): as this one keeps them
         convert = float if self.read_at_once else lambda loss: torch.as_tensor(loss, device=self.device)
@@ -495,9 +509,6 @@ class _Buffers:
                 name in self.metrics and metric_state is not None
             ):  # metrics without a known state restart here
                 set_state(self.metrics[name], metric_state)
-
-    def full(self) -> bool:
-        return self.elements > _MAX_BUFFERED_ELEMENTS
 
     def flush_outputs(self) -> None:
         """Hand the buffered outputs to the metrics (no host read)."""
@@ -541,7 +552,16 @@ class _Buffers:
         self.chunk_start = self.step - len(self.sizes) + 1
         self.count += sum(self.sizes)
         self.losses, self.sizes = [], []
-        self.flush_outputs()
+        self.logs += 1
+        update = (
+            final
+            or self.logs == 1
+            or self.elements >= _UPDATE_ELEMENTS
+            or self.logs - self.updated_at >= _UPDATE_EVERY_LOGS
+        )
+        if update:
+            self.flush_outputs()
+            self.updated_at = self.logs
 
         sync = final and self.distributed
         values: dict[str, Any] = {}
@@ -555,8 +575,8 @@ class _Buffers:
         values = {k: _to_python(v) for k, v in values.items()}
         for name, metric in self.metrics.items():
             start = time.perf_counter()
-            if not final and start < self.next_compute.get(name, 0.0):
-                continue  # left out of this logging step's running values: see below
+            if not update or (not final and start < self.next_compute.get(name, 0.0)):
+                continue  # left out of this logging step's running values: see above and below
             if self.distributed:
                 set_sync(metric, sync)
             try:

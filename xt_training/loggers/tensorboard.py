@@ -4,7 +4,7 @@ Everything goes into one event directory, ``save_dir/tensorboard`` (``tensorboar
 shows each run directory as one run). Every step is the global (optimizer) step, so all charts
 share one x-axis and TensorBoard can hide what an interrupted run logged past its resumed point. Tags:
 
-- ``train/loss``, ``train/METRIC``: running values of the training pass so far, at each logging step.
+- ``train/loss``, ``train/METRIC``: running values of the training pass so far, at logging steps (metrics where updated).
 - ``epoch/LOADER/loss``, ``epoch/LOADER/METRIC``: the epoch's exact values of every loader
   (``train``, ``val``, ``test``, ``test.NAME``), at the epoch's last step.
 - ``epoch/lr``: the learning rate of the epoch, at the epoch's last step.
