@@ -134,6 +134,22 @@ def test_tensorboard_interval_scalars_are_the_logged_running_values(run):
     assert last == [] or last[0]["train/loss"] == pytest.approx(run.history[-1]["train/loss"])
 
 
+def test_tensorboard_scalars_keep_the_time_they_were_logged_at(tmp_path):
+    # they reach the writer in bulk (at the epoch's end here), each logging step with its own wall time
+    train, _ = loaders()
+    net = model()
+
+    def slow_forward(model, batch):
+        time.sleep(0.02)
+        return model(batch[0]), batch[1]
+
+    F.train(tmp_path, train, net, torch.optim.SGD(net.parameters(), lr=0.1), 1, nn.CrossEntropyLoss(),
+            forward_fn=slow_forward, log_every_n_steps=1, loggers=[TensorBoardLogger(save_dir=tmp_path)])  # fmt: skip
+    walls = [e.wall_time for e in events(tmp_path / "tensorboard").Scalars("train/loss")]
+    assert len(walls) == STEPS_PER_EPOCH and walls == sorted(walls)
+    assert min(b - a for a, b in zip(walls, walls[1:])) >= 0.015  # the steps are >= 20 ms apart
+
+
 def test_tensorboard_hparams_hold_the_config_and_final_metrics(run):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
