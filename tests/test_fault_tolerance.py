@@ -223,6 +223,55 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     assert torch.load(path, weights_only=True)["epoch"] == 1
 
 
+class SlowDisk:
+    """A callback that makes every fsync take `delay` seconds (or fail, `full`) from a given epoch's end on."""
+
+    def __init__(self, monkeypatch, epoch, delay=0.0, full=False):
+        self.monkeypatch, self.epoch, self.delay, self.full = monkeypatch, epoch, delay, full
+        self.ends = {}
+
+    def on_epoch_end(self, run, row):
+        self.ends[run.epoch] = time.monotonic()
+        if run.epoch == self.epoch:
+            real = os.fsync
+
+            def fsync(fd):
+                if self.full:
+                    raise OSError(28, "No space left on device")
+                time.sleep(self.delay)
+                real(fd)
+
+            self.monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_training_goes_on_while_the_checkpoint_is_written(tabular, tmp_path, monkeypatch):
+    train, val, _, _ = tabular
+    model = mlp()
+    disk = SlowDisk(monkeypatch, epoch=1, delay=0.25)  # last.pt and history.json: 4 fsyncs, 1 s
+    history = F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 2, nn.CrossEntropyLoss(),
+                      val_loader=val, callbacks=[disk], quiet=True)  # fmt: skip
+    assert disk.ends[2] - disk.ends[1] < 0.5  # epoch 2 did not wait for epoch 1's files
+    # F.train returned once everything was written
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    assert json.loads((tmp_path / "history.json").read_text()) == history
+
+
+def test_a_failed_background_write_fails_the_run_and_keeps_the_last_good_files(tabular, tmp_path, monkeypatch):
+    train, val, _, _ = tabular
+    model = mlp()
+    disk = SlowDisk(monkeypatch, epoch=2, full=True)
+    with pytest.raises(OSError, match="No space left on device"):
+        F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 4, nn.CrossEntropyLoss(),
+                val_loader=val, callbacks=[disk], quiet=True)  # fmt: skip
+    monkeypatch.undo()
+    assert 2 in disk.ends and 4 not in disk.ends  # the failure stopped the run
+    ckpt = tmp_path / "checkpoints"
+    assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(ckpt / "best.pt", weights_only=True)["epoch"] == 1  # never linked to a failed write
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 1
+    assert not [p for p in ckpt.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
 def test_an_exception_saves_crash_checkpoint_and_keeps_last(tabular, tmp_path, capsys):
     train, _, _, _ = tabular
     calls = []

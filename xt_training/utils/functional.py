@@ -28,6 +28,7 @@ import torch.utils.serialization  # noqa: F401 - torch.save imports it at its fi
 from .. import distributed
 from ..callbacks import Run
 from ..checkpoint import (
+    BackgroundWriter,
     atomic_link,
     atomic_write,
     load_checkpoint,
@@ -183,13 +184,15 @@ def train(
         channels_last=channels_last,
     )
     run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
+    # checkpoints and history.json are written on a background thread: the loop does not wait for the disk
+    background = BackgroundWriter() if main else None
 
     def save(path: Path, position: dict[str, Any] | None = None) -> None:
         if not main:
             return
         runner.loggers.flush()  # what was logged up to the checkpoint survives a kill after it
         save_checkpoint(
-            path, model, optimizer, scheduler,
+            path, model, optimizer, scheduler, background=background,
             scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
             epoch=run.epoch if position is None else run.epoch - 1,  # the last completed epoch
             global_step=runner.global_step, history=run.history, monitor=monitor, mode=mode, best=run.best,
@@ -227,6 +230,8 @@ def train(
             """A signal asked to stop: keep the exact position, then leave as the signal wants."""
             if position is not None:  # else the epoch's checkpoint is the position
                 save(ckpt_dir / "last.pt", position)
+            if background is not None:
+                background.wait()  # saved, as the message below says
             sig = received[0] if received else "SIGTERM"  # under DDP another rank may have got the signal
             print(f"stopped by {sig}: state saved to {ckpt_dir / 'last.pt'}; resume with "
                   f"F.train(..., resume=True) or `xt run --resume {save_dir}`", flush=True)  # fmt: skip
@@ -281,15 +286,17 @@ def train(
                 # alone would wait for the others in its next collective for ever
                 run.should_stop = distributed.any_rank(run.should_stop, runner.device)
                 save(ckpt_dir / "last.pt")
-                if improved and main:  # the same state as last.pt: a second name, not a second write
-                    atomic_link(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
                 if main:
-                    write_json(save_dir / HISTORY_FILE, run.history)
+                    if improved:  # the same state as last.pt: a second name, not a second write
+                        background.submit(atomic_link, ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+                    write_json(save_dir / HISTORY_FILE, run.history, background)
                 runner.loggers.end_epoch(epoch, row, runner.global_step)
                 if run.should_stop:
                     break
                 if distributed.any_rank(runner.stop_requested, runner.device):  # came between passes (or DDP)
                     stop(None)
+            if background is not None:
+                background.wait()  # a run is complete once its files are
             status = "stopped" if run.should_stop else "completed"
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's exit after saving the position
             status = "interrupted"
@@ -299,6 +306,8 @@ def train(
                 _save_crash(ckpt_dir / "crash.pt", model, run)
             raise
         finally:  # never `return` here: that would swallow the exception
+            if background is not None:
+                background.close()
             for cb in callbacks:
                 getattr(cb, "on_train_end", _noop)(run, status)
             runner.loggers.end_run(status)
