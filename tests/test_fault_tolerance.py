@@ -256,7 +256,7 @@ def test_training_goes_on_while_the_checkpoint_is_written(tabular, tmp_path, mon
     assert json.loads((tmp_path / "history.json").read_text()) == history
 
 
-def test_a_failed_background_write_fails_the_run_and_keeps_the_last_good_files(tabular, tmp_path, monkeypatch):
+def test_a_failed_background_write_fails_the_run_keeps_good_files(tabular, tmp_path, monkeypatch):
     train, val, _, _ = tabular
     model = mlp()
     disk = SlowDisk(monkeypatch, epoch=2, full=True)

@@ -201,10 +201,11 @@ def test_top_class_metrics_share_labels_and_agree_with_torchmetrics():
         "cm": (metrics.ConfusionMatrix, tmc.MulticlassConfusionMatrix(5)),
     }
     ours = {k: cls() for k, (cls, _) in refs.items()}
-    for y_pred in (a, b, a.clone()):  # labels are reused for the same tensor only
+    for y_pred in (a, b, b, a.clone()):  # labels are reused for the same, unchanged tensor only
         for m in ours.values():
             m.update(y_pred, y)
         for _, ref in refs.values():
             ref.update(y_pred, y)
+        b.mul_(-1)  # a buffer reused in place (the last update's labels must not be reused)
     for k, (_, ref) in refs.items():
         assert torch.equal(ours[k].compute(), ref.compute()), k

@@ -219,7 +219,8 @@ def infer_task(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[str, int]:
     return "multiclass", y_pred.shape[1]
 
 
-_last_labels: tuple[Any, torch.Tensor | None] = (None, None)  # (weak reference to y_pred, its labels)
+# (weak reference to the last y_pred, its version counter, its labels)
+_last_labels: tuple[Any, int, torch.Tensor | None] = (None, -1, None)
 
 
 def predicted_labels(y_pred: torch.Tensor) -> torch.Tensor:
@@ -231,10 +232,10 @@ def predicted_labels(y_pred: torch.Tensor) -> torch.Tensor:
     included, in a third of its time on the CPU.
     """
     global _last_labels
-    ref, labels = _last_labels
-    if ref is None or ref() is not y_pred:
+    ref, version, labels = _last_labels
+    if ref is None or ref() is not y_pred or version != y_pred._version:  # _version: in-place changes
         labels = y_pred.max(1).indices
-        _last_labels = (weakref.ref(y_pred), labels)
+        _last_labels = (weakref.ref(y_pred), y_pred._version, labels)
     return labels
 
 

@@ -498,7 +498,7 @@ class _Buffers:
         """Continue the totals and buffers of an interrupted pass (see ``Runner.position``)."""
         state = to_device({k: position[k] for k in ("loss_sum", "losses", "outputs", "metrics")}, self.device)
         self.step, self.count, self.sizes = step, position["count"], list(position["sizes"])
-        self.logs, self.updated_at = position["logs"]
+        self.logs, self.updated_at = position.get("logs", (0, 0))  # saved by an older version: count anew
         self.loss_sum, self.outputs = state["loss_sum"], list(state["outputs"])
         # saved on another kind of device (floats from a CPU run, tensors from a GPU run): as this one keeps them
         convert = float if self.read_at_once else lambda loss: torch.as_tensor(loss, device=self.device)
