@@ -144,8 +144,9 @@ def epoch_costs(steps: int, reps: int) -> None:
             os.fsync(f.fileno())
             waits.append((time.perf_counter() - start) * 1e3)
     print(
-        f"F.train's fixed CPU cost per epoch: ~{fixed:.1f} ms (checkpoint files, history.json, set-up); "
-        f"on top, each fsync waits ~{statistics.median(waits):.2f} ms here (atomic writes fsync file and directory).\n"
+        f"F.train's fixed CPU cost per epoch: ~{fixed:.1f} ms (checkpoint files, history.json, set-up; "
+        "with the background writer's CPU time); each fsync takes "
+        f"~{statistics.median(waits):.2f} ms here, on the writer's thread (the loop does not wait for it).\n"
     )
 
 

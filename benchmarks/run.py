@@ -116,7 +116,7 @@ GROUPS = [
             "the copy is part of the timed call)",
             "xt_runner": "the loop alone: `Runner(..., precision='bf16-mixed', channels_last=True, "
             "quiet=True)` called once per epoch on plain's loader, without F.train's checkpoints (about "
-            "90 MB each, written and fsync'ed every epoch) and history",
+            "90 MB each, serialized every epoch and written in the background) and history",
         },
         tolerance=0.01,
     ),
