@@ -233,6 +233,10 @@ class SlowDisk:
     def on_epoch_end(self, run, row):
         self.ends[run.epoch] = time.monotonic()
         if run.epoch == self.epoch:
+            if self.full:  # it fills once the epoch before is written (history.json comes last)
+                deadline = time.monotonic() + 10
+                while not (run.save_dir / "history.json").exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
             real = os.fsync
 
             def fsync(fd):
