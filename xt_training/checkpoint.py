@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ._version import __version__
+from .batch import map_tensors
 from .errors import CheckpointError
 
 
@@ -178,13 +179,9 @@ def save_checkpoint(
 
 
 def _tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
+    sizes: list[int] = []
+    map_tensors(lambda t: sizes.append(t.numel() * t.element_size()), obj)
+    return sum(sizes)
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

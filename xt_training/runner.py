@@ -424,8 +424,8 @@ def _length(loader: Any) -> int | None:
 
 
 def _detach(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):  # the common case, without the walker's calls
-        return obj.detach() if obj.requires_grad else obj
+    if isinstance(obj, torch.Tensor):  # the common case, without the walker's recursion
+        return _detach_tensor(obj)
     return map_tensors(_detach_tensor, obj)
 
 

@@ -119,15 +119,21 @@ class TensorBoardLogger:
 
     def log_metrics(self, values: dict[str, Any], step: int) -> None:
         writer = self._open(step)
-        scalars = [self._summary.Value(tag=k, simple_value=v) for k, v in values.items() if is_scalar(v)]
-        if scalars:
-            self._pending.append((self._summary(value=scalars), step, time.time()))
+        self._add_scalars(values, step)
         if time.monotonic() >= self._next_write:
             self._write_pending()
         self._step = step
         if self.histogram_every_n_steps and step >= self._next_histogram:
             self._write_histograms(writer, step)
             self._next_histogram = (step // self.histogram_every_n_steps + 1) * self.histogram_every_n_steps
+
+    def _add_scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
+        """Queue one event holding the scalar ``values`` (tags ``prefix + name``), stamped with the time now."""
+        scalars = [
+            self._summary.Value(tag=prefix + k, simple_value=v) for k, v in values.items() if is_scalar(v)
+        ]
+        if scalars:
+            self._pending.append((self._summary(value=scalars), step, time.time()))
 
     def _write_pending(self) -> None:
         events = self._writer._get_file_writer()  # what add_scalar writes through, one summary at a time
@@ -158,13 +164,8 @@ class TensorBoardLogger:
 
     def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None:
         # A resumed run that starts with an epoch row logged the epoch's training steps before: keep them.
-        writer = self._open(step + 1)
-        scalars = [
-            self._summary.Value(tag=f"epoch/{k}", simple_value=v)
-            for k, v in values.items()
-            if k != "epoch" and is_scalar(v)
-        ]
-        writer._get_file_writer().add_summary(self._summary(value=scalars), step)
+        self._open(step + 1)
+        self._add_scalars({k: v for k, v in values.items() if k != "epoch"}, step, prefix="epoch/")
         self._step = step
         self._final = {f"epoch/{k}": v for k, v in values.items() if "/" in k and is_scalar(v)}
         self.flush()
@@ -183,8 +184,7 @@ class TensorBoardLogger:
         data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
         data.session_end_info.status = api_pb2.Status.Value(outcome.get(status, "STATUS_UNKNOWN"))
         plugin.content = data.SerializeToString()
-        for summary in (experiment, start, end):
-            self._writer.file_writer.add_summary(summary, self._step)
+        self._pending += [(summary, self._step, time.time()) for summary in (experiment, start, end)]
         self.flush()
 
     def flush(self) -> None:
