@@ -139,15 +139,17 @@ class SignalAt(Dataset):
         return self.x[i], self.y[i]
 
 
-def train_signalled(tmp_path, train_at=None, val_at=None, resume=False, epochs=3):
+def train_signalled(tmp_path, train_at=None, val_at=None, resume=False, epochs=3, **options):
     torch.manual_seed(0)
     x, y = make_classification(320)
+    if options.get("nonfinite_loss") == "skip":
+        x[[3, 70, 141, 200]] = float("nan")  # the batches holding these are skipped
     train = DataLoader(SignalAt(x[:256], y[:256], train_at, nth=2), batch_size=32, shuffle=True)
     val = DataLoader(SignalAt(x[256:], y[256:], val_at, nth=2), batch_size=32)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     F.train(tmp_path, train, model, opt, epochs, nn.CrossEntropyLoss(), val_loader=val,
-            eval_metrics={"acc": metrics.Accuracy()}, resume=resume, quiet=True)  # fmt: skip
+            eval_metrics={"acc": metrics.Accuracy()}, resume=resume, quiet=True, **options)  # fmt: skip
     return model.state_dict()
 
 
@@ -161,6 +163,20 @@ def test_sigterm_in_a_pass_saves_the_position_and_resume_is_exact(tmp_path, wher
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["position"]["phase"] == ("train" if where == "train" else "eval")
     resumed = train_signalled(tmp_path / "run", resume=True)
+    assert_same_weights(resumed, reference)
+    assert (tmp_path / "run" / "history.json").read_text() == (tmp_path / "ref" / "history.json").read_text()
+
+
+def test_resume_after_skipped_batches_is_exact(tmp_path):
+    # the position counts the skipped batches: a resumed pass neither repeats batches nor forgets the count
+    reference = train_signalled(tmp_path / "ref", nonfinite_loss="skip")
+    history = json.loads((tmp_path / "ref" / "history.json").read_text())
+    assert all(row["train/skipped"] > 0 for row in history)
+    with pytest.raises(SystemExit):
+        train_signalled(tmp_path / "run", train_at=60, nonfinite_loss="skip")  # in the 2nd epoch
+    position = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["position"]
+    assert position["skipped"] > 0
+    resumed = train_signalled(tmp_path / "run", resume=True, nonfinite_loss="skip")
     assert_same_weights(resumed, reference)
     assert (tmp_path / "run" / "history.json").read_text() == (tmp_path / "ref" / "history.json").read_text()
 

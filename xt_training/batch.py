@@ -108,13 +108,13 @@ def concat(chunks: list[Any], ragged_to_list: bool = False) -> Any:
 
 def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
     """Unpack an ``(x, y)`` batch and return ``(model(x), y)``."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise BatchError(
-            f"the loader must yield (x, y) pairs, but it yielded {describe(batch)}; "
-            "pass forward_fn=lambda model, batch: (model(x), y) to unpack other batch shapes"
-        )
-    x, y = batch
-    return model(x), y
+    match batch:
+        case (x, y):  # a tuple or list of two (a pattern: cheaper than isinstance and len, every step)
+            return model(x), y
+    raise BatchError(
+        f"the loader must yield (x, y) pairs, but it yielded {describe(batch)}; "
+        "pass forward_fn=lambda model, batch: (model(x), y) to unpack other batch shapes"
+    )
 
 
 def batch_size(y: Any) -> int:

@@ -260,17 +260,19 @@ class Runner:
         if training:
             self.optimizer.zero_grad()
         step = done
-        skipped = 0  # batches left out for a non-finite loss (nonfinite_loss='skip')
+        next_log = (
+            1 if done == 0 else (done // log_every + 1) * log_every
+        )  # the first step, then every log_every
+        skipped = resume.get("skipped", 0) if resume else 0  # batches left out (nonfinite_loss='skip')
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 if move:
                     batch = to_device(batch, self.device, non_blocking, self.channels_last)
                 # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
-                no_sync = model.no_sync() if ddp_accumulation and step % accumulate else _NO_OP
-                with no_sync, autocast:
+                with _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast:
                     y_pred, y = forward_fn(model, batch)
                     loss = loss_fn(y_pred, y) if loss_fn is not None else None
-                if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
+                if loss is not None and getattr(loss, "ndim", None) != 0:  # not a scalar tensor
                     raise LossError(
                         f"loss_fn must return a scalar tensor, but returned {describe(loss)}; "
                         "reduce it (e.g. reduction='mean') or return loss.mean()"
@@ -290,8 +292,9 @@ class Runner:
                 # Per step only detached references are kept: no value leaves a GPU here.
                 add(loss, y_pred, y)
                 tick()
-                log_step = step == 1 or step % log_every == 0
+                log_step = step == next_log
                 if log_step:
+                    next_log = (step // log_every + 1) * log_every
                     # Logging step: metrics update on the buffered batches and values are read to the
                     # host -- on CUDA this is the pass's only synchronisation point between batches.
                     values = buffers.flush()
@@ -304,8 +307,10 @@ class Runner:
                 elif keep_outputs and buffers.elements > _MAX_BUFFERED_ELEMENTS:
                     buffers.flush_outputs()  # bounds the memory of the buffered outputs
                 if checkpoint_every and step % accumulate == 0 and self.global_step % checkpoint_every == 0:
+                    self._pass.update(step=step, skipped=skipped)  # for position()
                     self.on_checkpoint()
                 if (alone and self.stop_requested) or (agree_to_stop and log_step and self._any_stop()):
+                    self._pass.update(step=step, skipped=skipped)
                     self.stopped = True
                     break
 
@@ -348,11 +353,11 @@ class Runner:
                 torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
             if self.clip_grad_value:
                 torch.nn.utils.clip_grad_value_(params, self.clip_grad_value)
-        if self.scaler is not None:
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
         self.optimizer.zero_grad()
         if self.scheduler is not None and self.scheduler_step == "batch":
             self.scheduler.step()
@@ -366,7 +371,8 @@ class Runner:
         """
         buffers = self._pass["buffers"]
         return {
-            "step": buffers.step,
+            "step": self._pass["step"],  # batches done, the skipped ones included
+            "skipped": self._pass["skipped"],
             **buffers.state(),
             "rng_start": self._pass["rng_start"],
             "rng": capture_rng(self._pass["generators"]),
@@ -406,6 +412,12 @@ def skip_batches(batches: Any, n: int) -> int:
 
 _END = object()
 _NO_OP = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _no_sync(model: Any, autocast: Any) -> Any:
+    with model.no_sync(), autocast:
+        yield
 
 
 def step_scheduler(scheduler: Any, value: float | None) -> None:
@@ -455,18 +467,19 @@ class _Buffers:
         self.next_compute: dict[str, float] = {}  # per metric: when its running value may be computed next
         self.keep_all = keep_all
         self.keep_outputs = bool(metrics) or keep_all
-        # The losses since the last logging step. On the CPU each is read at once (.item()): there is no
-        # device to wait for, and a float costs ~3 us a step less than keeping a detached tensor. On a
-        # GPU they stay tensors, read together at the logging step, so that a step never waits for it.
+        # The losses since the last logging step. On the CPU each is read at once (.item()) and summed in
+        # Python: there is no device to wait for, and a float costs ~3 us a step less than keeping a
+        # detached tensor. On a GPU they stay tensors, summed on the device at the logging step, so
+        # that a step never waits for the GPU.
         self.read_at_once = device.type == "cpu"
         self.losses: list[torch.Tensor | float] = []
         self.sizes: list[int] = []
         self.outputs: list[tuple[Any, Any]] = []
         self.elements = 0
         self.all_outputs: list[tuple[Any, Any]] = []  # with keep_all: the whole pass
-        self.loss_sum: torch.Tensor | None = None  # on the device
+        self.loss_sum: torch.Tensor | float | None = None  # a float on the CPU, else on the device
         self.count = 0
-        self.step = 0  # steps added so far
+        self.folded = 0  # steps whose losses are in loss_sum
         self.logs = 0  # logging steps so far
         self.updated_at = 0  # the logging step at which the metrics were last updated
         for m in metrics.values():
@@ -475,7 +488,6 @@ class _Buffers:
             m.reset()
 
     def add(self, loss: torch.Tensor | None, y_pred: Any, y: Any) -> None:
-        self.step += 1
         if loss is not None:
             self.losses.append(loss.item() if self.read_at_once else loss.detach())
         self.sizes.append(batch_size(y))
@@ -497,12 +509,14 @@ class _Buffers:
     def restore(self, position: Mapping[str, Any], step: int) -> None:
         """Continue the totals and buffers of an interrupted pass (see ``Runner.position``)."""
         state = to_device({k: position[k] for k in ("loss_sum", "losses", "outputs", "metrics")}, self.device)
-        self.step, self.count, self.sizes = step, position["count"], list(position["sizes"])
+        self.count, self.sizes = position["count"], list(position["sizes"])
+        self.folded = step - len(self.sizes)
         self.logs, self.updated_at = position.get("logs", (0, 0))  # saved by an older version: count anew
-        self.loss_sum, self.outputs = state["loss_sum"], list(state["outputs"])
+        self.outputs = list(state["outputs"])
         # saved on another kind of device (floats from a CPU run, tensors from a GPU run): as this one keeps them
         convert = float if self.read_at_once else lambda loss: torch.as_tensor(loss, device=self.device)
         self.losses = [convert(loss) for loss in state["losses"]]
+        self.loss_sum = None if state["loss_sum"] is None else convert(state["loss_sum"])
         self.elements = sum(_numel(p) for p, _ in self.outputs)
         for name, metric_state in state["metrics"].items():
             if (
@@ -539,17 +553,15 @@ class _Buffers:
 
         Under DDP the ``final`` values are synchronised over all ranks; running values are this rank's.
         """
-        if not self.losses:
-            self.chunk_losses = None
-        elif self.read_at_once:
-            self.chunk_losses = torch.tensor(self.losses, dtype=torch.float32)
-        else:
-            self.chunk_losses = torch.stack(self.losses).float()
-        if self.chunk_losses is not None:
-            sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.device, non_blocking=True)
-            chunk_sum = (self.chunk_losses * sizes).sum()
+        if self.losses:
+            if self.read_at_once:  # floats: summed here, without a torch call
+                chunk_sum = sum([loss * n for loss, n in zip(self.losses, self.sizes)])
+            else:
+                sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.device, non_blocking=True)
+                chunk_sum = (torch.stack(self.losses).float() * sizes).sum()
             self.loss_sum = chunk_sum if self.loss_sum is None else self.loss_sum + chunk_sum
-        self.chunk_start = self.step - len(self.sizes) + 1
+        self.chunk_losses, self.chunk_start = self.losses, self.folded + 1
+        self.folded += len(self.sizes)
         self.count += sum(self.sizes)
         self.losses, self.sizes = [], []
         self.logs += 1
@@ -567,7 +579,10 @@ class _Buffers:
         values: dict[str, Any] = {}
         if self.loss_sum is not None:
             if sync:  # one all-reduce for the sum and the count
-                total = torch.stack([self.loss_sum, torch.tensor(float(self.count), device=self.device)])
+                loss_sum = torch.as_tensor(self.loss_sum, dtype=torch.float64, device=self.device)
+                total = torch.stack(
+                    [loss_sum, torch.tensor(float(self.count), dtype=torch.float64, device=self.device)]
+                )
                 total = distributed.all_reduce_sum(total)
                 values["loss"] = total[0] / total[1]
             else:
@@ -591,9 +606,10 @@ class _Buffers:
 
     def non_finite_loss(self) -> tuple[int, float]:
         """The first step of the last flushed chunk whose loss was NaN/inf, and that loss."""
-        bad = (~torch.isfinite(self.chunk_losses)).nonzero()
+        losses = torch.tensor(self.chunk_losses) if self.read_at_once else torch.stack(self.chunk_losses)
+        bad = (~torch.isfinite(losses)).nonzero()
         index = int(bad[0]) if len(bad) else 0
-        return self.chunk_start + index, self.chunk_losses[index].item()
+        return self.chunk_start + index, losses[index].item()
 
     def predictions(self) -> tuple[Any, Any]:
         # tensors padded per batch (different widths) come back as per-example lists
