@@ -187,6 +187,46 @@ def test_metrics_update_in_chunks_fixed_by_steps_and_sizes(width, rows):
     assert with_m == ([1, 11, 21] if width == 10 else list(range(1, 26)))
 
 
+def test_outputs_between_updates_are_concatenated_at_each_logging_step():
+    # between two metric updates, the batches of each logging step are held as one concatenated chunk
+    # (their own tensors are freed); batches whose shapes differ stay as they are
+    from xt_training.runner import _Buffers
+
+    metric = Recording()
+    buffers = _Buffers({"m": metric}, torch.device("cpu"), keep_all=True)
+    batches = [torch.full((4, 3), float(i)) for i in range(12)] + [torch.zeros(4, 5), torch.zeros(4, 6)]
+
+    def add(indices):
+        for i in indices:
+            buffers.add(None, batches[i], torch.zeros(4))
+
+    add(range(3))
+    buffers.flush()  # the pass's first logging step updates the metrics
+    add(range(3, 7))
+    buffers.flush()
+    add(range(7, 12))
+    buffers.flush()
+    assert [len(p) for p, _ in buffers.outputs] == [16, 20] and metric.rows == [12]
+    add([12, 13])  # widths 5 and 6: cannot be concatenated
+    buffers.flush()
+    assert [len(p) for p, _ in buffers.outputs] == [16, 20, 4, 4]
+    buffers.flush(final=True)
+    assert metric.rows == [12, 16, 20, 4, 4]  # no longer one concatenation: chunk by chunk
+    y_pred, _ = buffers.predictions()
+    assert [row[0] for row in y_pred[:48]] == [float(i) for i in range(12) for _ in range(4)]
+
+
+def test_label_range_is_shared_and_follows_in_place_changes():
+    y = torch.tensor([2, 0, 1])
+    acc, f1 = metrics.Accuracy(num_classes=3), metrics.F1(num_classes=3)
+    acc.update(torch.randn(3, 3), y)
+    f1.update(torch.randn(3, 3), y)
+    assert metrics.label_range(y) == (0, 2) and metrics.label_range(y, ignore_index=0) == (1, 2)
+    y[0] = 3  # changed in place: checked again
+    with pytest.raises(ValueError, match=r"labels must be in 0..2 for 3 classes, got 0..3"):
+        acc.update(torch.randn(3, 3), y)
+
+
 def test_top_class_metrics_share_labels_and_agree_with_torchmetrics():
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 3, (200, 5), generator=g).float()  # many ties: the first top class counts

@@ -239,6 +239,26 @@ def predicted_labels(y_pred: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+# (weak reference to the last y, its version counter, the ignore_index, its smallest and largest label)
+_last_range: tuple[Any, int, Any, tuple[int, int]] = (None, -1, None, (0, 0))
+
+
+def label_range(y: torch.Tensor, ignore_index: int | None = None) -> tuple[int, int]:
+    """The smallest and largest label in ``y`` (leaving out ``ignore_index``); ``(0, 0)`` for none.
+
+    A host read, computed once per tensor like :func:`predicted_labels`: the metrics updated with the
+    same ``y`` share it.
+    """
+    global _last_range
+    ref, version, ignore, found = _last_range
+    if ref is None or ref() is not y or version != y._version or ignore != ignore_index:
+        labels = y if ignore_index is None else y[y != ignore_index]
+        found = torch.aminmax(labels) if labels.numel() else (0, 0)
+        found = (int(found[0]), int(found[1]))
+        _last_range = (weakref.ref(y), y._version, ignore_index, found)
+    return found
+
+
 class _Classification:
     """Base of the classification metrics: builds the torchmetrics metric once the task is known.
 
@@ -276,12 +296,10 @@ class _Classification:
         if self.task == "multiclass":
             # torchmetrics counts an out-of-range label silently as wrong; name it instead
             # (a host read, but metrics update only at logging steps)
-            ignore = self.kwargs.get("ignore_index")
-            labels = y if ignore is None else y[y != ignore]
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            low, high = label_range(y, self.kwargs.get("ignore_index"))
+            if low < 0 or high >= self.num_classes:
                 raise ValueError(
-                    f"labels must be in 0..{self.num_classes - 1} for {self.num_classes} classes, "
-                    f"got {int(labels.min())}..{int(labels.max())}"
+                    f"labels must be in 0..{self.num_classes - 1} for {self.num_classes} classes, got {low}..{high}"
                 )
             if self.uses_labels and y_pred.ndim == y.ndim + 1 and self.kwargs.get("top_k", 1) == 1:
                 return predicted_labels(y_pred), y.long()

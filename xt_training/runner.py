@@ -476,6 +476,7 @@ class _Buffers:
         self.sizes: list[int] = []
         self.outputs: list[tuple[Any, Any]] = []
         self.elements = 0
+        self.compacted = 0  # self.outputs[:compacted] are concatenated chunks (see compact_outputs)
         self.all_outputs: list[tuple[Any, Any]] = []  # with keep_all: the whole pass
         self.loss_sum: torch.Tensor | float | None = None  # a float on the CPU, else on the device
         self.count = 0
@@ -546,7 +547,22 @@ class _Buffers:
                     ) from e
         if self.keep_all:
             self.all_outputs.extend(self.outputs)
-        self.outputs, self.elements = [], 0
+        self.outputs, self.elements, self.compacted = [], 0, 0
+
+    def compact_outputs(self) -> None:
+        """Concatenate the outputs buffered since the last logging step into one pair (no host read).
+
+        The batches' own tensors are freed while their memory is still in the CPU's caches, for the
+        next steps to reuse: holding hundreds of batches' outputs until the metrics' update made each
+        step write its outputs to memory outside the caches (~3 us a step for a small model's logits).
+        """
+        new = self.outputs[self.compacted :]
+        if len(new) > 1:
+            try:
+                self.outputs[self.compacted :] = [(concat([p for p, _ in new]), concat([t for _, t in new]))]
+            except (BatchError, RuntimeError):  # shapes that differ between batches: kept as they are
+                pass
+        self.compacted = len(self.outputs)
 
     def flush(self, final: bool = False) -> dict[str, Any]:
         """Fold the buffers into the pass totals and read the values so far to the host.
@@ -574,6 +590,8 @@ class _Buffers:
         if update:
             self.flush_outputs()
             self.updated_at = self.logs
+        else:
+            self.compact_outputs()
 
         sync = final and self.distributed
         values: dict[str, Any] = {}
