@@ -119,8 +119,12 @@ def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
 
 def batch_size(y: Any) -> int:
     """Number of examples in a batch, read from the targets ``y`` (its first tensor)."""
+    try:
+        return y.shape[0]  # a tensor with a batch dimension: the common case first (it runs every step)
+    except (AttributeError, IndexError):
+        pass
     if isinstance(y, torch.Tensor):
-        return y.shape[0] if y.ndim else 1
+        return 1  # a scalar target
     if isinstance(y, Mapping):
         return batch_size(next(iter(y.values()), None))
     if isinstance(y, (tuple, list)) and y:

@@ -472,6 +472,7 @@ class _Buffers:
         # detached tensor. On a GPU they stay tensors, summed on the device at the logging step, so
         # that a step never waits for the GPU.
         self.read_at_once = device.type == "cpu"
+        self.keep_loss = torch.Tensor.item if self.read_at_once else torch.Tensor.detach
         self.losses: list[torch.Tensor | float] = []
         self.sizes: list[int] = []
         self.outputs: list[tuple[Any, Any]] = []
@@ -490,7 +491,7 @@ class _Buffers:
 
     def add(self, loss: torch.Tensor | None, y_pred: Any, y: Any) -> None:
         if loss is not None:
-            self.losses.append(loss.item() if self.read_at_once else loss.detach())
+            self.losses.append(self.keep_loss(loss))
         self.sizes.append(batch_size(y))
         if self.keep_outputs:
             self.outputs.append((_detach(y_pred), _detach(y)))
