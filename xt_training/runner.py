@@ -260,9 +260,8 @@ class Runner:
         if training:
             self.optimizer.zero_grad()
         step = done
-        next_log = (
-            1 if done == 0 else (done // log_every + 1) * log_every
-        )  # the first step, then every log_every
+        # the logging steps: the pass's first, then every log_every-th (a counter: cheaper than a modulo)
+        next_log = 1 if done == 0 else (done // log_every + 1) * log_every
         skipped = resume.get("skipped", 0) if resume else 0  # batches left out (nonfinite_loss='skip')
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
@@ -416,6 +415,7 @@ _NO_OP = contextlib.nullcontext()
 
 @contextlib.contextmanager
 def _no_sync(model: Any, autocast: Any) -> Any:
+    """DDP's ``no_sync`` and ``autocast`` as one context: the loop enters one context per step."""
     with model.no_sync(), autocast:
         yield
 
