@@ -260,14 +260,15 @@ def train(
                     if runner.stopped:
                         stop({"phase": "train", "row": row, **runner.position()})
                     row.update({f"train/{k}": v for k, v in values.items()})
-                after_train = {"phase": "eval", "row": dict(row), "rng": capture_rng(generators)}
-                model.eval()
-                for prefix, loader, metrics in passes[1:]:
-                    values = runner(loader, prefix, metrics=metrics)
-                    if runner.stopped:
-                        stop(after_train)
-                    row.update({f"{prefix}/{k}": v for k, v in values.items()})
-                model.train()
+                if len(passes) > 1:  # evaluation passes; a stop during them resumes from after_train
+                    after_train = {"phase": "eval", "row": dict(row), "rng": capture_rng(generators)}
+                    model.eval()
+                    for prefix, loader, metrics in passes[1:]:
+                        values = runner(loader, prefix, metrics=metrics)
+                        if runner.stopped:
+                            stop(after_train)
+                        row.update({f"{prefix}/{k}": v for k, v in values.items()})
+                    model.train()
 
                 if monitor not in row:
                     raise ConfigError(
