@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -386,6 +387,11 @@ def test_non_scalar_loss(tabular, tmp_path):
         LossError, match=r"loss_fn must return a scalar tensor, but returned Tensor\(32,\) float32; reduce it"
     ):
         train_with(tmp_path, tabular[0], nn.CrossEntropyLoss(reduction="none"))
+    # a scalar that is not a tensor (here in an evaluation pass, where no backward would catch it)
+    for value, described in ((np.float64(0.5), "float64"), (0.5, "float")):
+        runner = Runner(mlp().eval(), lambda y_pred, y, value=value: value, device="cpu", quiet=True)
+        with pytest.raises(LossError, match=f"loss_fn must return a scalar tensor, but returned {described}"):
+            runner(tabular[1])
 
 
 @pytest.mark.parametrize("epochs", [0, -1, 1.5, "3"])

@@ -271,7 +271,7 @@ class Runner:
                 with _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast:
                     y_pred, y = forward_fn(model, batch)
                     loss = loss_fn(y_pred, y) if loss_fn is not None else None
-                if loss is not None and getattr(loss, "ndim", None) != 0:  # not a scalar tensor
+                if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
                         f"loss_fn must return a scalar tensor, but returned {describe(loss)}; "
                         "reduce it (e.g. reduction='mean') or return loss.mean()"
