@@ -34,6 +34,7 @@ torchmetrics is imported when a metric first updates, so ``import xt_training`` 
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 import weakref
@@ -219,10 +220,25 @@ def infer_task(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[str, int]:
     return "multiclass", y_pred.shape[1]
 
 
-# (weak reference to the last y_pred, its version counter, its labels)
-_last_labels: tuple[Any, int, torch.Tensor | None] = (None, -1, None)
+def _per_tensor(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(t, ...)`` computed once per tensor ``t``: repeated calls with the last tensor (and the same
+    other arguments) return the last result, so the metrics updated with the same tensors share it.
+    Recomputed for another tensor, or for the same one changed in place (its ``_version`` counter).
+    """
+    last: list[Any] = [None, -1, None, None]  # weak reference to t, its version, the other arguments, result
+
+    @functools.wraps(fn)
+    def cached(t: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        ref, version, others, result = last
+        if ref is None or ref() is not t or version != t._version or others != (args, kwargs):
+            result = fn(t, *args, **kwargs)
+            last[:] = weakref.ref(t), t._version, (args, kwargs), result
+        return result
+
+    return cached
 
 
+@_per_tensor
 def predicted_labels(y_pred: torch.Tensor) -> torch.Tensor:
     """The predicted classes ``y_pred.argmax(1)`` of multiclass scores ``(N, C, ...)``.
 
@@ -231,32 +247,21 @@ def predicted_labels(y_pred: torch.Tensor) -> torch.Tensor:
     their update. ``max(1).indices`` picks the same (first) index as ``argmax(1)``, ties and NaN
     included, in a third of its time on the CPU.
     """
-    global _last_labels
-    ref, version, labels = _last_labels
-    if ref is None or ref() is not y_pred or version != y_pred._version:  # _version: in-place changes
-        labels = y_pred.max(1).indices
-        _last_labels = (weakref.ref(y_pred), y_pred._version, labels)
-    return labels
+    return y_pred.max(1).indices
 
 
-# (weak reference to the last y, its version counter, the ignore_index, its smallest and largest label)
-_last_range: tuple[Any, int, Any, tuple[int, int]] = (None, -1, None, (0, 0))
-
-
+@_per_tensor
 def label_range(y: torch.Tensor, ignore_index: int | None = None) -> tuple[int, int]:
     """The smallest and largest label in ``y`` (leaving out ``ignore_index``); ``(0, 0)`` for none.
 
     A host read, computed once per tensor like :func:`predicted_labels`: the metrics updated with the
     same ``y`` share it.
     """
-    global _last_range
-    ref, version, ignore, found = _last_range
-    if ref is None or ref() is not y or version != y._version or ignore != ignore_index:
-        labels = y if ignore_index is None else y[y != ignore_index]
-        found = torch.aminmax(labels) if labels.numel() else (0, 0)
-        found = (int(found[0]), int(found[1]))
-        _last_range = (weakref.ref(y), y._version, ignore_index, found)
-    return found
+    labels = y if ignore_index is None else y[y != ignore_index]
+    if not labels.numel():
+        return 0, 0
+    low, high = torch.aminmax(labels)
+    return int(low), int(high)
 
 
 class _Classification:

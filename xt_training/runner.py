@@ -445,6 +445,14 @@ def _detach_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.detach() if t.requires_grad else t  # labels and evaluation outputs: kept as they are
 
 
+def _concat_outputs(outputs: list[tuple[Any, Any]]) -> tuple[Any, Any] | None:
+    """Buffered ``(y_pred, y)`` pairs as one concatenated pair; None where shapes differ between batches."""
+    try:
+        return concat([p for p, _ in outputs]), concat([t for _, t in outputs])
+    except (BatchError, RuntimeError):
+        return None
+
+
 def _numel(obj: Any) -> int:
     return obj.numel() if isinstance(obj, torch.Tensor) else 0
 
@@ -530,10 +538,8 @@ class _Buffers:
         """Hand the buffered outputs to the metrics (no host read)."""
         if not self.outputs:
             return
-        try:  # several batches in one update: much cheaper than one update per batch
-            groups = [(concat([p for p, _ in self.outputs]), concat([t for _, t in self.outputs]))]
-        except (BatchError, RuntimeError):  # outputs whose shapes differ between batches
-            groups = self.outputs
+        joined = _concat_outputs(self.outputs)  # several batches in one update: much cheaper than one each
+        groups = [joined] if joined is not None else self.outputs
         for y_pred, y in groups:
             for name, metric in self.metrics.items():
                 try:
@@ -558,11 +564,9 @@ class _Buffers:
         step write its outputs to memory outside the caches (~3 us a step for a small model's logits).
         """
         new = self.outputs[self.compacted :]
-        if len(new) > 1:
-            try:
-                self.outputs[self.compacted :] = [(concat([p for p, _ in new]), concat([t for _, t in new]))]
-            except (BatchError, RuntimeError):  # shapes that differ between batches: kept as they are
-                pass
+        joined = _concat_outputs(new) if len(new) > 1 else None
+        if joined is not None:  # else shapes that differ between batches: kept as they are
+            self.outputs[self.compacted :] = [joined]
         self.compacted = len(self.outputs)
 
     def flush(self, final: bool = False) -> dict[str, Any]:
