@@ -198,7 +198,7 @@ def test_outputs_between_updates_are_concatenated_at_each_logging_step():
 
     def add(indices):
         for i in indices:
-            buffers.add(None, batches[i], torch.zeros(4))
+            buffers.add_outputs(batches[i], torch.zeros(4))
 
     add(range(3))
     buffers.flush()  # the pass's first logging step updates the metrics

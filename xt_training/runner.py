@@ -219,7 +219,7 @@ class Runner:
         non_blocking = self.device.type == "cuda"  # copies overlap with compute where memory is pinned
         # a CPU run uses the batches as the loader yields them
         move = self.device.type != "cpu" or self.channels_last
-        # (a disabled torch.autocast still costs ~2.5 us a step; the no-op context costs nothing)
+        # (a disabled torch.autocast still costs ~2.5 us a step)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _NO_OP
         self.stopped = False
         tick = self.loggers.start_pass(name, self.epoch, _length(loader))
@@ -251,14 +251,21 @@ class Runner:
         skip_nonfinite = training and self.nonfinite_loss == "skip"
         log_every = self.log_every_n_steps
         checkpoint_every = (self.checkpoint_every_n_steps or 0) if training and self.on_checkpoint else 0
-        forward_fn, loss_fn, scaler, add = self.forward_fn, self.loss_fn, self.scaler, buffers.add
+        forward_fn, loss_fn, scaler, optimizer = self.forward_fn, self.loss_fn, self.scaler, self.optimizer
+        # Entering a context manager, even a no-op one, costs two Python calls: the forward pass enters
+        # one only for autocast (mixed precision) or DDP's no_sync (on gradient accumulation steps).
+        bare_forward = autocast is _NO_OP and not ddp_accumulation
+        # The optimizer step inline, where it is just step and zero_grad: a method call and its checks
+        # cost about as much as the rest of the loop's bookkeeping.
+        plain_step = training and self._plain_optimizer_step()
+        losses, sizes, keep_loss = buffers.losses, buffers.sizes, buffers.keep_loss  # appended to in place
         keep_outputs = buffers.keep_outputs
         # Under DDP the ranks must agree to stop, which takes a collective: only at the training pass's
         # logging steps, where every rank is at the same step (evaluation shards may differ by a batch).
         alone, agree_to_stop = not self.distributed, self.distributed and training
 
         if training:
-            self.optimizer.zero_grad()
+            optimizer.zero_grad()
         step = done
         # the logging steps: the pass's first, then every log_every-th (a counter: cheaper than a modulo)
         next_log = 1 if done == 0 else (done // log_every + 1) * log_every
@@ -267,10 +274,13 @@ class Runner:
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 if move:
                     batch = to_device(batch, self.device, non_blocking, self.channels_last)
-                # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
-                with _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast:
+                if bare_forward:
                     y_pred, y = forward_fn(model, batch)
                     loss = loss_fn(y_pred, y) if loss_fn is not None else None
+                else:  # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
+                    with _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast:
+                        y_pred, y = forward_fn(model, batch)
+                        loss = loss_fn(y_pred, y) if loss_fn is not None else None
                 if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
                         f"loss_fn must return a scalar tensor, but returned {describe(loss)}; "
@@ -286,10 +296,19 @@ class Runner:
                     scaled = loss / accumulate if accumulate > 1 else loss
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     if step % accumulate == 0:
-                        self._optimizer_step()
+                        if plain_step:
+                            optimizer.step()
+                            optimizer.zero_grad()
+                            self.global_step += 1
+                        else:  # loss scaling, gradient clipping or a per-batch scheduler
+                            self._optimizer_step()
 
-                # Per step only detached references are kept: no value leaves a GPU here.
-                add(loss, y_pred, y)
+                # Per step only a float (CPU) or detached references are kept: no value leaves a GPU here.
+                if loss is not None:
+                    losses.append(keep_loss(loss))
+                sizes.append(batch_size(y))
+                if keep_outputs:
+                    buffers.add_outputs(y_pred, y)
                 tick()
                 log_step = step == next_log
                 if log_step:
@@ -342,6 +361,15 @@ class Runner:
         if key not in self._sharded:
             self._sharded[key] = (loader, distributed.shard_loader(loader, training))  # keeps `loader` alive
         return self._sharded[key][1]
+
+    def _plain_optimizer_step(self) -> bool:
+        """Whether :meth:`_optimizer_step` is just ``optimizer.step()`` and ``zero_grad()`` (the loop inlines it)."""
+        clipping = self.clip_grad_norm or self.clip_grad_value
+        return (
+            not clipping
+            and self.scaler is None
+            and (self.scheduler is None or self.scheduler_step != "batch")
+        )
 
     def _optimizer_step(self) -> None:
         if self.clip_grad_norm or self.clip_grad_value:
@@ -497,20 +525,17 @@ class _Buffers:
                 m.to(device)
             m.reset()
 
-    def add(self, loss: torch.Tensor | None, y_pred: Any, y: Any) -> None:
-        if loss is not None:
-            self.losses.append(self.keep_loss(loss))
-        self.sizes.append(batch_size(y))
-        if self.keep_outputs:
-            self.outputs.append((_detach(y_pred), _detach(y)))
-            self.elements += _numel(y_pred)
+    def add_outputs(self, y_pred: Any, y: Any) -> None:
+        """Keep a batch's outputs for the metrics; the loop appends the loss and size itself."""
+        self.outputs.append((_detach(y_pred), _detach(y)))
+        self.elements += _numel(y_pred)
 
     def state(self) -> dict[str, Any]:
         return {
             "loss_sum": self.loss_sum,
             "count": self.count,
-            "losses": self.losses,
-            "sizes": self.sizes,
+            "losses": list(self.losses),
+            "sizes": list(self.sizes),
             "outputs": self.outputs,
             "logs": (self.logs, self.updated_at),
             "metrics": {name: get_state(m) for name, m in self.metrics.items()},
@@ -519,13 +544,14 @@ class _Buffers:
     def restore(self, position: Mapping[str, Any], step: int) -> None:
         """Continue the totals and buffers of an interrupted pass (see ``Runner.position``)."""
         state = to_device({k: position[k] for k in ("loss_sum", "losses", "outputs", "metrics")}, self.device)
-        self.count, self.sizes = position["count"], list(position["sizes"])
+        self.count = position["count"]
+        self.sizes[:] = position["sizes"]  # in place: the loop holds these lists
         self.folded = step - len(self.sizes)
         self.logs, self.updated_at = position.get("logs", (0, 0))  # saved by an older version: count anew
         self.outputs = list(state["outputs"])
         # saved on another kind of device (floats from a CPU run, tensors from a GPU run): as this one keeps them
         convert = float if self.read_at_once else lambda loss: torch.as_tensor(loss, device=self.device)
-        self.losses = [convert(loss) for loss in state["losses"]]
+        self.losses[:] = [convert(loss) for loss in state["losses"]]
         self.loss_sum = None if state["loss_sum"] is None else convert(state["loss_sum"])
         self.elements = sum(_numel(p) for p, _ in self.outputs)
         for name, metric_state in state["metrics"].items():
@@ -581,10 +607,11 @@ class _Buffers:
                 sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.device, non_blocking=True)
                 chunk_sum = (torch.stack(self.losses).float() * sizes).sum()
             self.loss_sum = chunk_sum if self.loss_sum is None else self.loss_sum + chunk_sum
-        self.chunk_losses, self.chunk_start = self.losses, self.folded + 1
+        self.chunk_losses, self.chunk_start = list(self.losses), self.folded + 1
         self.folded += len(self.sizes)
         self.count += sum(self.sizes)
-        self.losses, self.sizes = [], []
+        self.losses.clear()  # in place: the loop holds these lists
+        self.sizes.clear()
         self.logs += 1
         update = (
             final
