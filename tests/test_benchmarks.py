@@ -175,3 +175,37 @@ def test_a_gpu_only_run_writes_its_own_results_file():
     assert harness.parse_args([]).output.name == "RESULTS.md"
     args = harness.parse_args(["--quick"])
     assert args.output is None and args.gpu_steps == 60
+
+
+CACHEGRIND = ROOT / "benchmarks" / "cachegrind_loop.py"
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_cachegrind_counts_the_loops_per_step():
+    # two tiny runs per loop under valgrind (a minute or two): per-step counts, the Runner beside plain
+    proc = subprocess.run(
+        [sys.executable, str(CACHEGRIND), "--steps", "1,2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ")
+    }
+    assert set(rows) == {"variant", "plain", "Runner"}
+    plain_instructions = float(rows["plain"][0].replace(",", ""))
+    assert plain_instructions > 1e5  # a training step runs millions of instructions
+    assert re.fullmatch(r"[\d,]+ \([+-][\d,]+, [+-]\d+\.\d\d%\)", rows["Runner"][0].strip())
+
+
+def test_cachegrind_bad_options_name_the_problem(tmp_path):
+    for argv, message in (
+        (["--steps", "600,100"], "--steps must be two step counts A,B with 0 < A < B"),
+        (["--compare", str(tmp_path)], f"--compare {tmp_path}: no xt_training/runner.py there"),
+    ):
+        proc = subprocess.run([sys.executable, str(CACHEGRIND), *argv], capture_output=True, text=True)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
