@@ -45,23 +45,20 @@ L2 = "--LL=524288,8,64"  # 512 KiB, 8-way, 64-byte lines
 def child(variant: str, steps: int) -> None:
     """The measured process: set-up, then ``steps`` steps of the plain loop or of a Runner pass."""
     sys.path.insert(0, str(HERE))
-    from cases import make_setup
+    from cases import make_setup, plain
 
     s = make_setup("map", steps, 1, Path(tempfile.mkdtemp()))
-    model, opt, loss_fn = s.model.train(), s.optimizer, s.loss_fn
     from xt_training import Runner
 
-    runner = Runner(model, loss_fn, opt, quiet=True)  # built in both: only the loop differs
+    runner = Runner(
+        s.model.train(), s.loss_fn, s.optimizer, quiet=True
+    )  # built in both: only the loop differs
     print("XT_TRAINING", Path(sys.modules["xt_training"].__file__).parent, flush=True)  # which copy ran
     # The objects made so far (imports, set-up) leave the garbage collector's view: a full collection
     # over them, which one run may hit and another not, would swamp the per-step counts.
     gc.freeze()
     if variant == "plain":
-        for x, y in s.loader:
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
+        plain(s)  # the harness's hand-written loop (its clock reads cancel out with the set-up)
     else:
         runner(s.loader)
 
