@@ -7,9 +7,9 @@ cases report the loss of the trained model on the whole training set: bit-equal 
 prove that they did the same work (same batches, same order, same updates). ``benchmarks/run.py``
 runs the cases and builds the tables; see its docstring.
 
-DATA is ``map`` (a small map-style ``Dataset`` class: no shortcut can apply, so the time measures the
-loop's own overhead) or ``tensor`` (``DataLoader(TensorDataset(x, y))``, the case an in-memory fast
-path speeds up). Training runs ``STEPS`` optimizer steps over ``EPOCHS`` epochs; evaluation runs
+DATA is ``map`` (a small map-style ``Dataset`` class: every batch is fetched and collated sample by
+sample; ``xt_no_fast_path`` iterates the DataLoader itself, so its time is the loop's own overhead) or
+``tensor`` (``DataLoader(TensorDataset(x, y))``, the case an in-memory fast path speeds up). Training runs ``STEPS`` optimizer steps over ``EPOCHS`` epochs; evaluation runs
 ``STEPS`` batches in one pass.
 
 DATA ``gpu`` is another workload (issue 5): a ResNet-18 on synthetic 3x224x224 images, bf16 autocast,
@@ -165,6 +165,18 @@ def xt_defaults(s: Setup) -> Timing:
     from xt_training.utils import functional as F
 
     return timed(lambda: F.train(s.workdir / "run", s.loader, s.model, s.optimizer, s.epochs, s.loss_fn))
+
+
+def xt_no_fast_path(s: Setup) -> Timing:
+    """``F.train`` defaults with ``fast_path=False``: the DataLoader iterated as it is, so the time is the
+    loop's own overhead."""
+    from xt_training.utils import functional as F
+
+    return timed(
+        lambda: F.train(
+            s.workdir / "run", s.loader, s.model, s.optimizer, s.epochs, s.loss_fn, fast_path=False
+        )
+    )
 
 
 def full_metrics() -> dict[str, Any]:
@@ -577,7 +589,17 @@ GPU_CASES: dict[str, Callable[[Setup], Timing]] = {
 
 TRAIN_CASES: dict[str, Callable[[Setup], Timing]] = {
     f.__name__: f
-    for f in (plain, plain_item, plain_metrics, xt_defaults, xt_logging, xt_full, ignite, lightning)
+    for f in (
+        plain,
+        plain_item,
+        plain_metrics,
+        xt_defaults,
+        xt_no_fast_path,
+        xt_logging,
+        xt_full,
+        ignite,
+        lightning,
+    )
 }
 EVAL_CASES = {f.__name__: f for f in (eval_plain, eval_xt)}
 CASES = [*TRAIN_CASES, *EVAL_CASES, "memory"]

@@ -68,13 +68,15 @@ class Group:
 GROUPS = [
     Group(
         "map",
-        "Training, map-style Dataset (a custom `Dataset` class: no shortcut applies, this is the loop's overhead)",
+        "Training, map-style Dataset (a custom `Dataset` class: batches fetched and collated sample by sample;"
+        " `xt_no_fast_path` is the loop's own overhead)",
         "map",
         [
             "plain",
             "plain_item",
             "plain_metrics",
             "xt_defaults",
+            "xt_no_fast_path",
             "xt_logging",
             "xt_full",
             "ignite",
@@ -129,6 +131,8 @@ CASE_NOTES = {
     "plain_item": "the same with `loss.item()` every step",
     "plain_metrics": "hand-written loop with torchmetrics Accuracy, AUROC, F1 updated every step, computed per epoch",
     "xt_defaults": "`F.train` defaults: console logger, checkpoint + history.json per epoch",
+    "xt_no_fast_path": "the same with `fast_path=False`: the DataLoader's own iterator (on map data the fast "
+    "path calls the dataset and `collate_fn` as it does, without its per-batch bookkeeping)",
     "xt_logging": "`F.train`, progress bar, `TensorBoardLogger`, Accuracy + F1 + EPS on the training pass",
     "xt_full": "`F.train`, progress bar, `TensorBoardLogger`, Accuracy + ROC_AUC + F1 on the training pass",
     "ignite": "Ignite `create_supervised_trainer`, defaults",

@@ -1,4 +1,4 @@
-"""The exact in-memory fast path: the same batches and the same RNG draws as iterating the DataLoader."""
+"""The exact fast path: the same batches and the same RNG draws as iterating the DataLoader."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch.utils.data import (
     ConcatDataset,
     DataLoader,
     Dataset,
+    IterableDataset,
     RandomSampler,
     SequentialSampler,
     Subset,
@@ -250,38 +251,113 @@ def test_no_sample_is_fetched_one_by_one(monkeypatch):
     assert calls == []
 
 
-def nonqualifying():
+class Squares(Dataset):
+    """A map-style dataset of (x, y) pairs, not a TensorDataset."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), torch.tensor(i * i)
+
+
+class SquaresGetitems(Squares):
+    """Fetches a whole batch at once, as the DataLoader lets a dataset do."""
+
+    def __getitems__(self, indices):
+        return [(torch.tensor([float(i)]), torch.tensor(-i)) for i in indices]
+
+
+class MyTensorDataset(TensorDataset):
+    def __getitem__(self, i):
+        return tuple(t[i] * 2 for t in self.tensors)
+
+
+def sample_by_sample():
+    """Loaders whose batches are fetched and collated sample by sample, the DataLoader's way."""
     ds = dataset()
-
-    class Squares(Dataset):
-        def __len__(self):
-            return 10
-
-        def __getitem__(self, i):
-            return torch.tensor([float(i)]), torch.tensor(i * i)
-
-    class MyTensorDataset(TensorDataset):
-        def __getitem__(self, i):
-            return tuple(t[i] * 2 for t in self.tensors)
-
-    class MyLoader(DataLoader):
-        pass
-
     return {
-        "workers": DataLoader(ds, batch_size=8, num_workers=1),
         "collate_fn": DataLoader(ds, batch_size=8, collate_fn=lambda samples: samples),
-        "pin_memory": DataLoader(ds, batch_size=8, pin_memory=True),
-        "no_batching": DataLoader(ds, batch_size=None),
         "map_dataset": DataLoader(Squares(), batch_size=4),
+        "map_dataset_shuffle": DataLoader(Squares(), batch_size=3, shuffle=True),
+        "map_dataset_generator": DataLoader(Squares(), batch_size=3, shuffle=True, generator=generator(5)),
+        "getitems": DataLoader(SquaresGetitems(), batch_size=4, shuffle=True),
         "tensor_dataset_subclass": DataLoader(MyTensorDataset(*data()), batch_size=4),
-        "concat": DataLoader(ConcatDataset([ds, ds]), batch_size=4),
+        "concat": DataLoader(ConcatDataset([ds, ds]), batch_size=4, shuffle=True, drop_last=True),
         "subset_of_map_dataset": DataLoader(Subset(Squares(), [1, 2]), batch_size=4),
-        "subset_out_of_range": DataLoader(Subset(ds, [0, N]), batch_size=4),
         "empty_subset": DataLoader(Subset(ds, []), batch_size=4),
         "parameter_tensor": DataLoader(
             TensorDataset(nn.Parameter(torch.randn(N, 2)), data()[1]), batch_size=4
         ),
-        "sparse_tensor": DataLoader(TensorDataset(torch.eye(N).to_sparse()), batch_size=4),
+        "list_of_pairs": DataLoader(list(zip(*data())), batch_size=16, shuffle=True),
+    }
+
+
+def assert_same_nested(fast, slow) -> None:
+    assert type(fast) is type(slow)
+    if isinstance(slow, torch.Tensor):
+        assert (fast.dtype, fast.shape, fast.requires_grad) == (slow.dtype, slow.shape, slow.requires_grad)
+        assert torch.equal(fast, slow)
+    elif isinstance(slow, (list, tuple)):
+        assert len(fast) == len(slow)
+        for f, s in zip(fast, slow):
+            assert_same_nested(f, s)
+    else:
+        assert fast == slow
+
+
+@pytest.mark.parametrize("name", list(sample_by_sample()))
+def test_other_map_datasets_get_the_dataloaders_batches_and_draws(name):
+    torch.manual_seed(7)
+    loader = sample_by_sample()[name]
+    expected = run_epochs(loader)
+    expected_states = [torch.get_rng_state(), *([loader.generator.get_state()] if loader.generator else [])]
+
+    torch.manual_seed(7)
+    loader = sample_by_sample()[name]
+    fast = fast_batches(loader)
+    assert fast is not None and fast.tensors == () and fast.description is None  # nothing to tell the user
+    assert len(fast) == len(loader)
+    got = run_epochs(fast)
+
+    assert len(got) == len(expected)
+    assert_same_nested(got, expected)
+    states = [torch.get_rng_state(), *([loader.generator.get_state()] if loader.generator else [])]
+    assert all(torch.equal(a, b) for a, b in zip(states, expected_states))
+
+
+def test_a_bad_index_fails_as_in_the_dataloader():
+    loader = DataLoader(Subset(dataset(), [0, N]), batch_size=4)
+    with pytest.raises(IndexError) as expected:
+        list(loader)
+    with pytest.raises(IndexError) as got:
+        list(fast_batches(loader))
+    assert str(got.value) == str(expected.value)
+
+
+def test_each_batch_gets_a_dataloader_range_under_the_profiler():
+    fast = fast_batches(DataLoader(Squares(), batch_size=4))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        assert len(list(fast)) == 3
+    ranges = [e for e in prof.events() if e.name.startswith("enumerate(DataLoader)#")]
+    assert len(ranges) == 4  # three batches and the call that ends the pass, as the DataLoader's iterator
+
+
+def nonqualifying():
+    ds = dataset()
+
+    class MyLoader(DataLoader):
+        pass
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(*data()))
+
+    return {
+        "workers": DataLoader(ds, batch_size=8, num_workers=1),
+        "pin_memory": DataLoader(ds, batch_size=8, pin_memory=True),
+        "no_batching": DataLoader(ds, batch_size=None),
+        "iterable_dataset": DataLoader(Stream(), batch_size=8),
         "dataloader_subclass": MyLoader(ds, batch_size=8),
         "not_a_dataloader": [torch.zeros(2)],
     }
@@ -292,14 +368,16 @@ def test_other_loaders_get_none(name):
     assert fast_batches(nonqualifying()[name]) is None
 
 
-def test_an_extended_default_collate_gets_none(monkeypatch):
+def test_an_extended_default_collate_is_called_sample_by_sample(monkeypatch):
     loader = DataLoader(dataset(), batch_size=8)
-    assert fast_batches(loader) is not None
+    assert fast_batches(loader).tensors != ()
     monkeypatch.setitem(default_collate_fn_map, torch.Tensor, lambda batch, **_: torch.stack(batch) * 2)
-    assert fast_batches(loader) is None
+    fast = fast_batches(loader)
+    assert fast.tensors == ()
+    assert_same_nested(next(iter(fast)), next(iter(loader)))
     monkeypatch.undo()
     monkeypatch.setitem(default_collate_fn_map, tuple, lambda batch, **_: batch)
-    assert fast_batches(loader) is None
+    assert fast_batches(loader).tensors == ()
 
 
 def test_modifying_a_view_batch_in_place_is_an_error_naming_the_fix():
@@ -451,6 +529,27 @@ def test_f_train_and_f_test_are_identical_with_and_without_the_fast_path(tmp_pat
 
 
 @needs_runner_option
+def test_a_map_dataset_trains_identically_with_and_without_the_fast_path(tmp_path):
+    pairs = list(zip(*data()))  # a plain list of (x, y) samples: fetched one by one either way
+
+    def run(fast_path: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loader = DataLoader(pairs, batch_size=16, shuffle=True)
+        history = F.train(
+            tmp_path / str(fast_path), loader, model, optimizer, 3, nn.functional.cross_entropy,
+            val_loader=DataLoader(pairs[:40], batch_size=16), quiet=True, fast_path=fast_path,
+        )  # fmt: skip
+        return history, [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+
+    fast, slow = run(fast_path=True), run(fast_path=False)
+    assert fast[0] == slow[0]
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], slow[1]))
+    assert torch.equal(fast[2], slow[2])
+
+
+@needs_runner_option
 @pytest.mark.skipif(not hasattr(LoggerGroup, "notice"), reason="loggers have no notice() yet")
 def test_the_run_says_once_that_the_fast_path_is_used(tmp_path):
     class Notices:
@@ -471,4 +570,5 @@ def test_the_run_says_once_that_the_fast_path_is_used(tmp_path):
     messages = run("fast", DataLoader(dataset(), batch_size=16, shuffle=True))
     assert len(messages) == 1 and "fast path" in messages[0] and "fast_path=False" in messages[0]
     assert run("off", DataLoader(dataset(), batch_size=16, shuffle=True), fast_path=False) == []
-    assert run("other", DataLoader(list(zip(*data())), batch_size=16)) == []  # not a TensorDataset
+    # not a TensorDataset: fetched sample by sample as the DataLoader does, nothing to say
+    assert run("other", DataLoader(list(zip(*data())), batch_size=16)) == []

@@ -231,7 +231,7 @@ class Runner:
             restore_rng(resume["rng_start"], generators)
         rng_start = capture_rng(generators) if training else None
         fast = fast_batches(loader, self.device, self.data_on_device) if self.fast_path else None
-        if fast is not None and not self._fast_path_noticed:
+        if fast is not None and fast.description is not None and not self._fast_path_noticed:
             self._fast_path_noticed = True  # once per run
             self.loggers.notice(fast.description)
         batches = iter(loader if fast is None else fast)
