@@ -46,7 +46,14 @@ from torch.utils.data._utils.collate import collate_tensor_fn, default_collate, 
 
 from .errors import ConfigError
 
-__all__ = ["DATA_ON_DEVICE_FRACTION", "FastBatches", "FastIterator", "check_data_on_device", "fast_batches"]
+__all__ = [
+    "DATA_ON_DEVICE_FRACTION",
+    "FastBatches",
+    "FastIterator",
+    "GatherIterator",
+    "check_data_on_device",
+    "fast_batches",
+]
 
 # data_on_device="auto" copies the tensors to a CUDA device when they take at most this fraction of its
 # free memory, leaving the rest to the model, its activations and the optimizer state.
@@ -129,24 +136,19 @@ class FastBatches:
         sources = (
             self.tensors if self.device is None else tuple(_on_device(t, self.device) for t in self.tensors)
         )
-        return FastIterator(self.loader, self.index_map, batch_indices, sources)
+        if not sources:
+            return FastIterator(self.loader, batch_indices)
+        return GatherIterator(self.loader, batch_indices, self.index_map, sources)
 
 
 class FastIterator:
-    """One pass of :class:`FastBatches`; like the DataLoader's iterator, it fetches each batch on demand."""
+    """One pass of :class:`FastBatches`; like the DataLoader's iterator, it fetches each batch on demand.
 
-    def __init__(
-        self,
-        loader: DataLoader,
-        index_map: torch.Tensor | None,
-        batch_indices: Iterator[Any],
-        sources: tuple[torch.Tensor, ...],
-    ):
-        self._loader = loader
-        self._index_map = index_map
+    This class fetches each batch the DataLoader's way; :class:`GatherIterator` gathers it from tensors.
+    """
+
+    def __init__(self, loader: DataLoader, batch_indices: Iterator[Any]):
         self._indices = batch_indices
-        self._sources = sources
-        self._lent: list[int] | None = None  # the sources' versions when views of them were handed out
         # read once per pass, as the DataLoader's iterator reads them when it is created
         self._dataset, self._collate = loader.dataset, loader.collate_fn
         self._getitems = getattr(self._dataset, "__getitems__", None)
@@ -157,24 +159,8 @@ class FastIterator:
     def __next__(self) -> Any:
         if _profiler_enabled():  # a profile shows each batch's loading, as it does the DataLoader's
             with record_function(_PROFILE_NAME):
-                return self._next()
-        return self._next()
-
-    def _next(self) -> Any:
-        if not self._sources:
-            return self._fetch_samples(next(self._indices))
-        if self._lent is not None:  # checked before the next batch, and when the pass ends
-            if any(t._version != v for t, v in zip(self._sources, self._lent)):
-                raise ConfigError(
-                    "a batch of the fast path was modified in place (e.g. by x.mul_() or an inplace=True "
-                    "layer applied to the input); its tensors are views of the dataset, so the dataset "
-                    "changed too. Modify a copy instead (x = x * 2), or pass fast_path=False"
-                )
-            self._lent = None
-        batch, views = self._fetch(next(self._indices))
-        if views:
-            self._lent = [t._version for t in self._sources]
-        return batch
+                return self._fetch(next(self._indices))
+        return self._fetch(next(self._indices))
 
     def skip(self, n: int) -> int:
         """Advance by up to ``n`` batches without fetching them (to resume a pass); returns how many.
@@ -186,16 +172,43 @@ class FastIterator:
                 return done
         return n
 
-    def _fetch_samples(self, indices: Any) -> Any:
+    def _fetch(self, indices: Any) -> Any:
         """One batch the DataLoader's way (its ``_MapDatasetFetcher``): per-sample fetch, then collate."""
         samples = self._getitems(indices) if self._getitems else [self._dataset[i] for i in indices]
         return self._collate(samples)
 
-    def _fetch(self, indices: Any) -> tuple[list[torch.Tensor], bool]:
-        """One batch, and whether it holds views of the sources."""
+
+class GatherIterator(FastIterator):
+    """One pass over a TensorDataset's tensors: each batch gathered (or sliced) with the sampler's indices."""
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        batch_indices: Iterator[Any],
+        index_map: torch.Tensor | None,
+        sources: tuple[torch.Tensor, ...],
+    ):
+        super().__init__(loader, batch_indices)
+        self._index_map = index_map
+        self._sources = sources
+        self._lent: list[int] | None = None  # the sources' versions when views of them were handed out
+
+    def __next__(self) -> list[torch.Tensor]:
+        if self._lent is not None:  # checked before the next batch, and when the pass ends
+            if any(t._version != v for t, v in zip(self._sources, self._lent)):
+                raise ConfigError(
+                    "a batch of the fast path was modified in place (e.g. by x.mul_() or an inplace=True "
+                    "layer applied to the input); its tensors are views of the dataset, so the dataset "
+                    "changed too. Modify a copy instead (x = x * 2), or pass fast_path=False"
+                )
+            self._lent = None
+        return super().__next__()
+
+    def _fetch(self, indices: Any) -> list[torch.Tensor]:
+        """One batch; a slice of the sources where the indices are a contiguous run (noted in ``_lent``)."""
         idx = _index_tensor(indices)
         if idx is None:  # not a flat list of integers: the DataLoader's own per-sample fetch and collate
-            return self._fetch_samples(indices), False
+            return super()._fetch(indices)
         if self._index_map is not None:
             idx = self._index_map[idx]
         first, last = int(idx[0]), int(idx[-1])
@@ -207,9 +220,10 @@ class FastIterator:
         ):
             # A contiguous run: slices. default_collate's result is always contiguous; so is a slice of a
             # contiguous tensor (a view), and .contiguous() copies the slice of any other.
-            return [t[first : last + 1].contiguous() for t in self._sources], True
+            self._lent = [t._version for t in self._sources]
+            return [t[first : last + 1].contiguous() for t in self._sources]
         # Advanced indexing (not index_select) reads negative indices as the dataset's t[i] does.
-        return [t[idx.to(t.device)].contiguous() for t in self._sources], False
+        return [t[idx.to(t.device)].contiguous() for t in self._sources]
 
 
 _END = object()

@@ -309,6 +309,8 @@ class Runner:
                 sizes.append(batch_size(y))
                 if keep_outputs:
                     buffers.add_outputs(y_pred, y)
+                else:  # freed now, not at the next forward: its memory is reused while it is in the caches
+                    y_pred = None
                 tick()
                 log_step = step == next_log
                 if log_step:
