@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch._C._autograd import _profiler_enabled
+from torch.autograd import _profiler_enabled
 from torch.autograd.profiler import record_function
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import collate_tensor_fn, default_collate, default_collate_fn_map

@@ -466,8 +466,8 @@ def _length(loader: Any) -> int | None:
 
 
 def _detach(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):  # the common case, without the walker's recursion
-        return _detach_tensor(obj)
+    if isinstance(obj, torch.Tensor):  # the common case (every step), without the walker's recursion
+        return obj.detach() if obj.requires_grad else obj
     return map_tensors(_detach_tensor, obj)
 
 
