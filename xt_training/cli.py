@@ -226,7 +226,8 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--fast-path/--no-fast-path", default=_DEFAULTS["fast_path"], show_default=True,
-        help="Gather batches of in-memory tensor data directly (the same batches, faster).",
+        help="Gather batches of in-memory tensor data directly, fetch other single-process DataLoaders' "
+        "batches without the DataLoader's per-batch bookkeeping (the same batches, faster).",
     ),
     click.option("--compile", is_flag=True, default=_DEFAULTS["compile"], help="torch.compile the model."),
     click.option(

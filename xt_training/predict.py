@@ -10,7 +10,7 @@ Usage::
     F.predict(model, big_loader, out='predictions.npy')                 # streamed: memory stays bounded
 
 ``F.predict`` moves batches with the loop's own code (:mod:`xt_training.batch`), takes the loop's fast path
-for TensorDataset loaders, and feeds batches the way ``F.train`` does when given the same ``forward_fn``.
+for single-process DataLoaders, and feeds batches the way ``F.train`` does when given the same ``forward_fn``.
 """
 
 from __future__ import annotations

@@ -82,8 +82,10 @@ class Runner:
         checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps
             (F.train writes a resumable mid-epoch checkpoint there).
         fast_path: take batches of a TensorDataset loader straight from its tensors (one gather or slice
-            per tensor instead of per-sample indexing and stacking), with exactly the DataLoader's
-            batches and random draws; other loaders are iterated as usual. See :mod:`xt_training.fastpath`.
+            per tensor instead of per-sample indexing and stacking), and fetch those of other map-style
+            datasets in a single-process DataLoader without the DataLoader iterator's per-batch
+            bookkeeping; exactly the DataLoader's batches and random draws either way. Other loaders are
+            iterated as usual. See :mod:`xt_training.fastpath`.
         data_on_device: with the fast path on CUDA, copy the dataset's tensors to the GPU once and gather
             batches there: ``True``, ``False`` or ``'auto'`` (when they take at most a quarter of its
             free memory).
