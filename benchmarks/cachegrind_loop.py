@@ -1,8 +1,9 @@
 """The loop's cost per step in counted events, not seconds: ``python benchmarks/cachegrind_loop.py``.
 
 The harness (``run.py``) times whole processes, which on a shared 2-core VM vary by a few percent between
-runs: a change that saves 0.3% of a step cannot show there. This runs the plain loop and one ``Runner``
-pass over the same map-style DataLoader under valgrind's cachegrind, which counts the instructions, the
+runs: a change that saves 0.3% of a step cannot show there. This runs the plain loop and ``Runner`` passes
+(with the fast path, the default, and with ``fast_path=False``: the loop's own cost over the DataLoader's
+iterator) over the same map-style DataLoader under valgrind's cachegrind, which counts the instructions, the
 cache misses and the mispredicted branches of the whole process. The counts are deterministic (one
 thread, a fixed hash seed: equal runs agree to about a millionth); different code moves the memory
 layout, which moves the miss counts by a few hundred a step (~1%): the instruction and misprediction
@@ -11,7 +12,7 @@ differences are the sharper ones.
 Each variant runs twice, for ``--steps A,B`` steps; per-step counts are the difference divided by
 ``B - A``, so the imports and the set-up cancel out. The simulated last-level cache has the size of the
 L2 of this machine's CPU (512 KiB): its misses are the ones that go to the L3 or memory. On this
-hardware the extra misses and mispredictions of the Runner cost more than its extra instructions.
+hardware the extra misses and mispredictions of the loop cost more than its extra instructions.
 
 ``--compare DIR`` adds the Runner of the ``xt_training`` package in DIR (a patched copy). Needs valgrind
 (``apt install valgrind``); each run takes a minute or two (the process runs ~50x slower), two at a time.
@@ -43,7 +44,12 @@ L2 = "--LL=524288,8,64"  # 512 KiB, 8-way, 64-byte lines
 
 
 def child(variant: str, steps: int) -> None:
-    """The measured process: set-up, then ``steps`` steps of the plain loop or of a Runner pass."""
+    """The measured process: set-up, then ``steps`` steps of the plain loop or of a Runner pass.
+
+    ``runner`` iterates with the Runner's defaults (the fast path fetches the map-style batches without
+    the DataLoader iterator's bookkeeping); ``runner_no_fast_path`` iterates the DataLoader itself, as
+    ``plain`` does: the loop's own cost.
+    """
     sys.path.insert(0, str(HERE))
     from cases import make_setup, plain
 
@@ -51,8 +57,8 @@ def child(variant: str, steps: int) -> None:
     from xt_training import Runner
 
     runner = Runner(
-        s.model.train(), s.loss_fn, s.optimizer, quiet=True
-    )  # built in both: only the loop differs
+        s.model.train(), s.loss_fn, s.optimizer, quiet=True, fast_path=variant != "runner_no_fast_path"
+    )  # built in every variant: only the loop differs
     print("XT_TRAINING", Path(sys.modules["xt_training"].__file__).parent, flush=True)  # which copy ran
     # The objects made so far (imports, set-up) leave the garbage collector's view: a full collection
     # over them, which one run may hit and another not, would swamp the per-step counts.
@@ -138,7 +144,11 @@ def main() -> None:
         raise SystemExit(
             "valgrind is not installed (e.g. apt install valgrind); it runs the counted processes"
         )
-    variants = {"plain": ("plain", None), "Runner": ("runner", None)}  # name: (loop, xt_training tree)
+    variants = {  # name: (loop, xt_training tree)
+        "plain": ("plain", None),
+        "Runner": ("runner", None),
+        "Runner, fast_path=False": ("runner_no_fast_path", None),
+    }
     if args.compare is not None:
         variants[f"Runner of {args.compare}"] = ("runner", args.compare.resolve())
     jobs = [(name, n) for name in variants for n in (few, many)]

@@ -9,8 +9,8 @@ runs the cases and builds the tables; see its docstring.
 
 DATA is ``map`` (a small map-style ``Dataset`` class: every batch is fetched and collated sample by
 sample; ``xt_no_fast_path`` iterates the DataLoader itself, so its time is the loop's own overhead) or
-``tensor`` (``DataLoader(TensorDataset(x, y))``, the case an in-memory fast path speeds up). Training runs ``STEPS`` optimizer steps over ``EPOCHS`` epochs; evaluation runs
-``STEPS`` batches in one pass.
+``tensor`` (``DataLoader(TensorDataset(x, y))``, the case an in-memory fast path speeds up). Training
+runs ``STEPS`` optimizer steps over ``EPOCHS`` epochs; evaluation runs ``STEPS`` batches in one pass.
 
 DATA ``gpu`` is another workload (issue 5): a ResNet-18 on synthetic 3x224x224 images, bf16 autocast,
 channels_last, on a CUDA GPU (``BENCH_SKIP`` without one); see :func:`make_gpu_setup`. Setting
