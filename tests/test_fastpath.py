@@ -380,6 +380,11 @@ def test_an_extended_default_collate_is_called_sample_by_sample(monkeypatch):
     assert fast_batches(loader).tensors == ()
 
 
+def test_sparse_tensors_are_not_gathered():
+    loader = DataLoader(TensorDataset(torch.eye(N).to_sparse()), batch_size=4)
+    assert fast_batches(loader).tensors == ()  # fetched and collated sample by sample, as the DataLoader does
+
+
 def test_modifying_a_view_batch_in_place_is_an_error_naming_the_fix():
     x, y = data()
     original = x.clone()
@@ -499,54 +504,47 @@ needs_runner_option = pytest.mark.skipif(
 )
 
 
-@needs_runner_option
-def test_f_train_and_f_test_are_identical_with_and_without_the_fast_path(tmp_path, monkeypatch):
-    calls = []
-    getitem = TensorDataset.__getitem__
-    monkeypatch.setattr(TensorDataset, "__getitem__", lambda self, i: calls.append(i) or getitem(self, i))
+def train_and_test(save_dir, train_samples, val_samples, fast_path: bool):
+    """F.train (with dropout and shuffling) then F.test: history, results, weights, the RNG state after."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_loader = DataLoader(train_samples, batch_size=16, shuffle=True)
+    val_loader = DataLoader(val_samples, batch_size=16)
+    common = dict(loss_fn=nn.functional.cross_entropy, quiet=True, fast_path=fast_path)
+    history = F.train(
+        save_dir / str(fast_path), train_loader, model, optimizer, 3, val_loader=val_loader, **common
+    )
+    results = F.test({"test": val_loader}, model, **common)
+    return history, results, [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
 
-    def run(fast_path: bool):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        train_loader = DataLoader(Subset(dataset(), range(80)), batch_size=16, shuffle=True)
-        val_loader = DataLoader(Subset(dataset(), range(80, N)), batch_size=16)
-        common = dict(loss_fn=nn.functional.cross_entropy, quiet=True, fast_path=fast_path)
-        history = F.train(
-            tmp_path / str(fast_path), train_loader, model, optimizer, 3, val_loader=val_loader, **common
-        )
-        results = F.test({"test": val_loader}, model, **common)
-        return history, results, [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
 
-    slow = run(fast_path=False)
-    assert len(calls) == 3 * N + (N - 80)  # three epochs of train + val, then the test pass
-    calls.clear()
-    fast = run(fast_path=True)
-    assert calls == []  # every batch came from the fast path
+def assert_same_run(fast, slow) -> None:
     assert fast[0] == slow[0] and fast[1] == slow[1]
     assert all(torch.equal(a, b) for a, b in zip(fast[2], slow[2]))
     assert torch.equal(fast[3], slow[3])
 
 
 @needs_runner_option
+def test_f_train_and_f_test_are_identical_with_and_without_the_fast_path(tmp_path, monkeypatch):
+    calls = []
+    getitem = TensorDataset.__getitem__
+    monkeypatch.setattr(TensorDataset, "__getitem__", lambda self, i: calls.append(i) or getitem(self, i))
+    train, val = Subset(dataset(), range(80)), Subset(dataset(), range(80, N))
+
+    slow = train_and_test(tmp_path, train, val, fast_path=False)
+    assert len(calls) == 3 * N + (N - 80)  # three epochs of train + val, then the test pass
+    calls.clear()
+    fast = train_and_test(tmp_path, train, val, fast_path=True)
+    assert calls == []  # every batch came from the fast path
+    assert_same_run(fast, slow)
+
+
+@needs_runner_option
 def test_a_map_dataset_trains_identically_with_and_without_the_fast_path(tmp_path):
     pairs = list(zip(*data()))  # a plain list of (x, y) samples: fetched one by one either way
-
-    def run(fast_path: bool):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        loader = DataLoader(pairs, batch_size=16, shuffle=True)
-        history = F.train(
-            tmp_path / str(fast_path), loader, model, optimizer, 3, nn.functional.cross_entropy,
-            val_loader=DataLoader(pairs[:40], batch_size=16), quiet=True, fast_path=fast_path,
-        )  # fmt: skip
-        return history, [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
-
-    fast, slow = run(fast_path=True), run(fast_path=False)
-    assert fast[0] == slow[0]
-    assert all(torch.equal(a, b) for a, b in zip(fast[1], slow[1]))
-    assert torch.equal(fast[2], slow[2])
+    fast = train_and_test(tmp_path, pairs[:80], pairs[80:], fast_path=True)
+    assert_same_run(fast, train_and_test(tmp_path, pairs[:80], pairs[80:], fast_path=False))
 
 
 @needs_runner_option
