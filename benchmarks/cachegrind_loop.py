@@ -4,10 +4,11 @@ The harness (``run.py``) times whole processes, which on a shared 2-core VM vary
 runs: a change that saves 0.3% of a step cannot show there. This runs the plain loop and ``Runner`` passes
 (with the fast path, the default, and with ``fast_path=False``: the loop's own cost over the DataLoader's
 iterator) over the same map-style DataLoader under valgrind's cachegrind, which counts the instructions, the
-cache misses and the mispredicted branches of the whole process. The counts are deterministic (one
-thread, a fixed hash seed: equal runs agree to about a millionth); different code moves the memory
-layout, which moves the miss counts by a few hundred a step (~1%): the instruction and misprediction
-differences are the sharper ones.
+cache misses and the mispredicted branches of the whole process. The counts are nearly deterministic (one
+thread, a fixed hash seed: equal runs agree to about a millionth, though a run on a CI machine once
+counted a few million instructions more, about a step's worth: hence hundreds of steps between the two
+runs); different code moves the memory layout, which moves the miss counts by a few hundred a step
+(~1%): the instruction and misprediction differences are the sharper ones.
 
 Each variant runs twice, for ``--steps A,B`` steps; per-step counts are the difference divided by
 ``B - A``, so the imports and the set-up cancel out. The simulated last-level cache has the size of the
