@@ -144,6 +144,9 @@ class EpisodeReturn:
     def update(self, y_pred: Any, y: Any) -> None:
         pass
 
+    def update_size(self, n: int) -> None:
+        pass  # size-only (see the metric contract): the loop keeps no outputs for this metric
+
     def compute(self) -> float:
         returns = self.returns()
         return sum(returns) / len(returns) if returns else math.nan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import pytest
 import torch
@@ -106,6 +107,76 @@ def test_eps_counts_examples_per_second():
     m = metrics.EPS()
     m.update(torch.zeros(100, 2), torch.zeros(100))
     assert m.compute() > 0
+
+
+class SizeOnly:
+    """A size-only metric: records the example counts it is given."""
+
+    def __init__(self):
+        self.counts = []
+
+    def update(self, y_pred, y):
+        raise AssertionError("a size-only metric gets no outputs in the loop")
+
+    def update_size(self, n):
+        self.counts.append(n)
+
+    def compute(self):
+        return float(sum(self.counts))
+
+    def reset(self):
+        self.counts = []
+
+
+class OutputsFreed(nn.Module):
+    """Identity that checks, at each forward, whether its previous output is still alive."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.last, self.alive = None, []
+
+    def forward(self, x):
+        if self.last is not None:
+            self.alive.append(self.last() is not None)
+        out = x * self.scale
+        self.last = weakref.ref(out)
+        return out
+
+
+@pytest.mark.parametrize("extra", [{}, {"acc": metrics.Accuracy}])
+def test_size_only_metrics_get_counts_and_no_outputs_are_kept_for_them(extra):
+    x, y = torch.randn(23, 3), torch.randint(0, 3, (23,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)  # 5 batches of 4 and one of 3
+    model = OutputsFreed()
+    size_only, eps = SizeOnly(), metrics.EPS()
+    runner = Runner(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        batch_metrics={"n": size_only, "eps": eps, **{k: m() for k, m in extra.items()}},
+        log_every_n_steps=2,
+        quiet=True,
+    )
+    values = runner(loader)
+    # the examples since the last logging step (steps 1, 2, 4, 6; none left for the pass's end)
+    assert size_only.counts == [4, 4, 8, 7] and values["n"] == 23.0
+    assert eps._n == 23 and values["eps"] > 0
+    # outputs are held only for the metrics that read them
+    assert model.alive == [bool(extra)] * 5
+
+
+def test_size_only_metric_failure_names_the_metric():
+    class Broken(SizeOnly):
+        def update_size(self, n):
+            raise ValueError("no counts here")
+
+    runner = Runner(nn.Linear(3, 3).eval(), batch_metrics={"b": Broken()}, quiet=True)
+    loader = DataLoader(TensorDataset(torch.randn(4, 3), torch.randint(0, 3, (4,))), batch_size=2)
+    with pytest.raises(
+        MetricError, match=r"metric 'b' \(Broken\) failed in update_size\(2\): no counts here"
+    ):
+        runner(loader)
 
 
 def test_not_a_metric():

@@ -502,11 +502,14 @@ class _Buffers:
         self, metrics: dict[str, Any], device: torch.device, keep_all: bool, distributed: bool = False
     ):
         self.metrics = metrics
+        # size-only metrics (EPS) get the example counts at each flush; the others the buffered outputs
+        self.size_metrics = {n: m for n, m in metrics.items() if callable(getattr(m, "update_size", None))}
+        self.output_metrics = {n: m for n, m in metrics.items() if n not in self.size_metrics}
         self.device = device
         self.distributed = distributed
         self.next_compute: dict[str, float] = {}  # per metric: when its running value may be computed next
         self.keep_all = keep_all
-        self.keep_outputs = bool(metrics) or keep_all
+        self.keep_outputs = bool(self.output_metrics) or keep_all
         # The losses since the last logging step. On the CPU each is read at once (.item()) and summed in
         # Python: there is no device to wait for, and a float costs ~3 us a step less than keeping a
         # detached tensor. On a GPU they stay tensors, summed on the device at the logging step, so
@@ -571,7 +574,7 @@ class _Buffers:
         joined = _concat_outputs(self.outputs)  # several batches in one update: much cheaper than one each
         groups = [joined] if joined is not None else self.outputs
         for y_pred, y in groups:
-            for name, metric in self.metrics.items():
+            for name, metric in self.output_metrics.items():
                 try:
                     metric.update(y_pred, y)
                 except XtError:
@@ -613,7 +616,15 @@ class _Buffers:
             self.loss_sum = chunk_sum if self.loss_sum is None else self.loss_sum + chunk_sum
         self.chunk_losses, self.chunk_start = list(self.losses), self.folded + 1
         self.folded += len(self.sizes)
-        self.count += sum(self.sizes)
+        examples = sum(self.sizes)
+        self.count += examples
+        for name, metric in self.size_metrics.items() if examples else ():
+            try:
+                metric.update_size(examples)
+            except Exception as e:
+                raise MetricError(
+                    f"metric {name!r} ({type(metric).__name__}) failed in update_size({examples}): {e}"
+                ) from e
         self.losses.clear()  # in place: the loop holds these lists
         self.sizes.clear()
         self.logs += 1
