@@ -275,6 +275,19 @@ def label_range(y: torch.Tensor, ignore_index: int | None = None) -> tuple[int, 
     return int(low), int(high)
 
 
+@functools.cache
+def _warm_torchmetrics() -> None:
+    """Import torchmetrics.classification and build one metric, once per process, when a metric is made.
+
+    The torchmetrics metric itself is built at the first update (it needs the task), and the first one
+    built in a process checks package versions (~5 ms through importlib.metadata): paid here, with the
+    import, rather than inside the first training pass, where it would slow its first steps.
+    """
+    import torchmetrics.classification
+
+    torchmetrics.classification.BinaryAccuracy()
+
+
 class _Classification:
     """Base of the classification metrics: builds the torchmetrics metric once the task is known.
 
@@ -294,8 +307,7 @@ class _Classification:
             raise ValueError(
                 f"{type(self).__name__}: task must be one of {', '.join(self.tasks)}, not {task!r}"
             )
-        import torchmetrics.classification  # noqa: F401 - paid here, not inside the first timed pass
-
+        _warm_torchmetrics()
         self.task = task
         self.num_classes = num_classes
         self.kwargs = kwargs
