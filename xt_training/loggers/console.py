@@ -78,6 +78,8 @@ class ConsoleLogger:
             raise ConfigError(f"line_interval must be a number of seconds >= 0, not {line_interval!r}")
         if isinstance(metrics, str):
             raise ConfigError(f"metrics must be a list of names, e.g. [{metrics!r}], not a string")
+        if progress:  # imported now (tqdm's lock set-up included), not inside the first training pass
+            import tqdm.auto  # noqa: F401
         self.file = file
         self.progress = progress
         self.line_interval = float(line_interval)

@@ -74,6 +74,8 @@ class TensorBoardLogger:
             )
         # Imported now (tensorboard and protobuf: ~0.3 s, once per process), not inside the first training
         # pass, where it would stall the first steps; the writer itself is created at the first write.
+        # The hparams modules are end_run's.
+        import tensorboard.plugins.hparams.plugin_data_pb2  # noqa: F401
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
 
