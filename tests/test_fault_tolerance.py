@@ -56,8 +56,17 @@ SCRIPT = textwrap.dedent(
         time.sleep(delay)
         return nn.functional.cross_entropy(y_pred, y)
 
+    class Seen:  # a size-only metric: the pass's examples, carried into a resumed pass by its state
+        def update(self, y_pred, y): raise AssertionError("size-only metrics get no outputs")
+        def update_size(self, n): self.n += n
+        def compute(self): return float(self.n)
+        def reset(self): self.n = 0
+        def get_state(self): return {"n": self.n}
+        def set_state(self, state): self.n = state["n"]
+
     F.train(save_dir, train, model, opt, 4, loss_fn, val_loader=val, scheduler=sched, scheduler_step="batch",
-            eval_metrics={"acc": metrics.Accuracy()}, checkpoint_every_n_steps=7, resume=resume, quiet=True)
+            eval_metrics={"acc": metrics.Accuracy(), "seen": Seen()}, checkpoint_every_n_steps=7, resume=resume,
+            quiet=True)
     print("WEIGHTS", torch.cat([p.detach().flatten() for p in model.parameters()]).double().sum().item())
     torch.save(model.state_dict(), save_dir + "/final.pt")
     """
@@ -91,7 +100,9 @@ def reference(tmp_path_factory):
     proc = run_script(tmp, tmp / "run", "fresh", "0")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    return final_weights(tmp / "run"), (tmp / "run" / "history.json").read_text()
+    history = (tmp / "run" / "history.json").read_text()
+    assert [(row["train/seen"], row["val/seen"]) for row in json.loads(history)] == [(480.0, 120.0)] * 4
+    return final_weights(tmp / "run"), history
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
