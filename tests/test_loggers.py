@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -148,6 +149,23 @@ def test_tensorboard_scalars_keep_the_time_they_were_logged_at(tmp_path):
     walls = [e.wall_time for e in events(tmp_path / "tensorboard").Scalars("train/loss")]
     assert len(walls) == STEPS_PER_EPOCH and walls == sorted(walls)
     assert min(b - a for a, b in zip(walls, walls[1:])) >= 0.015  # the steps are >= 20 ms apart
+
+
+def test_tensorboard_writes_in_the_training_thread(tmp_path):
+    # no writer thread: SummaryWriter's, woken by every event, would compete with the loop for the GIL
+    train, _ = loaders()
+    net = model()
+    extra = []
+
+    def forward(model, batch):  # threads besides the main one and the checkpoints' writer (xt-writer)
+        others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+        extra.append([t.name for t in others if not t.name.startswith("xt-writer")])
+        return model(batch[0]), batch[1]
+
+    F.train(tmp_path, train, net, torch.optim.SGD(net.parameters(), lr=0.1), 2, nn.CrossEntropyLoss(),
+            forward_fn=forward, log_every_n_steps=1, quiet=True, loggers=[TensorBoardLogger(save_dir=tmp_path)])  # fmt: skip
+    assert extra == [[]] * 2 * STEPS_PER_EPOCH
+    assert [e.step for e in events(tmp_path / "tensorboard").Scalars("train/loss")] == list(range(1, 25))
 
 
 def test_tensorboard_hparams_hold_the_config_and_final_metrics(run):

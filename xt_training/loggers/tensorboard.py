@@ -27,7 +27,9 @@ event directory -- ``SummaryWriter.add_hparams`` would create a second, timestam
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -73,61 +75,54 @@ class TensorBoardLogger:
                 "TensorBoardLogger(histogram_every_n_steps=...) needs the model: pass model=model as well"
             )
         # Imported now (tensorboard and protobuf: ~0.3 s, once per process), not inside the first training
-        # pass, where it would stall the first steps; the writer itself is created at the first write.
-        # The hparams modules are end_run's.
+        # pass, where it would stall the first steps; the event file itself is created at the first write.
+        # The record writer is the event file's; the summary module makes the histograms and hparams.
         import tensorboard.plugins.hparams.plugin_data_pb2  # noqa: F401
+        import tensorboard.summary.writer.record_writer  # noqa: F401
+        import torch.utils.tensorboard.summary  # noqa: F401
         from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard import SummaryWriter
 
-        self._writer_class = SummaryWriter
         self._summary = Summary
         self.log_dir = Path(save_dir) / "tensorboard"
         self.histogram_every_n_steps = every
         self.model = model
         self.flush_secs = flush_secs
-        self._writer: Any = None
+        self._events: _EventFile | None = None
         self._hparams: dict[str, Any] = {}
         self._final: dict[str, float] = {}
         self._resumed = False
         self._step = 0  # the last step logged
-        # The scalars of logging steps wait here and go to the writer together every `flush_secs` (when
-        # the writer would write them to the file anyway): handing each one over at once wakes the
-        # writer's thread, whose fight for the GIL slowed the training loop by ~9 us a step. Each logging
-        # step becomes one event holding all its scalars, with the time it was logged at: a third of the
-        # cost of an add_scalar per value (~34 us each, with the writer thread's work).
+        # Summaries wait here, each with its step and the time it was logged at, and are written together
+        # every `flush_secs`, at the end of each epoch, before each checkpoint and at the end. Each logging
+        # step becomes one event holding all its scalars: a third of the cost of an add_scalar per value.
         self._pending: list[tuple[Any, int, float]] = []
         self._next_write = 0.0
         self._next_histogram = 0
         self._grad_hooks: list[Any] = []
 
-    def _open(self, purge_step: int) -> Any:
-        """The ``SummaryWriter``, created at the first write.
+    def _open(self, purge_step: int) -> None:
+        """Create the event file at the first write.
 
         TensorBoard hides the events of earlier event files in the directory from ``purge_step`` on: a
         new run hides everything an earlier run in the same directory logged (step 0), a resumed run
         what the interrupted run logged from the first step it logs again.
         """
-        if self._writer is None:
-            self._writer = self._writer_class(
-                log_dir=str(self.log_dir),
-                purge_step=purge_step if self._resumed else 0,
-                flush_secs=self.flush_secs,
-            )
-        return self._writer
+        if self._events is None:
+            self._events = _EventFile(self.log_dir, purge_step if self._resumed else 0)
 
     def start_run(self, config: dict[str, Any]) -> None:
         self._hparams = flatten_hparams(config)
         self._resumed = bool(config.get("resumed"))
 
     def log_metrics(self, values: dict[str, Any], step: int) -> None:
-        writer = self._open(step)
+        self._open(step)
         self._add_scalars(values, step)
-        if time.monotonic() >= self._next_write:
-            self._write_pending()
         self._step = step
         if self.histogram_every_n_steps and step >= self._next_histogram:
-            self._write_histograms(writer, step)
+            self._add_histograms(step)
             self._next_histogram = (step // self.histogram_every_n_steps + 1) * self.histogram_every_n_steps
+        if time.monotonic() >= self._next_write:
+            self.flush()
 
     def _add_scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
         """Queue one event holding the scalar ``values`` (tags ``prefix + name``), stamped with the time now."""
@@ -137,26 +132,24 @@ class TensorBoardLogger:
         if scalars:
             self._pending.append((self._summary(value=scalars), step, time.time()))
 
-    def _write_pending(self) -> None:
-        events = self._writer._get_file_writer()  # what add_scalar writes through, one summary at a time
-        for summary, step, walltime in self._pending:
-            events.add_summary(summary, step, walltime)
-        self._pending = []
-        self._next_write = time.monotonic() + self.flush_secs
+    def _add_histogram(self, tag: str, values: Any, step: int) -> None:
+        from torch.utils.tensorboard.summary import histogram
 
-    def _write_histograms(self, writer: Any, step: int) -> None:
+        self._pending.append((histogram(tag, values, _histogram_bins()), step, time.time()))
+
+    def _add_histograms(self, step: int) -> None:
         # The loop frees the gradients right after each optimizer step, so at a logging step there
         # are none to read: one-shot hooks catch each gradient in the next backward pass instead,
         # which costs nothing at the steps in between.
         self._remove_grad_hooks()
         for name, param in self.model.named_parameters():
-            writer.add_histogram(f"weights/{name}", param.detach(), step)
+            self._add_histogram(f"weights/{name}", param.detach(), step)
             if param.requires_grad:
-                hook = functools.partial(self._write_grad, f"grads/{name}", step, len(self._grad_hooks))
+                hook = functools.partial(self._add_grad, f"grads/{name}", step, len(self._grad_hooks))
                 self._grad_hooks.append(param.register_post_accumulate_grad_hook(hook))
 
-    def _write_grad(self, tag: str, step: int, index: int, param: Any) -> None:
-        self._writer.add_histogram(tag, param.grad.detach(), step)
+    def _add_grad(self, tag: str, step: int, index: int, param: Any) -> None:
+        self._add_histogram(tag, param.grad.detach(), step)
         self._grad_hooks[index].remove()
 
     def _remove_grad_hooks(self) -> None:
@@ -173,7 +166,7 @@ class TensorBoardLogger:
         self.flush()
 
     def end_run(self, status: str) -> None:
-        if self._writer is None:  # nothing was logged
+        if self._events is None:  # nothing was logged
             return
         from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
         from torch.utils.tensorboard.summary import hparams
@@ -190,15 +183,69 @@ class TensorBoardLogger:
         self.flush()
 
     def flush(self) -> None:
-        if self._writer is not None:
-            self._write_pending()
-            self._writer.flush()
+        if self._events is not None:
+            for summary, step, walltime in self._pending:
+                self._events.write(summary, step, walltime)
+            self._events.flush()
+        self._pending = []
+        self._next_write = time.monotonic() + self.flush_secs
 
     def close(self) -> None:
         self._remove_grad_hooks()
-        if self._writer is not None:
-            self._write_pending()
-            self._writer.close()
+        self.flush()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
+
+_file_ids = itertools.count()  # tells apart the event files one process opens within a second
+
+
+class _EventFile:
+    """One TensorBoard event file, written in the caller's thread.
+
+    ``SummaryWriter`` hands every event to a writer thread: during training, its wake-ups compete with
+    the loop for the GIL, and each flush waits for the thread (~1 ms at every epoch end and checkpoint
+    in the benchmark, ~3 us a training step there). The logger writes rarely and in bulk, so it writes
+    the records itself, with TensorBoard's record format and protos.
+    """
+
+    def __init__(self, log_dir: Path, purge_step: int):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids)}"
+        self._event = Event
+        self._records = RecordWriter(open(log_dir / name, "wb"))  # noqa: SIM115 - closed in close()
+        self._add(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        # what SummaryWriter(purge_step=...) writes: TensorBoard hides the earlier files' events from here on
+        self._add(
+            Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START))
+        )
+        self.flush()
+
+    def _add(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
+
+    def write(self, summary: Any, step: int, walltime: float) -> None:
+        self._add(self._event(wall_time=walltime, step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
+
+
+@functools.cache
+def _histogram_bins() -> list[float]:
+    """SummaryWriter's default histogram buckets (TensorFlow's): exponential, 10% apart, from 1e-12 to 1e20."""
+    edges, v = [], 1e-12
+    while v < 1e20:
+        edges.append(v)
+        v *= 1.1
+    return [-e for e in reversed(edges)] + [0.0] + edges
 
 
 def flatten_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
