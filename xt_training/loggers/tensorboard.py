@@ -206,7 +206,7 @@ class _EventFile:
 
     ``SummaryWriter`` hands every event to a writer thread: during training, its wake-ups compete with
     the loop for the GIL, and each flush waits for the thread (~1 ms at every epoch end and checkpoint
-    in the benchmark, ~3 us a training step there). The logger writes rarely and in bulk, so it writes
+    in the benchmark, 2-3 us a training step there). The logger writes rarely and in bulk, so it writes
     the records itself, with TensorBoard's record format and protos.
     """
 
