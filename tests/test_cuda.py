@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from xt_training import metrics
 from xt_training.batch import prefetch_to_cuda
@@ -26,27 +26,41 @@ def model():
     return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 2))
 
 
-class Guarded:
-    """A dataset wrapper loader: sync debug mode 'error' from the 2nd batch until the loop asks past the last."""
+class SyncGuard(Sampler):
+    """Shuffles like RandomSampler, with sync debug mode 'error' on from the third batch it is asked for
+    until it is exhausted.
 
-    def __init__(self, loader):
-        self.loader = loader
+    The loop fetches batch i+1 before it runs step i (the side-stream prefetch), so the mode goes on
+    after step 1 (a logging step: it reads values to the host) and off before the pass's last read;
+    every step in between must queue its work without waiting for the GPU.
+    """
+
+    def __init__(self, n, batch_size):
+        self.n, self.batch_size = n, batch_size
 
     def __len__(self):
-        return len(self.loader)
+        return self.n
 
     def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if i == 1:
+        for i, index in enumerate(torch.randperm(self.n).tolist()):
+            if i == 2 * self.batch_size:
                 torch.cuda.set_sync_debug_mode("error")
-            yield batch
+            yield index
         torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
-def test_no_host_device_sync_between_logging_steps(tmp_path, precision):
+@pytest.mark.parametrize(
+    "pin_memory",
+    # False: the default fast path, batches gathered from a copy of the data on the GPU;
+    # True: the DataLoader's own pinned batches, copied on the side stream
+    [False, True],
+    ids=["data-on-gpu", "pinned-batches"],
+)
+def test_no_host_device_sync_between_logging_steps(tmp_path, precision, pin_memory):
     x, y = data()
-    loader = Guarded(DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, pin_memory=True))
+    sampler = SyncGuard(len(x), 64)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, sampler=sampler, pin_memory=pin_memory)
     m = model()
     try:
         history = F.train(tmp_path, loader, m, torch.optim.Adam(m.parameters(), 1e-3), 1, TF.cross_entropy,
@@ -55,6 +69,15 @@ def test_no_host_device_sync_between_logging_steps(tmp_path, precision):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert history[0]["train/acc"] > 0.5
+
+
+def test_the_guard_catches_a_sync():
+    sampler = SyncGuard(256, 64)
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        for i, _ in enumerate(sampler):
+            if i == 200:
+                torch.ones(1, device="cuda").item()
+    torch.cuda.set_sync_debug_mode("default")
 
 
 def test_prefetch_gives_the_batches_in_order_on_the_gpu():

@@ -223,7 +223,20 @@ class GatherIterator(FastIterator):
             self._lent = [t._version for t in self._sources]
             return [t[first : last + 1].contiguous() for t in self._sources]
         # Advanced indexing (not index_select) reads negative indices as the dataset's t[i] does.
-        return [t[idx.to(t.device)].contiguous() for t in self._sources]
+        if self._sources[0].is_cuda:  # data on the GPU (a source on another device gets the CPU indices)
+            on_gpu = _to_gpu(idx, self._sources[0].device)
+            return [t[on_gpu if t.device == on_gpu.device else idx].contiguous() for t in self._sources]
+        return [t[idx].contiguous() for t in self._sources]
+
+
+def _to_gpu(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``idx`` copied to ``device`` without a host-device synchronisation.
+
+    A plain ``.to(device)`` copies from pageable memory and then waits for the stream, so the host
+    would wait every batch for all the GPU work queued so far; from pinned memory, ``non_blocking``
+    copies are queued on the stream like a kernel.
+    """
+    return idx.pin_memory().to(device, non_blocking=True)
 
 
 _END = object()
