@@ -71,6 +71,21 @@ def test_no_host_device_sync_between_logging_steps(tmp_path, precision, pin_memo
     assert history[0]["train/acc"] > 0.5
 
 
+@pytest.mark.parametrize("pin_memory", [False, True], ids=["data-on-gpu", "pinned-batches"])
+def test_no_host_device_sync_between_logging_steps_in_evaluation(pin_memory):
+    x, y = data()
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=64, sampler=SyncGuard(len(x), 64), pin_memory=pin_memory
+    )
+    m = model()
+    try:
+        results = F.test(test_loaders={"test": loader}, model=m, loss_fn=TF.cross_entropy, device="cuda",
+                         eval_metrics={"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC(), "eps": metrics.EPS()})  # fmt: skip
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert 0 <= results["test"]["auc"] <= 1
+
+
 def test_the_guard_catches_a_sync():
     sampler = SyncGuard(256, 64)
     with pytest.raises(RuntimeError, match="synchroniz"):
