@@ -155,11 +155,11 @@ def test_tensorboard_writes_in_the_training_thread(tmp_path):
     # no writer thread: SummaryWriter's, woken by every event, would compete with the loop for the GIL
     train, _ = loaders()
     net = model()
-    extra = []
+    before, extra = set(threading.enumerate()), []  # (earlier tests may have left e.g. tqdm's monitor)
 
-    def forward(model, batch):  # threads besides the main one and the checkpoints' writer (xt-writer)
-        others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-        extra.append([t.name for t in others if not t.name.startswith("xt-writer")])
+    def forward(model, batch):  # threads started since, besides the checkpoints' writer (xt-writer)
+        new = [t for t in threading.enumerate() if t not in before]
+        extra.append([t.name for t in new if not t.name.startswith("xt-writer")])
         return model(batch[0]), batch[1]
 
     F.train(tmp_path, train, net, torch.optim.SGD(net.parameters(), lr=0.1), 2, nn.CrossEntropyLoss(),
