@@ -86,6 +86,21 @@ def test_no_host_device_sync_between_logging_steps_in_evaluation(pin_memory):
     assert 0 <= results["test"]["auc"] <= 1
 
 
+@pytest.mark.parametrize("pin_memory", [False, True], ids=["data-on-gpu", "pinned-batches"])
+def test_predict_moves_outputs_to_the_cpu_in_groups_without_a_sync_per_batch(pin_memory):
+    # 32 batches: one group, moved to the CPU after the last batch (when the guard is off again)
+    x, y = data()
+    m = model()
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=64, sampler=SyncGuard(len(x), 64), pin_memory=pin_memory
+    )
+    try:
+        out = F.predict(m, loader, device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (len(x), 2) and out.device.type == "cpu"
+
+
 def test_the_guard_catches_a_sync():
     sampler = SyncGuard(256, 64)
     with pytest.raises(RuntimeError, match="synchroniz"):

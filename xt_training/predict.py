@@ -46,6 +46,12 @@ __all__ = [
 FORMATS = (".npy", ".csv", ".pt")
 
 _CPU = torch.device("cpu")
+# Outputs wait where the model made them and go to the CPU in groups of up to this many batches or bytes:
+# on a GPU, moving each batch's at once is a blocking copy, so the host would wait for the GPU every batch
+# and the GPU would idle while the host prepares the next one. Of a group, the first copy waits for the
+# GPU; the others find their outputs ready.
+_GROUP_BATCHES = 64
+_GROUP_BYTES = 64 << 20
 
 
 def predict(
@@ -101,6 +107,10 @@ def predict(
     model.eval()
     try:
         fast = fast_batches(loader, dev, data_on_device) if fast_path else None
+        group: list[Any] = []  # outputs not yet on the CPU
+        group_bytes = 0
+        # on the CPU there is nothing to wait for: each batch goes to the writer at once (streamed)
+        group_batches = 1 if dev.type == "cpu" else _GROUP_BATCHES
         with torch.inference_mode():
             for step, batch in enumerate(loader if fast is None else fast, 1):
                 batch = to_device(batch, dev, non_blocking)
@@ -111,13 +121,30 @@ def predict(
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
                     inputs = batch if forward_fn is not None else _inputs(batch)
                     raise BatchError(_mismatch(model, inputs, step, e)) from e
-                writer.add(to_device(y_pred, _CPU))
+                group.append(y_pred)
+                group_bytes += _nbytes(y_pred)
+                if len(group) == group_batches or group_bytes >= _GROUP_BYTES:
+                    _hand_over(group, writer)
+                    group, group_bytes = [], 0
+            _hand_over(group, writer)
     except BaseException:
         writer.abort()
         raise
     finally:
         model.train(was_training)
     return writer.finish()
+
+
+def _hand_over(group: list[Any], writer: Any) -> None:
+    """The group's outputs to the CPU (the host waits here for the GPU) and to the writer, in order."""
+    for y_pred in group:
+        writer.add(to_device(y_pred, _CPU))
+
+
+def _nbytes(outputs: Any) -> int:
+    sizes: list[int] = []
+    map_tensors(lambda t: sizes.append(t.numel() * t.element_size()), outputs)
+    return sum(sizes)
 
 
 def predict_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
