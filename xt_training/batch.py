@@ -40,6 +40,13 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
     return obj
 
 
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested as :func:`map_tensors` walks it)."""
+    sizes: list[int] = []
+    map_tensors(lambda t: sizes.append(t.numel() * t.element_size()), obj)
+    return sum(sizes)
+
+
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False, channels_last: bool = False) -> Any:
     """Move every tensor in a nested tuple/list/dict to ``device``; other leaves are kept as they are.
 

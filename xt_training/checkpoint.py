@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .batch import map_tensors
+from .batch import tensor_bytes
 from .errors import CheckpointError
 
 
@@ -170,18 +170,12 @@ def save_checkpoint(
     }
     if background is not None:
         background.wait()
-        if _tensor_bytes(state) <= _BACKGROUND_MAX_BYTES:
+        if tensor_bytes(state) <= _BACKGROUND_MAX_BYTES:
             buffer = io.BytesIO()
             torch.save(state, buffer)  # the snapshot: training may change the tensors once this returns
             background.submit(atomic_write, path, lambda f: f.write(buffer.getbuffer()))
             return
     atomic_write(path, lambda f: torch.save(state, f))
-
-
-def _tensor_bytes(obj: Any) -> int:
-    sizes: list[int] = []
-    map_tensors(lambda t: sizes.append(t.numel() * t.element_size()), obj)
-    return sum(sizes)
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

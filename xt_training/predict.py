@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .batch import concat, describe, map_tensors, to_device
+from .batch import concat, describe, map_tensors, tensor_bytes, to_device
 from .checkpoint import load_checkpoint
 from .errors import BatchError, CheckpointError, ConfigError, XtError
 from .fastpath import check_data_on_device, fast_batches
@@ -122,7 +122,7 @@ def predict(
                     inputs = batch if forward_fn is not None else _inputs(batch)
                     raise BatchError(_mismatch(model, inputs, step, e)) from e
                 group.append(y_pred)
-                group_bytes += _nbytes(y_pred)
+                group_bytes += tensor_bytes(y_pred)
                 if len(group) == group_batches or group_bytes >= _GROUP_BYTES:
                     _hand_over(group, writer)
                     group, group_bytes = [], 0
@@ -139,12 +139,6 @@ def _hand_over(group: list[Any], writer: Any) -> None:
     """The group's outputs to the CPU (the host waits here for the GPU) and to the writer, in order."""
     for y_pred in group:
         writer.add(to_device(y_pred, _CPU))
-
-
-def _nbytes(outputs: Any) -> int:
-    sizes: list[int] = []
-    map_tensors(lambda t: sizes.append(t.numel() * t.element_size()), outputs)
-    return sum(sizes)
 
 
 def predict_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
