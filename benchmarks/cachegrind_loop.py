@@ -15,7 +15,8 @@ Each variant runs twice, for ``--steps A,B`` steps; per-step counts are the diff
 L2 of this machine's CPU (512 KiB): its misses are the ones that go to the L3 or memory. On this
 hardware the extra misses and mispredictions of the loop cost more than its extra instructions.
 
-``--compare DIR`` adds the Runner of the ``xt_training`` package in DIR (a patched copy). Needs valgrind
+``--compare DIR`` adds the Runner of the ``xt_training`` package in DIR (a patched copy); ``--variants runner``
+counts only the default Runner beside plain (two runs fewer). Needs valgrind
 (``apt install valgrind``); each run takes a minute or two (the process runs ~50x slower), two at a time.
 """
 
@@ -42,6 +43,8 @@ EVENTS = {
     "mispredicted branches": r"Mispredicts",
 }
 L2 = "--LL=524288,8,64"  # 512 KiB, 8-way, 64-byte lines
+# the Runner variants (--variants): loop name, its name in the report
+LOOPS = {"runner": "Runner", "runner_no_fast_path": "Runner, fast_path=False"}
 
 
 def child(variant: str, steps: int) -> None:
@@ -126,6 +129,11 @@ def main() -> None:
     p.add_argument(
         "--compare", type=Path, help="also the Runner of the xt_training package in this directory"
     )
+    p.add_argument(
+        "--variants",
+        default=",".join(LOOPS),
+        help=f"the Runner variants counted beside plain, from {', '.join(LOOPS)} (default: all)",
+    )
     p.add_argument("--child", nargs=2, metavar=("VARIANT", "STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -141,15 +149,18 @@ def main() -> None:
         raise SystemExit(
             f"--compare {args.compare}: no xt_training/runner.py there; give the directory that holds it"
         )
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in LOOPS]
+    if unknown or not chosen:
+        raise SystemExit(
+            f"--variants {args.variants!r}: choose from {', '.join(LOOPS)} (comma-separated), e.g. runner"
+        )
     if shutil.which("valgrind") is None:
         raise SystemExit(
             "valgrind is not installed (e.g. apt install valgrind); it runs the counted processes"
         )
-    variants = {  # name: (loop, xt_training tree)
-        "plain": ("plain", None),
-        "Runner": ("runner", None),
-        "Runner, fast_path=False": ("runner_no_fast_path", None),
-    }
+    variants = {"plain": ("plain", None)}  # name: (loop, xt_training tree)
+    variants.update({LOOPS[v]: (v, None) for v in chosen})
     if args.compare is not None:
         variants[f"Runner of {args.compare}"] = ("runner", args.compare.resolve())
     jobs = [(name, n) for name in variants for n in (few, many)]
