@@ -349,8 +349,8 @@ def test_console_output_is_plain_lines_when_not_a_terminal(tabular, tmp_path, ca
 
 
 # --- bad input: each gets a one-line message that names the problem ---------------------------
-def train_with(tmp_path, loader, loss_fn=TF.cross_entropy, epochs=1, **kw):
-    model = mlp()
+def train_with(tmp_path, loader, loss_fn=TF.cross_entropy, epochs=1, model=None, **kw):
+    model = model or mlp()
     return F.train(
         tmp_path,
         loader,
@@ -392,6 +392,107 @@ def test_non_scalar_loss(tabular, tmp_path):
         runner = Runner(mlp().eval(), lambda y_pred, y, value=value: value, device="cpu", quiet=True)
         with pytest.raises(LossError, match=f"loss_fn must return a scalar tensor, but returned {described}"):
             runner(tabular[1])
+
+
+def test_a_forward_fn_must_return_a_pair(tabular, tmp_path):
+    # returning only y_pred: with batches of two, `y_pred, y = out` unpacked its rows and trained on them
+    x, y = make_classification(64)
+    pairs = DataLoader(TensorDataset(x, y), batch_size=2)
+    message = (
+        r"forward_fn must return a \(y_pred, y\) pair, but returned Tensor\(2, 3\) float32; e.g. forward_fn="
+    )
+    with pytest.raises(BatchError, match=message):
+        train_with(tmp_path, pairs, forward_fn=lambda model, batch: model(batch[0]))
+    with pytest.raises(BatchError, match=message):
+        F.predict(mlp(), pairs, forward_fn=lambda model, batch: model(batch[0]))
+    # a list of two is a pair too
+    train_with(tmp_path, tabular[0], forward_fn=lambda model, batch: [model(batch[0]), batch[1]])
+
+
+def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
+    with pytest.raises(LossError, match="loss_fn returned None in training; it must return a scalar tensor"):
+        train_with(tmp_path, tabular[0], lambda y_pred, y: None)
+    with pytest.raises(LossError, match=r"the loss does not require grad, .* \(not \.item\(\) or a new tensor\)"):
+        train_with(tmp_path, tabular[0], lambda y_pred, y: torch.tensor(0.5))
+    frozen = mlp().requires_grad_(False)
+    with pytest.raises(LossError, match="the model needs parameters with requires_grad=True"):
+        Runner(frozen, nn.CrossEntropyLoss(), torch.optim.SGD(mlp().parameters(), lr=0.1), quiet=True)(
+            tabular[0]
+        )
+
+    # an error of the model in backward stays as it is
+    class Inplace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            h = self.net(x).sigmoid()
+            h.mul_(2)  # modifies the output sigmoid saved for backward
+            return h
+
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        train_with(tmp_path, tabular[0], loss_fn=lambda y_pred, y: y_pred.sum(), model=Inplace())
+
+
+def test_every_batch_skipped_is_an_error(tabular, tmp_path):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite in all 12 batches of loader 'train' in epoch 1, so nothing was trained",
+    ):
+        train_with(tmp_path, tabular[0], lambda y_pred, y: y_pred.sum() * float("nan"), nonfinite_loss="skip")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"clip_grad_norm": -1.0},
+            r"clip_grad_norm must be a positive number or None \(no clipping\), not -1.0",
+        ),
+        ({"clip_grad_norm": 0}, "clip_grad_norm must be a positive number or None"),
+        ({"clip_grad_value": float("inf")}, "clip_grad_value must be a positive number or None"),
+        (
+            {"eval_metrics": {"loss": metrics.Accuracy()}},
+            "the metric name 'loss' is the pass's loss; give the",
+        ),
+        ({"loss_fn": nn.CrossEntropyLoss}, r"loss_fn is the class CrossEntropyLoss; pass an instance, e.g\."),
+        ({"optimizer": torch.optim.SGD}, "optimizer is the class SGD; pass an instance"),
+        ({"scheduler": "step"}, r"scheduler must be a torch LR scheduler \(with step\(\)\), not str"),
+        (
+            {"scheduler": "plateau", "scheduler_step": "batch"},
+            "ReduceLROnPlateau steps on a monitored value once",
+        ),
+        (
+            {"val_loader": "dict"},
+            "val_loader is one loader, not a dict; evaluate on more loaders with test_loaders=",
+        ),
+        ({"train_loader": None}, "train_loader must be a loader that yields batches"),
+        ({"loggers": "csv"}, r"loggers must be a list, e.g. loggers=\['csv'\], not str"),
+        ({"callbacks": object()}, r"callbacks must be a list, e.g. callbacks=\[...\], not object"),
+        ({"save_dir": None}, r"save_dir must be a directory path \(str or Path\), not NoneType"),
+    ],
+)
+def test_bad_arguments_fail_before_training(tabular, tmp_path, options, message):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = {
+        "save_dir": tmp_path / "run",
+        "train_loader": tabular[0],
+        "model": model,
+        "optimizer": optimizer,
+        "epochs": 1,
+        "loss_fn": nn.CrossEntropyLoss(),
+        "quiet": True,
+        **options,
+    }
+    if args.get("scheduler") == "plateau":
+        args["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    if args.get("val_loader") == "dict":
+        args["val_loader"] = {"val": tabular[1]}
+    with pytest.raises(ConfigError, match=message):
+        F.train(**args)
+    assert not (tmp_path / "run" / "checkpoints" / "crash.pt").exists()  # it failed before training
 
 
 @pytest.mark.parametrize("epochs", [0, -1, 1.5, "3"])

@@ -17,6 +17,7 @@ the batch already moved to the device. Examples::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -122,6 +123,29 @@ def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
         f"the loader must yield (x, y) pairs, but it yielded {describe(batch)}; "
         "pass forward_fn=lambda model, batch: (model(x), y) to unpack other batch shapes"
     )
+
+
+def checked_forward(
+    forward_fn: Callable[[torch.nn.Module, Any], Any],
+) -> Callable[[torch.nn.Module, Any], Any]:
+    """A user's ``forward_fn`` whose result must be a ``(y_pred, y)`` pair.
+
+    Returning only ``y_pred`` is an easy mistake, and unpacking a tensor of two rows would "work":
+    training would fit row 0 to row 1. The check costs one pattern match a step.
+    """
+
+    @functools.wraps(forward_fn)
+    def forward(model: torch.nn.Module, batch: Any) -> Any:
+        out = forward_fn(model, batch)
+        match out:
+            case (_, _):  # a tuple or list of two; a tensor is not a sequence pattern's match
+                return out
+        raise BatchError(
+            f"forward_fn must return a (y_pred, y) pair, but returned {describe(out)}; "
+            "e.g. forward_fn=lambda model, batch: (model(batch[0]), batch[1])"
+        )
+
+    return forward
 
 
 def batch_size(y: Any) -> int:

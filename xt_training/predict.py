@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .batch import concat, describe, map_tensors, tensor_bytes, to_device
+from .batch import checked_forward, concat, describe, map_tensors, tensor_bytes, to_device
 from .checkpoint import load_checkpoint
 from .errors import BatchError, CheckpointError, ConfigError, XtError
 from .fastpath import check_data_on_device, fast_batches
@@ -101,7 +101,7 @@ def predict(
     writer = _writer(out)
     dev = resolve_device(device)
     model = model.to(dev)
-    forward = forward_fn or predict_forward
+    forward = predict_forward if forward_fn is None else checked_forward(forward_fn)
     non_blocking = dev.type == "cuda"
     was_training = model.training
     model.eval()

@@ -13,7 +13,16 @@ from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from . import distributed
-from .batch import batch_size, concat, default_forward, describe, map_tensors, prefetch_to_cuda, to_device
+from .batch import (
+    batch_size,
+    checked_forward,
+    concat,
+    default_forward,
+    describe,
+    map_tensors,
+    prefetch_to_cuda,
+    to_device,
+)
 from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError
 from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup
@@ -49,7 +58,40 @@ def prepare_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if not isinstance(metrics, Mapping):
         raise ConfigError(f"metrics must be a dict of name -> metric, not {type(metrics).__name__}")
+    if "loss" in metrics:  # it would replace the pass's loss in the values (and the default monitor)
+        raise ConfigError(
+            "the metric name 'loss' is the pass's loss; give the metric another name, e.g. 'acc'"
+        )
     return {name: as_metric(m, name) for name, m in metrics.items()}
+
+
+def check_instance(name: str, obj: Any) -> None:
+    """A class where an instance belongs (``loss_fn=nn.CrossEntropyLoss``) fails only later, obscurely."""
+    if isinstance(obj, type):
+        raise ConfigError(f"{name} is the class {obj.__name__}; pass an instance, e.g. {obj.__name__}(...)")
+
+
+def check_list(name: str, value: Any) -> None:
+    """``loggers='csv'`` would be taken letter by letter; a single object is not a list."""
+    if value is not None and (isinstance(value, (str, Mapping)) or not isinstance(value, Iterable)):
+        example = f"[{value!r}]" if isinstance(value, str) else "[...]"
+        raise ConfigError(f"{name} must be a list, e.g. {name}={example}, not {describe(value)}")
+
+
+def check_scheduler(scheduler: Any, scheduler_step: str | None) -> None:
+    """A scheduler that cannot be stepped as asked would fail after a pass of training."""
+    if scheduler is None:
+        return
+    check_instance("scheduler", scheduler)
+    if not callable(getattr(scheduler, "step", None)):
+        raise ConfigError(
+            f"scheduler must be a torch LR scheduler (with step()), not {describe(scheduler)}; "
+            "e.g. torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)"
+        )
+    if scheduler_step == "batch" and isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ConfigError(
+            "ReduceLROnPlateau steps on a monitored value once per epoch; use scheduler_step='epoch'"
+        )
 
 
 _PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -131,6 +173,14 @@ class Runner:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{option} must be a positive integer, not {value!r}")
+        for option, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+            ):
+                raise ConfigError(f"{option} must be a positive number or None (no clipping), not {value!r}")
+        check_instance("loss_fn", loss_fn)
+        check_instance("optimizer", optimizer)
+        check_scheduler(scheduler, scheduler_step)
         if nonfinite_loss not in ("raise", "skip"):
             raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', not {nonfinite_loss!r}")
         if precision not in _PRECISIONS:
@@ -158,8 +208,9 @@ class Runner:
         self.scheduler = scheduler
         self.scheduler_step = scheduler_step
         self.metrics = prepare_metrics(batch_metrics)
-        self.forward_fn = forward_fn or default_forward
+        self.forward_fn = default_forward if forward_fn is None else checked_forward(forward_fn)
         self.log_every_n_steps = log_every_n_steps
+        check_list("loggers", loggers)
         if loggers is None:
             from .loggers.console import ConsoleLogger
 
@@ -295,8 +346,12 @@ class Runner:
                     tick()
                     continue
                 if training:
-                    scaled = loss / accumulate if accumulate > 1 else loss
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    try:
+                        scaled = loss / accumulate if accumulate > 1 else loss
+                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    except (AttributeError, TypeError, RuntimeError) as e:
+                        _raise_if_the_loss_is_at_fault(loss, e)
+                        raise
                     if step % accumulate == 0:
                         if plain_step:
                             optimizer.step()
@@ -340,6 +395,11 @@ class Runner:
             return {}
         if step == 0:
             raise ConfigError(f"loader '{name}' yielded no batches; check the dataset size and drop_last")
+        if skip_nonfinite and skipped == step:
+            raise NonFiniteLossError(
+                f"the loss was non-finite in all {step} batches of loader '{name}' in epoch {self.epoch}, "
+                "so nothing was trained; lower the learning rate, clip gradients or check the data for NaN/inf"
+            )
         if training and step % self.accumulate:
             self._optimizer_step()  # the gradients of a last, incomplete accumulation group
         values = buffers.flush(final=True)
@@ -458,6 +518,20 @@ def step_scheduler(scheduler: Any, value: float | None) -> None:
         scheduler.step(value)
     else:
         scheduler.step()
+
+
+def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception) -> None:
+    """A failed backward() in words, where the loss (not the model) is the cause."""
+    if loss is None:
+        raise LossError(
+            "loss_fn returned None in training; it must return a scalar tensor computed from y_pred"
+        ) from error
+    if isinstance(loss, torch.Tensor) and not loss.requires_grad:  # torch: "element 0 of tensors does not..."
+        raise LossError(
+            "the loss does not require grad, so there is nothing to train: loss_fn must compute it from "
+            "y_pred with torch operations (not .item() or a new tensor), and the model needs parameters "
+            "with requires_grad=True"
+        ) from error
 
 
 def _length(loader: Any) -> int | None:

@@ -26,6 +26,7 @@ import torch
 import torch.utils.serialization  # noqa: F401 - torch.save imports it at its first call (~3 ms): paid here, not in the run
 
 from .. import distributed
+from ..batch import describe
 from ..callbacks import Run
 from ..checkpoint import (
     BackgroundWriter,
@@ -40,7 +41,7 @@ from ..errors import ConfigError
 from ..loggers.console import ConsoleLogger
 from ..predict import predict
 from ..rng import capture_rng, loader_generators, restore_rng
-from ..runner import Runner, prepare_metrics, step_scheduler
+from ..runner import Runner, check_instance, check_list, prepare_metrics, step_scheduler
 
 __all__ = ["train", "test", "predict"]
 
@@ -130,10 +131,26 @@ def train(
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     if scheduler_step not in ("epoch", "batch"):
         raise ConfigError(f"scheduler_step must be 'epoch' or 'batch', not {scheduler_step!r}")
+    if not isinstance(save_dir, (str, os.PathLike)):
+        raise ConfigError(f"save_dir must be a directory path (str or Path), not {describe(save_dir)}")
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if name == "val_loader" and loader is None:
+            continue
+        if isinstance(loader, Mapping):
+            raise ConfigError(
+                f"{name} is one loader, not a dict; evaluate on more loaders with test_loaders={{'name': loader}}"
+            )
+        if not isinstance(loader, Iterable):
+            raise ConfigError(
+                f"{name} must be a loader that yields batches (a DataLoader), not {describe(loader)}"
+            )
+    check_list("loggers", loggers)
+    check_list("callbacks", callbacks)
     for name, obj, methods in (
         ("optimizer", optimizer, ("step", "zero_grad")),
         ("loss_fn", loss_fn, ("__call__",)),
     ):
+        check_instance(name, obj)
         if not all(hasattr(obj, m) for m in methods):
             raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(obj).__name__}")
     if export is not None:
