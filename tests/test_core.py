@@ -367,9 +367,15 @@ def test_loader_yielding_a_non_pair(tmp_path):
     x, _ = make_classification(64)
     with pytest.raises(
         BatchError,
-        match=r"must yield \(x, y\) pairs, but it yielded Tensor\(32, 16\) float32; pass forward_fn=",
+        match=r"must yield \(x, y\) pairs, but it yielded Tensor\(32, 16\) float32; pass forward_fn=lambda "
+        r"model, batch: \(model\(batch\[0\]\), batch\[1\]\) to unpack",
     ):
         train_with(tmp_path, DataLoader(x, batch_size=32))
+    records = [{"image": row, "label": 0} for row in x]  # dict batches: the hint names their keys
+    with pytest.raises(
+        BatchError, match=r"forward_fn=lambda model, batch: \(model\(batch\['image'\]\), batch\['label'\]\)"
+    ):
+        train_with(tmp_path, DataLoader(records, batch_size=32))
 
 
 def test_empty_loader(tmp_path):
@@ -412,7 +418,9 @@ def test_a_forward_fn_must_return_a_pair(tabular, tmp_path):
 def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
     with pytest.raises(LossError, match="loss_fn returned None in training; it must return a scalar tensor"):
         train_with(tmp_path, tabular[0], lambda y_pred, y: None)
-    with pytest.raises(LossError, match=r"the loss does not require grad, .* \(not \.item\(\) or a new tensor\)"):
+    with pytest.raises(
+        LossError, match=r"the loss does not require grad, .* \(not \.item\(\) or a new tensor\)"
+    ):
         train_with(tmp_path, tabular[0], lambda y_pred, y: torch.tensor(0.5))
     frozen = mlp().requires_grad_(False)
     with pytest.raises(LossError, match="the model needs parameters with requires_grad=True"):
@@ -438,7 +446,7 @@ def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
 def test_every_batch_skipped_is_an_error(tabular, tmp_path):
     with pytest.raises(
         NonFiniteLossError,
-        match=r"non-finite in all 12 batches of loader 'train' in epoch 1, so nothing was trained",
+        match=r"non-finite in all 12 batches of loader 'train' \(epoch 1, nothing was trained\); lower",
     ):
         train_with(tmp_path, tabular[0], lambda y_pred, y: y_pred.sum() * float("nan"), nonfinite_loss="skip")
 
@@ -530,6 +538,12 @@ def test_non_finite_loss_names_epoch_step_and_loader(tabular, tmp_path):
 
     with pytest.raises(NonFiniteLossError, match="the loss is nan at epoch 1, step 7 of loader 'train'"):
         train_with(tmp_path, tabular[0], loss_fn, log_every_n_steps=5)
+    calls.clear()  # a Runner called outside F.train has no epochs to name
+    runner = Runner(
+        mlp(), loss_fn, torch.optim.SGD(mlp().parameters(), lr=0.1), quiet=True, log_every_n_steps=5
+    )
+    with pytest.raises(NonFiniteLossError, match="the loss is nan at step 7 of loader 'train'"):
+        runner(tabular[0])
 
 
 def test_missing_and_mismatched_checkpoints(tabular, tmp_path):

@@ -119,9 +119,14 @@ def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
     match batch:
         case (x, y):  # a tuple or list of two (a pattern: cheaper than isinstance and len, every step)
             return model(x), y
+    if isinstance(batch, Mapping) and len(batch) >= 2:  # name its keys: the usual fix
+        x, y, *_ = batch
+        example = f"(model(batch[{x!r}]), batch[{y!r}])"
+    else:
+        example = "(model(batch[0]), batch[1])"
     raise BatchError(
         f"the loader must yield (x, y) pairs, but it yielded {describe(batch)}; "
-        "pass forward_fn=lambda model, batch: (model(x), y) to unpack other batch shapes"
+        f"pass forward_fn=lambda model, batch: {example} to unpack other batch shapes"
     )
 
 

@@ -397,8 +397,8 @@ class Runner:
             raise ConfigError(f"loader '{name}' yielded no batches; check the dataset size and drop_last")
         if skip_nonfinite and skipped == step:
             raise NonFiniteLossError(
-                f"the loss was non-finite in all {step} batches of loader '{name}' in epoch {self.epoch}, "
-                "so nothing was trained; lower the learning rate, clip gradients or check the data for NaN/inf"
+                f"the loss was non-finite in all {step} batches of loader '{name}' ({_epoch(self.epoch)}"
+                "nothing was trained); lower the learning rate, clip gradients or check the data for NaN/inf"
             )
         if training and step % self.accumulate:
             self._optimizer_step()  # the gradients of a last, incomplete accumulation group
@@ -474,7 +474,7 @@ class Runner:
         if not math.isfinite(values.get("loss", 0.0)):
             step, loss = buffers.non_finite_loss()
             raise NonFiniteLossError(
-                f"the loss is {loss} at epoch {self.epoch}, step {step} of loader '{name}'; "
+                f"the loss is {loss} at {_epoch(self.epoch)}step {step} of loader '{name}'; "
                 "lower the learning rate, clip gradients or check the data for NaN/inf"
             )
 
@@ -532,6 +532,11 @@ def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception) -> None:
             "y_pred with torch operations (not .item() or a new tensor), and the model needs parameters "
             "with requires_grad=True"
         ) from error
+
+
+def _epoch(epoch: int) -> str:
+    """``'epoch 3, '`` in messages; nothing for a Runner called outside F.train (no epochs there)."""
+    return f"epoch {epoch}, " if epoch else ""
 
 
 def _length(loader: Any) -> int | None:
