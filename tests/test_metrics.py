@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
+import sys
+import warnings
 import weakref
 
 import pytest
@@ -320,3 +323,213 @@ def test_top_class_metrics_share_labels_and_agree_with_torchmetrics():
         b.mul_(-1)  # a buffer reused in place (the last update's labels must not be reused)
     for k, (_, ref) in refs.items():
         assert torch.equal(ours[k].compute(), ref.compute()), k
+
+
+def run_metrics(y_pred, y, named, log_every=1, batch_size=16):
+    """The pass values of ``{name: metric}`` on outputs ``y_pred`` (an identity model)."""
+    loader = DataLoader(TensorDataset(y_pred, y), batch_size=batch_size)
+    runner = Runner(nn.Identity().eval(), batch_metrics=named, device="cpu", log_every_n_steps=log_every,
+                    quiet=True)  # fmt: skip
+    return runner(loader)
+
+
+def binary_references(scores, y):
+    """torchmetrics over the whole epoch's scores (all in [0, 1], so taken as they are)."""
+    tmc = torchmetrics.classification
+    refs = {"acc": tmc.BinaryAccuracy(), "f1": tmc.BinaryF1Score(), "auc": tmc.BinaryAUROC()}
+    return {k: ref(scores, y.long()).item() for k, ref in refs.items()}
+
+
+def probabilities_then_logits(n=400, first=16, seed=0):
+    """Binary outputs whose first ``first`` examples (the first batch) are probabilities, the rest logits."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g).float()
+    out = ((y - 0.5) * 0.3 + 0.5 + 0.1 * torch.randn(n, generator=g)).clamp(0.01, 0.99)
+    out[first:] = (y[first:] - 0.5) * 6 + 3 * torch.randn(n - first, generator=g)
+    return out, y
+
+
+def logits_then_probabilities(n=400, first=16, seed=1):
+    """The other way round: a first batch of logits, then logits that all happen to lie in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g).float()
+    out = (y - 0.5) * 6 + 3 * torch.randn(n, generator=g)
+    out[first:] = torch.rand(n - first, generator=g) * 0.6 + 0.4 * y[first:] - 0.2 * (1 - y[first:])
+    out[first:] = out[first:].clamp(0, 1)
+    return out, y
+
+
+@pytest.mark.parametrize(
+    "data, logits, expected",
+    [
+        (probabilities_then_logits, None, "clip"),  # the first batch decides: probabilities
+        (logits_then_probabilities, None, "sigmoid"),  # the first batch decides: logits
+        (logits_then_probabilities, False, "clip"),  # told: no guess
+        (probabilities_then_logits, True, "sigmoid"),
+    ],
+)
+def test_logits_or_probabilities_decided_once_per_pass_whatever_the_chunking(data, logits, expected):
+    # torchmetrics decides per update call, and the loop's chunks depend on log_every_n_steps: a chunk
+    # of logits among probabilities (or the reverse) made the epoch value depend on the chunking
+    y_pred, y = data()
+    scores = y_pred.sigmoid() if expected == "sigmoid" else y_pred.clamp(0, 1)
+    reference = binary_references(scores, y)
+    other = binary_references(y_pred.clamp(0, 1) if expected == "sigmoid" else y_pred.sigmoid(), y)
+    assert reference != pytest.approx(other, abs=1e-3)  # the data tells them apart
+    kw = {} if logits is None else {"logits": logits}
+    for log_every in (1, 3, 1000):
+        named = {"acc": metrics.Accuracy(**kw), "f1": metrics.F1(**kw), "auc": metrics.ROC_AUC(**kw)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the clipping warning: see the test below
+            values = run_metrics(y_pred, y, named, log_every)
+        assert values == pytest.approx(reference, abs=1e-6), log_every
+    if logits is None and expected == "sigmoid":  # the whole epoch is well-defined for torchmetrics
+        assert binary_references(y_pred, y) == pytest.approx(reference, abs=1e-6)
+
+
+def test_multiclass_auc_softmax_is_decided_by_the_first_batch():
+    g = torch.Generator().manual_seed(4)
+    y = torch.randint(0, 4, (200,), generator=g)
+    logits = torch.randn(200, 4, generator=g) * 3 + 2 * nn.functional.one_hot(y, 4)
+    probs_first = torch.cat([logits[:16].softmax(1), logits[16:]])
+    for y_pred, scores in ((logits, logits.softmax(1)), (probs_first, probs_first.clamp(0, 1))):
+        reference = torchmetrics.classification.MulticlassAUROC(4)(scores, y).item()
+        for log_every in (1, 3, 1000):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = run_metrics(y_pred, y, {"auc": metrics.ROC_AUC()}, log_every)["auc"]
+            assert value == pytest.approx(reference, abs=1e-6)
+
+
+def test_clipping_probabilities_warns_once_per_pass_naming_the_fix():
+    y_pred, y = probabilities_then_logits()
+    loader = DataLoader(TensorDataset(y_pred, y), batch_size=16)
+    runner = Runner(nn.Identity().eval(), batch_metrics={"acc": metrics.Accuracy()}, device="cpu",
+                    log_every_n_steps=1, quiet=True)  # fmt: skip
+    for _ in range(2):  # two passes: a warning each
+        with pytest.warns(UserWarning) as record:
+            runner(loader)
+        assert [str(w.message) for w in record] == [
+            "Accuracy: the pass's first batch had all predictions in [0, 1], so they are taken as "
+            "probabilities; later values outside [0, 1] were clipped: pass logits=True if the model outputs "
+            "logits"
+        ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # told: no warning
+        run_metrics(y_pred, y, {"acc": metrics.Accuracy(logits=False)})
+        run_metrics(*logits_then_probabilities(), {"acc": metrics.Accuracy()})  # logits: nothing clipped
+
+
+def test_a_resumed_pass_keeps_the_first_batchs_decision():
+    y_pred, y = probabilities_then_logits()
+    first, rest = (y_pred[:16], y[:16]), (y_pred[16:], y[16:])
+    references = binary_references(y_pred.clamp(0, 1), y)
+    for make, key in ((metrics.Accuracy, "acc"), (metrics.ROC_AUC, "auc")):
+        whole, saved, resumed = make(), make(), make()
+        with pytest.warns(UserWarning, match="were clipped"):
+            assert feed(whole, [first, rest]).item() == pytest.approx(references[key])
+        feed(saved, [first])
+        resumed.reset()
+        resumed.set_state(saved.get_state())  # decided by the first batch: probabilities
+        resumed.update(*rest)
+        with pytest.warns(UserWarning, match="were clipped"):
+            assert resumed.compute().item() == pytest.approx(references[key])
+        resumed.reset()  # a new pass decides anew
+        resumed.update(*rest)
+        assert resumed.get_state()["logits"] is True
+
+
+def test_metrics_updated_with_the_same_logits_share_one_sigmoid(monkeypatch):
+    calls = []
+    sigmoid = torch.Tensor.sigmoid
+    monkeypatch.setattr(torch.Tensor, "sigmoid", lambda t: calls.append(1) or sigmoid(t))
+    y_pred, y = torch.randn(32, 3), torch.randint(0, 2, (32, 3))
+    named = [metrics.Accuracy(), metrics.F1(), metrics.ROC_AUC(), metrics.Precision()]
+    for m in named:
+        m.update(y_pred, y)
+    assert len(calls) == 1  # ours; torchmetrics gets probabilities and leaves them alone
+
+
+def test_host_reads_per_update_in_logits_mode(monkeypatch):
+    # the pass's first update: the logits guess and the 0/1 target check, each once for all the metrics;
+    # later updates: the target check only (predictions are never read)
+    reads = []
+    for name in ("__bool__", "item", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def read(t, *args, _original=original):
+            if sys._getframe(1).f_code.co_filename == metrics.__file__:
+                reads[-1] += 1
+            return _original(t, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    named = [metrics.Accuracy(), metrics.F1(), metrics.ROC_AUC(), metrics.Kappa()]
+    for _ in range(3):
+        reads.append(0)
+        y_pred, y = torch.randn(32) * 3, torch.randint(0, 2, (32,)).float()
+        for m in named:
+            m.update(y_pred, y)
+    assert reads == [2, 1, 1]
+
+
+@pytest.mark.parametrize("make", [metrics.Accuracy, metrics.F1, metrics.ROC_AUC])
+def test_soft_binary_and_multilabel_targets_are_an_error_not_truncated(make):
+    message = (
+        r"binary/multi-label targets must be 0 or 1, got 0\.1; threshold soft or smoothed labels first "
+        r"\(e\.g\. \(y > 0\.5\)\.float\(\)\)$"
+    )
+    smoothed = torch.tensor([0.1, 0.9, 0.9, 0.1])  # label smoothing: 0.9 became 0 through .long()
+    with pytest.raises(ValueError, match=message):
+        make().update(torch.randn(4), smoothed)
+    with pytest.raises(MetricError, match=rf"metric 'm' \({make.__name__}\) failed on .*: {message}"):
+        run_metrics(torch.randn(8, 3), torch.tensor([[0.0, 1.0, 0.1]] * 8), {"m": make()})
+    # 0/1 in any dtype is fine, and so is ignore_index
+    make(ignore_index=-1).update(torch.randn(4), torch.tensor([0, 1, -1, 1]))
+
+
+def test_integer_multilabel_targets_give_the_float_result():
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 2, (64, 3), generator=g)
+    y_pred = (y * 2 - 1) * 2.0 + torch.randn(64, 3, generator=g) * 2
+    tmc = torchmetrics.classification
+    refs = {
+        metrics.Accuracy: tmc.MultilabelAccuracy(3, average="micro"),
+        metrics.F1: tmc.MultilabelF1Score(3),
+        metrics.ROC_AUC: tmc.MultilabelAUROC(3),
+    }
+    for make, ref in refs.items():
+        expected = ref(y_pred, y).item()
+        assert feed(make(), [(y_pred, y.float())]).item() == pytest.approx(expected), make
+        assert feed(make(), [(y_pred[:30], y[:30]), (y_pred[30:], y[30:])]).item() == pytest.approx(expected)
+        assert run_metrics(y_pred, y, {"m": make()})["m"] == pytest.approx(expected)
+    assert metrics.infer_task(y_pred, y) == ("multilabel", 3)
+
+
+def test_auc_leaves_out_labels_without_positives_or_negatives():
+    from torchmetrics.functional.classification import binary_auroc
+
+    g = torch.Generator().manual_seed(6)
+    y = torch.randint(0, 2, (64, 4), generator=g).float()
+    y[:, 2], y[:, 3] = 0, 1  # no AUC for labels 2 and 3
+    y_pred = torch.randn(64, 4, generator=g) + y
+    expected = sum(binary_auroc(y_pred[:, j], y[:, j].long()).item() for j in (0, 1)) / 2
+    for log_every in (1, 3):
+        assert run_metrics(y_pred, y, {"auc": metrics.ROC_AUC()}, log_every)["auc"] == pytest.approx(expected)
+    # resumed midway: the counts are part of the state
+    saved, resumed = metrics.ROC_AUC(), metrics.ROC_AUC()
+    feed(saved, [(y_pred[:20], y[:20])])
+    resumed.reset()
+    resumed.set_state(saved.get_state())
+    resumed.update(y_pred[20:], y[20:])
+    assert resumed.compute().item() == pytest.approx(expected)
+    # another average is torchmetrics' own
+    with pytest.warns(UserWarning, match="No (positive|negative) samples in targets"):
+        weighted = torchmetrics.classification.MultilabelAUROC(4, average="weighted")(y_pred, y.long())
+    with pytest.warns(UserWarning, match="No (positive|negative) samples in targets"):
+        assert feed(metrics.ROC_AUC(average="weighted"), [(y_pred, y)]).item() == pytest.approx(
+            weighted.item()
+        )
+    # binary: undefined with one class in the pass's targets, however the batches held them
+    only_negatives = [(y_pred[:32, 2], y[:32, 2]), (y_pred[32:, 2], y[32:, 2])]
+    assert torch.isnan(feed(metrics.ROC_AUC(), only_negatives))
+    assert math.isnan(run_metrics(y_pred[:, 3], y[:, 3], {"auc": metrics.ROC_AUC()})["auc"])

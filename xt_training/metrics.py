@@ -22,12 +22,24 @@ update costs a few microseconds a step (allocations, copies) on a small model.
 **Classification tasks.** :class:`Accuracy`, :class:`ROC_AUC`, :class:`F1`, ... infer the task from
 the first batch they see, unless ``task=`` is given:
 
-- predictions of shape ``(N,)`` or ``(N, 1)``: binary (logits or probabilities; targets 0/1);
-- float targets of the same shape ``(N, L)`` as the predictions: multi-label with L labels;
+- predictions of shape ``(N,)`` or ``(N, 1)``: binary;
+- targets of the same shape ``(N, L, ...)`` as the predictions, of any dtype: multi-label with L labels;
 - otherwise predictions ``(N, C, ...)`` and integer targets ``(N, ...)``: multiclass with C classes.
 
-Predictions may be logits or probabilities: as in torchmetrics, values outside [0, 1] are passed
-through a sigmoid (binary, multi-label) or softmax (multiclass) first.
+Binary and multi-label targets must be 0 or 1: soft or smoothed labels are a ``ValueError`` (an
+integer conversion would silently make 0.9 a 0).
+
+**Logits or probabilities** are decided once per pass, not per update as in torchmetrics (whose
+answer would depend on how the loop groups batches): ``logits=None`` (the default) takes the first
+update since ``reset()`` (in the loop: the pass's first batch) as logits if any value is outside
+[0, 1]; ``logits=True``/``False`` skips the guess. Logits go through a sigmoid (binary, multi-label)
+or a softmax over dim 1 (multiclass, for :class:`ROC_AUC`: the top-class metrics and
+:class:`TopKAccuracy` read only the order of the scores) in every update. Taken as probabilities,
+later values outside [0, 1] are clipped to [0, 1], with a warning once per pass when it was a guess.
+The decision is part of ``get_state()``: a pass resumed midway keeps it.
+
+:class:`ROC_AUC` averages over the classes or labels that have both positives and negatives in the
+pass's targets (the others have no AUC); a binary AUC with one class only is NaN.
 
 **Other problem shapes.** :class:`IoU` and :class:`Dice` score segmentation masks per pixel, over every
 pixel of the epoch, with the same task inference (logits ``(N, C, H, W)`` and class masks ``(N, H, W)``:
@@ -226,7 +238,7 @@ def infer_task(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[str, int]:
     """Return ``(task, n)``: ``('binary', 1)``, ``('multilabel', labels)`` or ``('multiclass', classes)``."""
     if y_pred.ndim <= 1 or y_pred.shape[1] == 1:
         return "binary", 1
-    if y.shape == y_pred.shape and y.is_floating_point():
+    if y.shape == y_pred.shape:  # integer 0/1 targets too: multiclass targets have no class dimension
         return "multilabel", y_pred.shape[1]
     return "multiclass", y_pred.shape[1]
 
@@ -275,6 +287,49 @@ def label_range(y: torch.Tensor, ignore_index: int | None = None) -> tuple[int, 
     return int(low), int(high)
 
 
+@_per_tensor
+def check_binary_targets(y: torch.Tensor, ignore_index: int | None = None) -> None:
+    """Raise ``ValueError`` unless every binary/multi-label target is 0 or 1 (or ``ignore_index``).
+
+    One host read, once per tensor like :func:`label_range`. Soft targets would otherwise be truncated
+    by the integer conversion torchmetrics needs (0.9 counted as 0).
+    """
+    valid = (y == 0) | (y == 1)
+    if ignore_index is not None:
+        valid |= y == ignore_index
+    if not bool(valid.all()):
+        bad = y[~valid][0].item()
+        raise ValueError(
+            f"binary/multi-label targets must be 0 or 1, got {bad:g}; "
+            "threshold soft or smoothed labels first (e.g. (y > 0.5).float())"
+        )
+
+
+@_per_tensor
+def outside_unit_interval(y_pred: torch.Tensor) -> torch.Tensor:
+    """Whether any value of ``y_pred`` is outside [0, 1], as a tensor on its device (no host read)."""
+    return ((y_pred < 0) | (y_pred > 1)).any()
+
+
+@_per_tensor
+def looks_like_logits(y_pred: torch.Tensor) -> bool:
+    """:func:`outside_unit_interval` read to the host, once per tensor for all the metrics."""
+    return bool(outside_unit_interval(y_pred))
+
+
+@_per_tensor
+def probabilities(y_pred: torch.Tensor, how: str) -> torch.Tensor:
+    """``y_pred`` through a ``'sigmoid'``, a ``'softmax'`` over dim 1, or ``'clip'``-ped to [0, 1].
+
+    Once per tensor: Accuracy, F1, ... updated with the same logits share one sigmoid.
+    """
+    if how == "sigmoid":
+        return y_pred.sigmoid()
+    if how == "softmax":
+        return y_pred.softmax(1)
+    return y_pred.clamp(0, 1)
+
+
 @functools.cache
 def _warm_torchmetrics() -> None:
     """Import torchmetrics.classification and build one metric, once per process, when a metric is made.
@@ -293,16 +348,28 @@ class _Classification:
 
     Multiclass scores are turned into labels here (:func:`predicted_labels`) for the metrics that only
     use the top class. torchmetrics validates the first update's inputs; later updates skip its checks
-    (they sort the labels each time) unless ``validate_args=True`` is given; the label-range check
-    below runs on every update.
+    (they sort the labels each time) unless ``validate_args=True`` is given; the label-range and 0/1
+    target checks below run on every update.
+
+    ``logits``: whether the predictions are logits (``None``: decided by the first update of each pass,
+    see the module's docstring). Probabilities are computed here, so torchmetrics, which decides per
+    update call, always gets values in [0, 1] and never transforms them itself.
     """
 
     #: the tasks a subclass supports
     tasks: tuple[str, ...] = ("binary", "multiclass", "multilabel")
     #: whether the multiclass metric reads the top class only (not the scores)
     uses_labels = True
+    #: whether the multiclass metric reads the scores' values, not only their order (then softmaxed)
+    uses_probabilities = False
 
-    def __init__(self, task: str | None = None, num_classes: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        task: str | None = None,
+        num_classes: int | None = None,
+        logits: bool | None = None,
+        **kwargs: Any,
+    ):
         if task is not None and task not in self.tasks:
             raise ValueError(
                 f"{type(self).__name__}: task must be one of {', '.join(self.tasks)}, not {task!r}"
@@ -310,27 +377,49 @@ class _Classification:
         _warm_torchmetrics()
         self.task = task
         self.num_classes = num_classes
+        self.logits = logits
         self.kwargs = kwargs
         self.sync = True
         self._metric: Any = None
+        self._is_logits = logits  # this pass's decision
+        self._clipped: torch.Tensor | None = None  # whether probabilities were clipped this pass
+        self._warned = False
 
     def _build(self, task: str, n: int) -> Any:
         raise NotImplementedError
 
+    def _probabilities(self, y_pred: torch.Tensor, how: str) -> torch.Tensor:
+        """``y_pred`` as probabilities in [0, 1], the same way for every update of the pass."""
+        if not y_pred.is_floating_point():  # predicted labels: torchmetrics takes them as they are
+            return y_pred
+        if self._is_logits is None:  # the pass's first update decides (a host read, once a pass)
+            self._is_logits = looks_like_logits(y_pred)
+        if self._is_logits:
+            return probabilities(y_pred, how)
+        if self.logits is None:  # a guess, maybe wrong: compute() warns if it clipped anything
+            outside = outside_unit_interval(y_pred)  # kept on the device: no host read per update
+            self._clipped = outside if self._clipped is None else self._clipped | outside
+        return probabilities(y_pred, "clip")  # whether needed or not: knowing would cost a host read
+
     def _prepare(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.task == "binary":
-            preds = y_pred.reshape(y_pred.shape[0], *y_pred.shape[2:]) if y_pred.ndim >= 2 else y_pred
+        if self.task != "multiclass":
+            check_binary_targets(y, self.kwargs.get("ignore_index"))
+            preds = self._probabilities(y_pred, "sigmoid")  # before the reshape: shared per tensor
+            if self.task == "multilabel":
+                return preds, y.long()
+            preds = preds.reshape(preds.shape[0], *preds.shape[2:]) if preds.ndim >= 2 else preds
             return preds, y.reshape(preds.shape).long()
-        if self.task == "multiclass":
-            # torchmetrics counts an out-of-range label silently as wrong; name it instead
-            # (a host read, but metrics update only at logging steps)
-            low, high = label_range(y, self.kwargs.get("ignore_index"))
-            if low < 0 or high >= self.num_classes:
-                raise ValueError(
-                    f"labels must be in 0..{self.num_classes - 1} for {self.num_classes} classes, got {low}..{high}"
-                )
-            if self.uses_labels and y_pred.ndim == y.ndim + 1 and self.kwargs.get("top_k", 1) == 1:
-                return predicted_labels(y_pred), y.long()
+        # torchmetrics counts an out-of-range label silently as wrong; name it instead
+        # (a host read, but metrics update only at logging steps)
+        low, high = label_range(y, self.kwargs.get("ignore_index"))
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(
+                f"labels must be in 0..{self.num_classes - 1} for {self.num_classes} classes, got {low}..{high}"
+            )
+        if self.uses_labels and y_pred.ndim == y.ndim + 1 and self.kwargs.get("top_k", 1) == 1:
+            return predicted_labels(y_pred), y.long()
+        if self.uses_probabilities:
+            return self._probabilities(y_pred, "softmax"), y.long()
         return y_pred, y.long()
 
     def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
@@ -352,11 +441,20 @@ class _Classification:
     def compute(self) -> torch.Tensor:
         if self._metric is None:
             return torch.tensor(float("nan"))
+        if self._clipped is not None and not self._warned and bool(self._clipped):
+            self._warned = True
+            warnings.warn(
+                f"{type(self).__name__}: the pass's first batch had all predictions in [0, 1], so they are "
+                "taken as probabilities; later values outside [0, 1] were clipped: pass logits=True if the "
+                "model outputs logits",
+                stacklevel=2,
+            )
         return self._metric.compute()
 
     def reset(self) -> None:
         if self._metric is not None:
             self._metric.reset()
+        self._is_logits, self._clipped, self._warned = self.logits, None, False
 
     def set_sync(self, enabled: bool) -> None:
         self.sync = enabled
@@ -370,6 +468,8 @@ class _Classification:
             "task": self.task,
             "n": self.num_classes,
             "inner": get_state(self._metric),
+            "logits": self._is_logits,  # a pass resumed midway goes on with its first batch's decision
+            "clipped": self._clipped,
             **self._extra_state(),
         }
 
@@ -380,6 +480,7 @@ class _Classification:
         if self._metric is None:
             self._metric = self._build(self.task, self.num_classes)
         set_state(self._metric, state["inner"])
+        self._is_logits, self._clipped = state.get("logits", self.logits), state.get("clipped")
         self._load_extra_state(state)
 
     def _extra_state(self) -> dict[str, Any]:
@@ -390,6 +491,7 @@ class _Classification:
 
     def __repr__(self) -> str:
         args = [f"task={self.task!r}"] if self.task else []
+        args += [f"logits={self.logits!r}"] if self.logits is not None else []
         args += [f"{k}={v!r}" for k, v in self.kwargs.items()]
         return f"{type(self).__name__}({', '.join(args)})"
 
@@ -434,49 +536,68 @@ class TopKAccuracy(_Classification):
 class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
     """Area under the ROC curve over the whole epoch.
 
-    Multiclass: one-vs-rest AUC per class, averaged over the classes that occur in the targets (a
-    class without examples has no defined AUC; torchmetrics would count it as 0).
+    Multiclass (one-vs-rest AUC per class) and multi-label (per label): averaged over the classes or
+    labels that have both positives and negatives in the epoch's targets (the AUC of the others is
+    undefined; torchmetrics would count it as 0). Binary: NaN when the targets hold one class only.
+    An ``average`` other than ``'macro'`` is left to torchmetrics.
     """
 
     uses_labels = False
+    uses_probabilities = True
+    _counts: torch.Tensor | None = None  # (2, classes or labels): the positives and negatives so far
+
+    @property
+    def _own_average(self) -> bool:
+        """Whether compute() averages the per-class AUCs itself, over the classes with an AUC."""
+        return self.task == "binary" or self.kwargs.get("average", "macro") == "macro"
 
     def _build(self, task: str, n: int) -> Any:
         from torchmetrics.classification import BinaryAUROC, MulticlassAUROC, MultilabelAUROC
 
-        if task == "multiclass":
-            self._counts = None
-            return MulticlassAUROC(num_classes=n, average=None, **self.kwargs)
-        cls = BinaryAUROC if task == "binary" else MultilabelAUROC
-        return cls(**_task_kwargs(task, n), **self.kwargs)
+        if task == "binary":
+            return BinaryAUROC(**self.kwargs)
+        cls = MulticlassAUROC if task == "multiclass" else MultilabelAUROC
+        average = {"average": None} if self._own_average else {}
+        return cls(**_task_kwargs(task, n), **{**self.kwargs, **average})
 
     def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
         super().update(y_pred, y)
+        if not self._own_average:
+            return
         if self.task == "multiclass":
-            counts = torch.bincount(
+            positives = torch.bincount(
                 y.reshape(-1).long().clamp(0, self.num_classes - 1), minlength=self.num_classes
             )
-            self._counts = counts if self._counts is None else self._counts + counts
+            counts = torch.stack([positives, positives.sum() - positives])
+        else:  # 0/1 targets (checked), one row per label
+            per_label = (
+                y.reshape(1, -1) if self.task == "binary" else y.movedim(1, 0).reshape(self.num_classes, -1)
+            )
+            counts = torch.stack([(per_label == 1).sum(1), (per_label == 0).sum(1)])
+        self._counts = counts if self._counts is None else self._counts + counts
 
     def compute(self) -> torch.Tensor:
-        with warnings.catch_warnings():  # classes without examples are left out below, not counted as 0
-            warnings.filterwarnings("ignore", message="No (positive|negative) samples in targets")
+        with warnings.catch_warnings():  # classes without both are left out below, not counted as 0
+            if self._own_average:
+                warnings.filterwarnings("ignore", message="No (positive|negative) samples in targets")
             value = super().compute()
-        if self.task != "multiclass" or self._counts is None:
+        if not self._own_average or self._counts is None:
             return value
-        counts = _all_reduce(self._counts, self.sync)
-        total = counts.sum()
-        present = (counts > 0) & (counts < total)  # both positives and negatives seen
-        return value[present].mean() if bool(present.any()) else torch.tensor(float("nan"))
+        present = (_all_reduce(self._counts, self.sync) > 0).all(0)  # both positives and negatives seen
+        return value.reshape(-1)[present].mean() if bool(present.any()) else torch.tensor(float("nan"))
 
     def reset(self) -> None:
         super().reset()
         self._counts = None
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"counts": getattr(self, "_counts", None)}
+        return {"counts": self._counts}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._counts = state["counts"]
+        counts = state["counts"]
+        if counts is not None and counts.ndim == 1:  # saved by an older version: multiclass positives only
+            counts = torch.stack([counts, counts.sum() - counts])
+        self._counts = counts
 
 
 class _Averaged(_Classification):
