@@ -533,3 +533,24 @@ def test_auc_leaves_out_labels_without_positives_or_negatives():
     only_negatives = [(y_pred[:32, 2], y[:32, 2]), (y_pred[32:, 2], y[32:, 2])]
     assert torch.isnan(feed(metrics.ROC_AUC(), only_negatives))
     assert math.isnan(run_metrics(y_pred[:, 3], y[:, 3], {"auc": metrics.ROC_AUC()})["auc"])
+
+
+def test_a_model_with_several_outputs_is_told_to_pick_one():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.body(x), self.body(x)[:, :1]
+
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,))), batch_size=16)
+    for metric in (metrics.Accuracy(), metrics.MSE()):
+        runner = Runner(TwoHeads().eval(), None, batch_metrics={"m": metric}, quiet=True)
+        with pytest.raises(
+            MetricError,
+            match=r"failed on y_pred \(Tensor\(16, 2\) float32, Tensor\(16, 1\) float32\) and y Tensor\(16,\) "
+            r"int64: it scores one tensor of outputs and the model returns several; pick one with "
+            r"forward_fn=lambda model, batch: \(model\(batch\[0\]\)\[0\], batch\[1\]\)$",
+        ):
+            runner(loader)

@@ -234,6 +234,17 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
+def _not_tensors(y_pred: Any, y: Any) -> str:
+    """Why a metric that scores one tensor of outputs cannot take these (the loop names their shapes)."""
+    if isinstance(y_pred, (tuple, list, Mapping)) and isinstance(y, torch.Tensor):
+        first = "[0]" if isinstance(y_pred, (tuple, list)) else f"[{next(iter(y_pred), 'key')!r}]"
+        return (
+            "it scores one tensor of outputs and the model returns several; pick one with "
+            f"forward_fn=lambda model, batch: (model(batch[0]){first}, batch[1])"
+        )
+    return f"it takes tensors, got y_pred {describe(y_pred)} and y {describe(y)}"
+
+
 def infer_task(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[str, int]:
     """Return ``(task, n)``: ``('binary', 1)``, ``('multilabel', labels)`` or ``('multiclass', classes)``."""
     if y_pred.ndim <= 1 or y_pred.shape[1] == 1:
@@ -424,7 +435,7 @@ class _Classification:
 
     def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"expects tensors, got y_pred {describe(y_pred)} and y {describe(y)}")
+            raise TypeError(_not_tensors(y_pred, y))
         if self._metric is None:
             task, n = infer_task(y_pred, y)
             self.task = self.task or task
@@ -708,7 +719,7 @@ class _Regression:
 
     def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"expects tensors, got y_pred {describe(y_pred)} and y {describe(y)}")
+            raise TypeError(_not_tensors(y_pred, y))
         if y_pred.shape != y.shape:
             if y_pred.numel() != y.numel():
                 raise ValueError(
