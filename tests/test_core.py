@@ -443,6 +443,25 @@ def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
         train_with(tmp_path, tabular[0], loss_fn=lambda y_pred, y: y_pred.sum(), model=Inplace())
 
 
+def test_a_loss_that_does_not_fit_the_outputs_names_both(tabular, tmp_path):
+    with pytest.raises(
+        LossError,
+        match=r"^loss_fn failed on y_pred Tensor\(32, 3\) float32 and y Tensor\(32,\) int64 \(The size of tensor a "
+        r"\(3\) must match .*\); give a loss that fits the model's outputs and the targets$",
+    ):
+        with pytest.warns(UserWarning, match="target size"):  # torch's own warning comes first
+            train_with(tmp_path, tabular[0], nn.MSELoss())
+    # the model's own errors stay as they are
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        train_with(tmp_path, tabular[0], model=mlp(features=5))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_a_cuda_device_without_a_gpu_is_a_config_error(tabular, tmp_path):
+    with pytest.raises(ConfigError, match=r"device 'cuda' is not available: torch .* finds no CUDA GPU here"):
+        train_with(tmp_path, tabular[0], device="cuda")
+
+
 def test_every_batch_skipped_is_an_error(tabular, tmp_path):
     with pytest.raises(
         NonFiniteLossError,

@@ -210,6 +210,24 @@ def test_resume_with_a_different_configuration_says_what_differs(tabular, tmp_pa
     assert [row["epoch"] for row in history] == [1, 2]
 
 
+def test_resume_with_no_more_epochs(tmp_path):
+    train_signalled(tmp_path / "run", epochs=2)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    written = last.stat().st_mtime_ns
+    # a finished run resumed again (a retried job): nothing to do, and nothing is rewritten
+    train_signalled(tmp_path / "run", epochs=2, resume=True)
+    assert last.stat().st_mtime_ns == written
+    with pytest.raises(ConfigError, match=r"with epochs=1: it has trained 2 epochs; pass epochs=3 or more$"):
+        train_signalled(tmp_path / "run", epochs=1, resume=True)
+    # stopped inside epoch 2: epochs=1 would drop the rest of it
+    with pytest.raises(SystemExit):
+        train_signalled(tmp_path / "part", train_at=5)
+    with pytest.raises(
+        ConfigError, match=r"it has trained 1 epoch and part of epoch 2; pass epochs=2 or more$"
+    ):
+        train_signalled(tmp_path / "part", epochs=1, resume=True)
+
+
 def test_early_stopping_stops_and_its_state_is_checkpointed(tabular, tmp_path):
     train, val, _, _ = tabular
     model = mlp()

@@ -48,9 +48,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"invalid device {device!r}: {e}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if resolved.type == "cuda":  # else the first .to(device) fails with a driver error deep in torch
+        count = torch.cuda.device_count()
+        if (resolved.index or 0) >= count:
+            found = f"{count} CUDA GPU{'s' if count != 1 else ''}" if count else "no CUDA GPU"
+            raise ConfigError(
+                f"device {str(resolved)!r} is not available: torch {torch.__version__} finds {found} here; "
+                "use device 'cpu', or leave the device out (CUDA when available)"
+            )
+    return resolved
 
 
 def prepare_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -327,13 +336,24 @@ class Runner:
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 if move:
                     batch = to_device(batch, self.device, non_blocking, self.channels_last)
-                if bare_forward:
-                    y_pred, y = forward_fn(model, batch)
-                    loss = loss_fn(y_pred, y) if loss_fn is not None else None
-                else:  # DDP: the forward pass of an accumulation step must not prepare a gradient all-reduce
-                    with _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast:
+                try:  # (free when nothing is raised)
+                    if bare_forward:
                         y_pred, y = forward_fn(model, batch)
                         loss = loss_fn(y_pred, y) if loss_fn is not None else None
+                    else:  # DDP: an accumulation step's forward pass must not prepare a gradient all-reduce
+                        with (
+                            _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast
+                        ):
+                            y_pred, y = forward_fn(model, batch)
+                            loss = loss_fn(y_pred, y) if loss_fn is not None else None
+                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                    if _raised_by(e, loss_fn) and not isinstance(e, (XtError, torch.OutOfMemoryError)):
+                        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                        raise LossError(
+                            f"loss_fn failed on y_pred {describe(y_pred)} and y {describe(y)} ({reason}); "
+                            "give a loss that fits the model's outputs and the targets"
+                        ) from e
+                    raise
                 if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
                         f"loss_fn must return a scalar tensor, but returned {describe(loss)}; "
@@ -518,6 +538,17 @@ def step_scheduler(scheduler: Any, value: float | None) -> None:
         scheduler.step(value)
     else:
         scheduler.step()
+
+
+def _raised_by(error: Exception, fn: Any) -> bool:
+    """Whether ``error`` came out of a call of ``fn`` (a function or a module) made in the catching frame."""
+    below = error.__traceback__.tb_next if error.__traceback__ is not None else None
+    if below is None or fn is None:
+        return False
+    frame = (
+        below.tb_frame
+    )  # the frame the catching one called: fn's own, or nn.Module's __call__ for a module
+    return frame.f_code is getattr(fn, "__code__", None) or frame.f_locals.get("self") is fn
 
 
 def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception) -> None:

@@ -229,6 +229,26 @@ def train(
             generators,
         )
     start_epoch = run.epoch + 1
+    # resumed with no more epochs than it has: a finished run is complete (a no-op: retried jobs stay
+    # idempotent), fewer epochs than it trained are a mistake
+    complete = position is None and epochs == run.epoch > 0
+    if complete or epochs < start_epoch - (position is None):
+        if complete:
+            runner.loggers.notice(
+                f"the run in {save_dir} has trained all {epochs} epochs; pass more to train on"
+            )
+        runner.loggers.close()
+        if background is not None:
+            background.close()
+        if complete:
+            return run.history
+        done = f"trained {run.epoch} epoch{'s' if run.epoch != 1 else ''}" + (
+            f" and part of epoch {start_epoch}" if position else ""
+        )
+        raise ConfigError(
+            f"cannot resume the run in {save_dir} with epochs={epochs}: it has {done}; "
+            f"pass epochs={start_epoch} or more"
+        )
     runner.loggers.start_run(
         {
             **config,
