@@ -347,12 +347,10 @@ class Runner:
                             y_pred, y = forward_fn(model, batch)
                             loss = loss_fn(y_pred, y) if loss_fn is not None else None
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                    if _raised_by(e, loss_fn) and not isinstance(e, (XtError, torch.OutOfMemoryError)):
-                        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                        raise LossError(
-                            f"loss_fn failed on y_pred {describe(y_pred)} and y {describe(y)} ({reason}); "
-                            "give a loss that fits the model's outputs and the targets"
-                        ) from e
+                    # a loss that fails on the pass's first batch does not fit the outputs: said in one line
+                    # (later failures, data-dependent bugs, stay as they are)
+                    if step == done + 1 and _failed_in(e, loss_fn):
+                        raise _loss_mismatch(e, y_pred, y) from e
                     raise
                 if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
@@ -540,15 +538,23 @@ def step_scheduler(scheduler: Any, value: float | None) -> None:
         scheduler.step()
 
 
-def _raised_by(error: Exception, fn: Any) -> bool:
+def _failed_in(error: Exception, fn: Any) -> bool:
     """Whether ``error`` came out of a call of ``fn`` (a function or a module) made in the catching frame."""
     below = error.__traceback__.tb_next if error.__traceback__ is not None else None
-    if below is None or fn is None:
+    if below is None or fn is None or isinstance(error, (XtError, torch.OutOfMemoryError)):
         return False
     frame = (
         below.tb_frame
     )  # the frame the catching one called: fn's own, or nn.Module's __call__ for a module
     return frame.f_code is getattr(fn, "__code__", None) or frame.f_locals.get("self") is fn
+
+
+def _loss_mismatch(error: Exception, y_pred: Any, y: Any) -> LossError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return LossError(
+        f"loss_fn failed on y_pred {describe(y_pred)} and y {describe(y)} ({reason}); "
+        "give a loss that fits the model's outputs and the targets"
+    )
 
 
 def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception) -> None:
