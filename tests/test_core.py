@@ -491,6 +491,10 @@ def test_every_batch_skipped_is_an_error(tabular, tmp_path):
             "ReduceLROnPlateau steps on a monitored value once",
         ),
         (
+            {"scheduler": "plateau", "monitor": "train/acc"},
+            r"ReduceLROnPlateau\(mode='min'\) steps on 'train/acc', which is a 'max' value here; make them",
+        ),
+        (
             {"val_loader": "dict"},
             "val_loader is one loader, not a dict; evaluate on more loaders with test_loaders=",
         ),
@@ -513,6 +517,8 @@ def test_bad_arguments_fail_before_training(tabular, tmp_path, options, message)
         "quiet": True,
         **options,
     }
+    if "monitor" in options:
+        args["eval_metrics"] = {"acc": metrics.Accuracy()}
     if args.get("scheduler") == "plateau":
         args["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     if args.get("val_loader") == "dict":

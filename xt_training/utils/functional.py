@@ -170,6 +170,12 @@ def train(
         passes.append(("val", val_loader, eval_metrics))
     passes += [(_test_prefix(n), loader, eval_metrics) for n, loader in test_loaders.items()]
     monitor, mode = _check_monitor(monitor, mode, passes)
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if plateau and scheduler_step == "epoch" and scheduler.mode != mode:  # it would cut the lr on improvement
+        raise ConfigError(
+            f"ReduceLROnPlateau(mode={scheduler.mode!r}) steps on {monitor!r}, which is a '{mode}' value here; "
+            f"make them agree: ReduceLROnPlateau(optimizer, mode={mode!r}), or mode={scheduler.mode!r} in F.train"
+        )
     main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
     save_dir = prepare_save_dir(save_dir) if main else Path(save_dir)
     ckpt_dir = save_dir / "checkpoints"
