@@ -254,6 +254,48 @@ def test_a_checkpoint_outside_a_run_with_model_and_input_shape(run_dir, tmp_path
     assert f"exported pt2 to {tmp_path / 'weights.pt2'}" in out.output and "batch sizes 2 and 1" in out.output
 
 
+def export_error(*args: str) -> str:
+    """The output of a failing `xt export`: one line, exit code 2."""
+    out = CliRunner().invoke(cli, ["export", *args])
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    return out.output
+
+
+def test_an_input_shape_the_model_does_not_take_names_both_shapes(run_dir, tmp_path):
+    message = export_error(
+        str(run_dir), "--input-shape", "1,20", "--format", "pt2", "-o", str(tmp_path / "m.pt2")
+    )
+    assert "the model fails on the example input Tensor(1, 20) float32 (" in message
+    assert "the model expects (N, 3, H, W) inputs with 3 channels (its first layer is Conv2d)" in message
+    assert not (tmp_path / "m.pt2").exists()
+
+
+def test_a_checkpoint_inside_a_run_with_the_runs_own_model_name(run_dir, tmp_path):
+    ckpt = str(run_dir / "checkpoints" / "best.pt")
+    out = CliRunner().invoke(
+        cli, ["export", ckpt, "--model", "cnn", "--format", "pt2", "-o", str(tmp_path / "m.pt2")]
+    )
+    assert out.exit_code == 0, out.output  # the run's config.json has the options: no --model-opt needed
+    assert read_back(tmp_path / "m.pt2", "pt2")[1]["model_options"]["num_classes"] == 10
+    for other in (["--model", "mlp"], ["--model", "cnn", "--model-opt", "num_classes=3"]):
+        message = export_error(ckpt, *other)
+        assert f"'{run_dir}' is a run directory of `xt run`: its config.json names the model (cnn)" in message
+
+
+def test_checkpoint_takes_best_last_or_a_file(run_dir, tmp_path):
+    last = run_dir / "checkpoints" / "last.pt"
+    out = CliRunner().invoke(
+        cli,
+        ["export", str(run_dir), "--checkpoint", str(last), "--format", "pt2", "-o", str(tmp_path / "m.pt2")],
+    )
+    assert out.exit_code == 0, out.output
+    assert read_back(tmp_path / "m.pt2", "pt2")[1]["checkpoint"] == "last.pt"
+    assert (
+        "checkpoint 'lats' does not exist; did you mean 'last'? (best, last, or a checkpoint file)"
+        in export_error(str(run_dir), "--checkpoint", "lats")
+    )
+
+
 # --- errors --------------------------------------------------------------------------------------------------
 BRANCHY = '''
 import torch

@@ -277,6 +277,37 @@ def test_xt_predict_errors(run, tmp_path):
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_xt_predict_and_xt_test_errors_of_output_paths_and_checkpoints(run, tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "settings.py").write_text("epochs = 3\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    not_a_checkpoint = "is not a PyTorch checkpoint (it starts with b'epochs = 3\\n', not the zip archive"
+    cases = [
+        (["predict", str(run), "-o", "file/p.csv"], f"cannot write '{Path('file', 'p.csv')}' ("),  # a file's folder
+        (["predict", str(run), "-o", "p.csv", "--checkpoint", "lats"],
+         "checkpoint 'lats' does not exist; did you mean 'last'? (best, last, or a checkpoint file)"),
+        (["predict", str(run), "-o", "p.csv", "--checkpoint", "settings.py"], "'settings.py' " + not_a_checkpoint),
+        (["predict", str(run), "-o", "p.csv", "--checkpoint", "empty.pt"],
+         "'empty.pt' is not a PyTorch checkpoint (it is empty"),
+        (["test", str(run), "--checkpoint", "settings.py"], "'settings.py' " + not_a_checkpoint),
+    ]  # fmt: skip
+    for args, message in cases:
+        err = xt(*args, cwd=tmp_path, code=2).stderr
+        assert err.startswith("xt: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_xt_predict_on_a_text_file_gives_one_row_per_line_blank_lines_included(tmp_path):
+    xt("run", "--model", "text-gru", "--data", "synthetic-text", "--data-opt", "n_samples=200", "--epochs", "1",
+       "-q", "--save-dir", "run", cwd=tmp_path)  # fmt: skip
+    (tmp_path / "texts.txt").write_text("the coach and the referee\n\nflour and spice for the dessert\n")
+    (tmp_path / "no-blank.txt").write_text("the coach and the referee\nflour and spice for the dessert\n")
+    for name in ("texts", "no-blank"):
+        xt("predict", "run", "--input", f"{name}.txt", "-o", f"{name}.csv", cwd=tmp_path)
+    rows = (tmp_path / "texts.csv").read_text().splitlines()[1:]
+    assert len(rows) == 3  # row i is line i: the CSV has no input column to match them by
+    assert [rows[0], rows[2]] == (tmp_path / "no-blank.csv").read_text().splitlines()[1:]
+
+
 def test_xt_predict_on_unlabelled_csv_rows_uses_the_training_standardization(tmp_path):
     write_csv(tmp_path / "table.csv", rows=200)
     xt("run", "--model", "mlp", "--data", "csv", "--data-opt", "path=table.csv", "--epochs", "3", "--lr", "0.01",

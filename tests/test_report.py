@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from xt_training import metrics, report
+from xt_training.cli import cli
 from xt_training.errors import ConfigError
 from xt_training.utils import functional as F
 
@@ -115,6 +117,22 @@ def test_plot_to_a_chosen_path(run_dir, tmp_path):
     out = tmp_path / "figures" / "run.png"
     assert report.plot(run_dir, out=out) == out
     assert png_size(out)[0] > 0
+
+
+def test_xt_plot_to_an_unwritable_or_unknown_file_is_one_line(run_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "file" / "c.png"  # its folder is a file
+    for out, message in [
+        (blocked, f"cannot write '{blocked}' ("),
+        (tmp_path / "c.txt", "Format 'txt' is not supported"),
+    ]:
+        result = CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(out)])
+        assert result.exit_code == 2 and result.output.startswith("xt: error: cannot "), result.output
+        assert message in result.output and result.output.count("\n") == 1, result.output
+    result = CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(tmp_path / "curves")])
+    assert result.output == f"wrote {tmp_path / 'curves.png'}\n"  # the file matplotlib writes
+    assert png_size(tmp_path / "curves.png")[0] > 0
 
 
 def test_plot_without_matplotlib_names_the_extra(run_dir):

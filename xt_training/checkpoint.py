@@ -178,6 +178,10 @@ def save_checkpoint(
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+#: how files of torch.save begin: a zip archive (PyTorch >= 1.6), or the legacy format's pickled magic number
+_TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
+
+
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint file with ``weights_only=True``: arbitrary pickled objects are refused."""
     path = Path(path)
@@ -186,6 +190,16 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         others = sorted(p.name for p in where.glob("*.pt")) if where.is_dir() else []
         hint = f"; checkpoints there: {', '.join(others)}" if others else ""
         raise CheckpointError(f"checkpoint '{path}' does not exist{hint}")
+    with path.open("rb") as f:
+        head = f.read(16)
+    # torch.load's own errors for other files (a config file, an HTML page, a Git LFS pointer) talk about
+    # unsafe objects or internal errors: say what the file is instead
+    if not head.startswith(_TORCH_SIGNATURES):
+        what = "it is empty" if not head else f"it starts with {head!r}"
+        raise CheckpointError(
+            f"'{path}' is not a PyTorch checkpoint ({what}, not the zip archive that torch.save writes); "
+            "pass a checkpoint file such as RUN_DIR/checkpoints/best.pt"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -194,7 +208,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"(weights_only=True; {_first_sentence(e)}); only load it with torch.load(weights_only=False) "
             "if you trust its source"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint '{path}' is truncated or corrupt ({_first_sentence(e)}); "
             "use an earlier checkpoint (e.g. last.pt instead of best.pt) or retrain"

@@ -327,8 +327,13 @@ def export(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            expected = model(x)
+        try:
+            with torch.no_grad():
+                expected = model(x)
+        except XtError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise ConfigError(_misfit(model, example_input, e)) from None
         out_names = _names(expected, "output")
         _leaves(expected, "the model's output")
         writer = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}[format]
@@ -352,6 +357,19 @@ def export(
         model.train(was_training)
     result.size = path.stat().st_size
     return result
+
+
+def _misfit(model: torch.nn.Module, example_input: Any, error: Exception) -> str:
+    """Why the model failed on the example input: its shape beside the one the model's first layer expects."""
+    from .batch import describe
+    from .predict import expected_input
+
+    expected = expected_input(model)
+    expects = f"; the model expects {expected}" if expected else ""
+    return (
+        f"the model fails on the example input {describe(example_input)} ({_first_line(error)}){expects}; "
+        "give an example input of the shape it was trained on (--input-shape)"
+    )
 
 
 @contextlib.contextmanager
@@ -633,11 +651,10 @@ def export_run(
 ) -> ExportResult:
     """Export the model of an ``xt run`` directory, or of a checkpoint file, with :func:`export`.
 
-    ``source`` is a run directory (its model rebuilt from ``config.json``, weights from
-    ``checkpoints/{checkpoint}.pt``, ``checkpoint`` being ``'best'`` (default) or ``'last'``) or a
-    checkpoint file; one outside a run directory needs ``model`` (a registered name) and
-    ``model_options``. The model of a run is :func:`xt_training.predict.load_model`'s. The example input
-    is one batch of the run's data (whose transforms also tell the input normalisation), or random values
+    ``source`` is a run directory (its model rebuilt from ``config.json``, weights from ``checkpoint``:
+    ``'best'`` (default), ``'last'`` or a checkpoint file) or a checkpoint file; one outside a run
+    directory needs ``model`` (a registered name) and ``model_options``. The model of a run is
+    :func:`xt_training.predict.load_model`'s. The example input is one batch of the run's data (whose transforms also tell the input normalisation), or random values
     of ``input_shape``. The default output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last
     checkpoint), or the checkpoint's path with the format's suffix.
     """
@@ -659,23 +676,28 @@ def export_run(
                 "checkpoint file with --model NAME and --input-shape (a `xt train` run: export from Python "
                 "with xt_training.exporting.export)"
             )
-        if model is not None:
-            raise ConfigError(f"--model applies to a checkpoint outside a run; '{run_dir}' names its model")
-        if checkpoint not in (None, "best", "last"):
-            raise ConfigError(f"checkpoint must be 'best' or 'last', not {checkpoint!r}")
         ckpt = checkpoint_of(run_dir, checkpoint or "best")
         default = run_dir / (("model" if ckpt.stem == "best" else f"model-{ckpt.stem}") + SUFFIXES[format])
     elif source.is_file():
         if checkpoint is not None:
             raise ConfigError(
-                f"--checkpoint best|last picks a checkpoint of a run directory; '{source}' is a checkpoint itself"
+                f"--checkpoint picks a checkpoint of a run directory; '{source}' is a checkpoint itself"
             )
         ckpt, default = source, source.with_name(source.stem + SUFFIXES[format])
         owner = source.parent.parent
-        if model is None and source.parent.name == "checkpoints" and (owner / CONFIG_FILE).is_file():
+        if source.parent.name == "checkpoints" and (owner / CONFIG_FILE).is_file():
             run_dir = owner
     else:
         raise ConfigError(f"'{source}' does not exist; pass a run directory or a checkpoint file")
+    if run_dir is not None and (model is not None or model_options):
+        # the run's config.json holds the model with the options it was trained with (some taken from the
+        # data): naming it again is harmless, naming another one cannot fit the run's checkpoints
+        named = (read_config(run_dir)["model"] or {}).get("name")
+        if model != named or model_options:
+            raise ConfigError(
+                f"'{run_dir}' is a run directory of `xt run`: its {CONFIG_FILE} names the model ({named}) and "
+                "its options, so drop --model and --model-opt"
+            )
     output = _writable(output if output is not None else default)
 
     x = None

@@ -16,8 +16,10 @@ for single-process DataLoaders, and feeds batches the way ``F.train`` does when 
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -198,7 +200,14 @@ def _writer(out: str | os.PathLike[str] | None) -> Any:
         raise ConfigError(f"cannot write predictions to '{path}': the file must end in {', '.join(FORMATS)}")
     if path.is_dir():
         raise ConfigError(f"'{path}' is a directory; name a file ending in {', '.join(FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # fail before predicting, not at the first batch
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
+        ) from None
     return kinds[path.suffix.lower()](path)
 
 
@@ -376,7 +385,14 @@ def checkpoint_of(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike
     """The checkpoint file of a run directory: ``'best'``, ``'last'`` or a path."""
     run_dir = Path(run_dir)
     if str(checkpoint) not in ("best", "last"):
-        return Path(checkpoint)
+        path = Path(checkpoint)
+        if not path.exists() and path.parent == Path("."):
+            # a bare name is a misspelt best/last more often than a missing file of the current directory
+            close = difflib.get_close_matches(str(checkpoint), ["best", "last"], n=1)
+            choices = "best, last, or a checkpoint file"
+            hint = f"did you mean '{close[0]}'? ({choices})" if close else f"pass {choices}"
+            raise CheckpointError(f"checkpoint '{checkpoint}' does not exist; {hint}")
+        return path
     folder = run_dir / "checkpoints"
     path = folder / f"{checkpoint}.pt"
     if path.is_file():
@@ -475,7 +491,7 @@ def predict_run(
     probability column per label; else the outputs. ``.npy`` and ``.pt`` get the model's outputs as they are.
     """
     from . import registry
-    from .builtins.text import TextCollate, TextDataset, read_lines, text_forward
+    from .builtins.text import TextCollate, TextDataset, text_forward
     from .config import DATA_INFO_KEYS, read_config
 
     run_dir, out = Path(run_dir), Path(out)
@@ -484,7 +500,7 @@ def predict_run(
     trained_on = config.get("info") or {}
     tokenizer = load_tokenizer(run_dir) if inputs is not None and data is None else None
     if tokenizer is not None:
-        texts = TextDataset(read_lines(inputs))
+        texts = TextDataset(_lines(inputs))
         loader: Any = DataLoader(texts, batch_size or 64, collate_fn=TextCollate(tokenizer))
         forward: Any = text_forward
     else:
@@ -514,6 +530,28 @@ def predict_run(
     if out.suffix.lower() == ".csv":
         forward = _with_columns(forward, config["loss"]["name"], trained_on.get("classes"))
     return predict(model, loader, device=device or config["device"], forward_fn=forward, out=out)
+
+
+def _lines(path: str | os.PathLike[str]) -> list[str]:
+    """The texts of a text file, one per line, blank lines included (as empty texts).
+
+    Row ``i`` of the predictions is line ``i`` of the file: the CSV holds no input column, so dropping
+    blank lines would silently pair every later row with the wrong line.
+    """
+    try:  # lines as editors and `wc -l` count them (str.splitlines would also split at \f, \x1c, ...)
+        with open(path, encoding="utf-8-sig") as f:
+            texts = [line.strip() for line in f]
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"'{path}' is not UTF-8 text ({e.reason}); pass a text file, one text per line"
+        ) from None
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read '{path}' ({e.strerror or e}); pass a text file, one text per line"
+        ) from None
+    if not any(texts):
+        raise ConfigError(f"text file '{path}' has no text; write one text per line")
+    return texts
 
 
 def _with_columns(forward: Callable[[nn.Module, Any], tuple[Any, Any]], loss: str, classes: Any) -> Any:

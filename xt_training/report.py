@@ -93,8 +93,17 @@ def plot(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
         elif min(lrs) > 0:
             ax.set_yscale("log")  # schedules mostly scale the lr by factors
     path = Path(out) if out is not None else run / "curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    if not path.suffix:  # matplotlib would append its default format's suffix: return the file it writes
+        path = path.with_name(path.name + ".png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
+        ) from None
+    except ValueError as e:  # matplotlib: "Format 'txt' is not supported (supported formats: ...)"
+        raise ConfigError(f"cannot plot to '{path}': {e}; end -o with .png, .svg or .pdf") from None
     return path
 
 

@@ -53,7 +53,9 @@ def _format_of(fmt: str | None, output: str | None) -> str:
     help="Default: RUN_DIR/model.onnx (.pt2, .torchscript.pt).",
 )
 @click.option(
-    "--checkpoint", type=click.Choice(["best", "last"]), help="Which checkpoint of RUN_DIR; default best."
+    "--checkpoint",
+    metavar="best|last|FILE",
+    help="Which checkpoint of RUN_DIR: best (default), last, or a checkpoint file.",
 )
 @click.option(
     "--dynamic-batch/--static-batch",
@@ -87,9 +89,9 @@ def export_command(
 
     \b
     SOURCE is a run directory of `xt run` (its model is rebuilt from config.json and loaded from
-    checkpoints/best.pt; the example input is one batch of its data) or a checkpoint file (outside a
-    run: with --model and --input-shape). The file is loaded back with its runtime (ONNX Runtime,
-    torch.export.load, torch.jit.load) and compared with the model at two batch sizes.
+    checkpoints/best.pt, or --checkpoint; the example input is one batch of its data) or a checkpoint
+    file (outside a run: with --model and --input-shape). The file is loaded back with its runtime
+    (ONNX Runtime, torch.export.load, torch.jit.load) and compared with the model at two batch sizes.
 
     \b
     Examples:

@@ -31,7 +31,13 @@ from ..hookspecs import hookimpl
 @click.option("--data", help="Data set to predict on (`xt list data`); default: the run's.")
 @click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Data option, e.g. path=new.csv.")
 @click.option("--split", help="Split of the data to predict; default: test (predict with --input).")
-@click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint file.")
+@click.option(
+    "--checkpoint",
+    default="best",
+    show_default=True,
+    metavar="best|last|FILE",
+    help="best, last, or a checkpoint file.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the inputs.")
 @click.option("--device", help="cpu, cuda, ...; default: the run's device, else CUDA when available.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing.")

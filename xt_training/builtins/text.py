@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..registry import Data
 from .datasets import _check, _split_sizes
 
-__all__ = ["WordTokenizer", "TextDataset", "TextCollate", "text_forward", "synthetic_text", "read_lines"]
+__all__ = ["WordTokenizer", "TextDataset", "TextCollate", "text_forward", "synthetic_text"]
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -220,15 +220,3 @@ def synthetic_text(
         forward_fn=text_forward,
         tokenizer=tokenizer,
     )
-
-
-def read_lines(path: str | os.PathLike[str]) -> list[str]:
-    """The non-empty lines of a text file: one raw text per line, for predictions."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"text file '{file}' does not exist; pass a file with one text per line")
-    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
-    texts = [line for line in lines if line]
-    if not texts:
-        raise ConfigError(f"text file '{file}' has no text; write one text per line")
-    return texts
