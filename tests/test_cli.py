@@ -194,6 +194,97 @@ def test_torchrun_xt_run_writes_one_run_directory(tmp_path):
     assert read(run / "config.json")["model"]["name"] == "mlp" and len(read(run / "history.json")) == 2
 
 
+@pytest.mark.slow
+def test_nproc_passes_options_that_torchrun_would_take_for_its_own(tmp_path):
+    # torchrun's parser took --monitor for an abbreviation of its --monitor-interval
+    xt("run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200", "--epochs",
+       "1", "--nproc", "2", "--monitor=val/accuracy", "-q", "--save-dir", "r", cwd=tmp_path)  # fmt: skip
+    assert read(tmp_path / "r" / "config.json")["monitor"] == "val/accuracy"
+    assert len(read(tmp_path / "r" / "history.json")) == 1
+
+
+TINY = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200", "-q"]
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path):
+    run = str(tmp_path / "r")
+    invoke(*TINY, "--epochs", "1", "--scheduler", "cosine", "--save-dir", run, code=0)
+    saved = read(tmp_path / "r" / "config.json")
+    for args, message in [
+        (
+            ["--seed", "3"],
+            "differs from the run's (seed: 0 then, 3 now); a resumed run may change only epochs, ",
+        ),
+        (["--data-opt", "n_samples=900"], "(data.options.n_samples: 200 then, 900 now)"),
+        (
+            ["--metric", "f1"],
+            "(metrics.accuracy: 'accuracy' then, None now; metrics.f1: None then, 'f1' now)",
+        ),
+        (
+            ["--epochs", "2"],
+            "scheduler 'cosine' spreads its schedule over the run's 1 epochs; resume with --epochs 1",
+        ),
+    ]:
+        out = invoke("run", "--resume", run, *args, "-q").output
+        assert out.startswith(f"xt: error: cannot resume from '{run}'") and message in out, out
+    assert read(tmp_path / "r" / "config.json") == saved  # a refused resume leaves the run as it was
+
+    # a schedule not spread over the epochs (T_max given), and what may change: epochs, loggers, device
+    invoke(*TINY, "--epochs", "1", "--scheduler", "cosine", "--scheduler-opt", "T_max=4", "--save-dir",
+           str(tmp_path / "t"), code=0)  # fmt: skip
+    invoke("run", "--resume", str(tmp_path / "t"), "--epochs", "2", "--logger", "csv", "--device", "cpu", "-q",
+           code=0)  # fmt: skip
+    assert len(read(tmp_path / "t" / "history.json")) == 2 and (tmp_path / "t" / "metrics.csv").is_file()
+
+
+def test_resume_refuses_more_epochs_for_a_one_cycle_schedule(tmp_path):
+    run = str(tmp_path / "r")
+    invoke(*TINY, "--epochs", "1", "--scheduler", "one-cycle", "--save-dir", run, code=0)
+    out = invoke("run", "--resume", run, "--epochs", "2", "-q").output
+    assert "scheduler 'one-cycle' spreads its schedule over the run's 1 epochs" in out, out
+    assert f"`xt run --config {run} --epochs 2 --save-dir NEW_DIR`" in out
+
+
+def test_plateau_follows_the_monitored_values_mode(tmp_path):
+    # accuracy improves upwards: a 'min' plateau would cut the learning rate at every improvement
+    invoke(*TINY, "--epochs", "1", "--scheduler", "plateau", "--monitor", "val/accuracy",
+           "--save-dir", str(tmp_path / "r"), code=0)  # fmt: skip
+    assert read(tmp_path / "r" / "config.json")["scheduler"]["resolved"]["mode"] == "max"
+    out = invoke(*TINY, "--epochs", "1", "--scheduler", "plateau", "--scheduler-opt", "mode=min",
+                 "--monitor", "val/accuracy", "--save-dir", str(tmp_path / "s")).output  # fmt: skip
+    assert "ReduceLROnPlateau(mode='min') steps on 'val/accuracy', which is a 'max' value here" in out, out
+
+
+def test_a_new_run_refuses_a_directory_that_holds_one_and_a_failed_one_leaves_none(tmp_path):
+    run = str(tmp_path / "r")
+    invoke(*TINY, "--epochs", "1", "--save-dir", run, code=0)
+    saved = read(tmp_path / "r" / "config.json")
+    out = invoke(*TINY, "--model", "cnn", "--data", "synthetic-images", "--save-dir", run).output
+    fix = f"continue it with `xt run --resume {run}`, or choose another --save-dir"
+    assert out == f"xt: error: '{run}' already holds a run; {fix}\n"
+    (tmp_path / "c.py").write_text("model = train_loader = optimizer = loss_fn = None\nepochs = 1\n")
+    out = invoke("train", str(tmp_path / "c.py"), "--save-dir", run).output
+    assert f"'{run}' already holds a run; choose another --save-dir" in out, out
+    assert read(tmp_path / "r" / "config.json") == saved
+
+    invoke(*TINY, "--model", "mlpp", "--save-dir", str(tmp_path / "typo"))
+    invoke(*TINY, "--lr", "-1", "--save-dir", str(tmp_path / "bad"))
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "bad").exists()
+
+
+def test_testing_a_config_file_without_a_checkpoint_warns(tmp_path):
+    (tmp_path / "c.py").write_text(
+        "import torch\nfrom torch.utils.data import DataLoader, TensorDataset\n"
+        "model = torch.nn.Linear(4, 2)\nloss_fn = torch.nn.CrossEntropyLoss()\n"
+        "test_loaders = {'test': DataLoader(TensorDataset(torch.randn(8, 4), torch.zeros(8).long()))}\n"
+    )
+    out = invoke("test", str(tmp_path / "c.py"), "--json", code=0)
+    assert out.stderr.startswith("xt: warning: no --checkpoint: these are the results of the model as"), (
+        out.stderr
+    )
+    assert "loss" in json.loads(out.stdout)["test"]
+
+
 # --- config files ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_template_train_and_test_a_python_config_file(tmp_path):
@@ -336,6 +427,14 @@ def bad_files(tmp_path, monkeypatch):
         (["train", "syntax.py"], "syntax.py, line 1"),
         (["train", "missing.py"], "File 'missing.py' does not exist"),
         (["template", "tpl"], "exists; pass --force to overwrite it"),
+        (["template", "new.py"], "'new.py' names a file; xt template takes a directory and writes DIRECTORY/config.py: `xt template new`"),
+        ([*RUN, "--lr", "-1"], "optimizer 'adam': Invalid learning rate: -1.0; change its options (`xt info optimizer adam`"),
+        ([*RUN, "--lr", "nan"], "optimizer 'adam': Invalid learning rate: nan"),
+        ([*RUN, "--optimizer-opt", "betas=(2,3)"], "optimizer 'adam': Invalid beta parameter at index 0: 2"),
+        ([*RUN, "--model-opt", "dropout=1.5"], "model 'cnn': dropout probability has to be between 0 and 1"),
+        ([*RUN, "--seed", "99999999999999999999"], "seed 99999999999999999999 is out of range; use a seed from 0 to 2**64-1"),
+        (["train", "nockpt/config.json"], "is JSON, not a Python config file; for a run's config.json use `xt run --config RUN_DIR`"),
+        (["test", "nockpt", "--split", "trian"], "the data has no split 'trian'; did you mean 'train'?"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(bad_files, args, message):

@@ -326,7 +326,8 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
 @click.option(
     "--resume",
     type=click.Path(exists=True, file_okay=False),
-    help="Continue the run in this directory where it stopped; options given here override it (e.g. --epochs).",
+    help="Continue the run in this directory where it stopped; --epochs, --device, --num-threads, --logger, "
+    "--checkpoint-every and --export may change, other options must be the run's.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No console output.")
 @click.option(
@@ -348,16 +349,19 @@ def run_command(
     """
     from . import config
 
-    if nproc > 1 and "RANK" not in os.environ:
-        # torchrun's own entry point starts the processes; each runs this command without --nproc
-        args = _without_option(cli.raw_args, "--nproc")
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-        sys.exit(subprocess.call([*launch, "-m", "xt_training", *args]))
     if resume and (save_dir or ctx.params["config_path"]):
         raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
-    run_dir, _history = config.train(
-        run_config(ctx, resume), resume or save_dir, resume=bool(resume), quiet=quiet
-    )
+    run = run_config(ctx, resume)  # bad options are refused here, before any process starts
+    if nproc > 1 and "RANK" not in os.environ:
+        if save_dir is not None:  # refused once here, rather than by every process torchrun starts
+            config._refuse_run_dir(Path(save_dir))
+        # torchrun's own entry point starts the processes; each runs this command without --nproc. The
+        # "--" ends torchrun's options: its parser would otherwise take xt's --monitor for an
+        # abbreviation of its --monitor-interval
+        args = _without_option(cli.raw_args, "--nproc")
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        sys.exit(subprocess.call([*launch, "-m", "--", "xt_training", *args]))
+    run_dir, _history = config.train(run, resume or save_dir, resume=bool(resume), quiet=quiet)
     if not quiet and _is_main():
         click.echo(f"run saved to {run_dir}")
     _finish_distributed()
@@ -465,6 +469,12 @@ def test_command(
         results = config.test_config_file(
             path, checkpoint=checkpoint, save_dir=save_dir, device=device, quiet=quiet
         )
+        if checkpoint is None:  # not refused: the file may load trained weights itself. Last, to be seen
+            click.echo(
+                f"xt: warning: no --checkpoint: these are the results of the model as {path} makes it, with "
+                "no checkpoint loaded; pass --checkpoint RUN_DIR/checkpoints/best.pt to test a trained one",
+                err=True,
+            )
     else:
         raise click.UsageError(f"{source!r} is neither a run directory nor a Python config file (.py)")
     if as_json:
@@ -511,8 +521,13 @@ monitor = "val/acc"
 def template_command(directory: str, force: bool) -> None:
     """Write a starter config file.
 
-    It goes to DIRECTORY/config.py, ready for `xt train DIRECTORY/config.py`.
+    It goes to DIRECTORY/config.py (DIRECTORY is made if needed), ready for `xt train DIRECTORY/config.py`.
     """
+    if directory.endswith(".py"):
+        raise click.UsageError(
+            f"{directory!r} names a file; xt template takes a directory and writes DIRECTORY/config.py: "
+            f"`xt template {directory.removesuffix('.py')}`"
+        )
     target = Path(directory) / "config.py"
     if target.exists() and not force:
         raise click.UsageError(f"'{target}' exists; pass --force to overwrite it")

@@ -43,7 +43,7 @@ from typing import Any
 
 from . import registry
 from ._version import __version__
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, XtError
 
 __all__ = [
     "CONFIG_FILE",
@@ -212,6 +212,8 @@ def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's (when installed) and torch's random number generators."""
     import torch
 
+    if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
+        raise ConfigError(f"seed {seed} is out of range; use a seed from 0 to 2**64-1")
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -275,7 +277,14 @@ def _make(
     """
     name, options = component["name"], dict(component["options"])
     given = {**registry.accepts(kind, name, context or {}), **options}
-    obj = registry.create(kind, name, **given)
+    try:
+        obj = registry.create(kind, name, **given)
+    except XtError:
+        raise
+    except (ValueError, TypeError) as e:  # a factory refusing a value, e.g. torch's "Invalid learning rate"
+        raise ConfigError(
+            f"{kind} '{name}': {e}; change its options (`xt info {kind} {name}` lists them)"
+        ) from e
     entry = registry.current().entry(kind, name)
     defaults = {n: p.default for n, p in entry.parameters().items() if p.default is not p.empty}
     resolved = {k: v for k, v in {**defaults, **given}.items() if _jsonable(v)}
@@ -344,12 +353,7 @@ def build(
     )
     saved["scheduler"] = None
     if config["scheduler"] is not None:
-        train_loader = data.loaders["train"]
-        context = {"optimizer": built.optimizer, "epochs": config["epochs"]}
-        if config["mode"] is not None:  # ReduceLROnPlateau's mode follows the monitored value's
-            context["mode"] = config["mode"]
-        if hasattr(train_loader, "__len__"):
-            context["steps_per_epoch"] = len(train_loader)
+        context = _scheduler_context(config, data, built.optimizer)
         built.scheduler, saved["scheduler"] = _make("scheduler", config["scheduler"], context)
         interval = registry.current().entry("scheduler", config["scheduler"]["name"]).metadata.get("interval")
         built.scheduler_step = interval or "epoch"
@@ -368,6 +372,110 @@ def build(
     return built
 
 
+def _scheduler_context(config: Mapping[str, Any], data: registry.Data, optimizer: Any) -> dict[str, Any]:
+    """What the run tells a scheduler's factory (each value only if the factory has a parameter of its name)."""
+    from .utils.functional import default_mode
+
+    context = {"optimizer": optimizer, "epochs": config["epochs"]}
+    monitor = config["monitor"] or data.monitor  # None: F.train's default, a loss
+    if config["mode"] is not None or monitor is not None:  # ReduceLROnPlateau's mode follows the monitor's
+        context["mode"] = config["mode"] or default_mode(monitor)
+    if hasattr(data.loaders["train"], "__len__"):
+        context["steps_per_epoch"] = len(data.loaders["train"])
+    return context
+
+
+#: What ``xt run --resume`` may change: nothing that changes what the training computes. Callbacks may not
+#: change: they can stop or steer the training, and their checkpointed states are restored in order.
+RESUME_MAY_CHANGE = (
+    "epochs",  # train further; refused where the scheduler spreads its schedule over the epochs
+    "device",  # a checkpoint loads onto any device: a preempted run may go on on another machine
+    "num_threads",  # speed only
+    "loggers",  # they only record; one added records from the resumed point on
+    "checkpoint_every_n_steps",  # how often last.pt is written
+    "export",  # what is done with the best model once training ends
+)
+
+
+def _check_resume(run_dir: Path, config: Mapping[str, Any], built: Built) -> None:
+    """Refuse to continue the run saved in ``run_dir`` with a configuration that makes it another run."""
+    if not (run_dir / CONFIG_FILE).is_file():  # nothing was saved: the resume starts from scratch
+        return
+    then = read_config(run_dir)
+    differ = _differences(_identity(then), _identity(built.config))
+    if differ:
+        raise ConfigError(
+            f"cannot resume from '{run_dir}': the configuration differs from the run's ({'; '.join(differ)}); "
+            f"a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}: drop the other changes, or start "
+            f"a new run from it with `xt run --config {run_dir} ... --save-dir NEW_DIR`"
+        )
+    scheduler = config["scheduler"]
+    if scheduler is not None and then["epochs"] != config["epochs"]:
+        context = _scheduler_context(config, built.data, None)
+        if _spread_over_epochs(scheduler, context, then["epochs"]):
+            raise ConfigError(
+                f"cannot resume from '{run_dir}' with {config['epochs']} epochs: scheduler "
+                f"'{scheduler['name']}' spreads its schedule over the run's {then['epochs']} epochs; resume "
+                f"with --epochs {then['epochs']}, or start a new run with `xt run --config {run_dir} --epochs "
+                f"{config['epochs']} --save-dir NEW_DIR`"
+            )
+
+
+def _identity(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a saved configuration this run (not the versions of the code that provided its parts).
+
+    Its components' names and resolved options, defaults included, and the scalars that may not change.
+    """
+
+    def component(c: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        return None if c is None else {"name": c["name"], "options": c.get("resolved", c["options"])}
+
+    view: dict[str, Any] = {kind: component(saved[kind]) for kind in COMPONENTS}
+    if view["scheduler"] is not None:  # the run's epochs: compared by themselves (_check_resume)
+        view["scheduler"]["options"] = {
+            k: v for k, v in view["scheduler"]["options"].items() if k != "epochs"
+        }
+    view["metrics"] = {key: component(c) for key, c in (saved["metrics"] or {}).items()}
+    view["callbacks"] = {str(i): component(c) for i, c in enumerate(saved["callbacks"])}
+    view.update({key: saved[key] for key in SCALARS if key not in RESUME_MAY_CHANGE})
+    return json.loads(json.dumps(view))  # tuples become lists, as in the saved file
+
+
+def _differences(then: Any, now: Any, path: str = "") -> list[str]:
+    """``['seed: 0 then, 3 now', 'data.options.n_samples: 300 then, 900 now']``."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        keys = [*then, *(k for k in now if k not in then)]
+        return [d for k in keys for d in _differences(then.get(k), now.get(k), f"{path}.{k}".lstrip("."))]
+    return [] if then == now else [f"{path}: {_named(then)!r} then, {_named(now)!r} now"]
+
+
+def _named(value: Any) -> Any:
+    """A whole component by its name."""
+    return value["name"] if isinstance(value, dict) and "name" in value else value
+
+
+def _spread_over_epochs(component: Mapping[str, Any], context: Mapping[str, Any], epochs_then: int) -> bool:
+    """Whether a scheduler's schedule is fixed by the run's length (cosine's T_max, one-cycle's total steps).
+
+    Only a factory that takes ``epochs`` or ``steps_per_epoch`` can be; whether it is (cosine given its own
+    T_max is not) shows in the states of fresh ones built for either number of epochs.
+    """
+    if not registry.accepts("scheduler", component["name"], {"epochs": 0, "steps_per_epoch": 0}):
+        return False
+    import torch
+
+    def fresh_state(epochs: int) -> dict[str, Any]:
+        # a throwaway optimizer: building a scheduler changes its optimizer's learning rates
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0, momentum=0.9)
+        scheduler, _ = _make("scheduler", component, {**context, "optimizer": optimizer, "epochs": epochs})
+        return scheduler.state_dict()
+
+    try:
+        return fresh_state(epochs_then) != fresh_state(context["epochs"])
+    except XtError:  # a factory that cannot build on the throwaway optimizer: assume the worst
+        return True
+
+
 def _test_loaders(data: registry.Data, splits: list[str] | None = None) -> dict[str, Any]:
     """The loaders of ``splits``, by default of the test splits, named as F.train/F.test name test loaders.
 
@@ -376,7 +484,13 @@ def _test_loaders(data: registry.Data, splits: list[str] | None = None) -> dict[
     if splits:
         unknown = [s for s in splits if s not in data.loaders]
         if unknown:
-            raise ConfigError(f"the data has no split {unknown[0]!r}; splits: {', '.join(data.loaders)}")
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], list(data.loaders), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"the data has no split {unknown[0]!r}; {hint}splits: {', '.join(data.loaders)}"
+            )
         return {s: data.loaders[s] for s in splits}
     return {
         ("test" if s == "test" else s.removeprefix("test.")): loader
@@ -394,8 +508,10 @@ def train(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Build the run ``config`` describes, save its configuration and train it; return the run directory and history.
 
-    The default ``save_dir`` is ``runs/<model>-<data>-<time>``. With ``resume``, ``save_dir`` is a run
-    directory to continue from its ``checkpoints/last.pt`` (``F.train(..., resume=True)``).
+    The default ``save_dir`` is ``runs/<model>-<data>-<time>``; one that already holds a run is refused.
+    With ``resume``, ``save_dir`` is a run directory to continue from its ``checkpoints/last.pt``
+    (``F.train(..., resume=True)``); a configuration that differs from its ``config.json`` in more than
+    :data:`RESUME_MAY_CHANGE` is refused.
     """
     from . import distributed
     from .utils import functional as F
@@ -407,8 +523,14 @@ def train(
         save_dir = _from_rank_0(
             default_save_dir(config["model"]["name"], config["data"]["name"]) if main else None
         )
-    save_dir = F.prepare_save_dir(save_dir) if main else Path(save_dir)
-    built = build(config, save_dir)
+    save_dir = Path(save_dir)
+    if not resume:
+        _refuse_run_dir(save_dir)
+    built = build(config, save_dir)  # before the directory is made: a bad configuration leaves none behind
+    if resume:
+        _check_resume(save_dir, config, built)
+    if main:
+        F.prepare_save_dir(save_dir)
     created = config.get("created") if resume else None
     saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if not resume and main:  # written first, so that a crashed run still says what it was
@@ -440,6 +562,16 @@ def train(
     if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
         _write_json(save_dir / CONFIG_FILE, saved)
     return save_dir, history
+
+
+def _refuse_run_dir(
+    save_dir: Path, fix: str = "continue it with `xt run --resume {dir}`, or choose another --save-dir"
+) -> None:
+    """A new run never goes into a directory that holds one: files of two runs would mix."""
+    held = any((save_dir / name).exists() for name in (CONFIG_FILE, "history.json", "checkpoints"))
+    # rank 0's view: every rank decides alike, though rank 0 may write before the others look
+    if _from_rank_0(held):
+        raise ConfigError(f"'{save_dir}' already holds a run; {fix.format(dir=save_dir)}")
 
 
 def _from_rank_0(value: Any) -> Any:
@@ -512,6 +644,11 @@ def exec_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file '{file}' does not exist")
+    if file.suffix == ".json":  # JSON's null and true are not Python
+        raise ConfigError(
+            f"'{file}' is JSON, not a Python config file; for a run's {CONFIG_FILE} use "
+            "`xt run --config RUN_DIR`"
+        )
     try:
         return runpy.run_path(str(file), run_name="__xt_config__")
     except SyntaxError as e:
@@ -556,6 +693,8 @@ def train_config_file(
     save_dir = save_dir or namespace.get("save_dir")
     if save_dir is None:  # rank 0's clock names the directory of all ranks
         save_dir = _from_rank_0(default_save_dir(Path(path).stem) if distributed.is_main() else None)
+    if not kwargs.get("resume"):  # a config file with resume = True continues its run
+        _refuse_run_dir(Path(save_dir), "choose another --save-dir, or set resume = True in the config file")
     if distributed.is_main():
         save_dir = F.prepare_save_dir(save_dir)
         shutil.copyfile(path, save_dir / "config.py")

@@ -486,12 +486,16 @@ def _check_monitor(
         raise ConfigError(
             f"monitor {monitor!r} is not a value of this run; {hint}choose one of: {', '.join(names)}"
         )
-    if mode is None:
-        metric = monitor.rsplit("/", 1)[1].lower()
-        mode = "min" if any(w in metric for w in ("loss", "err", "mse", "mae", "rmse")) else "max"
+    mode = default_mode(monitor) if mode is None else mode
     if mode not in ("min", "max"):
         raise ConfigError(f"mode must be 'min' or 'max', not {mode!r}")
     return monitor, mode
+
+
+def default_mode(monitor: str) -> str:
+    """``'min'`` for a loss or error (``'val/loss'``, ``'val/mae'``...), else ``'max'`` (accuracy, AUC...)."""
+    metric = monitor.rsplit("/", 1)[-1].lower()
+    return "min" if any(w in metric for w in ("loss", "err", "mse", "mae", "rmse")) else "max"
 
 
 def _improves(value: Any, best: float | None, mode: str) -> bool:
