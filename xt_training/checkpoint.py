@@ -24,7 +24,19 @@ import torch
 
 from ._version import __version__
 from .batch import tensor_bytes
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+
+
+def check_writable(path: Path) -> None:
+    """Make the directory of the output file ``path`` and prove it takes files: fail before the work."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
+        ) from None
 
 
 def atomic_write(path: str | os.PathLike[str], write: Any) -> None:

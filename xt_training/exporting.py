@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -174,14 +173,9 @@ def _writable(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"output '{path}' is a directory; give a file name, e.g. {path / 'model.onnx'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
-        ) from None
+    from .checkpoint import check_writable  # (imports torch, which this module leaves until it is needed)
+
+    check_writable(path)
     return path
 
 

@@ -19,7 +19,6 @@ import csv
 import difflib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .batch import checked_forward, concat, describe, map_tensors, tensor_bytes, to_device
-from .checkpoint import load_checkpoint
+from .checkpoint import check_writable, load_checkpoint
 from .errors import BatchError, CheckpointError, ConfigError, XtError
 from .fastpath import check_data_on_device, fast_batches
 from .runner import resolve_device
@@ -200,14 +199,7 @@ def _writer(out: str | os.PathLike[str] | None) -> Any:
         raise ConfigError(f"cannot write predictions to '{path}': the file must end in {', '.join(FORMATS)}")
     if path.is_dir():
         raise ConfigError(f"'{path}' is a directory; name a file ending in {', '.join(FORMATS)}")
-    try:  # fail before predicting, not at the first batch
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
-        ) from None
+    check_writable(path)  # fail before predicting, not at the first batch
     return kinds[path.suffix.lower()](path)
 
 
