@@ -352,7 +352,12 @@ def test_list_info_and_plugins_output():
     plugins = json.loads(invoke("plugins", "--json", code=0).output)
     builtin = {p["name"]: p for p in plugins["plugins"]}["xt_training.builtins.metrics"]
     assert builtin["status"] == "loaded" and "accuracy" in builtin["registered"]["metric"]
-    assert "xt_training.builtins.models  xt-training" in invoke("plugins", code=0).output
+    text = invoke("plugins", code=0).output
+    assert "xt_training.builtins.models  xt-training" in text
+    # commands a plugin adds (register_commands) are listed with it
+    by_name = {p["name"]: p for p in plugins["plugins"]}
+    assert by_name["xt_training.builtins.export_command"]["commands"] == ["export"]
+    assert "hooks: register_commands\n  commands: predict\n" in text
 
 
 # --- bad input: one line, exit 2, no traceback -----------------------------------------------------------------------

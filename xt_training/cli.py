@@ -54,6 +54,7 @@ class XtGroup(click.Group):
             for line in reg.problems:
                 click.echo(f"xt: warning: {line}", err=True)
             root.meta["xt.registry"], root.meta["xt.commands"] = reg, commands
+            root.meta["xt.command_owners"] = {name: owners.get(name) for name in commands}
         return root.meta["xt.registry"]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -121,7 +122,8 @@ def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
 
     \b
     Plugins are installed packages with entry points in the group `xt_training` (`xt plugins`).
-    XT_DISABLE_PLUGIN_AUTOLOAD=1 loads none, XT_PLUGINS=a,b loads only those, -p no:NAME blocks one.
+    XT_DISABLE_PLUGIN_AUTOLOAD=1 loads no installed plugin (the built-ins always load), XT_PLUGINS=a,b
+    loads only those, -p no:NAME blocks one.
     """
     cli.loaded(ctx)
 
@@ -610,9 +612,14 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     reg = cli.loaded(ctx)
     plugins = list(reg.plugins.values())
     conflicts = [line for lines in reg.conflicts.values() for line in lines]
+    owners = ctx.find_root().meta["xt.command_owners"]
+    commands = {p.name: sorted(n for n, owner in owners.items() if owner == p.name) for p in plugins}
     if as_json:
         keys = ("name", "distribution", "version", "status", "builtin", "hooks", "registered", "error")
-        payload = {"plugins": [{k: getattr(p, k) for k in keys} for p in plugins], "conflicts": conflicts}
+        payload = {
+            "plugins": [{**{k: getattr(p, k) for k in keys}, "commands": commands[p.name]} for p in plugins],
+            "conflicts": conflicts,
+        }
         click.echo(json.dumps(payload, indent=2))
         return
     for p in plugins:
@@ -622,6 +629,8 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  hooks: {', '.join(p.hooks)}")
         for kind, names in p.registered.items():
             click.echo(f"  {registry.KINDS[kind]}: {', '.join(names)}")
+        if commands[p.name]:
+            click.echo(f"  commands: {', '.join(commands[p.name])}")
     for line in conflicts:
         click.echo(f"conflict: {line}")
 
