@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -440,9 +441,13 @@ def test_xt_run_stops_on_a_signal_and_resumes(tmp_path, sig, code):
     assert f"stopped by {sig.name}: state saved to" in out
     if sig == signal.SIGTERM:
         assert f"xt run --resume {run_dir}" in out
-        resumed = subprocess.run([*xt, "run", "--resume", str(run_dir), "-q"], capture_output=True, text=True,
+        resumed = subprocess.run([*xt, "run", "--resume", str(run_dir)], capture_output=True, text=True,
                                  timeout=300)  # fmt: skip
         assert resumed.returncode == 0, resumed.stderr
+        # it says where it goes on (the signal came mid-pass: a step of the training pass)
+        assert re.search(
+            rf"resuming the run in {re.escape(str(run_dir))} at step \d+ of epoch \d", resumed.stdout
+        )
         history = json.loads((run_dir / "history.json").read_text())
         assert [row["epoch"] for row in history] == list(range(1, 9))
     else:

@@ -255,6 +255,15 @@ def train(
             f"cannot resume the run in {save_dir} with epochs={epochs}: it has {done}; "
             f"pass epochs={start_epoch} or more"
         )
+    if position is not None:
+        where = (
+            f"step {position['step']} of epoch {start_epoch}"
+            if position["phase"] == "train"
+            else f"the evaluation of epoch {start_epoch}"
+        )
+        runner.loggers.notice(f"resuming the run in {save_dir} at {where}")
+    elif run.epoch:
+        runner.loggers.notice(f"resuming the run in {save_dir} after epoch {run.epoch}")
     runner.loggers.start_run(
         {
             **config,
