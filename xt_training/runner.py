@@ -543,9 +543,8 @@ def _failed_in(error: Exception, fn: Any) -> bool:
     below = error.__traceback__.tb_next if error.__traceback__ is not None else None
     if below is None or fn is None or isinstance(error, (XtError, torch.OutOfMemoryError)):
         return False
-    frame = (
-        below.tb_frame
-    )  # the frame the catching one called: fn's own, or nn.Module's __call__ for a module
+    # the frame the catching one called: fn's own, or nn.Module's __call__ (self is fn) for a module
+    frame = below.tb_frame
     return frame.f_code is getattr(fn, "__code__", None) or frame.f_locals.get("self") is fn
 
 
