@@ -126,7 +126,9 @@ def test_bad_input_table_has_at_least_20_real_messages(site):
     assert len(rows) >= 20
     text = html.unescape(re.sub(r"<[^>]+>", "", table))
     for message in ("unknown model 'cnnn'; did you mean 'cnn'?", "loss_fn must return a scalar tensor",
-                    "holds objects other than tensors", "cannot resume from"):  # fmt: skip
+                    "holds objects other than tensors", "cannot resume from", "loss_fn failed on y_pred",
+                    "is not a PyTorch checkpoint", "already holds a run; continue it with",
+                    "forward_fn must return a (y_pred, y) pair"):  # fmt: skip
         assert message in text
 
 
