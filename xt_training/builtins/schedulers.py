@@ -22,12 +22,19 @@ def _need(name: str, value: int | None, scheduler: str) -> int:
     return value
 
 
+def _at_least_one(name: str, value: int | None, scheduler: str) -> None:
+    """An explicit 0 must not fall back to the default (nor divide by zero at the first epoch's end)."""
+    if value is not None and value < 1:
+        raise ConfigError(f"scheduler '{scheduler}': {name} must be at least 1 epoch, not {value}")
+
+
 def step(
     optimizer: Any, *, step_size: int | None = None, gamma: float = 0.1, epochs: int | None = None
 ) -> Any:
     """Multiply the learning rate by ``gamma`` every ``step_size`` epochs (default: a third of the epochs)."""
     from torch.optim.lr_scheduler import StepLR
 
+    _at_least_one("step_size", step_size, "step")
     step_size = step_size or max(1, _need("step_size or epochs", epochs, "step") // 3)
     return StepLR(optimizer, step_size=step_size, gamma=gamma)
 
@@ -57,6 +64,7 @@ def cosine(
     """Cosine annealing from the initial learning rate to ``eta_min`` over ``T_max`` epochs (default: all)."""
     from torch.optim.lr_scheduler import CosineAnnealingLR
 
+    _at_least_one("T_max", T_max, "cosine")
     return CosineAnnealingLR(
         optimizer, T_max=T_max or _need("T_max or epochs", epochs, "cosine"), eta_min=eta_min
     )
