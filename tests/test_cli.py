@@ -437,6 +437,8 @@ def bad_files(tmp_path, monkeypatch):
         ([*RUN, "--lr", "nan"], "optimizer 'adam': Invalid learning rate: nan"),
         ([*RUN, "--optimizer-opt", "betas=(2,3)"], "optimizer 'adam': Invalid beta parameter at index 0: 2"),
         ([*RUN, "--model-opt", "dropout=1.5"], "model 'cnn': dropout probability has to be between 0 and 1"),
+        ([*RUN, "--metric", "top-k-accuracy", "--metric-opt", "top-k-accuracy.kk=2"],
+         "metric 'top-k-accuracy': TopKAccuracy has no option 'kk'; did you mean 'k'?"),
         ([*RUN, "--scheduler", "step", "--scheduler-opt", "step_size=0"],
          "scheduler 'step': step_size must be at least 1 epoch, not 0"),
         ([*RUN, "--seed", "99999999999999999999"], "seed 99999999999999999999 is out of range; use a seed from 0 to 2**64-1"),

@@ -554,3 +554,15 @@ def test_a_model_with_several_outputs_is_told_to_pick_one():
             r"forward_fn=lambda model, batch: \(model\(batch\[0\]\)\[0\], batch\[1\]\)$",
         ):
             runner(loader)
+
+
+def test_a_misspelt_option_is_named_when_the_metric_is_made():
+    # the options reach torchmetrics only at the first update: a typo would surface there, or not at all
+    with pytest.raises(ValueError, match=r"^TopKAccuracy has no option 'kk'; did you mean 'k'\? options: "):
+        metrics.TopKAccuracy(kk=2)
+    with pytest.raises(
+        ValueError, match=r"Accuracy has no option 'ignore_idx'; did you mean 'ignore_index'\?"
+    ):
+        metrics.Accuracy(ignore_idx=-1)
+    # torchmetrics' own options and those of every torchmetrics metric are taken
+    metrics.ROC_AUC(max_fpr=0.5), metrics.F1(zero_division=1.0), metrics.Accuracy(sync_on_compute=False)

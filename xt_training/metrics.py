@@ -369,6 +369,8 @@ class _Classification:
 
     #: the tasks a subclass supports
     tasks: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+    #: the torchmetrics.classification classes of the binary, multiclass and multi-label tasks
+    _names: tuple[str | None, str | None, str | None] = (None, None, None)
     #: whether the multiclass metric reads the top class only (not the scores)
     uses_labels = True
     #: whether the multiclass metric reads the scores' values, not only their order (then softmaxed)
@@ -386,6 +388,7 @@ class _Classification:
                 f"{type(self).__name__}: task must be one of {', '.join(self.tasks)}, not {task!r}"
             )
         _warm_torchmetrics()
+        self._check_options(kwargs)
         self.task = task
         self.num_classes = num_classes
         self.logits = logits
@@ -398,6 +401,32 @@ class _Classification:
 
     def _build(self, task: str, n: int) -> Any:
         raise NotImplementedError
+
+    def _class(self, task: str) -> Any:
+        """The torchmetrics class of ``task``."""
+        import torchmetrics.classification as tmc
+
+        return getattr(tmc, self._names[("binary", "multiclass", "multilabel").index(task)])
+
+    def _check_options(self, options: Mapping[str, Any]) -> None:
+        """Options go to torchmetrics when the task is known (the first update): a misspelt one is named now."""
+        import inspect
+
+        def parameters(fn: Any) -> set[str]:
+            return set(inspect.signature(fn).parameters) - {"self", "args", "kwargs"}
+
+        known = set(_TORCHMETRICS_OPTIONS).union(*(parameters(self._class(t)) for t in self.tasks))
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            import difflib
+
+            own = set().union(*(parameters(c.__init__) for c in type(self).__mro__ if "__init__" in vars(c)))
+            every = sorted((known | own) - {"num_classes", "num_labels", "task"})
+            close = difflib.get_close_matches(unknown[0], every, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"{type(self).__name__} has no option {unknown[0]!r}; {hint}options: {', '.join(every)}"
+            )
 
     def _probabilities(self, y_pred: torch.Tensor, how: str) -> torch.Tensor:
         """``y_pred`` as probabilities in [0, 1], the same way for every update of the pass."""
@@ -507,6 +536,13 @@ class _Classification:
         return f"{type(self).__name__}({', '.join(args)})"
 
 
+#: what every torchmetrics metric takes besides its own options (torchmetrics.Metric.__init__'s keywords)
+_TORCHMETRICS_OPTIONS = (
+    "compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn", "distributed_available_fn",
+    "sync_on_compute", "compute_with_cache",
+)  # fmt: skip
+
+
 def _task_kwargs(task: str, n: int) -> dict[str, int]:
     return {"num_classes": n} if task == "multiclass" else {"num_labels": n} if task == "multilabel" else {}
 
@@ -514,14 +550,11 @@ def _task_kwargs(task: str, n: int) -> dict[str, int]:
 class Accuracy(_Classification):
     """Fraction of correct predictions (micro average: every example counts once)."""
 
-    def _build(self, task: str, n: int) -> Any:
-        from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
+    _names = ("BinaryAccuracy", "MulticlassAccuracy", "MultilabelAccuracy")
 
-        cls = {"binary": BinaryAccuracy, "multiclass": MulticlassAccuracy, "multilabel": MultilabelAccuracy}[
-            task
-        ]
+    def _build(self, task: str, n: int) -> Any:
         kw = {} if task == "binary" else {"average": "micro"}
-        return cls(**_task_kwargs(task, n), **{**kw, **self.kwargs})
+        return self._class(task)(**_task_kwargs(task, n), **{**kw, **self.kwargs})
 
 
 class TopKAccuracy(_Classification):
@@ -529,19 +562,18 @@ class TopKAccuracy(_Classification):
 
     tasks = ("multiclass",)
     uses_labels = False
+    _names = (None, "MulticlassAccuracy", None)
 
     def __init__(self, k: int = 5, **kwargs: Any):
         super().__init__(**kwargs)
         self.k = k
 
     def _build(self, task: str, n: int) -> Any:
-        from torchmetrics.classification import MulticlassAccuracy
-
         if self.k > n:
             raise ValueError(
                 f"TopKAccuracy(k={self.k}) needs at least {self.k} classes, the predictions have {n}"
             )
-        return MulticlassAccuracy(num_classes=n, top_k=self.k, **{"average": "micro", **self.kwargs})
+        return self._class(task)(num_classes=n, top_k=self.k, **{"average": "micro", **self.kwargs})
 
 
 class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
@@ -555,6 +587,7 @@ class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
 
     uses_labels = False
     uses_probabilities = True
+    _names = ("BinaryAUROC", "MulticlassAUROC", "MultilabelAUROC")
     _counts: torch.Tensor | None = None  # (2, classes or labels): the positives and negatives so far
 
     @property
@@ -563,13 +596,8 @@ class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
         return self.task == "binary" or self.kwargs.get("average", "macro") == "macro"
 
     def _build(self, task: str, n: int) -> Any:
-        from torchmetrics.classification import BinaryAUROC, MulticlassAUROC, MultilabelAUROC
-
-        if task == "binary":
-            return BinaryAUROC(**self.kwargs)
-        cls = MulticlassAUROC if task == "multiclass" else MultilabelAUROC
-        average = {"average": None} if self._own_average else {}
-        return cls(**_task_kwargs(task, n), **{**self.kwargs, **average})
+        average = {"average": None} if self._own_average and task != "binary" else {}
+        return self._class(task)(**_task_kwargs(task, n), **{**self.kwargs, **average})
 
     def update(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
         super().update(y_pred, y)
@@ -614,18 +642,13 @@ class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
 class _Averaged(_Classification):
     """F1, precision and recall: ``average='macro'`` over classes by default (multiclass/multi-label)."""
 
-    _names: tuple[str, str, str] = ("", "", "")
-
     def __init__(self, average: str = "macro", **kwargs: Any):
         super().__init__(**kwargs)
         self.average = average
 
     def _build(self, task: str, n: int) -> Any:
-        import torchmetrics.classification as tmc
-
-        cls = getattr(tmc, self._names[("binary", "multiclass", "multilabel").index(task)])
         kw = {} if task == "binary" else {"average": self.average}
-        return cls(**_task_kwargs(task, n), **{**kw, **self.kwargs})
+        return self._class(task)(**_task_kwargs(task, n), **{**kw, **self.kwargs})
 
 
 class F1(_Averaged):
@@ -650,26 +673,19 @@ class Kappa(_Classification):
     """Cohen's kappa: agreement between predictions and labels beyond chance."""
 
     tasks = ("binary", "multiclass")
+    _names = ("BinaryCohenKappa", "MulticlassCohenKappa", None)
 
     def _build(self, task: str, n: int) -> Any:
-        from torchmetrics.classification import BinaryCohenKappa, MulticlassCohenKappa
-
-        cls = BinaryCohenKappa if task == "binary" else MulticlassCohenKappa
-        return cls(**_task_kwargs(task, n), **self.kwargs)
+        return self._class(task)(**_task_kwargs(task, n), **self.kwargs)
 
 
 class ConfusionMatrix(_Classification):
     """Confusion matrix (rows: true class, columns: predicted class); reported as a nested list."""
 
-    def _build(self, task: str, n: int) -> Any:
-        import torchmetrics.classification as tmc
+    _names = ("BinaryConfusionMatrix", "MulticlassConfusionMatrix", "MultilabelConfusionMatrix")
 
-        cls = {
-            "binary": tmc.BinaryConfusionMatrix,
-            "multiclass": tmc.MulticlassConfusionMatrix,
-            "multilabel": tmc.MultilabelConfusionMatrix,
-        }[task]
-        return cls(**_task_kwargs(task, n), **self.kwargs)
+    def _build(self, task: str, n: int) -> Any:
+        return self._class(task)(**_task_kwargs(task, n), **self.kwargs)
 
 
 class IoU(_Classification):
@@ -681,20 +697,15 @@ class IoU(_Classification):
     ``ignore_index`` leaves out pixels of that target value (e.g. unlabelled borders).
     """
 
+    _names = ("BinaryJaccardIndex", "MulticlassJaccardIndex", "MultilabelJaccardIndex")
+
     def __init__(self, average: str = "macro", **kwargs: Any):
         super().__init__(**kwargs)
         self.average = average
 
     def _build(self, task: str, n: int) -> Any:
-        import torchmetrics.classification as tmc
-
-        cls = {
-            "binary": tmc.BinaryJaccardIndex,
-            "multiclass": tmc.MulticlassJaccardIndex,
-            "multilabel": tmc.MultilabelJaccardIndex,
-        }[task]
         kw = {} if task == "binary" else {"average": self.average}
-        return cls(**_task_kwargs(task, n), **{**kw, **self.kwargs})
+        return self._class(task)(**_task_kwargs(task, n), **{**kw, **self.kwargs})
 
 
 class Dice(F1):
