@@ -110,7 +110,9 @@ def train(
             logger is added unless ``quiet`` or one is given.
         callbacks: objects with ``on_epoch_end(run, row)`` etc., see :mod:`xt_training.callbacks`.
         resume: ``True`` continues the run in ``save_dir`` from ``checkpoints/last.pt`` exactly where it
-            stopped (mid-epoch included), or a checkpoint path. A fresh ``save_dir`` starts from scratch.
+            stopped (mid-epoch included), or a checkpoint path. A fresh ``save_dir`` starts from scratch;
+            a run that has trained all ``epochs`` returns its history (nothing to do); fewer ``epochs``
+            than it has trained are a ``ConfigError``.
         checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
         handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
