@@ -437,6 +437,9 @@ def bad_files(tmp_path, monkeypatch):
         ([*RUN, "--lr", "nan"], "optimizer 'adam': Invalid learning rate: nan"),
         ([*RUN, "--optimizer-opt", "betas=(2,3)"], "optimizer 'adam': Invalid beta parameter at index 0: 2"),
         ([*RUN, "--model-opt", "dropout=1.5"], "model 'cnn': dropout probability has to be between 0 and 1"),
+        # with --nproc: said once, before any process starts (not by every rank, then by torchrun)
+        (["run", "--model", "cnnn", "--data", "synthetic-images", "--nproc", "2"], "unknown model 'cnnn'; did you"),
+        ([*RUN, "--metric", "acuracy", "--nproc", "2"], "unknown metric 'acuracy'; did you mean 'accuracy'?"),
         ([*RUN, "--metric", "top-k-accuracy", "--metric-opt", "top-k-accuracy.kk=2"],
          "metric 'top-k-accuracy': TopKAccuracy has no option 'kk'; did you mean 'k'?"),
         ([*RUN, "--scheduler", "step", "--scheduler-opt", "step_size=0"],

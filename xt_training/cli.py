@@ -355,8 +355,10 @@ def run_command(
         raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
     run = run_config(ctx, resume)  # bad options are refused here, before any process starts
     if nproc > 1 and "RANK" not in os.environ:
-        if save_dir is not None:  # refused once here, rather than by every process torchrun starts
-            config._refuse_run_dir(Path(save_dir))
+        # checked once here, rather than by every process torchrun starts
+        config.checked_run(run)
+        if save_dir is not None:
+            config.refuse_run_dir(Path(save_dir))
         # torchrun's own entry point starts the processes; each runs this command without --nproc. The
         # "--" ends torchrun's options: its parser would otherwise take xt's --monitor for an
         # abbreviation of its --monitor-interval

@@ -233,11 +233,21 @@ def default_save_dir(*parts: str, root: str | os.PathLike[str] = "runs") -> Path
     return path
 
 
-def _checked_run(config: Mapping[str, Any]) -> dict[str, Any]:
+def checked_run(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run configuration whose structure is valid, with a model and data, and every name registered.
+
+    Cheap (nothing is built): ``xt run --nproc N`` checks here once, before it starts N processes.
+    """
     config = check_config(dict(config))
     for kind, plural in (("model", "models"), ("data", "data")):
         if config[kind] is None:
             raise ConfigError(f"no {kind} is chosen; pick one with --{kind} NAME (`xt list {plural}`)")
+    named = [(kind, config[kind]) for kind in COMPONENTS]
+    named += [("metric", c) for c in (config["metrics"] or {}).values()]
+    named += [(kind, c) for kind in ("logger", "callback") for c in config[f"{kind}s"]]
+    for kind, component in named:
+        if component is not None:
+            registry.current().entry(kind, component["name"])  # an unknown name: "did you mean ...?"
     return config
 
 
@@ -316,7 +326,7 @@ def build(
     The order is fixed so that the same configuration draws the same random numbers: the model's
     initial weights depend only on ``seed``.
     """
-    config = _checked_run(config)
+    config = checked_run(config)
     seed_everything(config["seed"])
     set_num_threads(config["num_threads"])
     saved: dict[str, Any] = {"format": FORMAT, "xt_training_version": __version__}
@@ -516,7 +526,7 @@ def train(
     from . import distributed
     from .utils import functional as F
 
-    config = _checked_run(config)
+    config = checked_run(config)
     distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
     main = distributed.is_main()
     if save_dir is None:  # rank 0's clock names the directory of all ranks
@@ -525,7 +535,7 @@ def train(
         )
     save_dir = Path(save_dir)
     if not resume:
-        _refuse_run_dir(save_dir)
+        refuse_run_dir(save_dir)
     built = build(config, save_dir)  # before the directory is made: a bad configuration leaves none behind
     if resume:
         _check_resume(save_dir, config, built)
@@ -564,7 +574,7 @@ def train(
     return save_dir, history
 
 
-def _refuse_run_dir(
+def refuse_run_dir(
     save_dir: Path, fix: str = "continue it with `xt run --resume {dir}`, or choose another --save-dir"
 ) -> None:
     """A new run never goes into a directory that holds one: files of two runs would mix."""
@@ -694,7 +704,7 @@ def train_config_file(
     if save_dir is None:  # rank 0's clock names the directory of all ranks
         save_dir = _from_rank_0(default_save_dir(Path(path).stem) if distributed.is_main() else None)
     if not kwargs.get("resume"):  # a config file with resume = True continues its run
-        _refuse_run_dir(Path(save_dir), "choose another --save-dir, or set resume = True in the config file")
+        refuse_run_dir(Path(save_dir), "choose another --save-dir, or set resume = True in the config file")
     if distributed.is_main():
         save_dir = F.prepare_save_dir(save_dir)
         shutil.copyfile(path, save_dir / "config.py")
