@@ -283,6 +283,23 @@ def test_testing_a_config_file_without_a_checkpoint_warns(tmp_path):
         out.stderr
     )
     assert "loss" in json.loads(out.stdout)["test"]
+    out = invoke("test", str(tmp_path / "c.py"), "--checkpoint", "best").output
+    assert "--checkpoint best picks a checkpoint of a run directory; with a config file, pass" in out, out
+
+
+def test_xt_test_checkpoint_takes_best_last_or_a_file(tmp_path):
+    run = str(tmp_path / "r")
+    invoke(*TINY, "--epochs", "1", "--save-dir", run, code=0)
+    last = json.loads(invoke("test", run, "--checkpoint", "last", "--json", code=0).stdout)
+    by_file = json.loads(
+        invoke("test", run, "--checkpoint", f"{run}/checkpoints/last.pt", "--json", code=0).stdout
+    )
+    assert last == by_file  # one epoch: best and last are the same weights, either way the same results
+    out = invoke("test", run, "--checkpoint", "lats").output
+    assert (
+        out
+        == "xt: error: checkpoint 'lats' does not exist; did you mean 'last'? (best, last, or a checkpoint file)\n"
+    )
 
 
 # --- config files ---------------------------------------------------------------------------------------------

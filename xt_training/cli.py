@@ -428,7 +428,9 @@ def train_command(config_file: str, save_dir: str | None, seed: int | None, quie
 @cli.command("test")
 @click.argument("source", type=click.Path(exists=True))
 @click.option(
-    "--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Default: RUN_DIR's best.pt."
+    "--checkpoint",
+    metavar="best|last|FILE",
+    help="Which checkpoint of RUN_DIR: best (default; else last), last, or a checkpoint file.",
 )
 @click.option(
     "--split",
@@ -470,6 +472,11 @@ def test_command(
     elif path.suffix == ".py":
         if splits:
             raise click.UsageError("--split applies to run directories; a config file names its test_loaders")
+        if checkpoint in ("best", "last"):
+            raise click.UsageError(
+                f"--checkpoint {checkpoint} picks a checkpoint of a run directory; with a config file, pass "
+                "the checkpoint file, e.g. --checkpoint RUN_DIR/checkpoints/best.pt"
+            )
         results = config.test_config_file(
             path, checkpoint=checkpoint, save_dir=save_dir, device=device, quiet=quiet
         )

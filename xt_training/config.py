@@ -615,9 +615,11 @@ def test(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the model of an ``xt run`` directory on its data's test splits (or ``splits``).
 
-    Loads ``checkpoint`` (default: the run's ``best.pt``, else ``last.pt``); writes ``test_results.json``
+    Loads ``checkpoint``: ``'best'``, ``'last'`` or a checkpoint file (default: the run's ``best.pt``,
+    else ``last.pt``); writes ``test_results.json``
     and ``results.pt`` into ``save_dir`` (default: the run directory).
     """
+    from .predict import checkpoint_of
     from .utils import functional as F
 
     run_dir = Path(run_dir)
@@ -635,7 +637,7 @@ def test(
         eval_metrics=built.metrics,
         forward_fn=built.data.forward_fn,
         save_dir=run_dir if save_dir is None else save_dir,
-        checkpoint_path=checkpoint if checkpoint is not None else _checkpoint_of(run_dir),
+        checkpoint_path=_checkpoint_of(run_dir) if checkpoint is None else checkpoint_of(run_dir, checkpoint),
         device=device if device is not None else config["device"],
         quiet=quiet,
     )
