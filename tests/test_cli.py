@@ -315,6 +315,12 @@ def test_template_train_and_test_a_python_config_file(tmp_path):
         xt("test", "proj/config.py", "--checkpoint", "run/checkpoints/best.pt", "--json", cwd=tmp_path).stdout
     )
     assert results["test"]["acc"] > 0.8 and 0 < results["test"]["auc"] <= 1
+    # its run directory holds the config file, not a config.json: the error says how to test it
+    out = xt("test", "run", cwd=tmp_path, code=2).stderr
+    assert out == (
+        "xt: error: 'run' is a run of `xt train` (its config.py, no config.json); use the config file, e.g. "
+        "`xt test run/config.py --checkpoint run/checkpoints/best.pt`\n"
+    ), out
 
 
 # --- show / plot --------------------------------------------------------------------------------------------------

@@ -129,6 +129,12 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if file.is_dir():
         file = file / CONFIG_FILE
     if not file.is_file():
+        if (file.parent / "config.py").is_file():  # a run of `xt train`, which keeps its config file
+            raise ConfigError(
+                f"'{file.parent}' is a run of `xt train` (its config.py, no {CONFIG_FILE}); use the config "
+                f"file, e.g. `xt test {file.parent / 'config.py'} --checkpoint "
+                f"{file.parent / 'checkpoints' / 'best.pt'}`"
+            )
         raise ConfigError(
             f"'{file}' does not exist; pass a run directory written by `xt run`, or its {CONFIG_FILE}"
         )
