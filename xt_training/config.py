@@ -622,8 +622,8 @@ def test(
     """Evaluate the model of an ``xt run`` directory on its data's test splits (or ``splits``).
 
     Loads ``checkpoint``: ``'best'``, ``'last'`` or a checkpoint file (default: the run's ``best.pt``,
-    else ``last.pt``); writes ``test_results.json``
-    and ``results.pt`` into ``save_dir`` (default: the run directory).
+    else ``last.pt``); writes ``test_results.json`` and ``results.pt`` into ``save_dir`` (default: the
+    run directory).
     """
     from .predict import checkpoint_of
     from .utils import functional as F

@@ -34,3 +34,9 @@ class CheckpointError(XtError, RuntimeError):
 
 class NonFiniteLossError(XtError, FloatingPointError):
     """The loss became NaN or infinite."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line for a one-line error: its first line, else its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -356,13 +356,11 @@ def export(
 def _misfit(model: torch.nn.Module, example_input: Any, error: Exception) -> str:
     """Why the model failed on the example input: its shape beside the one the model's first layer expects."""
     from .batch import describe
-    from .predict import expected_input
+    from .predict import model_expects
 
-    expected = expected_input(model)
-    expects = f"; the model expects {expected}" if expected else ""
     return (
-        f"the model fails on the example input {describe(example_input)} ({_first_line(error)}){expects}; "
-        "give an example input of the shape it was trained on (--input-shape)"
+        f"the model fails on the example input {describe(example_input)} ({_first_line(error)})"
+        f"{model_expects(model)}; give an example input of the shape it was trained on (--input-shape)"
     )
 
 
@@ -648,9 +646,10 @@ def export_run(
     ``source`` is a run directory (its model rebuilt from ``config.json``, weights from ``checkpoint``:
     ``'best'`` (default), ``'last'`` or a checkpoint file) or a checkpoint file; one outside a run
     directory needs ``model`` (a registered name) and ``model_options``. The model of a run is
-    :func:`xt_training.predict.load_model`'s. The example input is one batch of the run's data (whose transforms also tell the input normalisation), or random values
-    of ``input_shape``. The default output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last
-    checkpoint), or the checkpoint's path with the format's suffix.
+    :func:`xt_training.predict.load_model`'s. The example input is one batch of the run's data (whose
+    transforms also tell the input normalisation), or random values of ``input_shape``. The default
+    output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last checkpoint), or the checkpoint's
+    path with the format's suffix.
     """
     import torch
 

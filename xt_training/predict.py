@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from .batch import checked_forward, concat, describe, map_tensors, tensor_bytes, to_device
 from .checkpoint import check_writable, load_checkpoint
-from .errors import BatchError, CheckpointError, ConfigError, XtError
+from .errors import BatchError, CheckpointError, ConfigError, XtError, first_line
 from .fastpath import check_data_on_device, fast_batches
 from .runner import resolve_device
 
@@ -162,13 +162,16 @@ def _inputs(batch: Any) -> Any:
 
 def _mismatch(model: nn.Module, inputs: Any, step: int, error: Exception) -> str:
     """Why a batch did not fit the model: the inputs' shape beside the one the model's first layer expects."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    expected = expected_input(model)
-    expects = f"; the model expects {expected}" if expected else ""
     return (
-        f"the model failed on batch {step} of the loader, inputs {describe(inputs)} ({reason}){expects}; "
-        "give it inputs of the shape it was trained on"
+        f"the model failed on batch {step} of the loader, inputs {describe(inputs)} ({first_line(error)})"
+        f"{model_expects(model)}; give it inputs of the shape it was trained on"
     )
+
+
+def model_expects(model: nn.Module) -> str:
+    """``'; the model expects ...'`` for an error about inputs that do not fit (empty for an unknown first layer)."""
+    expected = expected_input(model)
+    return f"; the model expects {expected}" if expected else ""
 
 
 def expected_input(model: nn.Module) -> str | None:

@@ -23,7 +23,7 @@ from .batch import (
     prefetch_to_cuda,
     to_device,
 )
-from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError
+from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError, first_line
 from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup
 from .metrics import as_metric, get_state, set_state, set_sync
@@ -549,9 +549,8 @@ def _failed_in(error: Exception, fn: Any) -> bool:
 
 
 def _loss_mismatch(error: Exception, y_pred: Any, y: Any) -> LossError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return LossError(
-        f"loss_fn failed on y_pred {describe(y_pred)} and y {describe(y)} ({reason}); "
+        f"loss_fn failed on y_pred {describe(y_pred)} and y {describe(y)} ({first_line(error)}); "
         "give a loss that fits the model's outputs and the targets"
     )
 
@@ -695,10 +694,9 @@ class _Buffers:
                 except XtError:
                     raise
                 except Exception as e:
-                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise MetricError(
                         f"metric {name!r} ({type(metric).__name__}) failed on y_pred {describe(y_pred)} "
-                        f"and y {describe(y)}: {reason}"
+                        f"and y {describe(y)}: {first_line(e)}"
                     ) from e
         if self.keep_all:
             self.all_outputs.extend(self.outputs)
