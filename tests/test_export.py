@@ -149,7 +149,7 @@ def run_dir(tmp_path_factory) -> Path:
 def run_model_and_inputs(run_dir: Path, checkpoint: str = "best"):
     """``load_model(RUN_DIR)`` and the run's test inputs."""
     from xt_training.config import read_config
-    from xt_training.predict import load_model
+    from xt_training.runs import load_model
 
     data = read_config(run_dir)["data"]
     loader = registry.create_data(data["name"], **data["options"]).loaders["test"]

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xt_training import Runner, load_checkpoint, metrics, registry
 from xt_training.errors import BatchError, ConfigError
-from xt_training.predict import load_model
+from xt_training.runs import load_model
 from xt_training.utils import functional as F
 
 

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from .checkpoint import load_checkpoint, save_checkpoint
     from .exporting import export
     from .hookspecs import hookimpl
-    from .predict import load_model
     from .registry import (
         Data,
         create_data,
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
         list_models,
     )
     from .runner import Runner
+    from .runs import load_model
 
 __all__ = [
     "__version__",
@@ -68,7 +68,7 @@ _LAZY = {
     "create_logger": ("xt_training.registry", "create_logger"),
     "list_loggers": ("xt_training.registry", "list_loggers"),
     "export": ("xt_training.exporting", "export"),
-    "load_model": ("xt_training.predict", "load_model"),
+    "load_model": ("xt_training.runs", "load_model"),
 }
 assert set(__all__) == {"__version__", *_LAZY}
 

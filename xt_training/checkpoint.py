@@ -10,12 +10,9 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only::
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,123 +21,8 @@ import torch
 
 from ._version import __version__
 from .batch import tensor_bytes
-from .errors import CheckpointError, ConfigError
-
-
-def check_writable(path: Path) -> None:
-    """Make the directory of the output file ``path`` and prove it takes files: fail before the work."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
-        ) from None
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Write a file so that readers see the old file or the complete new one, never a partial one.
-
-    ``write(f)`` writes to a temporary file in the same directory, which is flushed, fsync'ed and
-    then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Give ``src``'s content the second name ``dst``, atomically: a hard link (a copy where links fail).
-
-    Safe for checkpoints because :func:`atomic_write` always creates a new file: writing ``src``
-    again later leaves ``dst`` as it was.
-    """
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def write_json(path: str | os.PathLike[str], obj: Any, background: BackgroundWriter | None = None) -> None:
-    """Write ``obj`` as JSON with :func:`atomic_write`; with ``background``, on its thread (``obj`` is
-    encoded here, so it may change afterwards)."""
-    data = json.dumps(obj, indent=2).encode()
-    if background is None:
-        atomic_write(path, lambda f: f.write(data))
-    else:
-        background.submit(atomic_write, path, lambda f: f.write(data))
-
-
-class BackgroundWriter:
-    """Writes files on one background thread, in the order they are submitted.
-
-    F.train serializes each checkpoint in memory (a consistent snapshot of the state) and trains on while
-    this thread writes, fsyncs and renames it: on a slow or network disk that is seconds per checkpoint,
-    and ~1 ms even on a fast one. A crash or kill meanwhile leaves the previous complete file (the writes
-    are atomic). A failed write is raised by every later :meth:`submit` and :meth:`wait`; the writes queued
-    after it are skipped (best.pt links last.pt: it must not link an older one).
-    """
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xt-writer")
-        self._pending: list[Any] = []
-        self._error: BaseException | None = None
-
-    def submit(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` on the thread after everything submitted before."""
-        self._raise_error()
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(self._run, fn, args))
-
-    def _run(self, fn: Any, args: tuple[Any, ...]) -> None:
-        if self._error is None:
-            try:
-                fn(*args)
-            except BaseException as e:  # raised in the training thread: see _raise_error
-                self._error = e
-
-    def wait(self) -> None:
-        """Return once everything submitted is written; raise the first failure."""
-        for future in self._pending:
-            future.result()
-        self._pending = []
-        self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:  # for good: nothing is written after a failed write
-            raise self._error
-
-    def close(self) -> None:
-        """Finish the writes and stop the thread (failures were raised by wait() or are already moot)."""
-        for future in self._pending:
-            future.result()
-        self._pool.shutdown()
-
+from .errors import CheckpointError
+from .files import BackgroundWriter, atomic_write
 
 # Checkpoints larger than this are written directly by the training thread, without the in-memory
 # copy that a background write needs.

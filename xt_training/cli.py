@@ -24,10 +24,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from . import registry
+from . import config, registry, report
 from ._version import __version__
-from .config import default_config
+from .config import COMPONENTS, SCALARS, default_config, read_config
 from .errors import XtError
+from .rundir import CONFIG_FILE
 
 __all__ = ["cli", "main", "run_options", "run_config", "parse_value", "parse_options"]
 
@@ -260,8 +261,6 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     It starts from the saved configuration ``base`` (default: ``--config``), if any: options given on the
     command line override it, and a new ``--model``/``--data``... name drops the saved options of the old one.
     """
-    from .config import COMPONENTS, SCALARS, read_config
-
     p = ctx.params
     base = base or p["config_path"]
 
@@ -331,6 +330,7 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     help="Continue the run in this directory where it stopped; --epochs, --device, --num-threads, --logger, "
     "--checkpoint-every and --export may change, other options must be the run's.",
 )
+@click.option("--overwrite", is_flag=True, help="Delete the run that --save-dir holds before training.")
 @click.option("-q", "--quiet", is_flag=True, help="No console output.")
 @click.option(
     "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -338,7 +338,13 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
 )  # fmt: skip
 @click.pass_context
 def run_command(
-    ctx: click.Context, save_dir: str | None, resume: str | None, quiet: bool, nproc: int, **_: Any
+    ctx: click.Context,
+    save_dir: str | None,
+    resume: str | None,
+    overwrite: bool,
+    quiet: bool,
+    nproc: int,
+    **_: Any,
 ) -> None:
     """Train a model on a data set, both picked by name.
 
@@ -349,7 +355,7 @@ def run_command(
     checkpoints/{last,best}.pt; `xt run --config RUN_DIR` reproduces the run, `xt run --resume RUN_DIR`
     continues it.
     """
-    from . import config
+    from . import runs  # lazy: imports torch
 
     if resume and (save_dir or ctx.params["config_path"]):
         raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
@@ -357,15 +363,19 @@ def run_command(
     if nproc > 1 and "RANK" not in os.environ:
         # checked once here, rather than by every process torchrun starts
         config.checked_run(run)
-        if save_dir is not None:
-            config.refuse_run_dir(Path(save_dir))
+        if save_dir is not None and not overwrite:
+            runs.refuse_held_run(
+                Path(save_dir), False, "continue it with `xt run --resume {dir}`, or pass --overwrite"
+            )
         # torchrun's own entry point starts the processes; each runs this command without --nproc. The
         # "--" ends torchrun's options: its parser would otherwise take xt's --monitor for an
         # abbreviation of its --monitor-interval
         args = _without_option(cli.raw_args, "--nproc")
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         sys.exit(subprocess.call([*launch, "-m", "--", "xt_training", *args]))
-    run_dir, _history = config.train(run, resume or save_dir, resume=bool(resume), quiet=quiet)
+    run_dir, _history = runs.train(
+        run, resume or save_dir, resume=bool(resume), overwrite=overwrite, quiet=quiet
+    )
     if not quiet and _is_main():
         click.echo(f"run saved to {run_dir}")
     _finish_distributed()
@@ -377,7 +387,7 @@ def _finish_distributed() -> None:
     Exiting through the interpreter's teardown lets gloo's threads abort the process now and then
     ("terminate called without an active exception") although the work is done and saved.
     """
-    from . import distributed
+    from . import distributed  # lazy: imports torch
 
     if distributed.active():
         distributed.shutdown()  # flushes stdout/stderr
@@ -399,7 +409,7 @@ def _without_option(args: list[str], option: str) -> list[str]:
 
 def _is_main() -> bool:
     """Not a non-zero rank of a torchrun job (those print nothing)."""
-    from . import distributed
+    from . import distributed  # lazy: imports torch
 
     return distributed.is_main()
 
@@ -409,8 +419,11 @@ def _is_main() -> bool:
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--save-dir", type=click.Path(file_okay=False), help="Run directory; default runs/CONFIG-TIME.")
 @click.option("--seed", type=int, help="Seed Python, NumPy and torch before the config file runs.")
+@click.option("--overwrite", is_flag=True, help="Delete the run that --save-dir holds before training.")
 @click.option("-q", "--quiet", is_flag=True, help="No console output.")
-def train_command(config_file: str, save_dir: str | None, seed: int | None, quiet: bool) -> None:
+def train_command(
+    config_file: str, save_dir: str | None, seed: int | None, overwrite: bool, quiet: bool
+) -> None:
     """Train what a Python config file defines.
 
     The original xt-training format: CONFIG_FILE defines model, train_loader, optimizer, loss_fn and
@@ -418,9 +431,11 @@ def train_command(config_file: str, save_dir: str | None, seed: int | None, quie
     scheduler, ...). The file is run as Python code: only use config files you trust. `xt template DIR`
     writes an example.
     """
-    from . import config
+    from . import runs  # lazy: imports torch
 
-    run_dir, _history = config.train_config_file(config_file, save_dir, seed=seed, quiet=quiet)
+    run_dir, _history = runs.train_config_file(
+        config_file, save_dir, seed=seed, overwrite=overwrite, quiet=quiet
+    )
     if not quiet and _is_main():
         click.echo(f"run saved to {run_dir}")
 
@@ -430,8 +445,10 @@ def train_command(config_file: str, save_dir: str | None, seed: int | None, quie
 @click.option(
     "--checkpoint",
     metavar="best|last|FILE",
-    help="Which checkpoint of RUN_DIR: best (default; else last), last, or a checkpoint file.",
+    help="Which checkpoint of RUN_DIR: best (default), last, or a checkpoint file.",
 )
+@click.option("--data", help="Test on this data set (`xt list data`); a run of F.train records none.")
+@click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="An option of --data (repeatable).")
 @click.option(
     "--split",
     "splits",
@@ -447,6 +464,8 @@ def train_command(config_file: str, save_dir: str | None, seed: int | None, quie
 def test_command(
     source: str,
     checkpoint: str | None,
+    data: str | None,
+    data_opt: tuple[str, ...],
     splits: tuple[str, ...],
     save_dir: str | None,
     device: str | None,
@@ -455,20 +474,23 @@ def test_command(
 ) -> None:
     """Evaluate a saved model on test data.
 
-    SOURCE is a run directory of `xt run` or a Python config file. A run directory's model is rebuilt from its config.json and loaded from its best checkpoint, and
-    the results are written into it. A config file must define model and test_loaders; it is run as
-    Python code: only use config files you trust.
+    SOURCE is a run directory of any kind (`xt run`, `xt train`, F.train) or a Python config file. A
+    run's model is rebuilt and loaded from its best checkpoint (or --checkpoint), and the results are
+    written into it. A run of `xt run` is tested on its data's test splits, one of `xt train` on its
+    config file's test_loaders, one of F.train on --data. A config file must define model and
+    test_loaders; it is run as Python code: only use config files you trust.
     """
-    from . import config
+    from . import runs  # lazy: imports torch
 
     path = Path(source)
-    if path.name == config.CONFIG_FILE:
+    if path.name == CONFIG_FILE:
         path = path.parent
     quiet = quiet or as_json
     if path.is_dir():
-        results = config.test(
-            path, checkpoint=checkpoint, splits=list(splits), save_dir=save_dir, device=device, quiet=quiet
-        )
+        results = runs.test(
+            path, checkpoint=checkpoint or "best", splits=list(splits), data=data,
+            data_options=parse_options(data_opt, "--data-opt"), save_dir=save_dir, device=device, quiet=quiet,
+        )  # fmt: skip
     elif path.suffix == ".py":
         if splits:
             raise click.UsageError("--split applies to run directories; a config file names its test_loaders")
@@ -477,7 +499,7 @@ def test_command(
                 f"--checkpoint {checkpoint} picks a checkpoint of a run directory; with a config file, pass "
                 "the checkpoint file, e.g. --checkpoint RUN_DIR/checkpoints/best.pt"
             )
-        results = config.test_config_file(
+        results = runs.test_config_file(
             path, checkpoint=checkpoint, save_dir=save_dir, device=device, quiet=quiet
         )
         if checkpoint is None:  # not refused: the file may load trained weights itself. Last, to be seen
@@ -653,10 +675,8 @@ def show_command(ctx: click.Context, run_dir: str) -> None:
 
     Plugins show their own kinds of directories (`xt tune` studies) through the hook show_directory.
     """
-    from .report import show
-
     text = cli.loaded(ctx).pm.hook.show_directory(path=Path(run_dir))
-    click.echo(show(run_dir) if text is None else text)
+    click.echo(report.show(run_dir) if text is None else text)
 
 
 @cli.command("plot")
@@ -669,10 +689,8 @@ def plot_command(ctx: click.Context, run_dir: str, out: str | None) -> None:
     Loss and metric curves per loader (needs matplotlib: pip install 'xt-training[plot]'). Plugins draw
     directories of their own kinds through the hook plot_directory.
     """
-    from .report import plot
-
     written = cli.loaded(ctx).pm.hook.plot_directory(
         path=Path(run_dir), out=None if out is None else Path(out)
     )
-    for path in [plot(run_dir, out)] if written is None else written:
+    for path in [report.plot(run_dir, out)] if written is None else written:
         click.echo(f"wrote {path}")

@@ -163,3 +163,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def from_rank_0(value: Any) -> Any:
+    """``value`` as rank 0 has it, on every rank (itself in a single process)."""
+    if not active():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

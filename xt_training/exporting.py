@@ -19,7 +19,7 @@ The artifact carries what is needed to use it (ONNX ``metadata_props``; the extr
 ``metadata`` the caller gives -- for runs of ``xt run``: the model's name and options, the data, the
 class names when the data knows them, and the input normalisation when the data applies one.
 
-``xt export RUN_DIR`` (:mod:`xt_training.builtins.export_command`) calls :func:`export_run`.
+``xt export RUN_DIR`` (:mod:`xt_training.builtins.export_command`) calls :func:`xt_training.runs.export_run`.
 This module is not named ``export``: importing a submodule ``xt_training.export`` binds it as the package
 attribute ``xt_training.export`` and would shadow the public function of that name.
 """
@@ -35,13 +35,19 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .batch import describe, to_device
+from .checkpoint import load_checkpoint, unwrap_model
 from .errors import ConfigError, XtError
+from .files import check_writable
+from .predict import model_expects
+from .preprocessing import raw_inputs, with_preprocessing
+from .rundir import checkpoints_dir
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +62,6 @@ __all__ = [
     "ExportResult",
     "check_format",
     "export",
-    "export_run",
     "export_trained",
 ]
 
@@ -168,12 +173,11 @@ def check_format(format: str, verify: bool = True) -> None:
         )
 
 
-def _writable(path: str | os.PathLike[str]) -> Path:
+def writable_output(path: str | os.PathLike[str]) -> Path:
     """The output path, once its directory exists and takes files: fail before exporting, not after."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"output '{path}' is a directory; give a file name, e.g. {path / 'model.onnx'}")
-    from .checkpoint import check_writable  # (imports torch, which this module leaves until it is needed)
 
     check_writable(path)
     return path
@@ -198,8 +202,6 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 def _leaves(tree: Any, what: str) -> list[torch.Tensor]:
     import torch
     from torch.utils import _pytree
-
-    from .batch import describe
 
     leaves = _pytree.tree_leaves(tree)
     if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
@@ -300,15 +302,12 @@ def export(
     """
     import torch
 
-    from .batch import to_device
-    from .checkpoint import unwrap_model
-
     check_format(format, verify)
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 1):
         raise ConfigError(f"opset must be a positive integer, not {opset!r}")
     if opset is not None and format != "onnx":
         raise ConfigError(f"opset applies to the onnx format, not {format}; drop --opset")
-    path = _writable(path)
+    path = writable_output(path)
     meta = _metadata(metadata)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -355,8 +354,6 @@ def export(
 
 def _misfit(model: torch.nn.Module, example_input: Any, error: Exception) -> str:
     """Why the model failed on the example input: its shape beside the one the model's first layer expects."""
-    from .batch import describe
-    from .predict import model_expects
 
     return (
         f"the model fails on the example input {describe(example_input)} ({_first_line(error)})"
@@ -627,154 +624,9 @@ def _capture_error(e: BaseException, format: str) -> ExportError:
     return ExportError(f"cannot export the model to {format}: {what}; {reason}{where}; {hint}")
 
 
-# --- runs ------------------------------------------------------------------------------------------------------
-def export_run(
-    source: str | os.PathLike[str],
-    *,
-    format: str = "onnx",
-    output: str | os.PathLike[str] | None = None,
-    checkpoint: str | None = None,
-    dynamic_batch: bool = True,
-    opset: int | None = None,
-    input_shape: Sequence[int] | None = None,
-    model: str | None = None,
-    model_options: Mapping[str, Any] | None = None,
-    verify: bool = True,
-) -> ExportResult:
-    """Export the model of an ``xt run`` directory, or of a checkpoint file, with :func:`export`.
-
-    ``source`` is a run directory (its model rebuilt from ``config.json``, weights from ``checkpoint``:
-    ``'best'`` (default), ``'last'`` or a checkpoint file) or a checkpoint file; one outside a run
-    directory needs ``model`` (a registered name) and ``model_options``. The model of a run is
-    :func:`xt_training.predict.load_model`'s. The example input is one batch of the run's data (whose
-    transforms also tell the input normalisation), or random values of ``input_shape``. The default
-    output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last checkpoint), or the checkpoint's
-    path with the format's suffix.
-    """
-    import torch
-
-    from . import registry
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .config import CONFIG_FILE, read_config
-    from .predict import checkpoint_of, load_model
-
-    check_format(format, verify)
-    source = Path(source)
-    run_dir: Path | None = None
-    if source.is_dir() or source.name == CONFIG_FILE:
-        run_dir = source if source.is_dir() else source.parent
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise ConfigError(
-                f"'{run_dir}' has no {CONFIG_FILE}, so it is not a run directory of `xt run`; pass one, or a "
-                "checkpoint file with --model NAME and --input-shape (a `xt train` run: export from Python "
-                "with xt_training.exporting.export)"
-            )
-        ckpt = checkpoint_of(run_dir, checkpoint or "best")
-        default = run_dir / (("model" if ckpt.stem == "best" else f"model-{ckpt.stem}") + SUFFIXES[format])
-    elif source.is_file():
-        if checkpoint is not None:
-            raise ConfigError(
-                f"--checkpoint picks a checkpoint of a run directory; '{source}' is a checkpoint itself"
-            )
-        ckpt, default = source, source.with_name(source.stem + SUFFIXES[format])
-        owner = source.parent.parent
-        if source.parent.name == "checkpoints" and (owner / CONFIG_FILE).is_file():
-            run_dir = owner
-    else:
-        raise ConfigError(f"'{source}' does not exist; pass a run directory or a checkpoint file")
-    if run_dir is not None and (model is not None or model_options):
-        # the run's config.json holds the model with the options it was trained with (some taken from the
-        # data): naming it again is harmless, naming another one cannot fit the run's checkpoints
-        named = (read_config(run_dir)["model"] or {}).get("name")
-        if model != named or model_options:
-            raise ConfigError(
-                f"'{run_dir}' is a run directory of `xt run`: its {CONFIG_FILE} names the model ({named}) and "
-                "its options, so drop --model and --model-opt"
-            )
-    output = _writable(output if output is not None else default)
-
-    x = None
-    if input_shape is not None:
-        x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
-    if run_dir is not None:
-        config = read_config(run_dir)
-        net, meta = load_model(run_dir, ckpt), _config_metadata(config)
-        epoch = read_checkpoint(ckpt).get("epoch")
-        if x is None:  # the data is built only for its example batch (it may be large, or gone)
-            data = registry.create("data", config["data"]["name"], **config["data"]["options"])
-            x = _first_input(_example_loader(data.loaders))
-            normalization = _normalization(data.loaders.values())
-            if normalization and "normalization" not in meta:
-                meta["normalization"] = normalization
-    else:
-        if model is None or input_shape is None:
-            raise ConfigError(
-                f"'{source}' is not inside a run directory (no {CONFIG_FILE} beside its checkpoints/ folder); "
-                "name its model and input: --model NAME [--model-opt KEY=VALUE] --input-shape 1,3,32,32"
-            )
-        net = registry.create("model", model, **dict(model_options or {}))
-        meta = {"model": model, "model_options": dict(model_options or {})}
-        epoch = load_checkpoint(ckpt, net).get("epoch")
-    meta["checkpoint"] = ckpt.name
-    if isinstance(epoch, int):
-        meta["epoch"] = epoch
-    return export(
-        net, x, output, format, dynamic_batch=dynamic_batch, verify=verify, opset=opset, metadata=meta
-    )
-
-
-def _config_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's name and options, the data's name and its class names, from a run's ``config.json``."""
-    model, data, info = config["model"], config["data"], config.get("info") or {}
-    meta: dict[str, Any] = {
-        "model": model["name"],
-        "model_options": model.get("resolved", model["options"]),
-        "data": data["name"],
-    }
-    if info.get("classes"):
-        meta["classes"] = [str(c) for c in info["classes"]]
-    elif isinstance(info.get("num_classes"), int):
-        meta["num_classes"] = info["num_classes"]
-    if info.get("normalization"):  # a data plugin may state it; else it is read from the data's transforms
-        meta["normalization"] = info["normalization"]
-    return meta
-
-
-def _normalization(loaders: Iterable[Any]) -> dict[str, list[float]] | None:
-    """The mean and std of a torchvision ``Normalize`` among the loaders' dataset transforms, if any.
-
-    Datasets are followed through ``Subset``-like wrappers (``.dataset``) and ``Compose`` (``.transforms``).
-    """
-
-    def transforms(transform: Any) -> Iterable[Any]:
-        if transform is None:
-            return
-        yield transform
-        for inner in getattr(transform, "transforms", None) or []:
-            yield from transforms(inner)
-
-    for loader in loaders:
-        dataset = getattr(loader, "dataset", None)
-        while dataset is not None:
-            for t in transforms(getattr(dataset, "transform", None)):
-                if type(t).__name__ == "Normalize" and hasattr(t, "mean") and hasattr(t, "std"):
-                    return {"mean": [float(v) for v in t.mean], "std": [float(v) for v in t.std]}
-            dataset = getattr(dataset, "dataset", None)
-    return None
-
-
-def _example_loader(loaders: Mapping[str, Any]) -> Any:
-    for split in ("test", "val", "train", *loaders):
-        if split in loaders:
-            return loaders[split]
-    raise ConfigError("the data has no loaders to take an example batch from; pass --input-shape")
-
-
-def _first_input(loader: Iterable[Any]) -> Any:
+def first_input(loader: Iterable[Any]) -> Any:
     """The ``x`` of the loader's first ``(x, y)`` batch; the global RNG is left as it was."""
     import torch
-
-    from .batch import describe
 
     with torch.random.fork_rng(devices=[]):  # iterating a loader draws from the global RNG
         batch = next(iter(loader), None)
@@ -795,22 +647,19 @@ def export_trained(
     format: str = "onnx",
     *,
     quiet: bool = False,
+    normalization: dict[str, list[float]] | None = None,
 ) -> ExportResult:
     """Export the best model of a finished ``F.train`` run to ``save_dir/model.<suffix>`` (``F.train(export=...)``).
 
     A copy of ``model`` on the CPU gets the weights of ``save_dir/checkpoints/best.pt`` (the final
     weights when there is none), so the caller's model is left as training left it; the example input
-    is the first batch of ``loader``. A run of ``xt run`` adds its ``config.json`` facts to the metadata.
+    is the first batch of ``loader``. ``normalization`` (the data's, ``{'mean', 'std'}`` along dim 1)
+    goes into the exported graph, which then takes raw inputs.
     """
-    from .checkpoint import load_checkpoint, unwrap_model
-    from .config import CONFIG_FILE, read_config
-
     save_dir = Path(save_dir)
     net = copy.deepcopy(unwrap_model(model)).cpu()
     meta: dict[str, Any] = {"model": type(net).__name__}
-    if (save_dir / CONFIG_FILE).is_file():
-        meta = _config_metadata(read_config(save_dir))
-    best = save_dir / "checkpoints" / "best.pt"
+    best = checkpoints_dir(save_dir) / "best.pt"
     notes = []
     if best.is_file():
         state = load_checkpoint(best, net)
@@ -821,16 +670,15 @@ def export_trained(
         notes.append(
             "no checkpoints/best.pt (the monitored value never improved): exported the final weights"
         )
-    normalization = _normalization([loader])
-    if normalization and "normalization" not in meta:
-        meta["normalization"] = normalization
+    x = first_input(loader)
+    if normalization is not None:  # inside the graph: the exported model takes raw inputs
+        meta["normalization"], meta["inputs"] = normalization, "raw: the normalization is inside the model"
+        net, x = with_preprocessing(net, normalization), raw_inputs(x, normalization)
     try:
-        result = export(
-            net, _first_input(loader), save_dir / f"model{SUFFIXES[format]}", format, metadata=meta
-        )
+        result = export(net, x, save_dir / f"model{SUFFIXES[format]}", format, metadata=meta)
     except XtError as e:
         raise type(e)(
-            f"training finished (checkpoints in {save_dir / 'checkpoints'}), but exporting the best model "
+            f"training finished (checkpoints in {checkpoints_dir(save_dir)}), but exporting the best model "
             f"failed: {e}"
         ) from None
     result.notes[:0] = notes

@@ -27,7 +27,9 @@ description=None, **metadata)``:
   ``xt list`` and ``xt --help`` stay fast (importing torch alone takes over a second).
 - ``description``: one line for ``xt list``; default: the first line of the factory's docstring
   (which needs the import the string form avoids, so give one with a string factory).
-- ``metadata``: extra facts shown by ``xt info``; ``register_schedulers`` reads ``interval``.
+- ``metadata``: extra facts shown by ``xt info``; ``register_schedulers`` reads ``interval``, ``register_losses`` reads
+  ``predicts`` (what a model trained with the loss outputs: ``'logits'``, ``'log-probabilities'``,
+  ``'binary-logits'`` or ``'binary-probabilities'``; ``xt predict`` turns it into classes and probabilities).
 
 Option names are the factory's keyword parameters; their annotations are checked, so a wrong option
 name or type gives a one-line error listing what the factory accepts. Where the CLI knows a value a

@@ -1,23 +1,7 @@
-"""Metrics that accumulate over a whole epoch, built on torchmetrics.
+"""The catalogue of metrics that accumulate over a whole epoch, built on torchmetrics.
 
-**The metric contract.** Anything with ``update(y_pred, y)``, ``compute()`` and ``reset()`` is a
-metric, so every ``torchmetrics.Metric`` works as it is. A plain callable ``fn(y_pred, y) -> tensor``
-is wrapped in :class:`Mean` and averaged over the epoch, weighted by batch size.
-
-The loop calls ``update`` with *several batches concatenated* (at some logging steps, not at every
-step: that keeps the per-step cost of metrics near zero), so ``update`` must accumulate, not average
-per call.
-``compute()`` returns the value over everything since the last ``reset()``: the epoch AUC is the
-AUC of all the epoch's examples, not a mean of per-batch AUCs.
-
-A metric need not read its arguments: a value recorded elsewhere during the pass (e.g. the mean
-episode return an RL data set keeps, see docs/rl.md) is a metric whose ``update()`` does nothing,
-whose ``reset()`` marks the start of the pass and whose ``compute()`` reads the value.
-
-**Size-only metrics.** A metric that also has ``update_size(n)`` gets only the number of examples
-since its last update (at each logging step), never the outputs (:class:`EPS`): when every metric of a
-pass is size-only, the loop keeps no outputs at all. Holding each batch's outputs until the metrics'
-update costs a few microseconds a step (allocations, copies) on a small model.
+What makes an object a metric (the contract) and the generic :class:`Mean`, :class:`Loss` and :class:`EPS`
+are in :mod:`xt_training.metric_contract`; they are importable from here too.
 
 **Classification tasks.** :class:`Accuracy`, :class:`ROC_AUC`, :class:`F1`, ... infer the task from
 the first batch they see, unless ``task=`` is given:
@@ -47,20 +31,22 @@ multiclass). :class:`MSE`, :class:`MAE` and :class:`R2` score regression outputs
 :class:`MeanAveragePrecision` scores detected boxes (torchvision's detection format).
 
 torchmetrics is imported when a metric first updates, so ``import xt_training`` stays fast.
+
 """
 
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
-from .batch import batch_size, describe
+from .batch import describe
+from .errors import ConfigError
+from .metric_contract import EPS, Loss, Mean, Metric, _all_reduce, as_metric, get_state, set_state, set_sync
 
 __all__ = [
     "Metric",
@@ -83,155 +69,6 @@ __all__ = [
     "R2",
     "MeanAveragePrecision",
 ]
-
-
-@runtime_checkable
-class Metric(Protocol):
-    """What the loop needs of a metric (``torchmetrics.Metric`` satisfies it)."""
-
-    def update(self, y_pred: Any, y: Any) -> None: ...
-
-    def compute(self) -> Any: ...
-
-    def reset(self) -> None: ...
-
-
-def as_metric(obj: Any, name: str = "metric") -> Metric:
-    """Return ``obj`` if it follows the metric contract, wrap a plain callable in :class:`Mean`."""
-    if all(callable(getattr(obj, m, None)) for m in ("update", "compute", "reset")):
-        return obj
-    if callable(obj):
-        return Mean(obj)
-    raise TypeError(
-        f"metric {name!r} is a {type(obj).__name__}: a metric needs update(y_pred, y), compute() and "
-        "reset() (any torchmetrics.Metric), or is a callable fn(y_pred, y) -> tensor"
-    )
-
-
-class Mean:
-    """The epoch mean of ``fn(y_pred, y)``, weighted by batch size.
-
-    ``fn`` must return the mean over the examples it is given (as losses with ``reduction='mean'`` do).
-    """
-
-    def __init__(self, fn: Callable[[Any, Any], Any]):
-        self.fn = fn
-        self.sync = True
-        self.reset()
-
-    def update(self, y_pred: Any, y: Any) -> None:
-        n = batch_size(y)
-        value = torch.as_tensor(self.fn(y_pred, y)).detach().float()
-        if value.numel() != 1:
-            raise ValueError(f"{_name(self.fn)} returned shape {tuple(value.shape)}; it must return a scalar")
-        # stays a device tensor: no host-device synchronisation until compute()
-        self._sum = self._sum + value.reshape(()) * n
-        self._n += n
-
-    def compute(self) -> torch.Tensor:
-        total = _all_reduce(
-            torch.stack([torch.as_tensor(self._sum, dtype=torch.float32), torch.tensor(float(self._n))]),
-            self.sync,
-        )
-        return total[0] / total[1] if total[1] else torch.tensor(float("nan"))
-
-    def set_sync(self, enabled: bool) -> None:
-        self.sync = enabled
-
-    def reset(self) -> None:
-        self._sum: Any = 0.0
-        self._n = 0
-
-    def get_state(self) -> dict[str, Any]:
-        return {"sum": torch.as_tensor(self._sum), "n": self._n}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._sum, self._n = state["sum"], state["n"]
-
-
-class Loss(Mean):
-    """The epoch mean of a loss function, e.g. ``metrics.Loss(nn.MSELoss())`` beside a training loss."""
-
-
-class EPS:
-    """Examples per second, from ``reset()`` to ``compute()`` (under DDP: of all ranks together).
-
-    Size-only: the loop passes it batch sizes (``update_size``), not outputs.
-    """
-
-    def __init__(self) -> None:
-        self.sync = True
-        self.reset()
-
-    def update(self, y_pred: Any, y: Any) -> None:
-        self._n += batch_size(y)
-
-    def update_size(self, n: int) -> None:
-        self._n += n
-
-    def compute(self) -> float:
-        elapsed = time.perf_counter() - self._start
-        n = _all_reduce(torch.tensor(float(self._n)), self.sync).item()
-        return n / elapsed if elapsed > 0 else float("nan")
-
-    def set_sync(self, enabled: bool) -> None:
-        self.sync = enabled
-
-    def reset(self) -> None:
-        self._n = 0
-        self._start = time.perf_counter()
-
-    def get_state(self) -> dict[str, Any]:
-        return {"n": self._n}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._n = state["n"]  # the clock restarts: a resumed epoch's rate counts from the resume
-
-
-def get_state(metric: Any) -> dict[str, Any] | None:
-    """The accumulated state of a metric as tensors/lists/numbers (for exact mid-epoch resume), or None.
-
-    Knows the metrics of this module and any torchmetrics ``Metric``; other objects may define
-    ``get_state()``/``set_state(state)`` themselves.
-    """
-    if hasattr(metric, "get_state"):
-        return metric.get_state()
-    if hasattr(metric, "metric_state") and hasattr(metric, "_update_count"):  # a torchmetrics Metric
-        return {"state": dict(metric.metric_state), "updates": metric._update_count}
-    return None
-
-
-def set_state(metric: Any, state: dict[str, Any]) -> None:
-    """Restore what :func:`get_state` returned."""
-    if hasattr(metric, "set_state"):
-        metric.set_state(state)
-        return
-    for key, value in state["state"].items():
-        setattr(metric, key, value)
-    metric._update_count = state["updates"]
-    metric._computed = None
-
-
-def set_sync(metric: Any, enabled: bool) -> None:
-    """Whether ``metric.compute()`` combines the states of all DDP ranks (torchmetrics and ours)."""
-    if hasattr(metric, "set_sync"):
-        metric.set_sync(enabled)
-    elif hasattr(metric, "_to_sync"):  # a torchmetrics Metric
-        metric._to_sync = enabled
-        metric._computed = None  # a cached (unsynchronised) value must not be returned
-
-
-def _all_reduce(tensor: torch.Tensor, enabled: bool) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if enabled and dist.is_available() and dist.is_initialized():
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def _name(fn: Any) -> str:
-    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _not_tensors(y_pred: Any, y: Any) -> str:
@@ -798,8 +635,6 @@ class MeanAveragePrecision:
         import importlib.util
 
         from torchmetrics.detection import MeanAveragePrecision as TorchmetricsMAP
-
-        from .errors import ConfigError
 
         backend = kwargs.pop("backend", None)
         if backend is None:

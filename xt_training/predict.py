@@ -1,13 +1,13 @@
-"""Predictions: ``F.predict`` (a model's outputs over a loader, kept or streamed to a file) and :func:`load_model`.
+"""Predictions of a model object: ``F.predict`` (its outputs over a loader, kept or streamed to a file).
 
 Usage::
 
     from xt_training import load_model
     from xt_training.utils import functional as F
 
-    model = load_model('runs/cnn-synthetic-images-20250101-120000')     # its best checkpoint, in eval mode
+    model = load_model('runs/exp1')              # any run directory: its best checkpoint, in eval mode
     probabilities = F.predict(model, loader).softmax(1)
-    F.predict(model, big_loader, out='predictions.npy')                 # streamed: memory stays bounded
+    F.predict(model, big_loader, out="predictions.npy")      # streamed: memory stays bounded
 
 ``F.predict`` moves batches with the loop's own code (:mod:`xt_training.batch`), takes the loop's fast path
 for single-process DataLoaders, and feeds batches the way ``F.train`` does when given the same ``forward_fn``.
@@ -16,8 +16,6 @@ for single-process DataLoaders, and feeds batches the way ``F.train`` does when 
 from __future__ import annotations
 
 import csv
-import difflib
-import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -25,23 +23,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .batch import checked_forward, concat, describe, map_tensors, tensor_bytes, to_device
-from .checkpoint import check_writable, load_checkpoint
-from .errors import BatchError, CheckpointError, ConfigError, XtError, first_line
+from .checkpoint import load_checkpoint
+from .errors import BatchError, ConfigError, XtError, first_line
 from .fastpath import check_data_on_device, fast_batches
+from .files import check_writable
+from .rundir import checkpoint_file
 from .runner import resolve_device
 
-__all__ = [
-    "predict",
-    "predict_forward",
-    "load_model",
-    "checkpoint_of",
-    "load_tokenizer",
-    "predict_run",
-    "FORMATS",
-]
+__all__ = ["predict", "predict_forward", "model_expects", "expected_input", "FORMATS"]
 
 #: the file formats of ``out=``, by extension; the first two are written batch by batch
 FORMATS = (".npy", ".csv", ".pt")
@@ -73,7 +64,7 @@ def predict(
     Args:
         loader: yields inputs only -- ``x`` (a tensor or a dict of tensors) or ``[x]`` (as
             ``TensorDataset(x)`` yields) -- or ``(x, y)`` pairs, whose ``y`` is ignored.
-        checkpoint_path: load these weights first (:func:`~xt_training.load_checkpoint`).
+        checkpoint_path: load these weights first: a checkpoint file, or a run directory (its ``best.pt``).
         device: default CUDA when available, else the CPU; the model is moved there.
         forward_fn: ``forward_fn(model, batch) -> (y_pred, y)`` for other batch shapes; the one given to
             ``F.train`` works as it is (``y`` may be None for unlabelled batches).
@@ -95,7 +86,7 @@ def predict(
         detection model's per-image dicts), tuples and dicts per field. With ``out``: the path written.
     """
     if checkpoint_path is not None:
-        load_checkpoint(checkpoint_path, model)
+        load_checkpoint(checkpoint_file(checkpoint_path), model)
     if not isinstance(fast_path, bool):
         raise ConfigError(f"fast_path must be True or False, not {fast_path!r}")
     data_on_device = check_data_on_device(data_on_device)
@@ -373,204 +364,3 @@ def _columns(y_pred: Any) -> dict[str, list[Any]]:
 def _owned(obj: Any) -> Any:
     """Copies of tensors made under inference mode, which could not be modified in place outside it."""
     return map_tensors(lambda t: t.clone() if t.is_inference() else t, obj)
-
-
-# --- models and tokenizers of a run directory ------------------------------------------------------------
-def checkpoint_of(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] = "best") -> Path:
-    """The checkpoint file of a run directory: ``'best'``, ``'last'`` or a path."""
-    run_dir = Path(run_dir)
-    if str(checkpoint) not in ("best", "last"):
-        path = Path(checkpoint)
-        if not path.exists() and path.parent == Path("."):
-            # a bare name is a misspelt best/last more often than a missing file of the current directory
-            close = difflib.get_close_matches(str(checkpoint), ["best", "last"], n=1)
-            choices = "best, last, or a checkpoint file"
-            hint = f"did you mean '{close[0]}'? ({choices})" if close else f"pass {choices}"
-            raise CheckpointError(f"checkpoint '{checkpoint}' does not exist; {hint}")
-        return path
-    folder = run_dir / "checkpoints"
-    path = folder / f"{checkpoint}.pt"
-    if path.is_file():
-        return path
-    others = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
-    if not others:
-        raise CheckpointError(f"run directory '{run_dir}' has no checkpoints; train it first (`xt run ...`)")
-    raise CheckpointError(
-        f"run directory '{run_dir}' has no {checkpoint}.pt (the monitored value never improved?); "
-        f"pick one of its checkpoints: {', '.join(others)}"
-    )
-
-
-def load_model(
-    run_dir: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str] = "best",
-    *,
-    device: str | torch.device | None = None,
-) -> nn.Module:
-    """The model of an ``xt run`` directory: rebuilt from its ``config.json`` and loaded, in eval mode.
-
-    The model is created by name with the options the run saved (those it took from the data included),
-    so the data need not be built. ``checkpoint``: ``'best'`` (``checkpoints/best.pt``), ``'last'`` or a
-    checkpoint path. The model's plugin must be installed.
-    """
-    from . import registry
-    from .config import read_config
-
-    config = read_config(run_dir)
-    if config["model"] is None:
-        raise ConfigError(f"the configuration of '{run_dir}' names no model; it was not written by `xt run`")
-    path = checkpoint_of(run_dir, checkpoint)
-    name, options = config["model"]["name"], config["model"]["options"]
-    from_data = registry.accepts("model", name, config.get("info") or {})
-    model = registry.create("model", name, **{**from_data, **options})
-    load_checkpoint(path, model)
-    model.eval()
-    return model.to(resolve_device(device)) if device is not None else model
-
-
-def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
-    """The tokenizer saved in ``directory`` by ``save_pretrained``, or None when there is none.
-
-    ``tokenizer_class`` in ``tokenizer_config.json`` names it: ``'module:Class'`` (xt-training's and
-    plugins' tokenizers) is imported and loaded with ``Class.from_pretrained(directory)``; any other name
-    is a Hugging Face tokenizer, loaded with ``transformers.AutoTokenizer``.
-    """
-    from .registry import load_object
-
-    file = Path(directory) / "tokenizer_config.json"
-    if not file.is_file():
-        return None
-    try:
-        name = json.loads(file.read_text()).get("tokenizer_class") or ""
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ConfigError(
-            f"'{file}' is not a tokenizer configuration ({e}); save the tokenizer again"
-        ) from None
-    if ":" in name:
-        return load_object(name).from_pretrained(directory)
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ConfigError(
-            f"'{file}' is a Hugging Face tokenizer ({name or 'unnamed'}); pip install transformers to load it"
-        ) from None
-    return AutoTokenizer.from_pretrained(directory)
-
-
-# --- xt predict ----------------------------------------------------------------------------------------------
-def predict_run(
-    run_dir: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    inputs: str | os.PathLike[str] | None = None,
-    data: str | None = None,
-    data_options: Mapping[str, Any] | None = None,
-    split: str | None = None,
-    checkpoint: str | os.PathLike[str] = "best",
-    batch_size: int | None = None,
-    device: str | None = None,
-) -> Path:
-    """``xt predict``: the predictions of an ``xt run`` directory's model, written to ``out``.
-
-    The inputs are, in this order of precedence:
-
-    - ``inputs`` with a tokenizer saved in the run directory: a text file, one raw text per line,
-      tokenized with that tokenizer and fed as ``model(**tokenizer(texts))``;
-    - ``inputs`` otherwise: unlabelled inputs the data set reads with its ``predict_path`` option (a CSV
-      file without the label column, a folder of images), the split ``predict``;
-    - else the split ``split`` (default ``'test'``) of the run's data, or of ``data`` with ``data_options``
-      (the run's own data options are kept when ``data`` is the run's data set).
-
-    A ``.csv`` gets, for a classifier (cross-entropy or NLL loss), the predicted class and one
-    probability column per class; for multi-label models (BCE loss) the labels predicted on and one
-    probability column per label; else the outputs. ``.npy`` and ``.pt`` get the model's outputs as they are.
-    """
-    from . import registry
-    from .builtins.text import TextCollate, TextDataset, text_forward
-    from .config import DATA_INFO_KEYS, read_config
-
-    run_dir, out = Path(run_dir), Path(out)
-    config = read_config(run_dir)
-    model = load_model(run_dir, checkpoint)
-    trained_on = config.get("info") or {}
-    tokenizer = load_tokenizer(run_dir) if inputs is not None and data is None else None
-    if tokenizer is not None:
-        texts = TextDataset(_lines(inputs))
-        loader: Any = DataLoader(texts, batch_size or 64, collate_fn=TextCollate(tokenizer))
-        forward: Any = text_forward
-    else:
-        name = data or config["data"]["name"]
-        options = dict(config["data"]["options"]) if name == config["data"]["name"] else {}
-        options.update(data_options or {})
-        if batch_size is not None:
-            options["batch_size"] = batch_size
-        if inputs is not None:
-            if "predict_path" not in registry.current().entry("data", name).parameters():
-                raise ConfigError(
-                    f"data '{name}' cannot read unlabelled inputs (it has no predict_path option); "
-                    "predict one of its splits with --split, or name a data set that reads them with --data"
-                )
-            options["predict_path"] = str(inputs)
-        built = registry.create_data(name, **options)
-        split = split or ("predict" if inputs is not None else "test")
-        if split not in built.loaders:
-            raise ConfigError(f"data '{name}' has no split {split!r}; splits: {', '.join(built.loaders)}")
-        for key in (*DATA_INFO_KEYS, "vocab_size"):
-            if key in trained_on and key in built.info and built.info[key] != trained_on[key]:
-                raise ConfigError(
-                    f"data '{name}' gives inputs with {key}={built.info[key]!r}, but the model of '{run_dir}' "
-                    f"was trained on {key}={trained_on[key]!r}; predict on inputs of the shape it was trained on"
-                )
-        loader, forward = built.loaders[split], built.forward_fn or predict_forward
-    if out.suffix.lower() == ".csv":
-        forward = _with_columns(forward, config["loss"]["name"], trained_on.get("classes"))
-    return predict(model, loader, device=device or config["device"], forward_fn=forward, out=out)
-
-
-def _lines(path: str | os.PathLike[str]) -> list[str]:
-    """The texts of a text file, one per line, blank lines included (as empty texts).
-
-    Row ``i`` of the predictions is line ``i`` of the file: the CSV holds no input column, so dropping
-    blank lines would silently pair every later row with the wrong line.
-    """
-    try:  # lines as editors and `wc -l` count them (str.splitlines would also split at \f, \x1c, ...)
-        with open(path, encoding="utf-8-sig") as f:
-            texts = [line.strip() for line in f]
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"'{path}' is not UTF-8 text ({e.reason}); pass a text file, one text per line"
-        ) from None
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read '{path}' ({e.strerror or e}); pass a text file, one text per line"
-        ) from None
-    if not any(texts):
-        raise ConfigError(f"text file '{path}' has no text; write one text per line")
-    return texts
-
-
-def _with_columns(forward: Callable[[nn.Module, Any], tuple[Any, Any]], loss: str, classes: Any) -> Any:
-    """``forward`` with classifier outputs turned into CSV columns: the prediction and the probabilities."""
-    if loss not in ("cross-entropy", "nll", "bce-with-logits", "bce"):
-        return forward
-
-    def columns(model: nn.Module, batch: Any) -> tuple[Any, Any]:
-        y_pred, y = forward(model, batch)
-        if not isinstance(y_pred, torch.Tensor) or y_pred.ndim > 2:
-            return y_pred, y  # e.g. segmentation masks: the CSV writer says to use .npy or .pt
-        scores = y_pred.reshape(len(y_pred), -1).float()
-        names = list(classes) if classes and len(classes) == scores.shape[1] else range(scores.shape[1])
-        if loss in ("cross-entropy", "nll"):
-            probabilities = scores.exp() if loss == "nll" else scores.softmax(1)
-            predicted = [names[i] for i in probabilities.argmax(1).tolist()]
-        else:
-            probabilities = scores if loss == "bce" else scores.sigmoid()
-            on = (probabilities >= 0.5).tolist()
-            if scores.shape[1] == 1:  # binary: one probability, of the positive class
-                binary = list(classes) if classes and len(classes) == 2 else [0, 1]
-                predicted, names = [binary[row[0]] for row in on], [binary[1]]
-            else:
-                predicted = [";".join(str(names[j]) for j, o in enumerate(row) if o) for row in on]
-        return {"prediction": predicted, **{f"p_{n}": probabilities[:, j] for j, n in enumerate(names)}}, y
-
-    return columns

@@ -76,6 +76,21 @@ KINDS: dict[str, str] = {
     "callback": "callbacks",
 }
 ENTRY_POINT_GROUP = "xt_training"
+#: the built-in plugins, loaded by module name before the installed ones, like pytest's default plugins:
+#: ordinary plugin modules (:mod:`xt_training.builtins`), blocked like any plugin (``-p no:MODULE``)
+BUILTIN_PLUGINS = (
+    "xt_training.builtins.models",
+    "xt_training.builtins.data",
+    "xt_training.builtins.metrics",
+    "xt_training.builtins.losses",
+    "xt_training.builtins.optimizers",
+    "xt_training.builtins.schedulers",
+    "xt_training.builtins.loggers",
+    "xt_training.builtins.callbacks",
+    "xt_training.builtins.export_command",
+    "xt_training.builtins.shapes",
+    "xt_training.builtins.predict_command",
+)
 DISABLE_AUTOLOAD_ENV = "XT_DISABLE_PLUGIN_AUTOLOAD"
 ALLOW_ENV = "XT_PLUGINS"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -209,9 +224,7 @@ class Registry:
         allow_env = environ.get(ALLOW_ENV)
         allowed = None if allow_env is None else {n.strip() for n in allow_env.split(",") if n.strip()}
 
-        from .builtins import PLUGINS as BUILTINS
-
-        for module in BUILTINS:
+        for module in BUILTIN_PLUGINS:
             status = PluginStatus(module, "xt-training", __version__, "not loaded", builtin=True)
             if module in blocked:
                 self._add(status, "blocked")

@@ -17,11 +17,9 @@ from typing import Any
 
 from .errors import ConfigError
 from .loggers.console import format_value, is_scalar
+from .rundir import CONFIG_FILE, HISTORY_FILE
 
 __all__ = ["show", "plot"]
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.json"
 
 
 def show(run_dir: str | os.PathLike[str]) -> str:

@@ -26,7 +26,8 @@ from .batch import (
 from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError, first_line
 from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup
-from .metrics import as_metric, get_state, set_state, set_sync
+from .loggers.console import ConsoleLogger
+from .metric_contract import as_metric, get_state, set_state, set_sync
 from .rng import capture_rng, loader_generators, restore_rng
 
 # Metric inputs are buffered and handed to the metrics concatenated, at a logging step: the pass's
@@ -221,8 +222,6 @@ class Runner:
         self.log_every_n_steps = log_every_n_steps
         check_list("loggers", loggers)
         if loggers is None:
-            from .loggers.console import ConsoleLogger
-
             loggers = [] if quiet else [ConsoleLogger()]
         if not distributed.is_main():
             loggers = []  # only rank 0 prints and writes

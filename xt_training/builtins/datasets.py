@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from ..errors import ConfigError
+from ..preprocessing import normalization_in
 from ..registry import Data
 
 __all__ = ["synthetic_classification", "synthetic_images", "synthetic_sequences", "csv_table", "image_folder"]
@@ -249,9 +250,11 @@ def csv_table(
                 f"predict file '{predict_path}' has feature columns {predict_features}, the training file {features}"
             )
         predict = torch.tensor(predict_rows)
+    normalization = None
     if standardize:
         train = x[: sizes[0]]
         mean, std = train.mean(0), train.std(0).nan_to_num(1.0).clamp_min(1e-8)
+        normalization = {"mean": mean.tolist(), "std": std.tolist()}
         x = (x - mean) / std
         test = ((test[0] - mean) / std, test[1]) if test is not None else None
         predict = (predict - mean) / std if predict is not None else None
@@ -266,6 +269,8 @@ def csv_table(
         "classes": classes,
         "features": features,
     }
+    if normalization is not None:  # an exported model applies it, so it takes the file's raw features
+        info["normalization"] = normalization
     return Data(loaders, info, **_CLASSIFICATION)
 
 
@@ -375,6 +380,10 @@ def folder_data(
         "image_size": image_size,
         "in_features": 3 * image_size * image_size,
     }
+    # the evaluation images' Normalize: an exported model applies it, so it takes ToTensor's [0, 1] pixels
+    normalization = normalization_in(eval_transform)
+    if normalization is not None:
+        info["normalization"] = normalization
     return Data(loaders, info, **_CLASSIFICATION)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..cli import parse_options
 from ..hookspecs import hookimpl
 
 #: the formats of xt_training.exporting.FORMATS, named here so that listing commands does not import torch
@@ -99,8 +100,7 @@ def export_command(
       xt export RUN_DIR --format pt2 -o model.pt2
       xt export best.pt --model cnn --model-opt num_classes=5 --input-shape 1,3,32,32
     """
-    from ..cli import parse_options
-    from ..exporting import export_run
+    from ..runs import export_run  # lazy: imports torch
 
     if model_opt and model is None:
         raise click.UsageError("--model-opt needs --model NAME (the model of a checkpoint outside a run)")

@@ -6,6 +6,14 @@ from typing import Any
 
 from ..hookspecs import hookimpl
 
+#: what a model trained with the loss outputs (``predicts``): ``xt predict`` turns it into classes and
+#: probabilities; a plugin's loss declares it the same way
+PREDICTS = {
+    "cross-entropy": "logits",
+    "nll": "log-probabilities",
+    "bce-with-logits": "binary-logits",
+    "bce": "binary-probabilities",
+}
 LOSSES = {
     "cross-entropy": (
         "CrossEntropyLoss",
@@ -25,4 +33,5 @@ LOSSES = {
 @hookimpl
 def register_losses(register: Any) -> None:
     for name, (cls, description) in LOSSES.items():
-        register(name, f"torch.nn:{cls}", description=f"{description} (torch.nn.{cls})")
+        predicts = {"predicts": PREDICTS[name]} if name in PREDICTS else {}
+        register(name, f"torch.nn:{cls}", description=f"{description} (torch.nn.{cls})", **predicts)

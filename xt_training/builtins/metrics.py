@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import registry
 from ..hookspecs import hookimpl
 
 METRICS = {
@@ -26,18 +27,16 @@ METRICS = {
 
 def loss_metric(*, loss: str = "cross-entropy", **options: Any) -> Any:
     """The epoch mean of a registered loss (``xt list losses``), e.g. an L1 error beside an MSE training loss."""
-    from .. import registry
-    from ..metrics import Loss
+    from ..metric_contract import Loss  # lazy: imports torch (this module is loaded by `xt list`)
 
     return Loss(registry.create("loss", loss, **options))
 
 
 def mean_metric(*, fn: str) -> Any:
     """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``."""
-    from ..metrics import Mean
-    from ..registry import load_object
+    from ..metric_contract import Mean  # lazy: imports torch (this module is loaded by `xt list`)
 
-    return Mean(load_object(fn))
+    return Mean(registry.load_object(fn))
 
 
 @hookimpl

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..cli import parse_options
 from ..hookspecs import hookimpl
 
 
@@ -64,8 +65,7 @@ def predict_command(
     RUN_DIR is a run directory of `xt run`: its model is rebuilt from config.json and loaded from
     the checkpoint. .csv and .npy files are written batch by batch.
     """
-    from ..cli import parse_options
-    from ..predict import predict_run
+    from ..runs import predict_run  # lazy: imports torch
 
     path = predict_run(
         run_dir,

@@ -13,15 +13,15 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from ..registry import Data
+from ..text import TextCollate, TextDataset, text_forward
 from .datasets import _check, _split_sizes
 
 __all__ = ["WordTokenizer", "TextDataset", "TextCollate", "text_forward", "synthetic_text"]
@@ -109,38 +109,6 @@ class WordTokenizer:
 
 def _words(text: str, lowercase: bool) -> list[str]:
     return _WORD.findall(text.lower() if lowercase else text)
-
-
-class TextDataset(Dataset):
-    """Texts, with labels (``(text, label)`` items) or without (``text`` items, for predictions)."""
-
-    def __init__(self, texts: Sequence[str], labels: Sequence[int] | None = None):
-        self.texts, self.labels = list(texts), None if labels is None else list(labels)
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.texts[i] if self.labels is None else (self.texts[i], self.labels[i])
-
-
-class TextCollate:
-    """Tokenizes a batch of texts: ``(inputs, labels)``, or ``inputs`` alone for unlabelled texts."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-
-    def __call__(self, items: list[Any]) -> Any:
-        if items and isinstance(items[0], str):
-            return dict(self.tokenizer(items, padding=True, return_tensors="pt"))
-        texts, labels = zip(*items)
-        return dict(self.tokenizer(list(texts), padding=True, return_tensors="pt")), torch.tensor(labels)
-
-
-def text_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
-    """``model(**inputs)`` for ``(inputs, labels)`` batches of tokenizer outputs, or ``inputs`` alone."""
-    inputs, labels = (batch, None) if isinstance(batch, Mapping) else batch
-    return model(**inputs), labels
 
 
 # Topic words decide the label; filler words carry no information.

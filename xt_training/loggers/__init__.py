@@ -24,10 +24,40 @@ they are read from the device only at logging steps.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Logger", "LoggerGroup"]
+from ..errors import ConfigError
+
+__all__ = ["Logger", "LoggerGroup", "BUILTIN", "create"]
+
+#: the built-in loggers by name: ``(class as 'module:attr', description)``; each takes ``save_dir``.
+#: The built-in plugin registers these names; ``F.train(loggers=['csv'])`` creates them here.
+BUILTIN = {
+    "console": (
+        "xt_training.loggers.console:ConsoleLogger",
+        "progress bar on a terminal, plain lines elsewhere, a summary per pass",
+    ),
+    "tensorboard": (
+        "xt_training.loggers.tensorboard:TensorBoardLogger",
+        "TensorBoard event files in the run directory",
+    ),
+    "csv": ("xt_training.loggers.csv:CSVLogger", "one CSV row per logged step"),
+    "jsonl": ("xt_training.loggers.jsonl:JSONLLogger", "one JSON line per logged step"),
+}
+
+
+def create(name: str, save_dir: Path) -> Any:
+    """A built-in logger by name; a plugin's logger is an error naming how to create it."""
+    if name not in BUILTIN:
+        raise ConfigError(
+            f"logger {name!r} is not built in ({', '.join(BUILTIN)}); pass an instance, e.g. "
+            f"xt_training.create_logger({name!r}, save_dir=...)"
+        )
+    module, attr = BUILTIN[name][0].split(":")
+    return getattr(importlib.import_module(module), attr)(save_dir=save_dir)
 
 
 class Logger(Protocol):

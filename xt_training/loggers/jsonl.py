@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ..checkpoint import atomic_write
 from ..errors import ConfigError
+from ..files import atomic_write
 
 __all__ = ["JSONLLogger", "FILENAME", "superseded"]
 

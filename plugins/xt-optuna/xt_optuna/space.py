@@ -308,7 +308,7 @@ class SpaceFunction:
             except (OSError, TypeError):
                 text = name
             return cls(source, {"object": name, "source": text})
-        from xt_training.config import exec_config
+        from xt_training.runs import exec_config
 
         path = Path(source).resolve()
         if path.suffix != ".py":

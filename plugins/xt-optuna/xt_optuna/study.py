@@ -233,7 +233,7 @@ def open_study(
     """
     import optuna
 
-    from xt_training.checkpoint import write_json
+    from xt_training.files import write_json
 
     storage = None if storage is None else absolute_url(storage)
     if definition is None and storage is None and not is_study_dir(study_dir):

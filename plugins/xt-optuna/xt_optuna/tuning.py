@@ -1,6 +1,6 @@
 """``tune``: run the trials of a study, each an ordinary xt-training run in ``DIR/trials/<number>/``.
 
-A trial is built and trained by :func:`xt_training.config.train`, the function behind ``xt run``, from the
+A trial is built and trained by :func:`xt_training.runs.train`, the function behind ``xt run``, from the
 study's base run configuration with the trial's values applied (:func:`xt_optuna.space.apply`) and the
 ``optuna-pruning`` callback added. So its directory has what any run directory has -- ``config.json``,
 ``history.json``, ``checkpoints/``, the loggers' files -- and ``xt run --config DIR/trials/7/config.json``
@@ -98,7 +98,7 @@ def tune(
     """
     import optuna
 
-    from xt_training.config import default_save_dir
+    from xt_training.rundir import default_save_dir
 
     _check_choice("sampler", sampler, SAMPLERS)
     _check_choice("pruner", pruner, PRUNERS)
@@ -328,8 +328,8 @@ def _run_trial(
     """Ask Optuna for a trial, train it as a run in ``trials/<number>/`` and tell Optuna how it ended."""
     from optuna.trial import TrialState
 
-    from xt_training import config as xt_config
-    from xt_training.checkpoint import write_json
+    from xt_training import runs as xt_runs
+    from xt_training.files import write_json
 
     started = time.monotonic()
     trial = study.ask()
@@ -362,7 +362,7 @@ def _run_trial(
         if not any(c["name"] == PRUNING for c in config["callbacks"]):
             config["callbacks"] = [*config["callbacks"], {"name": PRUNING, "options": {}}]
         with reporting_to(trial) as reporting, _output_to(run_dir / OUTPUT_FILE):
-            _, history = xt_config.train(config, run_dir, quiet=True)
+            _, history = xt_runs.train(config, run_dir, quiet=True)
         value = _best(history, monitor, mode)
     except KeyboardInterrupt:
         _fail(study, trial, "interrupted (Ctrl-C)")

@@ -1,0 +1,134 @@
+"""The run directory: what every entry point writes and every tool reads, in one place.
+
+A run directory, whoever made it (``F.train``, ``xt run``, ``xt train CONFIG.py``, an ``xt tune`` trial)::
+
+    run.json            what the run is: the model's class and constructor arguments, the input's shape,
+                        the preprocessing, the monitored value and its direction, each value's direction
+    history.json        one row per completed epoch
+    checkpoints/        last.pt (every epoch, and mid-epoch), best.pt (the best monitored value)
+    config.json         runs built by names (``xt run``): the resolved configuration, rebuilt by the tools
+    config.py           runs of ``xt train CONFIG.py``: a copy of the config file
+    notes.txt           the loop's notices; the loggers' files beside them
+
+Paths inside the directory are stored relative to it and paths outside it (data files) absolute, so a
+run works from any working directory and after the directory is moved. Torch-free.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ConfigError
+
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.json"
+CONFIG_FILE = "config.json"
+CONFIG_PY = "config.py"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_NAMES = ("best", "last")
+#: the files whose presence means a run trained here (a config.json alone is a run that never started)
+RUN_MARKERS = (RUN_FILE, HISTORY_FILE, CHECKPOINTS)
+
+
+def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def holds_run(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory in which a run has trained (its files would mix with a new run's)."""
+    return any((Path(path) / name).exists() for name in RUN_MARKERS)
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a run directory of any entry point."""
+    path = Path(path)
+    return path.is_dir() and (holds_run(path) or (path / CONFIG_FILE).is_file())
+
+
+def checkpoint_file(source: str | os.PathLike[str], checkpoint: str | os.PathLike[str] = "best") -> Path:
+    """The one rule for "the checkpoint" of every tool: ``source`` a run directory or a checkpoint file.
+
+    For a run directory, ``checkpoint`` is ``'best'`` (``checkpoints/best.pt``, the default), ``'last'``
+    or a checkpoint file; a run without ``best.pt`` (its monitored value never improved) is an error that
+    lists the checkpoints it has. A file as ``source`` is the checkpoint itself.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        if source.is_file():
+            return source
+        raise CheckpointError(f"'{source}' does not exist; pass a run directory or a checkpoint file")
+    if str(checkpoint) not in CHECKPOINT_NAMES:
+        path = Path(checkpoint)
+        if not path.exists() and path.parent == Path("."):
+            # a bare name is a misspelt best/last more often than a missing file of the current directory
+            close = difflib.get_close_matches(str(checkpoint), CHECKPOINT_NAMES, n=1)
+            choices = "best, last, or a checkpoint file"
+            hint = f"did you mean '{close[0]}'? ({choices})" if close else f"pass {choices}"
+            raise CheckpointError(f"checkpoint '{checkpoint}' does not exist; {hint}")
+        return path
+    folder = checkpoints_dir(source)
+    path = folder / f"{checkpoint}.pt"
+    if path.is_file():
+        return path
+    others = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+    if not others:
+        raise CheckpointError(f"run directory '{source}' has no checkpoints; train it first")
+    raise CheckpointError(
+        f"run directory '{source}' has no {checkpoint}.pt (the monitored value never improved?); "
+        f"pick one of its checkpoints: {', '.join(others)}"
+    )
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """A JSON file of a run; a truncated or foreign one is a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"'{path}' is not valid JSON ({e}); it may be truncated: {what}") from None
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run's ``run.json`` (``{}`` for a run written before it existed)."""
+    file = Path(run_dir) / RUN_FILE
+    return read_json(file, "rerun, or fix the file") if file.is_file() else {}
+
+
+def default_save_dir(*parts: str, root: str | os.PathLike[str] = "runs") -> Path:
+    """``runs/<parts>-<YYYYmmdd-HHMMSS>``, with a counter appended if that directory already exists."""
+    stem = "-".join([*parts, time.strftime("%Y%m%d-%H%M%S")])
+    path, n = Path(root) / stem, 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{stem}-{n}"
+    return path
+
+
+def is_path_option(key: str) -> bool:
+    """Whether a factory option of this name holds a path (``path``, ``root``, ``predict_path``, ``*_dir``...)."""
+    return key in ("path", "root", "dir", "file") or key.endswith(("_path", "_root", "_dir", "_file"))
+
+
+def absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each path option that names an existing file or directory made absolute.
+
+    A run records its data's paths so: ``xt test RUN`` from another directory, or of a moved run
+    directory, reads the same files.
+    """
+    return {
+        k: str(Path(v).resolve())
+        if is_path_option(k) and isinstance(v, str) and v and Path(v).exists()
+        else v
+        for k, v in options.items()
+    }
+
+
+def direction(name: str) -> str:
+    """The default direction of a history value: ``'min'`` for a loss or an error (``'val/loss'``,
+    ``'val/mae'``...), else ``'max'`` (accuracy, AUC...). A metric with ``higher_is_better`` says it itself."""
+    metric = name.rsplit("/", 1)[-1].lower()
+    return "min" if any(w in metric for w in ("loss", "err", "mse", "mae", "rmse")) else "max"

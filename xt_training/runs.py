@@ -1,0 +1,660 @@
+"""Runs as a whole: train a configuration, and test, predict with, export or reload any run directory.
+
+The run-level API under the ``xt`` commands: :func:`train` (``xt run``), :func:`train_config_file`
+(``xt train CONFIG.py``), :func:`test` (``xt test``), :func:`predict_run` (``xt predict``),
+:func:`export_run` (``xt export``) and :func:`load_model`. Each takes a run directory of any entry point
+(:mod:`xt_training.rundir`): a run built by names is rebuilt from its ``config.json``, a run of
+``F.train`` from its ``run.json`` (the model's class and constructor arguments) or the model passed in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import runpy
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import distributed, registry
+from .building import Built, build, make, scheduler_context, seed_everything, spread_over_epochs, test_loaders
+from .checkpoint import load_checkpoint, read_checkpoint
+from .config import (
+    CONFIG_FILE,
+    DATA_INFO_KEYS,
+    REQUIRED_IN_CONFIG_FILE,
+    RESUME_MAY_CHANGE,
+    TRAIN_ARGS,
+    _differences,
+    _identity,
+    checked_run,
+    read_config,
+)
+from .errors import CheckpointError, ConfigError, first_line
+from .exporting import SUFFIXES, ExportResult, check_format, export, first_input, writable_output
+from .files import prepare_dir, write_json
+from .predict import predict, predict_forward
+from .preprocessing import normalization_of, raw_inputs, with_preprocessing
+from .rundir import (
+    CHECKPOINTS,
+    CONFIG_PY,
+    RUN_FILE,
+    absolute_paths,
+    checkpoint_file,
+    default_save_dir,
+    is_run_dir,
+    read_run,
+)
+from .runner import resolve_device
+from .text import TextCollate, TextDataset, text_forward
+from .training import refuse_held_run
+from .utils import functional as F
+
+
+def _check_resume(run_dir: Path, config: Mapping[str, Any], built: Built) -> None:
+    """Refuse to continue the run saved in ``run_dir`` with a configuration that makes it another run."""
+    if not (run_dir / CONFIG_FILE).is_file():  # nothing was saved: the resume starts from scratch
+        return
+    then = read_config(run_dir)
+    differ = _differences(_identity(then), _identity(built.config))
+    if differ:
+        raise ConfigError(
+            f"cannot resume from '{run_dir}': the configuration differs from the run's ({'; '.join(differ)}); "
+            f"a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}: drop the other changes, or start "
+            f"a new run from it with `xt run --config {run_dir} ... --save-dir NEW_DIR`"
+        )
+    scheduler = config["scheduler"]
+    if scheduler is not None and then["epochs"] != config["epochs"]:
+        context = scheduler_context(config, built.data, None)
+        if spread_over_epochs(scheduler, context, then["epochs"]):
+            raise ConfigError(
+                f"cannot resume from '{run_dir}' with {config['epochs']} epochs: scheduler "
+                f"'{scheduler['name']}' spreads its schedule over the run's {then['epochs']} epochs; resume "
+                f"with --epochs {then['epochs']}, or start a new run with `xt run --config {run_dir} --epochs "
+                f"{config['epochs']} --save-dir NEW_DIR`"
+            )
+
+
+def train(
+    config: Mapping[str, Any],
+    save_dir: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Build the run ``config`` describes, save its configuration and train it; return the run directory and history.
+
+    The default ``save_dir`` is ``runs/<model>-<data>-<time>``; one that already holds a run is refused
+    (with ``overwrite``, its run is deleted first).
+    With ``resume``, ``save_dir`` is a run directory to continue from its ``checkpoints/last.pt``
+    (``F.train(..., resume=True)``); a configuration that differs from its ``config.json`` in more than
+    :data:`RESUME_MAY_CHANGE` is refused.
+    """
+
+    config = checked_run(config)
+    distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
+    main = distributed.is_main()
+    if save_dir is None:  # rank 0's clock names the directory of all ranks
+        save_dir = distributed.from_rank_0(
+            default_save_dir(config["model"]["name"], config["data"]["name"]) if main else None
+        )
+    save_dir = Path(save_dir)
+    if not resume:
+        refuse_held_run(save_dir, overwrite, "continue it with `xt run --resume {dir}`, or pass --overwrite")
+    built = build(config, save_dir)  # before the directory is made: a bad configuration leaves none behind
+    if resume:
+        _check_resume(save_dir, config, built)
+    if main:
+        prepare_dir(save_dir)
+    created = config.get("created") if resume else None
+    saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if not resume and main:  # written first, so that a crashed run still says what it was
+        write_json(save_dir / CONFIG_FILE, saved)
+        if built.data.tokenizer is not None:  # xt predict reads raw text with it
+            built.data.tokenizer.save_pretrained(str(save_dir))
+    loaders = built.data.loaders
+    train_args = {key: config[key] for key in TRAIN_ARGS}
+    train_args["monitor"] = train_args["monitor"] or built.data.monitor
+    history = F.train(
+        save_dir,
+        loaders["train"],
+        built.model,
+        built.optimizer,
+        config["epochs"],
+        built.loss_fn,
+        val_loader=loaders.get("val"),
+        test_loaders=test_loaders(built.data),
+        scheduler=built.scheduler,
+        eval_metrics=built.metrics,
+        scheduler_step=built.scheduler_step,
+        loggers=built.loggers,
+        callbacks=built.callbacks,
+        forward_fn=built.data.forward_fn,
+        resume=resume,
+        quiet=quiet,
+        **train_args,
+    )
+    if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
+        write_json(save_dir / CONFIG_FILE, saved)
+    return save_dir, history
+
+
+def test(
+    run_dir: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] = "best",
+    splits: list[str] | None = None,
+    data: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    save_dir: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate the model of any run directory on test data; ``xt test RUN``.
+
+    A run built by names is rebuilt from its ``config.json`` and tested on its data's test splits (or
+    ``splits``, or the data named by ``data``); a run of ``xt train CONFIG.py`` on its config file's
+    ``test_loaders``; a run of ``F.train`` on ``data`` (a registered data set: its data is not recorded).
+    Loads ``checkpoint`` (``'best'``, ``'last'`` or a file); writes ``test_results.json`` and ``results.pt``
+    into ``save_dir`` (default: the run directory).
+    """
+    run_dir = Path(run_dir)
+    ckpt = checkpoint_file(run_dir, checkpoint)
+    out = run_dir if save_dir is None else save_dir
+    if data is None and not (run_dir / CONFIG_FILE).is_file() and (run_dir / CONFIG_PY).is_file():
+        return test_config_file(
+            run_dir / CONFIG_PY, checkpoint=ckpt, save_dir=out, device=device, quiet=quiet
+        )
+    if (run_dir / CONFIG_FILE).is_file():
+        config = read_config(run_dir)
+        if data is not None:  # other data: the run's own options are kept when it is the run's data set
+            options = dict(config["data"]["options"]) if config["data"]["name"] == data else {}
+            config["data"] = {"name": data, "options": {**options, **(data_options or {})}}
+        built = build(config, train=False)
+        model, data_set, loss_fn, metrics = built.model, built.data, built.loss_fn, built.metrics
+        device = device if device is not None else config["device"]
+    elif data is not None:  # a run of F.train: its model from run.json, the data's own loss and metrics
+        model = load_model(run_dir, ckpt)
+        data_set, _ = make("data", {"name": data, "options": absolute_paths(dict(data_options or {}))})
+        loss_fn, _ = make("loss", {"name": data_set.loss or "cross-entropy", "options": {}})
+        metrics = {m: make("metric", {"name": m, "options": {}})[0] for m in data_set.metrics}
+    else:
+        raise ConfigError(
+            f"'{run_dir}' is a run of F.train, which records no data; name the test data: "
+            f"`xt test {run_dir} --data NAME` (`xt list data`), or call F.test(..., checkpoint_path='{run_dir}')"
+        )
+    loaders = test_loaders(data_set, splits)
+    if not loaders:
+        raise ConfigError(
+            f"the data of '{run_dir}' has no test split; pick one with --split ({', '.join(data_set.loaders)})"
+        )
+    return F.test(
+        loaders,
+        model,
+        loss_fn,
+        eval_metrics=metrics,
+        forward_fn=data_set.forward_fn,
+        save_dir=out,
+        checkpoint_path=ckpt,
+        device=device,
+        quiet=quiet,
+    )
+
+
+def exec_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Execute a Python config file and return its global names. The file is trusted code."""
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file '{file}' does not exist")
+    if file.suffix == ".json":  # JSON's null and true are not Python
+        raise ConfigError(
+            f"'{file}' is JSON, not a Python config file; for a run's {CONFIG_FILE} use "
+            "`xt run --config RUN_DIR`"
+        )
+    try:
+        return runpy.run_path(str(file), run_name="__xt_config__")
+    except SyntaxError as e:
+        raise ConfigError(f"{e.filename}, line {e.lineno}: {e.msg}; fix the config file") from None
+
+
+def _require(namespace: Mapping[str, Any], names: tuple[str, ...], path: Any) -> None:
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise ConfigError(
+            f"config file '{path}' does not define {', '.join(map(repr, missing))}; a config defines "
+            f"{', '.join(names)} (`xt template DIR` writes an example)"
+        )
+
+
+def train_config_file(
+    path: str | os.PathLike[str],
+    save_dir: str | os.PathLike[str] | None = None,
+    *,
+    seed: int | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Train what a Python config file defines; a copy of the file is kept in the run directory as ``config.py``.
+
+    Every global name of the file that is an argument of ``F.train`` is passed to it; ``save_dir``
+    here wins over a ``save_dir`` in the file, whose default is ``runs/<file name>-<time>``.
+    """
+
+    if seed is not None:
+        seed_everything(seed)
+    namespace = exec_config(path)
+    _require(namespace, REQUIRED_IN_CONFIG_FILE, path)
+    params = inspect.signature(F.train).parameters
+    kwargs = {k: namespace[k] for k in params if k in namespace and k != "save_dir"}
+    if quiet:
+        kwargs["quiet"] = True
+    distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
+    save_dir = save_dir or namespace.get("save_dir")
+    if save_dir is None:  # rank 0's clock names the directory of all ranks
+        save_dir = distributed.from_rank_0(
+            default_save_dir(Path(path).stem) if distributed.is_main() else None
+        )
+    if not kwargs.get("resume"):  # a config file with resume = True continues its run
+        fix = "set resume = True in the config file, or pass --overwrite"
+        refuse_held_run(Path(save_dir), kwargs.pop("overwrite", False) or overwrite, fix)
+    if distributed.is_main():
+        save_dir = prepare_dir(save_dir)
+        shutil.copyfile(path, save_dir / CONFIG_PY)
+    return Path(save_dir), F.train(save_dir, **kwargs)
+
+
+def test_config_file(
+    path: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    save_dir: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate the ``model`` of a Python config file on its ``test_loaders`` with ``F.test``."""
+
+    namespace = exec_config(path)
+    _require(namespace, ("model", "test_loaders"), path)
+    params = inspect.signature(F.test).parameters
+    kwargs = {k: namespace[k] for k in params if k in namespace and k not in ("save_dir", "checkpoint_path")}
+    kwargs.update(save_dir=save_dir, checkpoint_path=checkpoint, quiet=quiet or kwargs.get("quiet", False))
+    if device is not None:
+        kwargs["device"] = device
+    return F.test(**kwargs)
+
+
+def load_model(
+    run_dir: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] = "best",
+    *,
+    model: nn.Module | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """The model of any run directory with the weights of ``checkpoint``, in eval mode.
+
+    ``checkpoint``: ``'best'`` (``checkpoints/best.pt``), ``'last'`` or a checkpoint path. The model is
+    ``model`` when given; else a run built by names creates it by name with the options it saved (those
+    it took from the data included; the model's plugin must be installed), and a run of ``F.train``
+    imports the class its ``run.json`` names and calls it with the constructor arguments recorded there.
+    """
+    run_dir = Path(run_dir)
+    path = checkpoint_file(run_dir, checkpoint)
+    if model is not None or (run_dir / CONFIG_FILE).is_file():
+        model = model if model is not None else _rebuild_model(run_dir)
+        load_checkpoint(path, model)
+    else:  # rebuilt from run.json: arguments the model did not keep may be missing
+        model = _rebuild_model(run_dir)
+        try:
+            load_checkpoint(path, model)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{first_line(e)} (the model was rebuilt from {RUN_FILE}, whose recorded constructor arguments "
+                f"do not fit); pass the model: load_model('{run_dir}', model=...)"
+            ) from None
+    model.eval()
+    return model.to(resolve_device(device)) if device is not None else model
+
+
+def _rebuild_model(run_dir: Path) -> nn.Module:
+    """A fresh model of the run: by name from ``config.json``, else by class from ``run.json``."""
+    if (run_dir / CONFIG_FILE).is_file():
+        config = read_config(run_dir)
+        name, options = config["model"]["name"], config["model"]["options"]
+        from_data = registry.accepts("model", name, config.get("info") or {})
+        return registry.create("model", name, **{**from_data, **options})
+    record = read_run(run_dir).get("model")
+    if not record:
+        raise ConfigError(
+            f"'{run_dir}' records no model (no {CONFIG_FILE} or {RUN_FILE}); pass it: load_model(RUN, model=Net(...))"
+        )
+    fix = f"pass the model: load_model('{run_dir}', model={record['class'].split(':')[-1]}(...))"
+    try:
+        cls = registry.load_object(record["class"])
+    except ConfigError as e:
+        raise ConfigError(f"the run's model class cannot be imported ({e}); {fix}") from None
+    if record.get("init") is None:
+        raise ConfigError(f"the constructor arguments of {record['class']} were not recorded; {fix}")
+    try:
+        return cls(**record["init"])
+    except Exception as e:
+        raise ConfigError(f"{record['class']}(**{record['init']}) failed ({first_line(e)}); {fix}") from None
+
+
+def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
+    """The tokenizer saved in ``directory`` by ``save_pretrained``, or None when there is none.
+
+    ``tokenizer_class`` in ``tokenizer_config.json`` names it: ``'module:Class'`` (xt-training's and
+    plugins' tokenizers) is imported and loaded with ``Class.from_pretrained(directory)``; any other name
+    is a Hugging Face tokenizer, loaded with ``transformers.AutoTokenizer``.
+    """
+
+    file = Path(directory) / "tokenizer_config.json"
+    if not file.is_file():
+        return None
+    try:
+        name = json.loads(file.read_text()).get("tokenizer_class") or ""
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ConfigError(
+            f"'{file}' is not a tokenizer configuration ({e}); save the tokenizer again"
+        ) from None
+    if ":" in name:
+        return registry.load_object(name).from_pretrained(directory)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ConfigError(
+            f"'{file}' is a Hugging Face tokenizer ({name or 'unnamed'}); pip install transformers to load it"
+        ) from None
+    return AutoTokenizer.from_pretrained(directory)
+
+
+# --- xt predict ----------------------------------------------------------------------------------------------
+def predict_run(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    data: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    split: str | None = None,
+    checkpoint: str | os.PathLike[str] = "best",
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> Path:
+    """``xt predict``: the predictions of a run directory's model, written to ``out``.
+
+    The inputs are, in this order of precedence:
+
+    - ``inputs`` with a tokenizer saved in the run directory: a text file, one raw text per line,
+      tokenized with that tokenizer and fed as ``model(**tokenizer(texts))``;
+    - ``inputs`` otherwise: unlabelled inputs the data set reads with its ``predict_path`` option (a CSV
+      file without the label column, a folder of images), the split ``predict``;
+    - else the split ``split`` (default ``'test'``) of the run's data, or of ``data`` with ``data_options``
+      (the run's own data options are kept when ``data`` is the run's data set). A run of ``F.train`` or
+      ``xt train`` records no data by name: it needs ``data``.
+
+    A ``.csv`` gets, for a classifier (cross-entropy or NLL loss), the predicted class and one
+    probability column per class; for multi-label models (BCE loss) the labels predicted on and one
+    probability column per label; else the outputs. ``.npy`` and ``.pt`` get the model's outputs as they are.
+    """
+
+    run_dir, out = Path(run_dir), Path(out)
+    if (run_dir / CONFIG_FILE).is_file():
+        config = read_config(run_dir)
+    elif data is None:
+        raise ConfigError(
+            f"'{run_dir}' is a run of F.train or `xt train`, which records no data by name; name the data "
+            f"to predict on: `xt predict {run_dir} --data NAME [--data-opt KEY=VALUE] -o OUT`"
+        )
+    else:
+        config = {"data": {"name": data, "options": {}}, "info": {}, "loss": None, "device": None}
+    model = load_model(run_dir, checkpoint)
+    trained_on = config.get("info") or {}
+    tokenizer = load_tokenizer(run_dir) if inputs is not None and data is None else None
+    if tokenizer is not None:
+        texts = TextDataset(_lines(inputs))
+        loader: Any = DataLoader(texts, batch_size or 64, collate_fn=TextCollate(tokenizer))
+        forward: Any = text_forward
+    else:
+        name = data or config["data"]["name"]
+        options = dict(config["data"]["options"]) if name == config["data"]["name"] else {}
+        options.update(absolute_paths(dict(data_options or {})))
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+        if inputs is not None:
+            if "predict_path" not in registry.current().entry("data", name).parameters():
+                raise ConfigError(
+                    f"data '{name}' cannot read unlabelled inputs (it has no predict_path option); "
+                    "predict one of its splits with --split, or name a data set that reads them with --data"
+                )
+            options["predict_path"] = str(inputs)
+        built = registry.create_data(name, **options)
+        split = split or ("predict" if inputs is not None else "test")
+        if split not in built.loaders:
+            raise ConfigError(f"data '{name}' has no split {split!r}; splits: {', '.join(built.loaders)}")
+        for key in (*DATA_INFO_KEYS, "vocab_size"):
+            if key in trained_on and key in built.info and built.info[key] != trained_on[key]:
+                raise ConfigError(
+                    f"data '{name}' gives inputs with {key}={built.info[key]!r}, but the model of '{run_dir}' "
+                    f"was trained on {key}={trained_on[key]!r}; predict on inputs of the shape it was trained on"
+                )
+        loader, forward = built.loaders[split], built.forward_fn or predict_forward
+    if out.suffix.lower() == ".csv":
+        predicts = _loss_predicts(config["loss"]["name"] if config["loss"] else None, read_run(run_dir))
+        forward = _with_columns(forward, predicts, trained_on.get("classes") or built.info.get("classes"))
+    return predict(model, loader, device=device or config["device"], forward_fn=forward, out=out)
+
+
+def _loss_predicts(name: str | None, record: Mapping[str, Any]) -> str | None:
+    """What the run's loss says its model's outputs are (``predicts`` where the loss was registered).
+
+    A run built by names names its loss; a run of ``F.train`` records its loss's class, matched to the
+    registered loss made by that class.
+    """
+    losses = registry.current().table("loss")
+    if name is None:
+        cls = record.get("loss")
+        cls = (
+            cls.rsplit(":", 1)[-1] if isinstance(cls, str) else None
+        )  # torch.nn.modules.loss:X is torch.nn:X
+        name = next(
+            (n for n, e in losses.items() if isinstance(e.factory, str) and e.factory.endswith(f":{cls}")),
+            None,
+        )
+    entry = losses.get(name) if name else None
+    return entry.metadata.get("predicts") if entry is not None else None
+
+
+def _lines(path: str | os.PathLike[str]) -> list[str]:
+    """The texts of a text file, one per line, blank lines included (as empty texts).
+
+    Row ``i`` of the predictions is line ``i`` of the file: the CSV holds no input column, so dropping
+    blank lines would silently pair every later row with the wrong line.
+    """
+    try:  # lines as editors and `wc -l` count them (str.splitlines would also split at \f, \x1c, ...)
+        with open(path, encoding="utf-8-sig") as f:
+            texts = [line.strip() for line in f]
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"'{path}' is not UTF-8 text ({e.reason}); pass a text file, one text per line"
+        ) from None
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read '{path}' ({e.strerror or e}); pass a text file, one text per line"
+        ) from None
+    if not any(texts):
+        raise ConfigError(f"text file '{path}' has no text; write one text per line")
+    return texts
+
+
+def _with_columns(
+    forward: Callable[[nn.Module, Any], tuple[Any, Any]], predicts: str | None, classes: Any
+) -> Any:
+    """``forward`` with classifier outputs turned into CSV columns: the prediction and the probabilities.
+
+    ``predicts`` is what the loss declared when it was registered: ``'logits'`` (class scores, softmax),
+    ``'log-probabilities'`` (exp), ``'binary-logits'`` (sigmoid per label) or ``'binary-probabilities'``.
+    """
+    if predicts not in ("logits", "log-probabilities", "binary-logits", "binary-probabilities"):
+        return forward
+
+    def columns(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+        y_pred, y = forward(model, batch)
+        if not isinstance(y_pred, torch.Tensor) or y_pred.ndim > 2:
+            return y_pred, y  # e.g. segmentation masks: the CSV writer says to use .npy or .pt
+        scores = y_pred.reshape(len(y_pred), -1).float()
+        names = list(classes) if classes and len(classes) == scores.shape[1] else range(scores.shape[1])
+        if predicts in ("logits", "log-probabilities"):
+            probabilities = scores.exp() if predicts == "log-probabilities" else scores.softmax(1)
+            predicted = [names[i] for i in probabilities.argmax(1).tolist()]
+        else:
+            probabilities = scores if predicts == "binary-probabilities" else scores.sigmoid()
+            on = (probabilities >= 0.5).tolist()
+            if scores.shape[1] == 1:  # binary: one probability, of the positive class
+                binary = list(classes) if classes and len(classes) == 2 else [0, 1]
+                predicted, names = [binary[row[0]] for row in on], [binary[1]]
+            else:
+                predicted = [";".join(str(names[j]) for j, o in enumerate(row) if o) for row in on]
+        return {"prediction": predicted, **{f"p_{n}": probabilities[:, j] for j, n in enumerate(names)}}, y
+
+    return columns
+
+
+# --- xt export ----------------------------------------------------------------------------------------------
+def export_run(
+    source: str | os.PathLike[str],
+    *,
+    format: str = "onnx",
+    output: str | os.PathLike[str] | None = None,
+    checkpoint: str | None = None,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    model: str | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> ExportResult:
+    """Export the model of any run directory, or of a checkpoint file, with :func:`~xt_training.exporting.export`.
+
+    ``source`` is a run directory (its model from :func:`load_model`, weights from ``checkpoint``:
+    ``'best'`` (default), ``'last'`` or a checkpoint file) or a checkpoint file; one outside a run
+    directory needs ``model`` (a registered name) and ``model_options``. The example input is one batch
+    of the run's data, or random values of the input shape the run recorded, or of ``input_shape``.
+    The data's preprocessing (its normalisation) goes into the exported graph, which then takes raw
+    inputs. The default output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last checkpoint),
+    or the checkpoint's path with the format's suffix.
+    """
+    check_format(format, verify)
+    source = Path(source)
+    run_dir: Path | None = None
+    if source.is_dir() or source.name == CONFIG_FILE:
+        run_dir = source if source.is_dir() else source.parent
+        if not is_run_dir(run_dir):
+            raise ConfigError(
+                f"'{run_dir}' is not a run directory (no {RUN_FILE}, {CONFIG_FILE} or checkpoints/); pass one, "
+                "or a checkpoint file with --model NAME and --input-shape"
+            )
+        ckpt = checkpoint_file(run_dir, checkpoint or "best")
+        default = run_dir / (("model" if ckpt.stem == "best" else f"model-{ckpt.stem}") + SUFFIXES[format])
+    elif source.is_file():
+        if checkpoint is not None:
+            raise ConfigError(
+                f"--checkpoint picks a checkpoint of a run directory; '{source}' is a checkpoint itself"
+            )
+        ckpt, default = source, source.with_name(source.stem + SUFFIXES[format])
+        if source.parent.name == CHECKPOINTS and is_run_dir(source.parent.parent):
+            run_dir = source.parent.parent
+    else:
+        raise ConfigError(f"'{source}' does not exist; pass a run directory or a checkpoint file")
+    if run_dir is not None and (model is not None or model_options):
+        # the run records its model with the options it was trained with (some taken from the data):
+        # naming it again is harmless, naming another one cannot fit the run's checkpoints
+        config = read_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
+        named = config["model"]["name"] if config else None
+        if model != named or model_options:
+            raise ConfigError(
+                f"'{run_dir}' is a run directory: it records its model ({named or read_run(run_dir).get('model', {}).get('class')}) "
+                "and its options, so drop --model and --model-opt"
+            )
+    output = writable_output(output if output is not None else default)
+
+    x = None
+    if input_shape is not None:
+        x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+    if run_dir is not None:
+        net, (meta, x, normalization) = load_model(run_dir, ckpt), _run_export_facts(run_dir, x)
+        epoch = read_checkpoint(ckpt).get("epoch")
+    else:
+        if model is None or input_shape is None:
+            raise ConfigError(
+                f"'{source}' is not inside a run directory (no run files beside its checkpoints/ folder); "
+                "name its model and input: --model NAME [--model-opt KEY=VALUE] --input-shape 1,3,32,32"
+            )
+        net = registry.create("model", model, **dict(model_options or {}))
+        meta, normalization = {"model": model, "model_options": dict(model_options or {})}, None
+        epoch = load_checkpoint(ckpt, net).get("epoch")
+    meta["checkpoint"] = ckpt.name
+    if isinstance(epoch, int):
+        meta["epoch"] = epoch
+    if normalization is not None:  # inside the graph: the exported model takes raw inputs
+        meta["normalization"], meta["inputs"] = normalization, "raw: the normalization is inside the model"
+        net, x = with_preprocessing(net, normalization), raw_inputs(x, normalization)
+    return export(
+        net, x, output, format, dynamic_batch=dynamic_batch, verify=verify, opset=opset, metadata=meta
+    )
+
+
+def _run_export_facts(run_dir: Path, x: Any) -> tuple[dict[str, Any], Any, dict[str, Any] | None]:
+    """The metadata, an example input (``x`` when given) and the normalisation of a run's export."""
+    record = read_run(run_dir)
+    normalization = record.get("normalization")
+    if not (run_dir / CONFIG_FILE).is_file():  # F.train's or xt train's run: what run.json recorded
+        meta = {"model": record.get("model", {}).get("class")}
+        if x is None:
+            shape = (record.get("input") or {}).get("shape")
+            if not shape:
+                raise ConfigError(
+                    f"'{run_dir}' records no input shape (its inputs are not one tensor); pass --input-shape"
+                )
+            dtype = getattr(torch, record["input"].get("dtype", "float32"))
+            x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        return meta, x, normalization
+    config = read_config(run_dir)
+    meta = _config_metadata(config)
+    normalization = (config.get("info") or {}).get("normalization") or normalization
+    if x is None:  # the data is built only for its example batch (it may be large, or gone)
+        data = registry.create("data", config["data"]["name"], **config["data"]["options"])
+        x = first_input(_example_loader(data.loaders))
+        normalization = normalization or normalization_of(data.loaders.values())
+    return meta, x, normalization
+
+
+def _config_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's name and options, the data's name and its class names, from a run's ``config.json``."""
+    model, data, info = config["model"], config["data"], config.get("info") or {}
+    meta: dict[str, Any] = {
+        "model": model["name"],
+        "model_options": model.get("resolved", model["options"]),
+        "data": data["name"],
+    }
+    if info.get("classes"):
+        meta["classes"] = [str(c) for c in info["classes"]]
+    elif isinstance(info.get("num_classes"), int):
+        meta["num_classes"] = info["num_classes"]
+    return meta
+
+
+def _example_loader(loaders: Mapping[str, Any]) -> Any:
+    for split in ("test", "val", "train", *loaders):
+        if split in loaders:
+            return loaders[split]
+    raise ConfigError("the data has no loaders to take an example batch from; pass --input-shape")

@@ -1,0 +1,652 @@
+"""``F.train``: epochs, validation, checkpoints and history around the :class:`~xt_training.Runner`.
+
+:func:`train` is a short driver over the named steps of a :class:`_Training`: restore, train an epoch,
+evaluate, end the epoch (scheduler, callbacks, checkpoints, history), stop. The loop inside a pass is
+the Runner's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils.serialization  # noqa: F401 - torch.save imports it at its first call (~3 ms): paid here, not in the run
+
+from . import distributed
+from ._version import __version__
+from .batch import describe
+from .callbacks import Run
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
+from .errors import ConfigError
+from .exporting import check_format, export_trained
+from .files import BackgroundWriter, atomic_link, prepare_dir, write_json
+from .loggers import create as create_logger
+from .loggers.console import ConsoleLogger
+from .preprocessing import normalization_of
+from .rng import capture_rng, loader_generators, restore_rng
+from .rundir import HISTORY_FILE, RUN_FILE, checkpoints_dir, direction, holds_run
+from .runner import Runner, check_instance, check_list, prepare_metrics, step_scheduler
+from .testing import check_loaders
+
+__all__ = ["train", "refuse_held_run"]
+
+
+def train(
+    save_dir: str | os.PathLike[str],
+    train_loader: Iterable[Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    val_loader: Iterable[Any] | None = None,
+    test_loaders: Mapping[str, Iterable[Any]] | None = None,
+    scheduler: Any = None,
+    eval_metrics: Mapping[str, Any] | None = None,
+    train_metrics: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    *,
+    monitor: str | None = None,
+    mode: str | None = None,
+    scheduler_step: str = "epoch",
+    forward_fn: Callable[[torch.nn.Module, Any], tuple[Any, Any]] | None = None,
+    log_every_n_steps: int = 50,
+    loggers: Iterable[Any] | None = None,
+    callbacks: Iterable[Any] | None = None,
+    quiet: bool = False,
+    resume: bool | str | os.PathLike[str] = False,
+    checkpoint_every_n_steps: int | None = None,
+    precision: str = "32",
+    nonfinite_loss: str = "raise",
+    accumulate_grad_batches: int = 1,
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    handle_signals: bool = True,
+    fast_path: bool = True,
+    data_on_device: bool | str = "auto",
+    compile: bool = False,
+    channels_last: bool = False,
+    export: str | None = None,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
+
+    The loop, as pseudocode::
+
+        for epoch in 1..epochs:
+            model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
+                                                            # checkpoints/last.pt every checkpoint_every_n_steps
+            model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
+            scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
+            history.append(row); callbacks.on_epoch_end(run, row)
+            save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; history.json
+            stop if a callback set run.should_stop (e.g. EarlyStopping)
+
+    Args:
+        save_dir: the run directory (:mod:`xt_training.rundir`): ``run.json``, ``history.json`` and
+            ``checkpoints/{last,best}.pt`` go here. One that holds a run is refused unless ``resume``
+            continues it or ``overwrite`` deletes it first.
+        eval_metrics: ``{name: metric}`` for validation and test passes.
+        train_metrics: metrics of the training passes; default: the same as ``eval_metrics`` (the
+            original xt-training's behaviour). Pass ``{}`` to train with the loss only.
+        monitor: the value that decides ``best.pt`` (and ``ReduceLROnPlateau``), as named in the
+            history: ``'val/loss'`` (default with a ``val_loader``, else ``'train/loss'``), ``'val/acc'``...
+        mode: ``'min'`` or ``'max'``; default: the monitored metric's ``higher_is_better`` when it has
+            one (torchmetrics metrics do), else ``'min'`` for loss/error-like names and ``'max'`` otherwise.
+        scheduler_step: ``'epoch'`` or ``'batch'``.
+        loggers: logger instances or registered names (``'tensorboard'``, ``'csv'``...); the console
+            logger is added unless ``quiet`` or one is given.
+        callbacks: objects with ``on_epoch_end(run, row)`` etc., see :mod:`xt_training.callbacks`.
+        resume: ``True`` continues the run in ``save_dir`` from ``checkpoints/last.pt`` exactly where it
+            stopped (mid-epoch included), or a checkpoint path. A fresh ``save_dir`` starts from scratch;
+            a run that has trained all ``epochs`` returns its history (nothing to do); fewer ``epochs``
+            than it has trained are a ``ConfigError``.
+        checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
+        handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
+            SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
+        export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
+            ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
+            the first batch of ``val_loader`` (else ``train_loader``) as the example input; see
+            :func:`xt_training.exporting.export_trained`. Checked before training starts.
+        overwrite: delete the run that ``save_dir`` holds before training (else such a directory is refused).
+
+    The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
+    ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
+    ``compile`` and ``channels_last`` are the :class:`~xt_training.Runner`'s.
+
+    Returns:
+        The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
+        Test loader ``'test'`` reports as ``test/...``, any other name ``n`` as ``test.n/...``.
+    """
+    passes, monitor, mode = _check_arguments(locals())
+    main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
+    if not resume:
+        refuse_held_run(save_dir, overwrite, "continue it with resume=True, or pass overwrite=True")
+    save_dir = prepare_dir(save_dir) if main else Path(save_dir)
+    if main:
+        checkpoints_dir(save_dir).mkdir(exist_ok=True)
+    runner = Runner(
+        model, loss_fn, optimizer, scheduler, device=device, forward_fn=forward_fn,
+        scheduler_step="batch" if scheduler_step == "batch" else None,  # per-epoch steps happen in _Training
+        log_every_n_steps=log_every_n_steps, loggers=_resolve_loggers(loggers, save_dir, quiet) if main else [],
+        precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
+        clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
+        checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
+        compile=compile, channels_last=channels_last,
+    )  # fmt: skip
+    run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
+    training = _Training(run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main)
+    if not training.restore(resume, epochs):
+        return run.history  # a finished run resumed with the same epochs: nothing to do
+    if main:
+        training.record(train_loader, loss_fn, eval_metrics, epochs)
+    status = "failed"
+    with _stop_on_signals(runner, enabled=handle_signals) as training.received:
+        try:
+            for epoch in range(run.epoch + 1, epochs + 1):
+                row = training.train_epoch(epoch)
+                training.evaluate(row)
+                training.end_epoch(row)
+                if run.should_stop:
+                    break
+                if distributed.any_rank(runner.stop_requested, runner.device):  # came between passes (or DDP)
+                    training.stop(None)
+            training.wait()  # a run is complete once its files are
+            status = "stopped" if run.should_stop else "completed"
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's exit after saving the position
+            status = "interrupted"
+            raise
+        except Exception:
+            if main:
+                _save_crash(training.ckpt_dir / "crash.pt", model, run)
+            raise
+        finally:  # never `return` here: that would swallow the exception
+            training.close(status)
+    if export is not None and main:
+        example = val_loader if val_loader is not None else train_loader
+        export_trained(save_dir, model, example, export, quiet=quiet, normalization=training.normalization)
+    return run.history
+
+
+def refuse_held_run(save_dir: str | os.PathLike[str], overwrite: bool, fix: str) -> None:
+    """A new run never goes into a directory that holds one (files of two runs would mix): one rule for all.
+
+    With ``overwrite`` the run's directory is emptied first. Rank 0's view decides on every rank, though
+    rank 0 may write before the others look.
+    """
+    save_dir = Path(save_dir)
+    if not distributed.from_rank_0(holds_run(save_dir)):
+        return
+    if not overwrite:
+        raise ConfigError(f"'{save_dir}' already holds a run; {fix.format(dir=save_dir)}")
+    if distributed.is_main():
+        shutil.rmtree(save_dir)
+
+
+def _check_arguments(
+    args: dict[str, Any],
+) -> tuple[dict[str, tuple[Iterable[Any], dict[str, Any]]], str, str]:
+    """Check F.train's arguments before anything runs; return its passes ``{prefix: (loader, metrics)}``,
+    the monitored value and its direction."""
+    epochs, scheduler, forward_fn = args["epochs"], args["scheduler"], args["forward_fn"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    if args["scheduler_step"] not in ("epoch", "batch"):
+        raise ConfigError(f"scheduler_step must be 'epoch' or 'batch', not {args['scheduler_step']!r}")
+    if not isinstance(args["save_dir"], (str, os.PathLike)):
+        raise ConfigError(
+            f"save_dir must be a directory path (str or Path), not {describe(args['save_dir'])}"
+        )
+    for name in ("train_loader", "val_loader"):
+        loader = args[name]
+        if name == "val_loader" and loader is None:
+            continue
+        if isinstance(loader, Mapping):
+            raise ConfigError(
+                f"{name} is one loader, not a dict; evaluate on more loaders with test_loaders={{'name': loader}}"
+            )
+        if not isinstance(loader, Iterable):
+            raise ConfigError(
+                f"{name} must be a loader that yields batches (a DataLoader), not {describe(loader)}"
+            )
+    check_list("loggers", args["loggers"])
+    check_list("callbacks", args["callbacks"])
+    for name, methods in (("optimizer", ("step", "zero_grad")), ("loss_fn", ("__call__",))):
+        check_instance(name, args[name])
+        if not all(hasattr(args[name], m) for m in methods):
+            raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(args[name]).__name__}")
+    if args["export"] is not None:
+        check_format(
+            args["export"]
+        )  # an unknown format or a missing onnx extra fails now, not after training
+        if forward_fn is not None:
+            raise ConfigError(
+                "export= takes its example input from (x, y) batches, which forward_fn replaces; call "
+                "xt_training.exporting.export(model, example_input, path) after training instead"
+            )
+    eval_metrics = prepare_metrics(args["eval_metrics"])
+    train_metrics = eval_metrics if args["train_metrics"] is None else prepare_metrics(args["train_metrics"])
+    passes = {"train": (args["train_loader"], train_metrics)}
+    if args["val_loader"] is not None:
+        passes["val"] = (args["val_loader"], eval_metrics)
+    passes.update(
+        {_test_prefix(n): (loader, eval_metrics) for n, loader in check_loaders(args["test_loaders"]).items()}
+    )
+    monitor, mode = _check_monitor(args["monitor"], args["mode"], passes)
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if (
+        plateau and args["scheduler_step"] == "epoch" and scheduler.mode != mode
+    ):  # it would cut the lr on improvement
+        raise ConfigError(
+            f"ReduceLROnPlateau(mode={scheduler.mode!r}) steps on {monitor!r}, which is a '{mode}' value here; "
+            f"make them agree: ReduceLROnPlateau(optimizer, mode={mode!r}), or mode={scheduler.mode!r} in F.train"
+        )
+    return passes, monitor, mode
+
+
+class _Training:
+    """The state of one F.train call and its steps, in the order the driver calls them."""
+
+    def __init__(
+        self,
+        run: Run,
+        runner: Runner,
+        passes: dict[str, tuple[Iterable[Any], dict[str, Any]]],
+        scheduler: Any,
+        scheduler_step: str,
+        callbacks: list[Any],
+        main: bool,
+    ):
+        self.run, self.runner, self.passes, self.callbacks, self.main = run, runner, passes, callbacks, main
+        self.scheduler, self.scheduler_step = scheduler, scheduler_step
+        self.ckpt_dir = checkpoints_dir(run.save_dir)
+        self.generators = [g for loader, _ in passes.values() for g in loader_generators(loader)]
+        self.config = _run_config(passes["train"][0], run, runner.loss_fn, scheduler)
+        # checkpoints and history.json are written on a background thread: the loop does not wait for the disk
+        self.background = BackgroundWriter() if main else None
+        self.position: dict[str, Any] | None = None  # where a resumed epoch goes on
+        self.received: list[str] = []  # the signals that asked to stop
+        self.normalization: dict[str, list[float]] | None = None
+        self.row: dict[str, Any] = {}
+        runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
+
+    def save(self, position: dict[str, Any] | None = None) -> None:
+        """Write ``last.pt``: the whole state, and ``position`` inside an epoch (None: at its end)."""
+        if not self.main:
+            return
+        run, runner = self.run, self.runner
+        runner.loggers.flush()  # what was logged up to the checkpoint survives a kill after it
+        save_checkpoint(
+            self.ckpt_dir / "last.pt", run.model, run.optimizer, self.scheduler, background=self.background,
+            scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
+            epoch=run.epoch if position is None else run.epoch - 1,  # the last completed epoch
+            global_step=runner.global_step, history=run.history, monitor=run.monitor, mode=run.mode,
+            best=run.best, callbacks=[getattr(cb, "state_dict", dict)() for cb in self.callbacks],
+            config=self.config, position=position, rng=capture_rng(self.generators),
+        )  # fmt: skip
+
+    def restore(self, resume: bool | str | os.PathLike[str], epochs: int) -> bool:
+        """Continue from a checkpoint when ``resume`` asks; False when there is nothing left to train."""
+        run, runner, last = self.run, self.runner, self.ckpt_dir / "last.pt"
+        if resume and (resume is not True or last.exists()):
+            path = Path(resume) if resume is not True else last
+            self.position = _restore(
+                path, run, runner, self.callbacks, self.scheduler, self.config, self.generators
+            )
+        start = run.epoch + 1
+        # resumed with no more epochs than it has: a finished run is complete (a no-op: retried jobs stay
+        # idempotent), fewer epochs than it trained are a mistake
+        complete = self.position is None and epochs == run.epoch > 0
+        if complete or epochs < start - (self.position is None):
+            if complete:
+                runner.loggers.notice(
+                    f"the run in {run.save_dir} has trained all {epochs} epochs; pass more to train on"
+                )
+            self.close(None)
+            if complete:
+                return False
+            done = f"trained {run.epoch} epoch{'s' if run.epoch != 1 else ''}" + (
+                f" and part of epoch {start}" if self.position else ""
+            )
+            raise ConfigError(
+                f"cannot resume the run in {run.save_dir} with epochs={epochs}: it has {done}; "
+                f"pass epochs={start} or more"
+            )
+        if self.position is not None:
+            where = (
+                f"step {self.position['step']} of epoch {start}"
+                if self.position["phase"] == "train"
+                else f"the evaluation of epoch {start}"
+            )
+            runner.loggers.notice(f"resuming the run in {run.save_dir} at {where}")
+        elif run.epoch:
+            runner.loggers.notice(f"resuming the run in {run.save_dir} after epoch {run.epoch}")
+        resumed = start > 1 or self.position is not None
+        runner.loggers.start_run(
+            {**self.config, "epochs": epochs, "save_dir": str(run.save_dir), "resumed": resumed}
+        )
+        for cb in self.callbacks:
+            getattr(cb, "on_train_start", _noop)(run)
+        return True
+
+    def record(self, loader: Any, loss_fn: Any, metrics: Mapping[str, Any] | None, epochs: int) -> None:
+        """Write ``run.json``: what a tool needs to use the run without the script that trained it."""
+        run = self.run
+        self.normalization = normalization_of([loader])
+        names = [f"{prefix}/{m}" for prefix, (_, ms) in self.passes.items() for m in ("loss", *ms)]
+        record = {
+            "format": 1,
+            "xt_training_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": model_record(unwrap_model(run.model)),
+            "loss": _qualname(type(loss_fn)),
+            "input": _input_record(loader),
+            "normalization": self.normalization,
+            "monitor": run.monitor,
+            "mode": run.mode,
+            "directions": {n: _direction(n, self.passes) for n in names},
+            "epochs": epochs,
+            "checkpoints": {"last": "checkpoints/last.pt", "best": "checkpoints/best.pt"},
+        }
+        write_json(run.save_dir / RUN_FILE, record)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """The training pass of ``epoch`` (or the rest of it, resumed); its row of the history so far."""
+        run, runner, optimizer = self.run, self.runner, self.run.optimizer
+        run.epoch = runner.epoch = epoch
+        position = self.position if self.position and self.position["row"]["epoch"] == epoch else None
+        self.position = None
+        if position is not None and position["phase"] == "eval":  # the training pass was done
+            self.row = dict(position["row"])
+            restore_rng(position["rng"], self.generators)
+            return self.row
+        self.row = (
+            dict(position["row"]) if position else {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        )
+        run.model.train()
+        loader, metrics = self.passes["train"]
+        values = runner(loader, "train", metrics=metrics, resume=position)
+        if runner.stopped:
+            self.stop({"phase": "train", "row": self.row, **runner.position()})
+        self.row.update({f"train/{k}": v for k, v in values.items()})
+        return self.row
+
+    def evaluate(self, row: dict[str, Any]) -> None:
+        """The validation and test passes; a stop during them resumes from after the training pass."""
+        if len(self.passes) == 1:
+            return
+        after_train = {"phase": "eval", "row": dict(row), "rng": capture_rng(self.generators)}
+        self.run.model.eval()
+        for prefix, (loader, metrics) in list(self.passes.items())[1:]:
+            values = self.runner(loader, prefix, metrics=metrics)
+            if self.runner.stopped:
+                self.stop(after_train)
+            row.update({f"{prefix}/{k}": v for k, v in values.items()})
+        self.run.model.train()
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        """Scheduler, history, callbacks, then last.pt (best.pt when the monitored value improved)."""
+        run, runner = self.run, self.runner
+        if run.monitor not in row:
+            raise ConfigError(
+                f"monitor {run.monitor!r} was not reported in epoch {run.epoch}: a loss_fn that returns None in "
+                "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
+            )
+        if self.scheduler is not None and self.scheduler_step == "epoch":
+            step_scheduler(self.scheduler, row[run.monitor])
+        run.history.append(row)
+        improved = _improves(row[run.monitor], run.best, run.mode)
+        run.best = row[run.monitor] if improved else run.best
+        run.global_step = runner.global_step
+        for cb in self.callbacks:
+            getattr(cb, "on_epoch_end", _noop)(run, row)
+        # one rank's callback (a time budget, a file it reads) stops every rank: one that trained on
+        # alone would wait for the others in its next collective for ever
+        run.should_stop = distributed.any_rank(run.should_stop, runner.device)
+        self.save()
+        if self.main:
+            if improved:  # the same state as last.pt: a second name, not a second write
+                self.background.submit(atomic_link, self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
+            write_json(run.save_dir / HISTORY_FILE, run.history, self.background)
+        runner.loggers.end_epoch(run.epoch, row, runner.global_step)
+
+    def stop(self, position: dict[str, Any] | None) -> None:
+        """A signal asked to stop: keep the exact position, then leave as the signal wants."""
+        if position is not None:  # else the epoch's checkpoint is the position
+            self.save(position)
+        self.wait()  # saved, as the message below says
+        sig = (
+            self.received[0] if self.received else "SIGTERM"
+        )  # under DDP another rank may have got the signal
+        run_dir = self.run.save_dir
+        how = (
+            f"`xt run --resume {run_dir}`"
+            if (run_dir / "config.json").is_file()
+            else "F.train(..., resume=True)"
+        )
+        print(f"stopped by {sig}: state saved to {self.ckpt_dir / 'last.pt'}; resume with {how}", flush=True)
+        if sig == "SIGINT":
+            raise KeyboardInterrupt
+        raise SystemExit(0)
+
+    def wait(self) -> None:
+        if self.background is not None:
+            self.background.wait()
+
+    def close(self, status: str | None) -> None:
+        """Finish the writes; tell callbacks and loggers how the run ended (``None``: it never started)."""
+        if self.background is not None:
+            self.background.close()
+        if status is not None:
+            for cb in self.callbacks:
+                getattr(cb, "on_train_end", _noop)(self.run, status)
+            self.runner.loggers.end_run(status)
+        self.runner.loggers.close()
+
+
+def model_record(model: torch.nn.Module) -> dict[str, Any]:
+    """``{'class': 'module:qualname', 'init': {...} | None}``: how :func:`~xt_training.load_model` rebuilds it.
+
+    The constructor's arguments are captured where the model keeps each of them as an attribute of the
+    same name with a JSON value (``self.hidden = hidden``), or the constructor needs none; else ``init``
+    is None and the model must be passed to ``load_model``.
+    """
+    cls = type(model)
+    init: dict[str, Any] | None = {}
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for name, p in list(params.items())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = getattr(model, name, inspect.Parameter.empty)
+        if value is not inspect.Parameter.empty and _jsonable(value):
+            init[name] = value
+        elif p.default is inspect.Parameter.empty:  # a required argument that was not kept
+            init = None
+            break
+    return {"class": _qualname(cls), "init": init}
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _jsonable(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(map(_jsonable, value))
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
+    return False
+
+
+def _input_record(loader: Any) -> dict[str, Any] | None:
+    """The shape (without the batch) and dtype of one input, where the loader's data set tells it cheaply."""
+    dataset = getattr(loader, "dataset", None)
+    try:
+        item = dataset[0] if dataset is not None else None
+    except Exception:  # a data set that cannot be indexed (iterable, or an error): not recorded
+        return None
+    x = item[0] if isinstance(item, (tuple, list)) and item else item
+    if not isinstance(x, torch.Tensor):
+        return None
+    return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+
+
+def _direction(name: str, passes: dict[str, tuple[Iterable[Any], dict[str, Any]]]) -> str:
+    """``'max'`` or ``'min'``: the metric's own ``higher_is_better`` where it has one, else :func:`direction`."""
+    prefix, _, key = name.rpartition("/")
+    metric = passes.get(prefix, (None, {}))[1].get(key)
+    higher = getattr(metric, "higher_is_better", None)
+    return direction(name) if not isinstance(higher, bool) else ("max" if higher else "min")
+
+
+def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any) -> dict[str, Any]:
+    """What identifies a run, for loggers' hyper-parameters and the resume check (epochs may change)."""
+    return {
+        "model": type(run.model).__name__,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "optimizer": type(run.optimizer).__name__,
+        "lr": run.optimizer.param_groups[0].get("lr"),
+        "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "batch_size": getattr(loader, "batch_size", None),
+        "monitor": run.monitor,
+    }
+
+
+def _test_prefix(name: str) -> str:
+    return "test" if name == "test" else f"test.{name}"
+
+
+def _check_monitor(
+    monitor: str | None, mode: str | None, passes: dict[str, tuple[Iterable[Any], dict[str, Any]]]
+) -> tuple[str, str]:
+    names = [f"{prefix}/{m}" for prefix, (_, metrics) in passes.items() for m in ("loss", *metrics)]
+    if monitor is None:
+        monitor = "val/loss" if "val/loss" in names else "train/loss"
+    if monitor not in names:
+        import difflib
+
+        close = difflib.get_close_matches(monitor, names, n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise ConfigError(
+            f"monitor {monitor!r} is not a value of this run; {hint}choose one of: {', '.join(names)}"
+        )
+    mode = _direction(monitor, passes) if mode is None else mode
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode must be 'min' or 'max', not {mode!r}")
+    return monitor, mode
+
+
+def _improves(value: Any, best: float | None, mode: str) -> bool:
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def _restore(
+    path: Path,
+    run: Run,
+    runner: Runner,
+    callbacks: list[Any],
+    scheduler: Any,
+    config: dict[str, Any],
+    generators: list[Any],
+) -> dict[str, Any] | None:
+    """Load a checkpoint for ``resume``; return the position inside an interrupted epoch, if any."""
+    state = read_checkpoint(path)
+    saved = state.get("config") or {}
+    differ = [
+        f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in config.items() if k in saved and saved[k] != v
+    ]
+    if differ:
+        raise ConfigError(
+            f"cannot resume from '{path}': the run differs from the one that wrote it ({'; '.join(differ)}); "
+            "use the same configuration or a new save_dir"
+        )
+    load_checkpoint(path, run.model, run.optimizer, scheduler)
+    if runner.scaler is not None and state.get("scaler"):
+        runner.scaler.load_state_dict(state["scaler"])
+    for cb, cb_state in zip(callbacks, state.get("callbacks") or []):
+        if cb_state and hasattr(cb, "load_state_dict"):
+            cb.load_state_dict(cb_state)
+    run.history = list(state.get("history") or [])
+    run.epoch = state.get("epoch", 0)
+    run.best = state.get("best")
+    run.global_step = runner.global_step = state.get("global_step", 0)
+    if state.get("rng"):
+        restore_rng(state["rng"], generators)
+    return state.get("position")
+
+
+def _save_crash(path: Path, model: torch.nn.Module, run: Run) -> None:
+    """On an exception, keep the weights for inspection (never over last.pt/best.pt); the caller re-raises."""
+    try:
+        save_checkpoint(path, model, run.optimizer, epoch=run.epoch, history=run.history)
+        print(f"training failed in epoch {run.epoch}; the weights at the failure are in {path}", flush=True)
+    except Exception as e:  # the original error matters more than this one
+        print(f"training failed, and saving {path} failed too: {e}", flush=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
+    """SIGTERM/SIGINT ask the runner to stop after the current step; a second Ctrl-C stops at once."""
+    received: list[str] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        runner.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _resolve_loggers(loggers: Iterable[Any] | None, save_dir: Path, quiet: bool) -> list[Any]:
+    """Logger instances from instances or registered names; the console logger unless quiet."""
+    resolved = []
+    for lg in loggers or []:
+        if isinstance(lg, str):
+            lg = create_logger(lg, save_dir)
+        resolved.append(lg)
+    resolved.append(_Notes(save_dir))
+    if quiet:
+        return [lg for lg in resolved if not isinstance(lg, ConsoleLogger)]
+    if not any(isinstance(lg, ConsoleLogger) for lg in resolved):
+        resolved.insert(0, ConsoleLogger())
+    return resolved
+
+
+class _Notes:
+    """Keeps the loop's one-line notices (e.g. that the fast path is used) in ``save_dir/notes.txt``."""
+
+    def __init__(self, save_dir: Path):
+        self.path = save_dir / "notes.txt"
+
+    def notice(self, message: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+
+
+def _noop(*args: Any) -> None:
+    return None
