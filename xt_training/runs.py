@@ -336,7 +336,7 @@ def _rebuild_model(run_dir: Path) -> nn.Module:
         raise ConfigError(
             f"'{run_dir}' records no model (no {CONFIG_FILE} or {RUN_FILE}); pass it: load_model(RUN, model=Net(...))"
         )
-    fix = f"pass the model: load_model('{run_dir}', model={record['class'].split(':')[-1]}(...))"
+    fix = f"pass the model: load_model('{run_dir}', model={record['class'].rsplit('.', 1)[-1].split(':')[-1]}(...))"
     try:
         cls = registry.load_object(record["class"])
     except ConfigError as e:

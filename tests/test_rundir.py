@@ -1,0 +1,176 @@
+"""One run-directory format: every entry point's run works with every tool, from any directory, after a move."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from xt_training import load_model, registry
+from xt_training.errors import CheckpointError, ConfigError
+from xt_training.rundir import checkpoint_file
+from xt_training.utils import functional as F
+
+XT = [sys.executable, "-m", "xt_training"]
+
+# a user's model module, importable by the processes the tests start (PYTHONPATH)
+NET = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_features, hidden=16, num_classes=3):
+        super().__init__()
+        self.in_features, self.hidden, self.num_classes = in_features, hidden, num_classes
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    pkg = tmp_path / "usercode"
+    pkg.mkdir()
+    (pkg / "user_net.py").write_text(NET)
+    monkeypatch.syspath_prepend(str(pkg))
+    import importlib
+
+    return importlib.import_module("user_net"), pkg
+
+
+def _data():
+    return registry.create_data("synthetic-classification", n_samples=200, batch_size=32)
+
+
+def _train(save_dir, model, **kwargs):
+    data = _data()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    return F.train(
+        save_dir, data.loaders["train"], model, optimizer, 2, nn.CrossEntropyLoss(), data.loaders["val"],
+        quiet=True, **kwargs,
+    )  # fmt: skip
+
+
+def _xt(*args, cwd, env=None):
+    return subprocess.run([*XT, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_an_f_train_run_records_its_model_and_loads_by_class(tmp_path, user_module):
+    module, _ = user_module
+    model = module.Net(20, hidden=8)
+    _train(tmp_path / "run", model)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["model"] == {"class": "user_net:Net", "init": {"in_features": 20, "hidden": 8, "num_classes": 3}}
+    assert record["input"] == {"shape": [20], "dtype": "float32"}
+    assert record["monitor"] == "val/loss" and record["mode"] == "min"
+    loaded = load_model(tmp_path / "run")
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, best[k]) for k, v in loaded.state_dict().items())
+    assert not loaded.training
+
+
+def test_a_model_that_cannot_be_rebuilt_is_passed_in(tmp_path):
+    class Local(nn.Module):  # not importable: defined in a function
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(20, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    _train(tmp_path / "run", Local())
+    with pytest.raises(ConfigError, match=r"cannot be imported.*load_model\(.*model=Local\(\.\.\.\)\)"):
+        load_model(tmp_path / "run")
+    loaded = load_model(tmp_path / "run", model=Local())
+    assert isinstance(loaded, Local)
+
+
+def test_f_train_refuses_a_directory_that_holds_a_run_and_overwrite_replaces_it(tmp_path, user_module):
+    module, _ = user_module
+    _train(tmp_path / "run", module.Net(20))
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"already holds a run; continue it with resume=True, or pass overwrite=True"):
+        _train(tmp_path / "run", module.Net(20))
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before  # intact
+    (tmp_path / "run" / "stale.txt").write_text("of the old run")
+    history = _train(tmp_path / "run", module.Net(20, hidden=4), overwrite=True)
+    assert len(history) == 2 and not (tmp_path / "run" / "stale.txt").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["init"]["hidden"] == 4
+
+
+def test_f_test_and_f_predict_take_a_run_directory(tmp_path, user_module):
+    module, _ = user_module
+    _train(tmp_path / "run", module.Net(20))
+    data = _data()
+    fresh = module.Net(20)
+    preds = F.predict(fresh, data.loaders["test"], checkpoint_path=tmp_path / "run")
+    assert torch.equal(preds, F.predict(load_model(tmp_path / "run"), data.loaders["test"]))
+    results = F.test({"test": data.loaders["test"]}, module.Net(20), nn.CrossEntropyLoss(),
+                     checkpoint_path=tmp_path / "run", quiet=True)  # fmt: skip
+    assert "loss" in results["test"]
+    assert checkpoint_file(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "best.pt"
+    with pytest.raises(CheckpointError, match="did you mean 'last'"):
+        checkpoint_file(tmp_path / "run", "lst")
+
+
+@pytest.mark.slow
+def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tmp_path, user_module):
+    """xt run (a CSV file given by a relative path), xt train CONFIG.py and F.train: load_model, xt test,
+    xt predict, xt export and xt show, run from another directory, on the moved run directories."""
+    module, pkg = user_module
+    env = {**__import__("os").environ, "PYTHONPATH": str(pkg)}
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'yes' if i % 7 > 3 else 'no'}" for i in range(120)]
+    (work / "data.csv").write_text("\n".join(rows) + "\n")
+    done = _xt("run", "--model", "mlp", "--data", "csv", "--data-opt", "path=data.csv", "--data-opt", "test_fraction=0.2", "--epochs", "1",
+               "--save-dir", "byname", "-q", cwd=work, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (work / "config.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+        from xt_training import registry
+        from user_net import Net
+        data = registry.create_data("synthetic-classification", n_samples=200, batch_size=32)
+        model = Net(20)
+        train_loader, val_loader = data.loaders["train"], data.loaders["val"]
+        test_loaders = {"test": data.loaders["test"]}
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        loss_fn = nn.CrossEntropyLoss()
+        epochs = 1
+        quiet = True
+    '''))
+    done = _xt("train", "config.py", "--save-dir", "byfile", "-q", cwd=work, env=env)
+    assert done.returncode == 0, done.stderr
+    _train(work / "byfunction", module.Net(20))
+
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(work), str(moved))  # the runs move with their directory; data.csv moves too...
+    (tmp_path / "work").mkdir()
+    shutil.copy(moved / "data.csv", tmp_path / "work" / "data.csv")  # ...but xt run recorded its absolute path
+    other = tmp_path / "other"
+    other.mkdir()
+    for run, test_args in (("byname", []), ("byfile", []), ("byfunction", ["--data", "synthetic-classification",
+                                                                           "--data-opt", "n_samples=200"])):
+        run_dir = moved / run
+        assert isinstance(load_model(run_dir), nn.Module)
+        done = _xt("test", run_dir, *test_args, "--json", cwd=other, env=env)
+        assert done.returncode == 0, (run, done.stderr)
+        assert "loss" in json.loads(done.stdout)["test"]
+        predict_args = [] if run == "byname" else ["--data", "synthetic-classification", "--data-opt", "n_samples=200"]
+        done = _xt("predict", run_dir, *predict_args, "-o", other / f"{run}.csv", cwd=other, env=env)
+        assert done.returncode == 0, (run, done.stderr)
+        assert (other / f"{run}.csv").read_text().startswith("prediction,")
+        done = _xt("export", run_dir, "-o", other / f"{run}.onnx", cwd=other, env=env)
+        assert done.returncode == 0, (run, done.stderr)
+        done = _xt("show", run_dir, cwd=other, env=env)
+        assert done.returncode == 0 and "history" in done.stdout, (run, done.stderr)
