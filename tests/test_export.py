@@ -25,6 +25,7 @@ from xt_training import registry
 from xt_training.cli import cli
 from xt_training.errors import ConfigError
 from xt_training.exporting import METADATA_FILE, ExportError, export, export_trained
+from xt_training.preprocessing import raw_inputs
 from xt_training.utils import functional as F
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
@@ -234,7 +235,7 @@ def test_xt_export_bad_input_is_one_line(run_dir, tmp_path):
     assert "cannot write" in error(str(run_dir), "-o", str(blocker / "model.onnx"))
     assert "ends in .pt2, but --format is onnx" in error(str(run_dir), "-o", "x.pt2", "--format", "onnx")
     assert "opset applies to the onnx format" in error(str(run_dir), "--format", "pt2", "--opset", "17")
-    assert "no config.json" in error(str(tmp_path))
+    assert "is not a run directory (no run.json, config.json or checkpoints/)" in error(str(tmp_path))
     ckpt = run_dir / "checkpoints" / "best.pt"
     assert "is a checkpoint itself" in error(str(ckpt), "--checkpoint", "last")
     outside = tmp_path / "weights.pt"
@@ -279,7 +280,7 @@ def test_a_checkpoint_inside_a_run_with_the_runs_own_model_name(run_dir, tmp_pat
     assert read_back(tmp_path / "m.pt2", "pt2")[1]["model_options"]["num_classes"] == 10
     for other in (["--model", "mlp"], ["--model", "cnn", "--model-opt", "num_classes=3"]):
         message = export_error(ckpt, *other)
-        assert f"'{run_dir}' is a run directory of `xt run`: its config.json names the model (cnn)" in message
+        assert f"'{run_dir}' is a run directory: it records its model (cnn)" in message
 
 
 def test_checkpoint_takes_best_last_or_a_file(run_dir, tmp_path):
@@ -461,7 +462,10 @@ def test_export_trained_takes_the_best_weights_classes_and_normalisation(tmp_pat
     final = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.classifier[-1].bias.add_(5.0)  # "training" went on after the best epoch
-    result = export_trained(tmp_path / "run", model, data.loaders["val"], "pt2", quiet=True)
+    normalization = data.info["normalization"]
+    result = export_trained(
+        tmp_path / "run", model, data.loaders["val"], "pt2", quiet=True, normalization=normalization
+    )
 
     assert (
         result.path == tmp_path / "run" / "model.pt2" and model.classifier[-1].bias[0] > 4
@@ -470,7 +474,8 @@ def test_export_trained_takes_the_best_weights_classes_and_normalisation(tmp_pat
     best = registry.create_model("cnn", image_size=16, num_classes=2, channels=(4,), hidden=(8,))
     best.load_state_dict(final)
     x = next(iter(data.loaders["val"]))[0]
-    torch.testing.assert_close(exported(x), best.eval()(x))
+    # the exported model normalises itself: it takes the raw pixels the data normalised
+    torch.testing.assert_close(exported(raw_inputs(x, normalization)), best.eval()(x), atol=1e-5, rtol=1e-4)
     assert meta["checkpoint"] == "best.pt" and meta["epoch"] == 3 and meta["model"] == "CNN"
     assert meta["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

@@ -234,7 +234,6 @@ def run_onnx_alone(model: Path, raw: torch.Tensor, tmp_path: Path) -> torch.Tens
     return torch.from_numpy(np.load(outputs))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_exported_onnx_file_alone_takes_raw_inputs(name: str, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
@@ -282,7 +281,7 @@ def test_data_of_other_inputs_records_no_normalization(name: str) -> None:
 def test_normalize_works_along_dim_1_at_any_rank(shape: tuple[int, ...]) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)
-    mean, std = [1.0, -2.0, 300.0], [0.5, 2.0, 0.001]
+    mean, std = [1.0, -0.002, 300.0], [0.5, 0.001, 20.0]
     view = (1, 3) + (1,) * (len(shape) - 2)
     expected = (x - torch.tensor(mean).view(view)) / torch.tensor(std).view(view)
     torch.testing.assert_close(Normalize(mean, std)(x), expected)

@@ -7,8 +7,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from xt_training.utils import functional as F
 XT = [sys.executable, "-m", "xt_training"]
 
 # a user's model module, importable by the processes the tests start (PYTHONPATH)
-NET = '''
+NET = """
 from torch import nn
 
 
@@ -33,7 +33,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.body(x)
-'''
+"""
 
 
 @pytest.fixture
@@ -61,7 +61,9 @@ def _train(save_dir, model, **kwargs):
 
 
 def _xt(*args, cwd, env=None):
-    return subprocess.run([*XT, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [*XT, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_an_f_train_run_records_its_model_and_loads_by_class(tmp_path, user_module):
@@ -69,7 +71,10 @@ def test_an_f_train_run_records_its_model_and_loads_by_class(tmp_path, user_modu
     model = module.Net(20, hidden=8)
     _train(tmp_path / "run", model)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["model"] == {"class": "user_net:Net", "init": {"in_features": 20, "hidden": 8, "num_classes": 3}}
+    assert record["model"] == {
+        "class": "user_net:Net",
+        "init": {"in_features": 20, "hidden": 8, "num_classes": 3},
+    }
     assert record["input"] == {"shape": [20], "dtype": "float32"}
     assert record["monitor"] == "val/loss" and record["mode"] == "min"
     loaded = load_model(tmp_path / "run")
@@ -98,7 +103,9 @@ def test_f_train_refuses_a_directory_that_holds_a_run_and_overwrite_replaces_it(
     module, _ = user_module
     _train(tmp_path / "run", module.Net(20))
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    with pytest.raises(ConfigError, match=r"already holds a run; continue it with resume=True, or pass overwrite=True"):
+    with pytest.raises(
+        ConfigError, match=r"already holds a run; continue it with resume=True, or pass overwrite=True"
+    ):
         _train(tmp_path / "run", module.Net(20))
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before  # intact
     (tmp_path / "run" / "stale.txt").write_text("of the old run")
@@ -135,7 +142,8 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
     done = _xt("run", "--model", "mlp", "--data", "csv", "--data-opt", "path=data.csv", "--data-opt", "test_fraction=0.2", "--epochs", "1",
                "--save-dir", "byname", "-q", cwd=work, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (work / "config.py").write_text(textwrap.dedent('''
+    (work / "config.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
         from xt_training import registry
@@ -148,7 +156,8 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
         loss_fn = nn.CrossEntropyLoss()
         epochs = 1
         quiet = True
-    '''))
+    """)
+    )
     done = _xt("train", "config.py", "--save-dir", "byfile", "-q", cwd=work, env=env)
     assert done.returncode == 0, done.stderr
     _train(work / "byfunction", module.Net(20))
@@ -156,17 +165,24 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
     moved = tmp_path / "elsewhere"
     shutil.move(str(work), str(moved))  # the runs move with their directory; data.csv moves too...
     (tmp_path / "work").mkdir()
-    shutil.copy(moved / "data.csv", tmp_path / "work" / "data.csv")  # ...but xt run recorded its absolute path
+    shutil.copy(
+        moved / "data.csv", tmp_path / "work" / "data.csv"
+    )  # ...but xt run recorded its absolute path
     other = tmp_path / "other"
     other.mkdir()
-    for run, test_args in (("byname", []), ("byfile", []), ("byfunction", ["--data", "synthetic-classification",
-                                                                           "--data-opt", "n_samples=200"])):
+    for run, test_args in (
+        ("byname", []),
+        ("byfile", []),
+        ("byfunction", ["--data", "synthetic-classification", "--data-opt", "n_samples=200"]),
+    ):
         run_dir = moved / run
         assert isinstance(load_model(run_dir), nn.Module)
         done = _xt("test", run_dir, *test_args, "--json", cwd=other, env=env)
         assert done.returncode == 0, (run, done.stderr)
         assert "loss" in json.loads(done.stdout)["test"]
-        predict_args = [] if run == "byname" else ["--data", "synthetic-classification", "--data-opt", "n_samples=200"]
+        predict_args = (
+            [] if run == "byname" else ["--data", "synthetic-classification", "--data-opt", "n_samples=200"]
+        )
         done = _xt("predict", run_dir, *predict_args, "-o", other / f"{run}.csv", cwd=other, env=env)
         assert done.returncode == 0, (run, done.stderr)
         assert (other / f"{run}.csv").read_text().startswith("prediction,")
@@ -174,3 +190,35 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
         assert done.returncode == 0, (run, done.stderr)
         done = _xt("show", run_dir, cwd=other, env=env)
         assert done.returncode == 0 and "history" in done.stdout, (run, done.stderr)
+
+
+@pytest.mark.slow
+def test_the_exported_csv_model_on_raw_rows_equals_xt_predict(tmp_path):
+    """The CSV data standardises its features; the ONNX file must too: a deployer feeds it raw rows."""
+    rows = ["big,small,label"] + [f"{1000 + 37 * (i % 11)},{0.001 * (i % 5)},{i % 11 > 5}" for i in range(150)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    raw = [[1050.0, 0.002], [1370.0, 0.004], [1000.0, 0.0]]
+    (tmp_path / "new.csv").write_text("big,small\n" + "\n".join(f"{a},{b}" for a, b in raw) + "\n")
+    steps = [
+        ["run", "--model", "mlp", "--data", "csv", "--data-opt", "path=train.csv", "--epochs", "2",
+         "--save-dir", "run", "-q"],
+        ["export", "run", "-o", "model.onnx"],
+        ["predict", "run", "--input", "new.csv", "-o", "predicted.npy"],
+    ]  # fmt: skip
+    for args in steps:
+        done = _xt(*args, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    np.save(tmp_path / "raw.npy", np.array(raw, dtype=np.float32))
+    script = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "s = ort.InferenceSession('model.onnx')\n"
+        "out = s.run(None, {s.get_inputs()[0].name: np.load('raw.npy')})[0]\n"
+        "np.save('onnx.npy', out)\n"
+        "assert 'torch' not in sys.modules and 'xt_training' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    onnx, predicted = np.load(tmp_path / "onnx.npy"), np.load(tmp_path / "predicted.npy")
+    np.testing.assert_allclose(onnx, predicted, rtol=1e-4, atol=1e-5)
+    # the same model fed the raw rows without its scaling gives other outputs: the graph applies it
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["info"]["normalization"]["mean"][0] > 1000

@@ -447,6 +447,12 @@ def predict_run(
                     f"data '{name}' gives inputs with {key}={built.info[key]!r}, but the model of '{run_dir}' "
                     f"was trained on {key}={trained_on[key]!r}; predict on inputs of the shape it was trained on"
                 )
+        if trained_on.get("normalization") not in (None, built.info.get("normalization")):
+            # the data recomputed its scaling from its training files, which changed since the run
+            raise ConfigError(
+                f"data '{name}' now scales its inputs otherwise than when '{run_dir}' trained (its training file "
+                f"changed?); restore the file, or predict with the exported model, which keeps the run's scaling"
+            )
         loader, forward = built.loaders[split], built.forward_fn or predict_forward
     if out.suffix.lower() == ".csv":
         predicts = _loss_predicts(config["loss"]["name"] if config["loss"] else None, read_run(run_dir))
