@@ -27,6 +27,7 @@ import math
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class Setup:
     loss_fn: torch.nn.Module
     loader: DataLoader
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def run_dir(self) -> Path:
+        """A new run directory for each F.train call (F.train refuses one that holds a run)."""
+        return Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
 
 
 def make_setup(data: str, steps: int, epochs: int, workdir: Path, shuffle: bool = True) -> Setup:
@@ -170,7 +175,7 @@ def xt_defaults(s: Setup) -> Timing:
     checkpoints and history.json each epoch."""
     from xt_training.utils import functional as F
 
-    return timed(lambda: F.train(s.workdir / "run", s.loader, s.model, s.optimizer, s.epochs, s.loss_fn))
+    return timed(lambda: F.train(s.run_dir(), s.loader, s.model, s.optimizer, s.epochs, s.loss_fn))
 
 
 def xt_no_fast_path(s: Setup) -> Timing:
@@ -180,7 +185,7 @@ def xt_no_fast_path(s: Setup) -> Timing:
 
     return timed(
         lambda: F.train(
-            s.workdir / "run", s.loader, s.model, s.optimizer, s.epochs, s.loss_fn, fast_path=False
+            s.run_dir(), s.loader, s.model, s.optimizer, s.epochs, s.loss_fn, fast_path=False
         )
     )
 
@@ -201,10 +206,10 @@ def _train_logged(s: Setup, metrics: dict[str, Any]) -> Timing:
         from xt_training.loggers.tensorboard import TensorBoardLogger
     except ImportError as e:
         raise Skip(f"xt_training.loggers.tensorboard does not import yet ({e})") from None
-    loggers = [ConsoleLogger(progress=True), TensorBoardLogger(save_dir=s.workdir / "run")]
+    loggers = [ConsoleLogger(progress=True), TensorBoardLogger(save_dir=s.run_dir())]
     return timed(
         lambda: F.train(
-            s.workdir / "run",
+            s.run_dir(),
             s.loader,
             s.model,
             s.optimizer,
@@ -378,7 +383,7 @@ def memory(s: Setup) -> tuple[Timing, dict[str, Any]]:
     loggers = [ConsoleLogger(), probe]
     timing = timed(
         lambda: F.train(
-            s.workdir / "run",
+            s.run_dir(),
             s.loader,
             s.model,
             s.optimizer,
@@ -522,7 +527,7 @@ def _gpu_train(s: Setup) -> Timing:
     from xt_training.utils import functional as F
 
     return timed(
-        lambda: F.train(s.workdir / "run", s.loader, s.model, s.optimizer, s.epochs, s.loss_fn,
+        lambda: F.train(s.run_dir(), s.loader, s.model, s.optimizer, s.epochs, s.loss_fn,
                         device=s.device, precision="bf16-mixed", channels_last=True),
         s.device,
     )  # fmt: skip
@@ -546,7 +551,7 @@ def gpu_runner(s: Setup) -> Timing:
 
 def data_path(s: Setup) -> str:
     """Which data path F.train took, from the notices in the run's notes.txt."""
-    notes = s.workdir / "run" / "notes.txt"
+    notes = s.run_dir() / "notes.txt"
     text = notes.read_text() if notes.is_file() else ""
     fast = [line for line in text.splitlines() if line.startswith("fast path")]
     if fast:

@@ -128,7 +128,7 @@ def epoch_costs(steps: int, reps: int) -> None:
 
     def train() -> None:
         with contextlib.redirect_stdout(out):
-            F.train(s.workdir / "run", batches, s.model, s.optimizer, 1, s.loss_fn)
+            F.train(s.run_dir(), batches, s.model, s.optimizer, 1, s.loss_fn)
 
     print(f"## 2. F.train around the Runner: one epoch of {len(batches)} steps, console logger, CPU time\n")
     variants = {"Runner pass": lambda: runner(batches), "F.train, 1 epoch": train}

@@ -18,6 +18,7 @@ from . import registry
 from ._version import __version__
 from .config import DATA_INFO_KEYS, FORMAT, SCALARS, checked_run
 from .errors import ConfigError, XtError
+from .files import jsonable
 from .rundir import absolute_paths, direction
 
 __all__ = ["Built", "build", "seed_everything", "set_num_threads", "test_loaders"]
@@ -69,16 +70,6 @@ def _check_fit(config: Mapping[str, Any], data: registry.Data) -> None:
         )
 
 
-def _jsonable(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(map(_jsonable, value))
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
-    return False
-
-
 def make(
     kind: str, component: Mapping[str, Any], context: Mapping[str, Any] | None = None
 ) -> tuple[Any, dict]:
@@ -99,7 +90,7 @@ def make(
         ) from e
     entry = registry.current().entry(kind, name)
     defaults = {n: p.default for n, p in entry.parameters().items() if p.default is not p.empty}
-    resolved = {k: v for k, v in {**defaults, **given}.items() if _jsonable(v)}
+    resolved = {k: v for k, v in {**defaults, **given}.items() if jsonable(v)}
     source = f"{entry.distribution} {entry.version}" if entry.distribution else entry.plugin
     return obj, {"name": name, "options": options, "resolved": resolved, "source": source}
 
@@ -140,7 +131,7 @@ def build(
             f"data '{config['data']['name']}' returned {type(data).__name__}; a data factory must return "
             "xt_training.registry.Data"
         )
-    saved["info"] = {k: v for k, v in data.info.items() if _jsonable(v)}
+    saved["info"] = {k: v for k, v in data.info.items() if jsonable(v)}
     _check_fit(config, data)
     model, saved["model"] = make("model", config["model"], data.info)
     loss = config["loss"] or {"name": data.loss or "cross-entropy", "options": {}}

@@ -37,7 +37,7 @@ from typing import Any
 from . import registry
 from ._version import __version__
 from .errors import ConfigError
-from .rundir import CONFIG_FILE, CONFIG_PY, read_json
+from .rundir import CONFIG_FILE, CONFIG_PY, RUN_FILE, read_json
 
 __all__ = ["CONFIG_FILE", "default_config", "read_config", "check_config", "checked_run", "RESUME_MAY_CHANGE"]
 
@@ -112,6 +112,11 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ConfigError(
                 f"'{file.parent}' is a run of `xt train CONFIG.py` (its {CONFIG_PY}, no {CONFIG_FILE}), not "
                 f"built by names; start a new run from names with `xt run --model NAME --data NAME`"
+            )
+        if (file.parent / RUN_FILE).is_file():  # a run of F.train: built from objects, not names
+            raise ConfigError(
+                f"'{file.parent}' is a run of F.train (its {RUN_FILE}, no {CONFIG_FILE}), not built by names; "
+                "resume it with F.train(..., resume=True); xt test/predict/export take it with --data NAME"
             )
         raise ConfigError(
             f"'{file}' does not exist; pass a run directory written by `xt run`, or its {CONFIG_FILE}"

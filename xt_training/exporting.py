@@ -47,7 +47,7 @@ from .errors import ConfigError, XtError
 from .files import check_writable
 from .predict import model_expects
 from .preprocessing import raw_inputs, with_preprocessing
-from .rundir import checkpoints_dir
+from .rundir import BEST, checkpoints_dir
 
 if TYPE_CHECKING:
     import torch
@@ -659,7 +659,7 @@ def export_trained(
     save_dir = Path(save_dir)
     net = copy.deepcopy(unwrap_model(model)).cpu()
     meta: dict[str, Any] = {"model": type(net).__name__}
-    best = checkpoints_dir(save_dir) / "best.pt"
+    best = checkpoints_dir(save_dir) / BEST
     notes = []
     if best.is_file():
         state = load_checkpoint(best, net)

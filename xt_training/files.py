@@ -72,6 +72,17 @@ def atomic_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     os.replace(tmp, dst)
 
 
+def jsonable(value: Any) -> bool:
+    """Whether ``value`` is plain JSON: None, bools, numbers, strings, and lists and str-keyed dicts of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(map(jsonable, value))
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and jsonable(v) for k, v in value.items())
+    return False
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, background: BackgroundWriter | None = None) -> None:
     """Write ``obj`` as JSON with :func:`atomic_write`; with ``background``, on its thread (``obj`` is
     encoded here, so it may change afterwards)."""

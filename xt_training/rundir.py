@@ -30,6 +30,9 @@ HISTORY_FILE = "history.json"
 CONFIG_FILE = "config.json"
 CONFIG_PY = "config.py"
 CHECKPOINTS = "checkpoints"
+LAST = "last.pt"  # the whole state: every epoch, and mid-epoch every checkpoint_every_n_steps
+BEST = "best.pt"  # a second name of the last.pt of the epoch whose monitored value was the best
+CRASH = "crash.pt"  # the weights at an exception, for inspection (never resumed from)
 CHECKPOINT_NAMES = ("best", "last")
 #: the files whose presence means a run trained here (a config.json alone is a run that never started)
 RUN_MARKERS = (RUN_FILE, HISTORY_FILE, CHECKPOINTS)
@@ -72,7 +75,7 @@ def checkpoint_file(source: str | os.PathLike[str], checkpoint: str | os.PathLik
             raise CheckpointError(f"checkpoint '{checkpoint}' does not exist; {hint}")
         return path
     folder = checkpoints_dir(source)
-    path = folder / f"{checkpoint}.pt"
+    path = folder / (BEST if checkpoint == "best" else LAST)
     if path.is_file():
         return path
     others = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []

@@ -25,8 +25,7 @@ from .batch import (
 )
 from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError, first_line
 from .fastpath import FastIterator, check_data_on_device, fast_batches
-from .loggers import LoggerGroup
-from .loggers.console import ConsoleLogger
+from .loggers import LoggerGroup, default_loggers
 from .metric_contract import as_metric, get_state, set_state, set_sync
 from .rng import capture_rng, loader_generators, restore_rng
 
@@ -222,7 +221,7 @@ class Runner:
         self.log_every_n_steps = log_every_n_steps
         check_list("loggers", loggers)
         if loggers is None:
-            loggers = [] if quiet else [ConsoleLogger()]
+            loggers = default_loggers([], quiet)
         if not distributed.is_main():
             loggers = []  # only rank 0 prints and writes
         self.loggers = loggers if isinstance(loggers, LoggerGroup) else LoggerGroup(loggers)

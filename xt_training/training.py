@@ -29,12 +29,22 @@ from .callbacks import Run
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from .errors import ConfigError
 from .exporting import check_format, export_trained
-from .files import BackgroundWriter, atomic_link, prepare_dir, write_json
+from .files import BackgroundWriter, atomic_link, jsonable, prepare_dir, write_json
 from .loggers import create as create_logger
-from .loggers.console import ConsoleLogger
+from .loggers import default_loggers
 from .preprocessing import normalization_of
 from .rng import capture_rng, loader_generators, restore_rng
-from .rundir import HISTORY_FILE, RUN_FILE, checkpoints_dir, direction, holds_run
+from .rundir import (
+    BEST,
+    CHECKPOINTS,
+    CRASH,
+    HISTORY_FILE,
+    LAST,
+    RUN_FILE,
+    checkpoints_dir,
+    direction,
+    holds_run,
+)
 from .runner import Runner, check_instance, check_list, prepare_metrics, step_scheduler
 from .testing import check_loaders
 
@@ -148,7 +158,7 @@ def train(
     if not training.restore(resume, epochs):
         return run.history  # a finished run resumed with the same epochs: nothing to do
     if main:
-        training.record(train_loader, loss_fn, eval_metrics, epochs)
+        training.record(train_loader, loss_fn, epochs)
     status = "failed"
     with _stop_on_signals(runner, enabled=handle_signals) as training.received:
         try:
@@ -167,7 +177,7 @@ def train(
             raise
         except Exception:
             if main:
-                _save_crash(training.ckpt_dir / "crash.pt", model, run)
+                _save_crash(training.ckpt_dir / CRASH, model, run)
             raise
         finally:  # never `return` here: that would swallow the exception
             training.close(status)
@@ -286,7 +296,7 @@ class _Training:
         run, runner = self.run, self.runner
         runner.loggers.flush()  # what was logged up to the checkpoint survives a kill after it
         save_checkpoint(
-            self.ckpt_dir / "last.pt", run.model, run.optimizer, self.scheduler, background=self.background,
+            self.ckpt_dir / LAST, run.model, run.optimizer, self.scheduler, background=self.background,
             scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
             epoch=run.epoch if position is None else run.epoch - 1,  # the last completed epoch
             global_step=runner.global_step, history=run.history, monitor=run.monitor, mode=run.mode,
@@ -296,7 +306,7 @@ class _Training:
 
     def restore(self, resume: bool | str | os.PathLike[str], epochs: int) -> bool:
         """Continue from a checkpoint when ``resume`` asks; False when there is nothing left to train."""
-        run, runner, last = self.run, self.runner, self.ckpt_dir / "last.pt"
+        run, runner, last = self.run, self.runner, self.ckpt_dir / LAST
         if resume and (resume is not True or last.exists()):
             path = Path(resume) if resume is not True else last
             self.position = _restore(
@@ -338,7 +348,7 @@ class _Training:
             getattr(cb, "on_train_start", _noop)(run)
         return True
 
-    def record(self, loader: Any, loss_fn: Any, metrics: Mapping[str, Any] | None, epochs: int) -> None:
+    def record(self, loader: Any, loss_fn: Any, epochs: int) -> None:
         """Write ``run.json``: what a tool needs to use the run without the script that trained it."""
         run = self.run
         self.normalization = normalization_of([loader])
@@ -355,7 +365,7 @@ class _Training:
             "mode": run.mode,
             "directions": {n: _direction(n, self.passes) for n in names},
             "epochs": epochs,
-            "checkpoints": {"last": "checkpoints/last.pt", "best": "checkpoints/best.pt"},
+            "checkpoints": {"last": f"{CHECKPOINTS}/{LAST}", "best": f"{CHECKPOINTS}/{BEST}"},
         }
         write_json(run.save_dir / RUN_FILE, record)
 
@@ -415,7 +425,7 @@ class _Training:
         self.save()
         if self.main:
             if improved:  # the same state as last.pt: a second name, not a second write
-                self.background.submit(atomic_link, self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
+                self.background.submit(atomic_link, self.ckpt_dir / LAST, self.ckpt_dir / BEST)
             write_json(run.save_dir / HISTORY_FILE, run.history, self.background)
         runner.loggers.end_epoch(run.epoch, row, runner.global_step)
 
@@ -470,7 +480,7 @@ def model_record(model: torch.nn.Module) -> dict[str, Any]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         value = getattr(model, name, inspect.Parameter.empty)
-        if value is not inspect.Parameter.empty and _jsonable(value):
+        if value is not inspect.Parameter.empty and jsonable(value):
             init[name] = value
         elif p.default is inspect.Parameter.empty:  # a required argument that was not kept
             init = None
@@ -480,16 +490,6 @@ def model_record(model: torch.nn.Module) -> dict[str, Any]:
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _jsonable(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(map(_jsonable, value))
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
-    return False
 
 
 def _input_record(loader: Any) -> dict[str, Any] | None:
@@ -623,18 +623,9 @@ def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
 
 
 def _resolve_loggers(loggers: Iterable[Any] | None, save_dir: Path, quiet: bool) -> list[Any]:
-    """Logger instances from instances or registered names; the console logger unless quiet."""
-    resolved = []
-    for lg in loggers or []:
-        if isinstance(lg, str):
-            lg = create_logger(lg, save_dir)
-        resolved.append(lg)
-    resolved.append(_Notes(save_dir))
-    if quiet:
-        return [lg for lg in resolved if not isinstance(lg, ConsoleLogger)]
-    if not any(isinstance(lg, ConsoleLogger) for lg in resolved):
-        resolved.insert(0, ConsoleLogger())
-    return resolved
+    """Logger instances from instances or built-in names, the notes file, and the default console logger."""
+    resolved = [create_logger(lg, save_dir) if isinstance(lg, str) else lg for lg in loggers or []]
+    return default_loggers([*resolved, _Notes(save_dir)], quiet)
 
 
 class _Notes:

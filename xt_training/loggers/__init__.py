@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError
+from .console import ConsoleLogger
 
-__all__ = ["Logger", "LoggerGroup", "BUILTIN", "create"]
+__all__ = ["Logger", "LoggerGroup", "BUILTIN", "create", "default_loggers"]
 
 #: the built-in loggers by name: ``(class as 'module:attr', description)``; each takes ``save_dir``.
 #: The built-in plugin registers these names; ``F.train(loggers=['csv'])`` creates them here.
@@ -47,6 +48,15 @@ BUILTIN = {
     "csv": ("xt_training.loggers.csv:CSVLogger", "one CSV row per logged step"),
     "jsonl": ("xt_training.loggers.jsonl:JSONLLogger", "one JSON line per logged step"),
 }
+
+
+def default_loggers(given: Iterable[Any], quiet: bool) -> list[Any]:
+    """The loggers of a pass or a run: ``given``, with the console logger first unless one is given;
+    with ``quiet``, without any console logger."""
+    given = list(given)
+    if quiet:
+        return [lg for lg in given if not isinstance(lg, ConsoleLogger)]
+    return given if any(isinstance(lg, ConsoleLogger) for lg in given) else [ConsoleLogger(), *given]
 
 
 def create(name: str, save_dir: Path) -> Any:
