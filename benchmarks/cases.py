@@ -184,9 +184,7 @@ def xt_no_fast_path(s: Setup) -> Timing:
     from xt_training.utils import functional as F
 
     return timed(
-        lambda: F.train(
-            s.run_dir(), s.loader, s.model, s.optimizer, s.epochs, s.loss_fn, fast_path=False
-        )
+        lambda: F.train(s.run_dir(), s.loader, s.model, s.optimizer, s.epochs, s.loss_fn, fast_path=False)
     )
 
 

@@ -260,11 +260,13 @@ def test_a_new_run_refuses_a_directory_that_holds_one_and_a_failed_one_leaves_no
     invoke(*TINY, "--epochs", "1", "--save-dir", run, code=0)
     saved = read(tmp_path / "r" / "config.json")
     out = invoke(*TINY, "--model", "cnn", "--data", "synthetic-images", "--save-dir", run).output
-    fix = f"continue it with `xt run --resume {run}`, or choose another --save-dir"
+    fix = f"continue it with `xt run --resume {run}`, choose another --save-dir, or pass --overwrite"
     assert out == f"xt: error: '{run}' already holds a run; {fix}\n"
     (tmp_path / "c.py").write_text("model = train_loader = optimizer = loss_fn = None\nepochs = 1\n")
     out = invoke("train", str(tmp_path / "c.py"), "--save-dir", run).output
-    assert f"'{run}' already holds a run; choose another --save-dir" in out, out
+    assert (
+        f"'{run}' already holds a run; set resume = True in the config file, choose another --save-dir" in out
+    ), out
     assert read(tmp_path / "r" / "config.json") == saved
 
     invoke(*TINY, "--model", "mlpp", "--save-dir", str(tmp_path / "typo"))
@@ -315,12 +317,8 @@ def test_template_train_and_test_a_python_config_file(tmp_path):
         xt("test", "proj/config.py", "--checkpoint", "run/checkpoints/best.pt", "--json", cwd=tmp_path).stdout
     )
     assert results["test"]["acc"] > 0.8 and 0 < results["test"]["auc"] <= 1
-    # its run directory holds the config file, not a config.json: the error says how to test it
-    out = xt("test", "run", cwd=tmp_path, code=2).stderr
-    assert out == (
-        "xt: error: 'run' is a run of `xt train` (its config.py, no config.json); use the config file, e.g. "
-        "`xt test run/config.py --checkpoint run/checkpoints/best.pt`\n"
-    ), out
+    # its run directory holds the config file: `xt test RUN` tests its best checkpoint on the file's test_loaders
+    assert json.loads(xt("test", "run", "--json", cwd=tmp_path).stdout) == results
 
 
 # --- show / plot --------------------------------------------------------------------------------------------------
@@ -446,8 +444,8 @@ def bad_files(tmp_path, monkeypatch):
         (["list", "modles"], "unknown kind 'modles'; did you mean 'models'?"),
         (["info", "model", "resnt"], "unknown model 'resnt'"),
         (["test", "missing_dir"], "Path 'missing_dir' does not exist"),
-        (["test", "empty_run"], "config.json' does not exist"),
-        (["test", "nockpt"], "has no checkpoints/best.pt or last.pt; train it first"),
+        (["test", "empty_run"], "'empty_run' is not a run directory (no run.json, config.json or checkpoints/)"),
+        (["test", "nockpt"], "run directory 'nockpt' has no checkpoints; train it first"),
         (["test", "notes.txt"], "is neither a run directory nor a Python config file (.py)"),
         (["test", "incomplete.py"], "does not define 'test_loaders'"),
         (["test", "incomplete.py", "--split", "val"], "--split applies to run directories"),

@@ -124,7 +124,7 @@ def test_ddp_training_converges_and_writes_one_run_directory(tmp_path):
     assert abs(accs[0] - hist[-1]["val/acc"]) < 0.08 and accs[0] > 0.8
 
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.json", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.json", "notes.txt", "run.json"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     # each rank trains on its half: 500 examples in 32 batches of 16, an optimizer step every 2

@@ -409,7 +409,7 @@ def test_nonfinite_loss_skip_leaves_those_batches_out(tabular, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert history[0]["train/loss"] < 10 and "skipped 2 batches" in (tmp_path / "notes.txt").read_text()
     with pytest.raises(ConfigError, match="nonfinite_loss must be 'raise' or 'skip', not 'ignore'"):
-        F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, loss_fn,
+        F.train(tmp_path / "other", train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, loss_fn,
                 nonfinite_loss="ignore", quiet=True)  # fmt: skip
 
 

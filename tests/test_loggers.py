@@ -365,7 +365,7 @@ def test_a_new_run_in_the_same_directory_replaces_the_files(tmp_path):
             loggers=[CSVLogger(save_dir=tmp_path), JSONLLogger(save_dir=tmp_path), TensorBoardLogger(save_dir=tmp_path)])  # fmt: skip
     history = F.train(tmp_path, train, net, torch.optim.SGD(net.parameters(), lr=0.1), 1, nn.CrossEntropyLoss(),
                       quiet=True, loggers=[CSVLogger(save_dir=tmp_path), JSONLLogger(save_dir=tmp_path),
-                                           TensorBoardLogger(save_dir=tmp_path)])  # fmt: skip
+                                           TensorBoardLogger(save_dir=tmp_path)], overwrite=True)  # fmt: skip
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1]
     with open(tmp_path / "metrics.csv", newline="") as f:

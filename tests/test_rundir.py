@@ -195,7 +195,9 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
 @pytest.mark.slow
 def test_the_exported_csv_model_on_raw_rows_equals_xt_predict(tmp_path):
     """The CSV data standardises its features; the ONNX file must too: a deployer feeds it raw rows."""
-    rows = ["big,small,label"] + [f"{1000 + 37 * (i % 11)},{0.001 * (i % 5)},{i % 11 > 5}" for i in range(150)]
+    rows = ["big,small,label"] + [
+        f"{1000 + 37 * (i % 11)},{0.001 * (i % 5)},{i % 11 > 5}" for i in range(150)
+    ]
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
     raw = [[1050.0, 0.002], [1370.0, 0.004], [1000.0, 0.0]]
     (tmp_path / "new.csv").write_text("big,small\n" + "\n".join(f"{a},{b}" for a, b in raw) + "\n")
@@ -221,4 +223,6 @@ def test_the_exported_csv_model_on_raw_rows_equals_xt_predict(tmp_path):
     onnx, predicted = np.load(tmp_path / "onnx.npy"), np.load(tmp_path / "predicted.npy")
     np.testing.assert_allclose(onnx, predicted, rtol=1e-4, atol=1e-5)
     # the same model fed the raw rows without its scaling gives other outputs: the graph applies it
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["info"]["normalization"]["mean"][0] > 1000
+    assert (
+        json.loads((tmp_path / "run" / "config.json").read_text())["info"]["normalization"]["mean"][0] > 1000
+    )

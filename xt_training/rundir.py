@@ -34,8 +34,6 @@ LAST = "last.pt"  # the whole state: every epoch, and mid-epoch every checkpoint
 BEST = "best.pt"  # a second name of the last.pt of the epoch whose monitored value was the best
 CRASH = "crash.pt"  # the weights at an exception, for inspection (never resumed from)
 CHECKPOINT_NAMES = ("best", "last")
-#: the files whose presence means a run trained here (a config.json alone is a run that never started)
-RUN_MARKERS = (RUN_FILE, HISTORY_FILE, CHECKPOINTS)
 
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
@@ -43,14 +41,20 @@ def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def holds_run(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory in which a run has trained (its files would mix with a new run's)."""
-    return any((Path(path) / name).exists() for name in RUN_MARKERS)
+    """Whether a run has trained in ``path``: it has a completed epoch or a checkpoint to resume from.
+
+    Its files would mix with a new run's. A run that failed before either (a typo, a loss that does not
+    fit) leaves nothing worth keeping: the same command may run there again.
+    """
+    path = Path(path)
+    return (path / HISTORY_FILE).exists() or (path / CHECKPOINTS / LAST).exists()
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a run directory of any entry point."""
     path = Path(path)
-    return path.is_dir() and (holds_run(path) or (path / CONFIG_FILE).is_file())
+    markers = (RUN_FILE, CONFIG_FILE, CONFIG_PY, HISTORY_FILE, CHECKPOINTS)
+    return path.is_dir() and any((path / name).exists() for name in markers)
 
 
 def checkpoint_file(source: str | os.PathLike[str], checkpoint: str | os.PathLike[str] = "best") -> Path:

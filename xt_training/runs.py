@@ -108,7 +108,8 @@ def train(
         )
     save_dir = Path(save_dir)
     if not resume:
-        refuse_held_run(save_dir, overwrite, "continue it with `xt run --resume {dir}`, or pass --overwrite")
+        fix = "continue it with `xt run --resume {dir}`, choose another --save-dir, or pass --overwrite"
+        refuse_held_run(save_dir, overwrite, fix)
     built = build(config, save_dir)  # before the directory is made: a bad configuration leaves none behind
     if resume:
         _check_resume(save_dir, config, built)
@@ -167,9 +168,14 @@ def test(
     into ``save_dir`` (default: the run directory).
     """
     run_dir = Path(run_dir)
-    ckpt = checkpoint_file(run_dir, checkpoint)
+    if not is_run_dir(run_dir):
+        raise ConfigError(
+            f"'{run_dir}' is not a run directory (no {RUN_FILE}, {CONFIG_FILE} or checkpoints/); pass a run "
+            "directory, or a Python config file"
+        )
     out = run_dir if save_dir is None else save_dir
     if data is None and not (run_dir / CONFIG_FILE).is_file() and (run_dir / CONFIG_PY).is_file():
+        ckpt = checkpoint_file(run_dir, checkpoint)
         return test_config_file(
             run_dir / CONFIG_PY, checkpoint=ckpt, save_dir=out, device=device, quiet=quiet
         )
@@ -182,7 +188,7 @@ def test(
         model, data_set, loss_fn, metrics = built.model, built.data, built.loss_fn, built.metrics
         device = device if device is not None else config["device"]
     elif data is not None:  # a run of F.train: its model from run.json, the data's own loss and metrics
-        model = load_model(run_dir, ckpt)
+        model = load_model(run_dir, checkpoint)
         data_set, _ = make("data", {"name": data, "options": absolute_paths(dict(data_options or {}))})
         loss_fn, _ = make("loss", {"name": data_set.loss or "cross-entropy", "options": {}})
         metrics = {m: make("metric", {"name": m, "options": {}})[0] for m in data_set.metrics}
@@ -196,6 +202,7 @@ def test(
         raise ConfigError(
             f"the data of '{run_dir}' has no test split; pick one with --split ({', '.join(data_set.loaders)})"
         )
+    ckpt = checkpoint_file(run_dir, checkpoint)  # after the cheaper checks of the data's splits
     return F.test(
         loaders,
         model,
@@ -264,7 +271,7 @@ def train_config_file(
             default_save_dir(Path(path).stem) if distributed.is_main() else None
         )
     if not kwargs.get("resume"):  # a config file with resume = True continues its run
-        fix = "set resume = True in the config file, or pass --overwrite"
+        fix = "set resume = True in the config file, choose another --save-dir, or pass --overwrite"
         refuse_held_run(Path(save_dir), kwargs.pop("overwrite", False) or overwrite, fix)
     if distributed.is_main():
         save_dir = prepare_dir(save_dir)

@@ -493,16 +493,19 @@ def _qualname(cls: type) -> str:
 
 
 def _input_record(loader: Any) -> dict[str, Any] | None:
-    """The shape (without the batch) and dtype of one input, where the loader's data set tells it cheaply."""
+    """The shape (without the batch) and dtype of one input, where the data holds its inputs as a tensor.
+
+    Read from ``TensorDataset.tensors`` (through ``Subset``-like wrappers), never by indexing the data
+    set: that would run its transforms and draw from the random number generators a plain loop uses.
+    """
     dataset = getattr(loader, "dataset", None)
-    try:
-        item = dataset[0] if dataset is not None else None
-    except Exception:  # a data set that cannot be indexed (iterable, or an error): not recorded
+    while dataset is not None and not hasattr(dataset, "tensors"):
+        dataset = getattr(dataset, "dataset", None)
+    tensors = getattr(dataset, "tensors", None)
+    if not tensors or not isinstance(tensors[0], torch.Tensor):
         return None
-    x = item[0] if isinstance(item, (tuple, list)) and item else item
-    if not isinstance(x, torch.Tensor):
-        return None
-    return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+    x = tensors[0]
+    return {"shape": list(x.shape[1:]), "dtype": str(x.dtype).removeprefix("torch.")}
 
 
 def _direction(name: str, passes: dict[str, tuple[Iterable[Any], dict[str, Any]]]) -> str:

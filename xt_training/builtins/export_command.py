@@ -89,9 +89,10 @@ def export_command(
     """Export a trained model to ONNX, torch.export (.pt2) or TorchScript, and verify it.
 
     \b
-    SOURCE is a run directory of `xt run` (its model is rebuilt from config.json and loaded from
-    checkpoints/best.pt, or --checkpoint; the example input is one batch of its data) or a checkpoint
-    file (outside a run: with --model and --input-shape). The file is loaded back with its runtime
+    SOURCE is a run directory of any kind (`xt run`, `xt train`, F.train; its model is rebuilt and loaded
+    from checkpoints/best.pt, or --checkpoint; the example input is one batch of its data, or of the
+    input shape the run recorded) or a checkpoint file (outside a run: with --model and --input-shape).
+    The data's normalisation goes into the exported model, which then takes raw inputs. The file is loaded back with its runtime
     (ONNX Runtime, torch.export.load, torch.jit.load) and compared with the model at two batch sizes.
 
     \b

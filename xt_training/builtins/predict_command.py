@@ -62,8 +62,9 @@ def predict_command(
       xt predict runs/RUN_DIR --input new.csv -o predictions.csv  (unlabelled rows)
       xt predict runs/RUN_DIR --input texts.txt -o predictions.csv
 
-    RUN_DIR is a run directory of `xt run`: its model is rebuilt from config.json and loaded from
-    the checkpoint. .csv and .npy files are written batch by batch.
+    RUN_DIR is a run directory of any kind: its model is rebuilt (from config.json or run.json) and
+    loaded from the checkpoint. A run of F.train or `xt train` records no data by name: name it with
+    --data. .csv and .npy files are written batch by batch.
     """
     from ..runs import predict_run  # lazy: imports torch
 

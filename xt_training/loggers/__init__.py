@@ -24,6 +24,7 @@ they are read from the device only at logging steps.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -60,11 +61,13 @@ def default_loggers(given: Iterable[Any], quiet: bool) -> list[Any]:
 
 
 def create(name: str, save_dir: Path) -> Any:
-    """A built-in logger by name; a plugin's logger is an error naming how to create it."""
+    """A built-in logger by name; another name is an error naming the close match, or how to pass it."""
     if name not in BUILTIN:
+        close = difflib.get_close_matches(name, BUILTIN, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
-            f"logger {name!r} is not built in ({', '.join(BUILTIN)}); pass an instance, e.g. "
-            f"xt_training.create_logger({name!r}, save_dir=...)"
+            f"unknown logger {name!r}; {hint}F.train takes the built-in names ({', '.join(BUILTIN)}) and logger "
+            f"instances, e.g. xt_training.create_logger(NAME, save_dir=...) for a plugin's"
         )
     module, attr = BUILTIN[name][0].split(":")
     return getattr(importlib.import_module(module), attr)(save_dir=save_dir)
