@@ -226,3 +226,26 @@ def test_the_exported_csv_model_on_raw_rows_equals_xt_predict(tmp_path):
     assert (
         json.loads((tmp_path / "run" / "config.json").read_text())["info"]["normalization"]["mean"][0] > 1000
     )
+
+
+def test_xt_run_overwrite_replaces_a_held_run_and_a_failed_run_blocks_nothing(tmp_path):
+    tiny = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200",
+            "--epochs", "1", "--save-dir", "r", "-q"]  # fmt: skip
+    assert _xt(*tiny, cwd=tmp_path).returncode == 0
+    refused = _xt(*tiny, cwd=tmp_path)
+    assert (
+        refused.returncode == 2
+        and "already holds a run" in refused.stderr
+        and "--overwrite" in refused.stderr
+    )
+    (tmp_path / "r" / "stale.txt").write_text("of the old run")
+    assert _xt(*tiny, "--overwrite", cwd=tmp_path).returncode == 0
+    assert (
+        not (tmp_path / "r" / "stale.txt").exists() and (tmp_path / "r" / "checkpoints" / "best.pt").is_file()
+    )
+    # a run that fails in its first batch leaves no epoch and no checkpoint: the same command may run again
+    failing = ["run", "--model", "mlp", "--data", "synthetic-classification", "--loss", "bce-with-logits",
+               "--epochs", "1", "--save-dir", "f", "-q"]  # fmt: skip
+    first, second = _xt(*failing, cwd=tmp_path), _xt(*failing, cwd=tmp_path)
+    assert first.returncode != 0 and second.stderr.splitlines()[-1] == first.stderr.splitlines()[-1]
+    assert "already holds a run" not in second.stderr
