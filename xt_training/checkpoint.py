@@ -21,7 +21,7 @@ import torch
 
 from ._version import __version__
 from .batch import tensor_bytes
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import BackgroundWriter, atomic_write
 
 # Checkpoints larger than this are written directly by the training thread, without the in-memory
@@ -159,10 +159,7 @@ def load_checkpoint(
 
 def _first_sentence(e: BaseException) -> str:
     """torch's reason, for a one-line message: its first sentence, without terminal colour codes."""
-    text = (
-        re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    )
-    return re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+    return re.split(r"(?<=[.!?])\s", first_line(e), maxsplit=1)[0].rstrip(".")
 
 
 def _strip_prefixes(weights: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,10 @@ errors without a traceback. They subclass the built-in exception a Python user w
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours, which torch's exporters put into their messages
+
 
 class XtError(Exception):
     """Base class of xt-training's user-facing errors."""
@@ -36,7 +40,8 @@ class NonFiniteLossError(XtError, FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's message as one line for a one-line error: its first line, else its type's name."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def first_line(error: BaseException | Warning | str) -> str:
+    """An exception's (or warning's) message as one line for a one-line error: its first non-blank line,
+    without terminal colour codes and with runs of spaces as one, else its type's name."""
+    lines = [" ".join(ln.split()) for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .batch import describe, to_device
 from .checkpoint import load_checkpoint, unwrap_model
-from .errors import ConfigError, XtError
+from .errors import ConfigError, XtError, first_line
 from .files import check_writable
 from .predict import model_expects
 from .preprocessing import raw_inputs, with_preprocessing
@@ -356,7 +356,7 @@ def _misfit(model: torch.nn.Module, example_input: Any, error: Exception) -> str
     """Why the model failed on the example input: its shape beside the one the model's first layer expects."""
 
     return (
-        f"the model fails on the example input {describe(example_input)} ({_first_line(error)})"
+        f"the model fails on the example input {describe(example_input)} ({first_line(error)})"
         f"{model_expects(model)}; give an example input of the shape it was trained on (--input-shape)"
     )
 
@@ -444,7 +444,7 @@ def _write_onnx(
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise ExportError(f"ONNX Runtime cannot load the exported model: {_first_line(e)}") from None
+            raise ExportError(f"ONNX Runtime cannot load the exported model: {first_line(e)}") from None
         wanted = [i.name for i in session.get_inputs()]
 
         def run(xb: Any) -> list[torch.Tensor]:
@@ -454,7 +454,7 @@ def _write_onnx(
             except Exception as e:
                 n = _batch_size(_leaves(xb, "input"), False)
                 raise ExportError(
-                    f"ONNX Runtime cannot run the exported model on a batch of {n}: {_first_line(e)}"
+                    f"ONNX Runtime cannot run the exported model on a batch of {n}: {first_line(e)}"
                 ) from None
             return [torch.from_numpy(o) for o in outputs]
 
@@ -523,10 +523,10 @@ def _write_torchscript(
             except Exception as e:
                 raise _capture_error(e, "torchscript") from None
         notes.append(
-            f"torch.jit.script failed ({_first_line(script_error)}), so the model was traced: control flow "
+            f"torch.jit.script failed ({first_line(script_error)}), so the model was traced: control flow "
             "follows the example batch"
         )
-        tracer = {_first_line(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+        tracer = {first_line(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
         notes += [f"tracer: {line}" for line in sorted(tracer)[:3]]
     torch.jit.save(module, str(path), _extra_files={METADATA_FILE: json.dumps(meta)})
     result = ExportResult(path, "torchscript", 0, [], [], dynamic, method, notes=notes)
@@ -553,7 +553,7 @@ def _verify(
                 expected = _leaves(model(xb), "the model's output")
         except Exception as e:
             raise ExportError(
-                f"the model itself fails on a batch of {n} ({type(e).__name__}: {_first_line(e)}), so its batch "
+                f"the model itself fails on a batch of {n} ({type(e).__name__}: {first_line(e)}), so its batch "
                 "size is not dynamic; export with --static-batch (dynamic_batch=False)"
             ) from None
         try:
@@ -562,7 +562,7 @@ def _verify(
             raise
         except Exception as e:
             raise ExportError(
-                f"the exported model fails on a batch of {n}: {type(e).__name__}: {_first_line(e)}"
+                f"the exported model fails on a batch of {n}: {type(e).__name__}: {first_line(e)}"
             ) from None
         if len(got) != len(expected):
             raise ExportError(
@@ -594,18 +594,13 @@ def _verify(
     return worst
 
 
-def _first_line(e: Any) -> str:
-    lines = [" ".join(ln.split()) for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
 def _capture_error(e: BaseException, format: str) -> ExportError:
     """One line: what kept the exporter from capturing the model, the exporter's own reason, what to try."""
     root = e
     while root.__cause__ is not None:
         root = root.__cause__
     text = _ANSI.sub("", str(root))
-    reason = f"{type(root).__name__}: {_first_line(text)}"
+    reason = f"{type(root).__name__}: {first_line(text)}"
     call = re.search(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(\S.*)', text)
     where = f" (at {Path(call[1]).name}:{call[2]} in {call[3]}: `{call[4].strip()}`)" if call else ""
     fixed = re.search(r"specialized it to be a constant \((\d+)\)", text)

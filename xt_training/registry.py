@@ -37,7 +37,7 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 __all__ = [
     "KINDS",
@@ -458,8 +458,7 @@ def _hook_names() -> list[str]:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _make_register(kind: str, status: PluginStatus, entries: dict[str, Entry]) -> Callable[..., None]:
