@@ -121,12 +121,6 @@ def open_storage(url: str) -> Any:
         ) from None
 
 
-def default_mode(monitor: str) -> str:
-    """F.train's rule: ``'min'`` for loss- or error-like names, else ``'max'``."""
-    metric = monitor.rsplit("/", 1)[-1].lower()
-    return "min" if any(word in metric for word in ("loss", "err", "mse", "mae", "rmse")) else "max"
-
-
 def make_definition(
     config: Mapping[str, Any], search: Mapping[str, str] | str | Path | Callable[[Any], Mapping[str, Any]]
 ) -> dict[str, Any]:
@@ -137,13 +131,14 @@ def make_definition(
     study's direction must be known before the first trial runs.
     """
     from xt_training.config import check_config
+    from xt_training.rundir import direction
 
     config = check_config(dict(config))
     for kind, plural in (("model", "models"), ("data", "data")):
         if config[kind] is None:
             raise ConfigError(f"no {kind} is chosen; pick one with --{kind} NAME (`xt list {plural}`)")
     config["monitor"] = config["monitor"] or "val/loss"
-    config["mode"] = config["mode"] or default_mode(config["monitor"])
+    config["mode"] = config["mode"] or direction(config["monitor"])  # F.train's rule for that name
     definition: dict[str, Any] = {"format": FORMAT, "config": config}
     if isinstance(search, Mapping):
         space = parse_space(search)
