@@ -73,9 +73,12 @@ class Setup:
     loader: DataLoader
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    last_run: Path | None = None
+
     def run_dir(self) -> Path:
         """A new run directory for each F.train call (F.train refuses one that holds a run)."""
-        return Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
+        self.last_run = Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
+        return self.last_run
 
 
 def make_setup(data: str, steps: int, epochs: int, workdir: Path, shuffle: bool = True) -> Setup:
@@ -549,8 +552,8 @@ def gpu_runner(s: Setup) -> Timing:
 
 def data_path(s: Setup) -> str:
     """Which data path F.train took, from the notices in the run's notes.txt."""
-    notes = s.run_dir() / "notes.txt"
-    text = notes.read_text() if notes.is_file() else ""
+    notes = s.last_run / "notes.txt" if s.last_run is not None else None
+    text = notes.read_text() if notes is not None and notes.is_file() else ""
     fast = [line for line in text.splitlines() if line.startswith("fast path")]
     if fast:
         return fast[0].split(" -- ")[0]  # e.g. 'fast path: batches are gathered on cuda:0 directly from ...'
