@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,10 +72,8 @@ def test_an_f_train_run_records_its_model_and_loads_by_class(tmp_path, user_modu
     model = module.Net(20, hidden=8)
     _train(tmp_path / "run", model)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["model"] == {
-        "class": "user_net:Net",
-        "init": {"in_features": 20, "hidden": 8, "num_classes": 3},
-    }
+    init = {"in_features": 20, "hidden": 8, "num_classes": 3}
+    assert record["model"] == {"class": "user_net:Net", "init": init, "missing": []}
     assert record["input"] == {"shape": [20], "dtype": "float32"}
     assert record["monitor"] == "val/loss" and record["mode"] == "min"
     loaded = load_model(tmp_path / "run")
@@ -108,10 +107,44 @@ def test_f_train_refuses_a_directory_that_holds_a_run_and_overwrite_replaces_it(
     ):
         _train(tmp_path / "run", module.Net(20))
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before  # intact
-    (tmp_path / "run" / "stale.txt").write_text("of the old run")
+    (tmp_path / "run" / "mine.txt").write_text("not the run's")
     history = _train(tmp_path / "run", module.Net(20, hidden=4), overwrite=True)
-    assert len(history) == 2 and not (tmp_path / "run" / "stale.txt").exists()
+    assert len(history) == 2 and (tmp_path / "run" / "mine.txt").read_text() == "not the run's"  # kept
     assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["init"]["hidden"] == 4
+
+
+def test_a_constructor_argument_the_model_does_not_keep_is_not_guessed(tmp_path, user_module):
+    class Activated(user_module[0].Net):  # keeps in_features, hidden, num_classes; not act
+        def __init__(self, in_features, hidden=16, num_classes=3, act="relu"):
+            super().__init__(in_features, hidden, num_classes)
+            self.body[1] = nn.GELU() if act == "gelu" else nn.ReLU()
+
+    Activated.__module__, Activated.__qualname__ = "user_net", "Net"  # as if importable: the record decides
+    _train(tmp_path / "run", Activated(20, act="gelu"))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["missing"] == ["act"]
+    with pytest.raises(ConfigError, match=r"does not keep act as attributes of the same names"):
+        load_model(tmp_path / "run")  # a ReLU model with the GELU model's weights would load without a word
+
+
+def test_files_of_a_run_follow_the_umask(tmp_path, user_module):
+    old = os.umask(0o022)
+    try:
+        _train(tmp_path / "run", user_module[0].Net(20))
+    finally:
+        os.umask(old)
+    for name in ("run.json", "history.json", "checkpoints/last.pt"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_f_train_on_csv_data_records_its_standardisation(tmp_path, user_module):
+    rows = ["big,small,label"] + [f"{1000 + 37 * (i % 11)},{0.001 * (i % 5)},{i % 3}" for i in range(90)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    data = registry.create_data("csv", path=str(tmp_path / "t.csv"), batch_size=16)
+    model = user_module[0].Net(2)
+    F.train(tmp_path / "run", data.loaders["train"], model, torch.optim.Adam(model.parameters()), 1,
+            nn.CrossEntropyLoss(), quiet=True)  # fmt: skip
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["normalization"]
+    assert recorded == data.info["normalization"] and recorded["mean"][0] > 1000
 
 
 def test_f_test_and_f_predict_take_a_run_directory(tmp_path, user_module):
@@ -238,11 +271,11 @@ def test_xt_run_overwrite_replaces_a_held_run_and_a_failed_run_blocks_nothing(tm
         and "already holds a run" in refused.stderr
         and "--overwrite" in refused.stderr
     )
-    (tmp_path / "r" / "stale.txt").write_text("of the old run")
+    (tmp_path / "r" / "checkpoints" / "old.pt").write_text("of the old run")
+    (tmp_path / "r" / "notes.md").write_text("the user's")
     assert _xt(*tiny, "--overwrite", cwd=tmp_path).returncode == 0
-    assert (
-        not (tmp_path / "r" / "stale.txt").exists() and (tmp_path / "r" / "checkpoints" / "best.pt").is_file()
-    )
+    assert not (tmp_path / "r" / "checkpoints" / "old.pt").exists()  # the old run's files went
+    assert (tmp_path / "r" / "notes.md").read_text() == "the user's"  # what is not a run's stays
     # a run that fails in its first batch leaves no epoch and no checkpoint: the same command may run again
     failing = ["run", "--model", "mlp", "--data", "synthetic-classification", "--loss", "bce-with-logits",
                "--epochs", "1", "--save-dir", "f", "-q"]  # fmt: skip

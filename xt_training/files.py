@@ -36,6 +36,7 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide runs from the team that shares them
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -54,6 +55,13 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

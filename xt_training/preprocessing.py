@@ -200,18 +200,25 @@ def normalization_in(transform: Any) -> dict[str, list[float]] | None:
 
 
 def normalization_of(loaders: Iterable[Any] | Mapping[str, Any]) -> dict[str, list[float]] | None:
-    """The mean and std of a torchvision ``Normalize`` among the loaders' dataset transforms; None if there is none.
+    """The normalisation the loaders' data sets apply; None if there is none.
 
-    Datasets are followed through ``Subset``-like wrappers (``.dataset``) and transforms through
-    ``Compose`` (``.transforms``); the first ``Normalize`` found wins. A mapping of loaders by split
-    (``data.loaders``) is taken by its values.
+    A data set declares it as its attribute ``normalization`` (``{'mean', 'std'}``, as the built-in CSV data
+    does for its standardisation), or applies a torchvision ``Normalize`` among its transforms. Datasets are
+    followed through ``Subset``-like wrappers (``.dataset``) and transforms through ``Compose``
+    (``.transforms``); the first found wins. A mapping of loaders by split (``data.loaders``) is taken by
+    its values.
     """
     if isinstance(loaders, Mapping):
         loaders = loaders.values()
     for loader in loaders:
         dataset = getattr(loader, "dataset", None)
         while dataset is not None:
-            found = normalization_in(getattr(dataset, "transform", None))
+            declared = getattr(dataset, "normalization", None)
+            found = (
+                declared
+                if isinstance(declared, Mapping)
+                else normalization_in(getattr(dataset, "transform", None))
+            )
             if found is not None:
                 return found
             dataset = getattr(dataset, "dataset", None)

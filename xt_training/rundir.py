@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,28 @@ LAST = "last.pt"  # the whole state: every epoch, and mid-epoch every checkpoint
 BEST = "best.pt"  # a second name of the last.pt of the epoch whose monitored value was the best
 CRASH = "crash.pt"  # the weights at an exception, for inspection (never resumed from)
 CHECKPOINT_NAMES = ("best", "last")
+
+
+#: what a run writes into its directory (its loggers' files included), and so what ``overwrite`` deletes:
+#: never anything else that the directory holds
+RUN_FILES = (
+    RUN_FILE, HISTORY_FILE, CONFIG_FILE, CONFIG_PY, CHECKPOINTS, "notes.txt", "test_results.json", "results.pt",
+    "metrics.csv", "metrics.jsonl", "tensorboard", "curves.png", "lr_find.png",
+    "tokenizer_config.json", "vocab.json", "model.*", "model-*.*",
+)  # fmt: skip
+
+
+def remove_run(path: str | os.PathLike[str]) -> list[str]:
+    """Delete the files of the run in ``path`` (:data:`RUN_FILES`), leaving everything else; return their names."""
+    removed = []
+    for pattern in RUN_FILES:
+        for item in sorted(Path(path).glob(pattern)):
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+            removed.append(item.name)
+    return removed
 
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:

@@ -14,6 +14,7 @@ import json
 import os
 import runpy
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -227,6 +228,9 @@ def exec_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"'{file}' is JSON, not a Python config file; for a run's {CONFIG_FILE} use "
             "`xt run --config RUN_DIR`"
         )
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:  # as `python CONFIG.py` would: modules beside the config file import
+        sys.path.insert(0, folder)
     try:
         return runpy.run_path(str(file), run_name="__xt_config__")
     except SyntaxError as e:
@@ -343,13 +347,25 @@ def _rebuild_model(run_dir: Path) -> nn.Module:
         raise ConfigError(
             f"'{run_dir}' records no model (no {CONFIG_FILE} or {RUN_FILE}); pass it: load_model(RUN, model=Net(...))"
         )
-    fix = f"pass the model: load_model('{run_dir}', model={record['class'].rsplit('.', 1)[-1].split(':')[-1]}(...))"
+    module, _, qualname = record["class"].partition(":")
+    fix = f"or pass the model: load_model('{run_dir}', model={qualname.rsplit('.', 1)[-1]}(...))"
+    if module == "__main__" or "<locals>" in qualname:
+        raise ConfigError(
+            f"the run's model class {qualname} was defined in the script that trained it, so it cannot be "
+            f"imported here; move it into a module, {fix}"
+        )
     try:
         cls = registry.load_object(record["class"])
     except ConfigError as e:
-        raise ConfigError(f"the run's model class cannot be imported ({e}); {fix}") from None
+        raise ConfigError(
+            f"cannot import the run's model class {record['class']} ({e}); put its module on PYTHONPATH, {fix}"
+        ) from None
     if record.get("init") is None:
-        raise ConfigError(f"the constructor arguments of {record['class']} were not recorded; {fix}")
+        missing = ", ".join(record.get("missing") or []) or "its arguments"
+        raise ConfigError(
+            f"{record['class']} does not keep {missing} as attributes of the same names (self.x = x), so the "
+            f"run could not record how it was constructed; keep them, {fix}"
+        )
     try:
         return cls(**record["init"])
     except Exception as e:
@@ -415,6 +431,10 @@ def predict_run(
     """
 
     run_dir, out = Path(run_dir), Path(out)
+    if not is_run_dir(run_dir):
+        raise ConfigError(
+            f"'{run_dir}' is not a run directory (no {RUN_FILE}, {CONFIG_FILE} or checkpoints/); pass one"
+        )
     if (run_dir / CONFIG_FILE).is_file():
         config = read_config(run_dir)
     elif data is None:

@@ -11,7 +11,6 @@ import contextlib
 import inspect
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -44,6 +43,7 @@ from .rundir import (
     checkpoints_dir,
     direction,
     holds_run,
+    remove_run,
 )
 from .runner import Runner, check_instance, check_list, prepare_metrics, step_scheduler
 from .testing import check_loaders
@@ -190,8 +190,9 @@ def train(
 def refuse_held_run(save_dir: str | os.PathLike[str], overwrite: bool, fix: str) -> None:
     """A new run never goes into a directory that holds one (files of two runs would mix): one rule for all.
 
-    With ``overwrite`` the run's directory is emptied first. Rank 0's view decides on every rank, though
-    rank 0 may write before the others look.
+    With ``overwrite`` the run's files are deleted first (:func:`~xt_training.rundir.remove_run`: never
+    other files the directory holds). Rank 0's view decides on every rank, though rank 0 may write before
+    the others look.
     """
     save_dir = Path(save_dir)
     if not distributed.from_rank_0(holds_run(save_dir)):
@@ -199,7 +200,7 @@ def refuse_held_run(save_dir: str | os.PathLike[str], overwrite: bool, fix: str)
     if not overwrite:
         raise ConfigError(f"'{save_dir}' already holds a run; {fix.format(dir=save_dir)}")
     if distributed.is_main():
-        shutil.rmtree(save_dir)
+        remove_run(save_dir)
 
 
 def _check_arguments(
@@ -464,28 +465,31 @@ class _Training:
 
 
 def model_record(model: torch.nn.Module) -> dict[str, Any]:
-    """``{'class': 'module:qualname', 'init': {...} | None}``: how :func:`~xt_training.load_model` rebuilds it.
+    """``{'class': 'module:qualname', 'init': {...} | None, 'missing': [...]}``: how
+    :func:`~xt_training.load_model` rebuilds the model.
 
-    The constructor's arguments are captured where the model keeps each of them as an attribute of the
-    same name with a JSON value (``self.hidden = hidden``), or the constructor needs none; else ``init``
-    is None and the model must be passed to ``load_model``.
+    The constructor's arguments are captured only when the model keeps every one of them as an
+    attribute of the same name with a JSON value (``self.hidden = hidden``): an argument left at its
+    default in the rebuilt model could silently be another model (``act='gelu'`` trained, ``'relu'``
+    rebuilt, the same weights). Else ``init`` is None, ``missing`` names the arguments not kept, and the
+    model must be passed to ``load_model``.
     """
     cls = type(model)
-    init: dict[str, Any] | None = {}
+    init: dict[str, Any] = {}
+    missing: list[str] = []
     try:
-        params = inspect.signature(cls.__init__).parameters
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     except (TypeError, ValueError):
-        params = {}
-    for name, p in list(params.items())[1:]:
+        params = []
+    for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        value = getattr(model, name, inspect.Parameter.empty)
+        value = getattr(model, p.name, inspect.Parameter.empty)
         if value is not inspect.Parameter.empty and jsonable(value):
-            init[name] = value
-        elif p.default is inspect.Parameter.empty:  # a required argument that was not kept
-            init = None
-            break
-    return {"class": _qualname(cls), "init": init}
+            init[p.name] = value
+        else:
+            missing.append(p.name)
+    return {"class": _qualname(cls), "init": None if missing else init, "missing": missing}
 
 
 def _qualname(cls: type) -> str:

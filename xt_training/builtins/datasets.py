@@ -271,6 +271,8 @@ def csv_table(
     }
     if normalization is not None:  # an exported model applies it, so it takes the file's raw features
         info["normalization"] = normalization
+        for loader in loaders.values():  # declared on the data sets too: F.train records it from the loaders
+            loader.dataset.normalization = normalization
     return Data(loaders, info, **_CLASSIFICATION)
 
 
