@@ -82,6 +82,15 @@ def test_an_f_train_run_records_its_model_and_loads_by_class(tmp_path, user_modu
     assert not loaded.training
 
 
+def test_a_model_of_star_args_is_passed_in(tmp_path):
+    _train(tmp_path / "run", nn.Sequential(nn.Linear(20, 3)))
+    with pytest.raises(
+        ConfigError, match=r"Sequential takes \*args, whose values a run cannot record; pass the"
+    ):
+        load_model(tmp_path / "run")
+    assert isinstance(load_model(tmp_path / "run", model=nn.Sequential(nn.Linear(20, 3))), nn.Sequential)
+
+
 def test_a_model_that_cannot_be_rebuilt_is_passed_in(tmp_path):
     class Local(nn.Module):  # not importable: defined in a function
         def __init__(self):
@@ -223,6 +232,8 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
         assert done.returncode == 0, (run, done.stderr)
         done = _xt("show", run_dir, cwd=other, env=env)
         assert done.returncode == 0 and "history" in done.stdout, (run, done.stderr)
+        shown = "configuration (config.json)" if run == "byname" else "class: user_net:Net"
+        assert shown in done.stdout, (run, done.stdout)
 
 
 @pytest.mark.slow

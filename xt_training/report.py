@@ -17,13 +17,13 @@ from typing import Any
 
 from .errors import ConfigError
 from .loggers.console import format_value, is_scalar
-from .rundir import CONFIG_FILE, HISTORY_FILE
+from .rundir import CONFIG_FILE, HISTORY_FILE, RUN_FILE
 
 __all__ = ["show", "plot"]
 
 
 def show(run_dir: str | os.PathLike[str]) -> str:
-    """The run's configuration (from ``config.json``, if there is one) and its per-epoch metrics as a table."""
+    """The run's configuration (``config.json``; else what ``run.json`` recorded) and its per-epoch metrics."""
     run = _run_dir(run_dir)
     history = _history(run)
     parts = [f"run {run}"]
@@ -31,6 +31,12 @@ def show(run_dir: str | os.PathLike[str]) -> str:
     if config_path.exists():
         config = _read_json(config_path)
         parts.append(f"\nconfiguration ({CONFIG_FILE}):\n" + "\n".join(_config_lines(config, "  ")))
+    elif (run / RUN_FILE).exists():  # a run of F.train or xt train: what it recorded of itself
+        record = _read_json(run / RUN_FILE)
+        shown = {
+            k: record.get(k) for k in ("model", "loss", "input", "normalization", "monitor", "mode", "epochs")
+        }
+        parts.append(f"\nrun ({RUN_FILE}):\n" + "\n".join(_config_lines(shown, "  ")))
     epochs = f"{len(history)} epoch" + ("" if len(history) == 1 else "s")
     parts.append(f"\nhistory ({HISTORY_FILE}, {epochs}):")
     parts.append(_history_table(history) if history else "  no completed epoch yet")

@@ -362,6 +362,10 @@ def _rebuild_model(run_dir: Path) -> nn.Module:
         ) from None
     if record.get("init") is None:
         missing = ", ".join(record.get("missing") or []) or "its arguments"
+        if missing.startswith("*") or ", *" in missing:
+            raise ConfigError(
+                f"{record['class']} takes {missing}, whose values a run cannot record; {fix.removeprefix('or ')}"
+            )
         raise ConfigError(
             f"{record['class']} does not keep {missing} as attributes of the same names (self.x = x), so the "
             f"run could not record how it was constructed; keep them, {fix}"

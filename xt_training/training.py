@@ -482,7 +482,8 @@ def model_record(model: torch.nn.Module) -> dict[str, Any]:
     except (TypeError, ValueError):
         params = []
     for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):  # what was passed through them is unknown
+            missing.append(("*" if p.kind is p.VAR_POSITIONAL else "**") + p.name)
             continue
         value = getattr(model, p.name, inspect.Parameter.empty)
         if value is not inspect.Parameter.empty and jsonable(value):
