@@ -8,20 +8,21 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 from xt_training import load_model, registry
+from xt_training.cli import cli
 from xt_training.errors import CheckpointError, ConfigError
 from xt_training.rundir import checkpoint_file
 from xt_training.utils import functional as F
 
-XT = [sys.executable, "-m", "xt_training"]
-
-# a user's model module, importable by the processes the tests start (PYTHONPATH)
+# a user's model module, importable (the fixture puts its folder on sys.path)
 NET = """
 from torch import nn
 
@@ -61,10 +62,15 @@ def _train(save_dir, model, **kwargs):
     )  # fmt: skip
 
 
-def _xt(*args, cwd, env=None):
-    return subprocess.run(
-        [*XT, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
-    )
+def _xt(*args, cwd):
+    """The real `xt` command line, in this process (each `xt` process would import torch again), in ``cwd``."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def test_an_f_train_run_records_its_model_and_loads_by_class(tmp_path, user_module):
@@ -175,14 +181,13 @@ def test_f_test_and_f_predict_take_a_run_directory(tmp_path, user_module):
 def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tmp_path, user_module):
     """xt run (a CSV file given by a relative path), xt train CONFIG.py and F.train: load_model, xt test,
     xt predict, xt export and xt show, run from another directory, on the moved run directories."""
-    module, pkg = user_module
-    env = {**__import__("os").environ, "PYTHONPATH": str(pkg)}
+    module, _ = user_module
     work = tmp_path / "work"
     work.mkdir()
     rows = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'yes' if i % 7 > 3 else 'no'}" for i in range(120)]
     (work / "data.csv").write_text("\n".join(rows) + "\n")
     done = _xt("run", "--model", "mlp", "--data", "csv", "--data-opt", "path=data.csv", "--data-opt", "test_fraction=0.2", "--epochs", "1",
-               "--save-dir", "byname", "-q", cwd=work, env=env)  # fmt: skip
+               "--save-dir", "byname", "-q", cwd=work)  # fmt: skip
     assert done.returncode == 0, done.stderr
     (work / "config.py").write_text(
         textwrap.dedent("""
@@ -200,7 +205,7 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
         quiet = True
     """)
     )
-    done = _xt("train", "config.py", "--save-dir", "byfile", "-q", cwd=work, env=env)
+    done = _xt("train", "config.py", "--save-dir", "byfile", "-q", cwd=work)
     assert done.returncode == 0, done.stderr
     _train(work / "byfunction", module.Net(20))
 
@@ -219,18 +224,18 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
     ):
         run_dir = moved / run
         assert isinstance(load_model(run_dir), nn.Module)
-        done = _xt("test", run_dir, *test_args, "--json", cwd=other, env=env)
+        done = _xt("test", run_dir, *test_args, "--json", cwd=other)
         assert done.returncode == 0, (run, done.stderr)
         assert "loss" in json.loads(done.stdout)["test"]
         predict_args = (
             [] if run == "byname" else ["--data", "synthetic-classification", "--data-opt", "n_samples=200"]
         )
-        done = _xt("predict", run_dir, *predict_args, "-o", other / f"{run}.csv", cwd=other, env=env)
+        done = _xt("predict", run_dir, *predict_args, "-o", other / f"{run}.csv", cwd=other)
         assert done.returncode == 0, (run, done.stderr)
         assert (other / f"{run}.csv").read_text().startswith("prediction,")
-        done = _xt("export", run_dir, "-o", other / f"{run}.onnx", cwd=other, env=env)
+        done = _xt("export", run_dir, "-o", other / f"{run}.onnx", cwd=other)
         assert done.returncode == 0, (run, done.stderr)
-        done = _xt("show", run_dir, cwd=other, env=env)
+        done = _xt("show", run_dir, cwd=other)
         assert done.returncode == 0 and "history" in done.stdout, (run, done.stderr)
         shown = "configuration (config.json)" if run == "byname" else "class: user_net:Net"
         assert shown in done.stdout, (run, done.stdout)
