@@ -13,7 +13,7 @@ $(BIN)/xt: pyproject.toml
 	touch $@
 
 demo: $(BIN)/xt
-	$(BIN)/xt run --model cnn --data synthetic-images --epochs 3 --metric accuracy --save-dir runs/demo
+	$(BIN)/xt run --model cnn --data synthetic-images --epochs 3 --metric accuracy --save-dir runs/demo --overwrite
 
 test: $(BIN)/xt
 	$(BIN)/pytest -q
