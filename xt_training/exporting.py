@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import json
 import logging
@@ -38,7 +39,10 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch.utils import _pytree
 
 from ._version import __version__
 from .batch import describe, to_device
@@ -48,9 +52,6 @@ from .files import check_writable
 from .predict import model_expects
 from .preprocessing import raw_inputs, with_preprocessing
 from .rundir import BEST, checkpoints_dir
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "FORMATS",
@@ -158,8 +159,6 @@ def check_format(format: str, verify: bool = True) -> None:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if format != "onnx":
         return
-    import importlib
-
     missing = []
     for package in ONNX_PACKAGES if verify else ONNX_PACKAGES[:2]:
         try:
@@ -200,8 +199,6 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 
 # --- inputs and outputs as flat lists of named tensors ------------------------------------------------------------
 def _leaves(tree: Any, what: str) -> list[torch.Tensor]:
-    import torch
-    from torch.utils import _pytree
 
     leaves = _pytree.tree_leaves(tree)
     if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
@@ -213,8 +210,6 @@ def _leaves(tree: Any, what: str) -> list[torch.Tensor]:
 
 def _names(tree: Any, prefix: str) -> list[str]:
     """``'input'`` for a single tensor, dict keys for dicts, ``'input_0'``... for sequences."""
-    from torch.utils import _pytree
-
     paths = [path for path, _ in _pytree.tree_flatten_with_path(tree)[0]]
     if paths == [()]:
         return [prefix]
@@ -240,8 +235,6 @@ def _specs(tree: Any, prefix: str, batch: int | None) -> list[TensorSpec]:
 
 def _resize(tree: Any, n: int) -> Any:
     """The batch with ``n`` examples: the first ``n``, or the batch repeated until there are ``n``."""
-    import torch
-    from torch.utils import _pytree
 
     def resize(t: torch.Tensor) -> torch.Tensor:
         if t.ndim == 0:
@@ -266,8 +259,6 @@ def _batch_size(leaves: list[torch.Tensor], dynamic: bool) -> int:
 
 def _dynamic_shapes(x: Any) -> tuple[Any, ...]:
     """``dynamic_shapes`` for the arguments ``(x,)``: dimension 0 of every tensor is one shared batch."""
-    import torch
-    from torch.utils import _pytree
 
     batch = torch.export.Dim("batch", min=1)
     return (_pytree.tree_map(lambda t: {0: batch} if t.ndim else None, x),)
@@ -300,8 +291,6 @@ def export(
 
     The model is exported in ``eval()`` mode on its own device, and its mode is restored afterwards.
     """
-    import torch
-
     check_format(format, verify)
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 1):
         raise ConfigError(f"opset must be a positive integer, not {opset!r}")
@@ -395,8 +384,6 @@ def _write_onnx(
     out_names: list[str],
     device: Any,
 ) -> tuple[ExportResult, Loader]:
-    import torch
-
     in_names = _names(x, "input")
     try:
         program = torch.onnx.export(
@@ -483,8 +470,6 @@ def _write_pt2(
     out_names: list[str],
     device: Any,
 ) -> tuple[ExportResult, Loader]:
-    import torch
-
     try:
         program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(x) if dynamic else None)
     except Exception as e:
@@ -510,8 +495,6 @@ def _write_torchscript(
     device: Any,
 ) -> tuple[ExportResult, Loader]:
     """``torch.jit.script`` keeps Python control flow; models it cannot compile are traced on the example."""
-    import torch
-
     notes = []
     try:
         module, method = torch.jit.script(model), "torch.jit.script"
@@ -543,8 +526,6 @@ def _verify(
     model: Any, run: Callable[[Any], list[torch.Tensor]], batches: list[Any], names: list[str]
 ) -> float:
     """The largest absolute difference between ``run`` and the eager model over ``batches``; raises over tolerance."""
-    import torch
-
     worst = 0.0
     for xb in batches:
         n = _batch_size(_leaves(xb, "input"), False)
@@ -621,8 +602,6 @@ def _capture_error(e: BaseException, format: str) -> ExportError:
 
 def first_input(loader: Iterable[Any]) -> Any:
     """The ``x`` of the loader's first ``(x, y)`` batch; the global RNG is left as it was."""
-    import torch
-
     with torch.random.fork_rng(devices=[]):  # iterating a loader draws from the global RNG
         batch = next(iter(loader), None)
     if batch is None:
