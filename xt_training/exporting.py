@@ -274,6 +274,7 @@ def export(
     verify: bool = True,
     opset: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    normalization: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``path`` as ``format`` (``'onnx'``, ``'pt2'`` or ``'torchscript'``) and verify it.
 
@@ -288,6 +289,9 @@ def export(
             naming the output, and the file is removed.
         opset: the ONNX opset (``format='onnx'`` only); default: the exporter's.
         metadata: JSON-able facts stored in the file (the xt-training version is always added).
+        normalization: the data's normalisation (``{'mean', 'std'}`` along dimension 1) that
+            ``example_input`` went through: the exported graph applies it in front of the model, so the
+            file takes raw inputs (:mod:`xt_training.preprocessing`); the metadata says so.
 
     The model is exported in ``eval()`` mode on its own device, and its mode is restored afterwards.
     """
@@ -301,6 +305,10 @@ def export(
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     model = unwrap_model(model)
+    if normalization is not None:
+        meta.update(normalization=dict(normalization), inputs="raw: the normalization is inside the model")
+        example_input = raw_inputs(example_input, normalization)
+        model = with_preprocessing(model, normalization)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = to_device(example_input, device)
     n = _batch_size(_leaves(x, "the example input"), dynamic_batch)
@@ -644,12 +652,11 @@ def export_trained(
         notes.append(
             "no checkpoints/best.pt (the monitored value never improved): exported the final weights"
         )
-    x = first_input(loader)
-    if normalization is not None:  # inside the graph: the exported model takes raw inputs
-        meta["normalization"], meta["inputs"] = normalization, "raw: the normalization is inside the model"
-        net, x = with_preprocessing(net, normalization), raw_inputs(x, normalization)
     try:
-        result = export(net, x, save_dir / f"model{SUFFIXES[format]}", format, metadata=meta)
+        result = export(
+            net, first_input(loader), save_dir / f"model{SUFFIXES[format]}", format, metadata=meta,
+            normalization=normalization,
+        )  # fmt: skip
     except XtError as e:
         raise type(e)(
             f"training finished (checkpoints in {checkpoints_dir(save_dir)}), but exporting the best model "

@@ -42,7 +42,7 @@ from .errors import CheckpointError, ConfigError, first_line
 from .exporting import SUFFIXES, ExportResult, check_format, export, first_input, writable_output
 from .files import prepare_dir, write_json
 from .predict import predict, predict_forward
-from .preprocessing import normalization_of, raw_inputs, with_preprocessing
+from .preprocessing import normalization_of
 from .rundir import (
     CHECKPOINTS,
     CONFIG_PY,
@@ -642,12 +642,10 @@ def export_run(
     meta["checkpoint"] = ckpt.name
     if isinstance(epoch, int):
         meta["epoch"] = epoch
-    if normalization is not None:  # inside the graph: the exported model takes raw inputs
-        meta["normalization"], meta["inputs"] = normalization, "raw: the normalization is inside the model"
-        net, x = with_preprocessing(net, normalization), raw_inputs(x, normalization)
     return export(
-        net, x, output, format, dynamic_batch=dynamic_batch, verify=verify, opset=opset, metadata=meta
-    )
+        net, x, output, format, dynamic_batch=dynamic_batch, verify=verify, opset=opset, metadata=meta,
+        normalization=normalization,
+    )  # fmt: skip
 
 
 def _run_export_facts(run_dir: Path, x: Any) -> tuple[dict[str, Any], Any, dict[str, Any] | None]:
