@@ -364,8 +364,7 @@ def run_command(
         # checked once here, rather than by every process torchrun starts
         config.checked_run(run)
         if save_dir is not None and not overwrite:
-            fix = "continue it with `xt run --resume {dir}`, choose another --save-dir, or pass --overwrite"
-            runs.refuse_held_run(Path(save_dir), False, fix)
+            runs.refuse_held_run(Path(save_dir), False, runs.HELD_RUN_FIX)
         # torchrun's own entry point starts the processes; each runs this command without --nproc. The
         # "--" ends torchrun's options: its parser would otherwise take xt's --monitor for an
         # abbreviation of its --monitor-interval

@@ -206,7 +206,7 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def _identity(saved: Mapping[str, Any]) -> dict[str, Any]:
+def identity(saved: Mapping[str, Any]) -> dict[str, Any]:
     """What makes a saved configuration this run (not the versions of the code that provided its parts).
 
     Its components' names and resolved options, defaults included, and the scalars that may not change.
@@ -226,11 +226,11 @@ def _identity(saved: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(view))  # tuples become lists, as in the saved file
 
 
-def _differences(then: Any, now: Any, path: str = "") -> list[str]:
+def differences(then: Any, now: Any, path: str = "") -> list[str]:
     """``['seed: 0 then, 3 now', 'data.options.n_samples: 300 then, 900 now']``."""
     if isinstance(then, dict) and isinstance(now, dict):
         keys = [*then, *(k for k in now if k not in then)]
-        return [d for k in keys for d in _differences(then.get(k), now.get(k), f"{path}.{k}".lstrip("."))]
+        return [d for k in keys for d in differences(then.get(k), now.get(k), f"{path}.{k}".lstrip("."))]
     return [] if then == now else [f"{path}: {_named(then)!r} then, {_named(now)!r} now"]
 
 

@@ -50,15 +50,12 @@ def _checked(normalization: Mapping[str, Any]) -> tuple[list[float], list[float]
         )
     values = {}
     for key in ("mean", "std"):
-        value = normalization[key]
-        if isinstance(value, torch.Tensor):
-            value = value.flatten().tolist()
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
         try:
-            values[key] = [float(v) for v in value]
+            values[key] = _floats(normalization[key])
         except (TypeError, ValueError):
-            raise ConfigError(f"normalization {key!r} must be a list of numbers, not {value!r}") from None
+            raise ConfigError(
+                f"normalization {key!r} must be a list of numbers, not {normalization[key]!r}"
+            ) from None
         if not values[key]:
             raise ConfigError(f"normalization {key!r} is empty; give one value per channel or feature")
     mean, std = values["mean"], values["std"]
@@ -184,9 +181,10 @@ def _transforms(transform: Any) -> Iterator[Any]:
 
 
 def _floats(values: Any) -> list[float]:
+    """A tensor, a number (one value for every channel) or a sequence of numbers as a list of floats."""
     if isinstance(values, torch.Tensor):
         values = values.flatten().tolist()
-    elif isinstance(values, (int, float)):
+    elif isinstance(values, (int, float)) and not isinstance(values, bool):
         values = [values]
     return [float(v) for v in values]
 

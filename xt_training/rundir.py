@@ -30,6 +30,7 @@ RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "config.json"
 CONFIG_PY = "config.py"
+NOTES_FILE = "notes.txt"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"  # the whole state: every epoch, and mid-epoch every checkpoint_every_n_steps
 BEST = "best.pt"  # a second name of the last.pt of the epoch whose monitored value was the best
@@ -40,7 +41,7 @@ CHECKPOINT_NAMES = ("best", "last")
 #: what a run writes into its directory (its loggers' files included), and so what ``overwrite`` deletes:
 #: never anything else that the directory holds
 RUN_FILES = (
-    RUN_FILE, HISTORY_FILE, CONFIG_FILE, CONFIG_PY, CHECKPOINTS, "notes.txt", "test_results.json", "results.pt",
+    RUN_FILE, HISTORY_FILE, CONFIG_FILE, CONFIG_PY, CHECKPOINTS, NOTES_FILE, "test_results.json", "results.pt",
     "metrics.csv", "metrics.jsonl", "tensorboard", "curves.png", "lr_find.png",
     "tokenizer_config.json", "vocab.json", "model.*", "model-*.*",
 )  # fmt: skip
@@ -78,6 +79,14 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     markers = (RUN_FILE, CONFIG_FILE, CONFIG_PY, HISTORY_FILE, CHECKPOINTS)
     return path.is_dir() and any((path / name).exists() for name in markers)
+
+
+def check_run_dir(path: str | os.PathLike[str], fix: str) -> None:
+    """A one-line error, ending in ``fix``, unless ``path`` is a run directory (:func:`is_run_dir`)."""
+    if not is_run_dir(path):
+        raise ConfigError(
+            f"'{path}' is not a run directory (no {RUN_FILE}, {CONFIG_FILE} or {CHECKPOINTS}/); {fix}"
+        )
 
 
 def checkpoint_file(source: str | os.PathLike[str], checkpoint: str | os.PathLike[str] = "best") -> Path:

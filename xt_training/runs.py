@@ -33,9 +33,9 @@ from .config import (
     REQUIRED_IN_CONFIG_FILE,
     RESUME_MAY_CHANGE,
     TRAIN_ARGS,
-    _differences,
-    _identity,
     checked_run,
+    differences,
+    identity,
     read_config,
 )
 from .errors import CheckpointError, ConfigError, first_line
@@ -48,6 +48,7 @@ from .rundir import (
     CONFIG_PY,
     RUN_FILE,
     absolute_paths,
+    check_run_dir,
     checkpoint_file,
     default_save_dir,
     is_run_dir,
@@ -58,13 +59,16 @@ from .text import TextCollate, TextDataset, text_forward
 from .training import refuse_held_run
 from .utils import functional as F
 
+#: how ``xt run`` and :func:`train` say to go on when ``--save-dir`` holds a run (``{dir}``: that directory)
+HELD_RUN_FIX = "continue it with `xt run --resume {dir}`, choose another --save-dir, or pass --overwrite"
+
 
 def _check_resume(run_dir: Path, config: Mapping[str, Any], built: Built) -> None:
     """Refuse to continue the run saved in ``run_dir`` with a configuration that makes it another run."""
     if not (run_dir / CONFIG_FILE).is_file():  # nothing was saved: the resume starts from scratch
         return
     then = read_config(run_dir)
-    differ = _differences(_identity(then), _identity(built.config))
+    differ = differences(identity(then), identity(built.config))
     if differ:
         raise ConfigError(
             f"cannot resume from '{run_dir}': the configuration differs from the run's ({'; '.join(differ)}); "
@@ -99,7 +103,6 @@ def train(
     (``F.train(..., resume=True)``); a configuration that differs from its ``config.json`` in more than
     :data:`RESUME_MAY_CHANGE` is refused.
     """
-
     config = checked_run(config)
     distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
     main = distributed.is_main()
@@ -109,8 +112,7 @@ def train(
         )
     save_dir = Path(save_dir)
     if not resume:
-        fix = "continue it with `xt run --resume {dir}`, choose another --save-dir, or pass --overwrite"
-        refuse_held_run(save_dir, overwrite, fix)
+        refuse_held_run(save_dir, overwrite, HELD_RUN_FIX)
     built = build(config, save_dir)  # before the directory is made: a bad configuration leaves none behind
     if resume:
         _check_resume(save_dir, config, built)
@@ -169,11 +171,7 @@ def test(
     into ``save_dir`` (default: the run directory).
     """
     run_dir = Path(run_dir)
-    if not is_run_dir(run_dir):
-        raise ConfigError(
-            f"'{run_dir}' is not a run directory (no {RUN_FILE}, {CONFIG_FILE} or checkpoints/); pass a run "
-            "directory, or a Python config file"
-        )
+    check_run_dir(run_dir, "pass a run directory, or a Python config file")
     out = run_dir if save_dir is None else save_dir
     if data is None and not (run_dir / CONFIG_FILE).is_file() and (run_dir / CONFIG_PY).is_file():
         ckpt = checkpoint_file(run_dir, checkpoint)
@@ -219,7 +217,6 @@ def test(
 
 def exec_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Execute a Python config file and return its global names. The file is trusted code."""
-
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file '{file}' does not exist")
@@ -259,7 +256,6 @@ def train_config_file(
     Every global name of the file that is an argument of ``F.train`` is passed to it; ``save_dir``
     here wins over a ``save_dir`` in the file, whose default is ``runs/<file name>-<time>``.
     """
-
     if seed is not None:
         seed_everything(seed)
     namespace = exec_config(path)
@@ -292,7 +288,6 @@ def test_config_file(
     quiet: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the ``model`` of a Python config file on its ``test_loaders`` with ``F.test``."""
-
     namespace = exec_config(path)
     _require(namespace, ("model", "test_loaders"), path)
     params = inspect.signature(F.test).parameters
@@ -319,18 +314,17 @@ def load_model(
     """
     run_dir = Path(run_dir)
     path = checkpoint_file(run_dir, checkpoint)
-    if model is not None or (run_dir / CONFIG_FILE).is_file():
-        model = model if model is not None else _rebuild_model(run_dir)
+    from_record = model is None and not (run_dir / CONFIG_FILE).is_file()  # rebuilt from run.json
+    model = _rebuild_model(run_dir) if model is None else model
+    try:
         load_checkpoint(path, model)
-    else:  # rebuilt from run.json: arguments the model did not keep may be missing
-        model = _rebuild_model(run_dir)
-        try:
-            load_checkpoint(path, model)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"{first_line(e)} (the model was rebuilt from {RUN_FILE}, whose recorded constructor arguments "
-                f"do not fit); pass the model: load_model('{run_dir}', model=...)"
-            ) from None
+    except CheckpointError as e:
+        if not from_record:
+            raise
+        raise CheckpointError(
+            f"{first_line(e)} (the model was rebuilt from {RUN_FILE}, whose recorded constructor arguments "
+            f"do not fit); pass the model: load_model('{run_dir}', model=...)"
+        ) from None
     model.eval()
     return model.to(resolve_device(device)) if device is not None else model
 
@@ -383,7 +377,6 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
     plugins' tokenizers) is imported and loaded with ``Class.from_pretrained(directory)``; any other name
     is a Hugging Face tokenizer, loaded with ``transformers.AutoTokenizer``.
     """
-
     file = Path(directory) / "tokenizer_config.json"
     if not file.is_file():
         return None
@@ -433,12 +426,8 @@ def predict_run(
     probability column per class; for multi-label models (BCE loss) the labels predicted on and one
     probability column per label; else the outputs. ``.npy`` and ``.pt`` get the model's outputs as they are.
     """
-
     run_dir, out = Path(run_dir), Path(out)
-    if not is_run_dir(run_dir):
-        raise ConfigError(
-            f"'{run_dir}' is not a run directory (no {RUN_FILE}, {CONFIG_FILE} or checkpoints/); pass one"
-        )
+    check_run_dir(run_dir, "pass one")
     if (run_dir / CONFIG_FILE).is_file():
         config = read_config(run_dir)
     elif data is None:
@@ -499,10 +488,8 @@ def _loss_predicts(name: str | None, record: Mapping[str, Any]) -> str | None:
     """
     losses = registry.current().table("loss")
     if name is None:
-        cls = record.get("loss")
-        cls = (
-            cls.rsplit(":", 1)[-1] if isinstance(cls, str) else None
-        )  # torch.nn.modules.loss:X is torch.nn:X
+        # matched by class name: the record's torch.nn.modules.loss:X is registered as torch.nn:X
+        cls = str(record.get("loss")).rsplit(":", 1)[-1]
         name = next(
             (n for n, e in losses.items() if isinstance(e.factory, str) and e.factory.endswith(f":{cls}")),
             None,
@@ -595,11 +582,7 @@ def export_run(
     run_dir: Path | None = None
     if source.is_dir() or source.name == CONFIG_FILE:
         run_dir = source if source.is_dir() else source.parent
-        if not is_run_dir(run_dir):
-            raise ConfigError(
-                f"'{run_dir}' is not a run directory (no {RUN_FILE}, {CONFIG_FILE} or checkpoints/); pass one, "
-                "or a checkpoint file with --model NAME and --input-shape"
-            )
+        check_run_dir(run_dir, "pass one, or a checkpoint file with --model NAME and --input-shape")
         ckpt = checkpoint_file(run_dir, checkpoint or "best")
         default = run_dir / (("model" if ckpt.stem == "best" else f"model-{ckpt.stem}") + SUFFIXES[format])
     elif source.is_file():

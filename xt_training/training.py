@@ -36,9 +36,11 @@ from .rng import capture_rng, loader_generators, restore_rng
 from .rundir import (
     BEST,
     CHECKPOINTS,
+    CONFIG_FILE,
     CRASH,
     HISTORY_FILE,
     LAST,
+    NOTES_FILE,
     RUN_FILE,
     checkpoints_dir,
     direction,
@@ -236,9 +238,8 @@ def _check_arguments(
         if not all(hasattr(args[name], m) for m in methods):
             raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(args[name]).__name__}")
     if args["export"] is not None:
-        check_format(
-            args["export"]
-        )  # an unknown format or a missing onnx extra fails now, not after training
+        # an unknown format or a missing onnx extra fails now, not after training
+        check_format(args["export"])
         if forward_fn is not None:
             raise ConfigError(
                 "export= takes its example input from (x, y) batches, which forward_fn replaces; call "
@@ -254,9 +255,8 @@ def _check_arguments(
     )
     monitor, mode = _check_monitor(args["monitor"], args["mode"], passes)
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    if (
-        plateau and args["scheduler_step"] == "epoch" and scheduler.mode != mode
-    ):  # it would cut the lr on improvement
+    # a plateau scheduler of the other mode would cut the learning rate at every improvement
+    if plateau and args["scheduler_step"] == "epoch" and scheduler.mode != mode:
         raise ConfigError(
             f"ReduceLROnPlateau(mode={scheduler.mode!r}) steps on {monitor!r}, which is a '{mode}' value here; "
             f"make them agree: ReduceLROnPlateau(optimizer, mode={mode!r}), or mode={scheduler.mode!r} in F.train"
@@ -435,16 +435,15 @@ class _Training:
         if position is not None:  # else the epoch's checkpoint is the position
             self.save(position)
         self.wait()  # saved, as the message below says
-        sig = (
-            self.received[0] if self.received else "SIGTERM"
-        )  # under DDP another rank may have got the signal
+        # under DDP another rank may have got the signal
+        sig = self.received[0] if self.received else "SIGTERM"
         run_dir = self.run.save_dir
         how = (
             f"`xt run --resume {run_dir}`"
-            if (run_dir / "config.json").is_file()
+            if (run_dir / CONFIG_FILE).is_file()
             else "F.train(..., resume=True)"
         )
-        print(f"stopped by {sig}: state saved to {self.ckpt_dir / 'last.pt'}; resume with {how}", flush=True)
+        print(f"stopped by {sig}: state saved to {self.ckpt_dir / LAST}; resume with {how}", flush=True)
         if sig == "SIGINT":
             raise KeyboardInterrupt
         raise SystemExit(0)
@@ -640,7 +639,7 @@ class _Notes:
     """Keeps the loop's one-line notices (e.g. that the fast path is used) in ``save_dir/notes.txt``."""
 
     def __init__(self, save_dir: Path):
-        self.path = save_dir / "notes.txt"
+        self.path = save_dir / NOTES_FILE
 
     def notice(self, message: str) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
