@@ -351,3 +351,91 @@ def test_normalization_in_follows_compose_and_normalization_of_follows_subsets()
     plain = DataLoader(TensorDataset(torch.zeros(4, 2)))
     assert same(normalization_of([plain, DataLoader(Subset(Subset(dataset, [0, 1]), [0]))]), wanted)
     assert normalization_of([plain]) is None and normalization_of([]) is None
+
+
+# --- text and detection runs: `xt export RUN`, then the file alone against `xt predict RUN` ----------------------
+_ALONE = """
+import json, sys, tempfile
+from pathlib import Path
+import numpy as np, onnxruntime as ort
+model, texts, out = sys.argv[1:]
+session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+if "tokenizer" in meta:  # rebuild the tokenizer from the files the model carries
+    from xt_training.runs import load_tokenizer
+    folder = Path(tempfile.mkdtemp())
+    for name, text in json.loads(meta["tokenizer"]).items():
+        (folder / name).write_text(text)
+    tokens = load_tokenizer(folder)(Path(texts).read_text().splitlines(), padding=True, return_tensors="pt")
+    feed = {k: v.numpy() for k, v in tokens.items()}
+    np.save(out, session.run(None, feed)[0])
+else:  # detection: one image at a time; every output of every image
+    images = np.load(texts)
+    outputs = [session.run(None, {"input": image[None]}) for image in images]
+    np.save(out, np.array([np.concatenate([o.ravel().astype("float64") for o in per]) for per in outputs], dtype=object), allow_pickle=True)
+"""
+
+
+def _alone(model: Path, inputs: Path, tmp_path: Path) -> object:
+    """Run ``_ALONE`` in a fresh isolated Python (no PYTHONPATH, no xt-training but for rebuilding a tokenizer)."""
+    import numpy as np
+
+    script, out = tmp_path / "alone.py", tmp_path / "alone.npy"
+    script.write_text(_ALONE)
+    done = subprocess.run(
+        [sys.executable, "-I", str(script), str(model), str(inputs), str(out)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return np.load(out, allow_pickle=True)
+
+
+def test_a_text_run_exports_with_its_tokenizer_and_any_text_length(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from conftest import xt
+
+    xt("run", "--model", "text-gru", "--data", "synthetic-text", "--data-opt", "n_samples=120", "--epochs", "2",
+       "-q", "--save-dir", "run", cwd=tmp_path)  # fmt: skip
+    out = xt("export", "run", cwd=tmp_path).stdout
+    assert "input  input_ids: int64 [batch, length]" in out and "padded by 3 zeros" in out, out
+    # texts longer and shorter than any training batch, with words the tokenizer never saw
+    texts = ["goal", "the oven and the flour and the sauce simmer " * 6, "zebra quasar goal match team", ""]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    xt("predict", "run", "--input", "texts.txt", "-o", "pred.npy", cwd=tmp_path)
+    expected = __import__("numpy").load(tmp_path / "pred.npy")
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    (tmp_path / "run" / "model.onnx").rename(alone / "model.onnx")
+    for name in ("tokenizer_config.json", "vocab.json"):  # the file alone: not the run's tokenizer files
+        (tmp_path / "run" / name).unlink()
+    got = _alone(alone / "model.onnx", tmp_path / "texts.txt", alone)
+    assert got.shape == expected.shape == (len(texts), 2)
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_detection_run_exports_one_image_at_a_time(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from conftest import ENV, xt
+
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).parents[1] / "plugins" / "xt-vision")}
+    # 64-pixel images, box_score_thresh=0 and a small step: every image keeps detections to compare
+    xt("-p", "xt_vision.plugin", "run", "--model", "fasterrcnn-mobilenet", "--model-opt", "box_score_thresh=0",
+       "--data", "synthetic-detection", "--data-opt", "n_samples=10", "--data-opt", "image_size=64",
+       "--batch-size", "4", "--optimizer", "sgd", "--lr", "1e-4", "--epochs", "1", "-q", "--save-dir", "run",
+       cwd=tmp_path, env=env)  # fmt: skip
+    out = xt("-p", "xt_vision.plugin", "export", "run", cwd=tmp_path, env=env).stdout
+    assert "input  input: float32 [1, 3, 64, 64]" in out and "TorchScript-based exporter" in out, out
+    xt("-p", "xt_vision.plugin", "predict", "run", "-o", "boxes.pt", cwd=tmp_path, env=env)
+    expected = torch.load(tmp_path / "boxes.pt", weights_only=True)
+    data = registry.create_data("synthetic-detection", n_samples=10, image_size=64, batch_size=4)
+    images = torch.stack([image for batch in data.loaders["test"] for image in batch[0]])
+    np.save(tmp_path / "images.npy", images.numpy())
+    got = _alone(tmp_path / "run" / "model.onnx", tmp_path / "images.npy", tmp_path)
+    assert len(got) == len(expected) == len(images) > 0
+    for per_image, boxes in zip(got, expected):
+        assert len(boxes["scores"]) > 0
+        want = torch.cat([boxes[k].double().ravel() for k in ("boxes", "labels", "scores")])
+        torch.testing.assert_close(torch.from_numpy(per_image.astype("float64")), want, atol=1e-4, rtol=1e-4)

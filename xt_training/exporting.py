@@ -257,11 +257,63 @@ def _batch_size(leaves: list[torch.Tensor], dynamic: bool) -> int:
     return min(sizes)
 
 
-def _dynamic_shapes(x: Any) -> tuple[Any, ...]:
-    """``dynamic_shapes`` for the arguments ``(x,)``: dimension 0 of every tensor is one shared batch."""
+def _dynamic_dims(x: Any, batch: bool, length: bool) -> list[dict[int, str]]:
+    """For each input tensor, its dynamic dimensions by name: ``'batch'`` (dimension 0) and ``'length'``
+    (dimension 1 of every input with two or more), each shared by all inputs."""
+    return [
+        {**({0: "batch"} if batch and t.ndim else {}), **({1: "length"} if length and t.ndim > 1 else {})}
+        for t in _leaves(x, "the example input")
+    ]
 
-    batch = torch.export.Dim("batch", min=1)
-    return (_pytree.tree_map(lambda t: {0: batch} if t.ndim else None, x),)
+
+def _dynamic_shapes(x: Any, batch: bool, length: bool) -> tuple[Any, ...] | None:
+    """``dynamic_shapes`` for the arguments ``(x,)`` of torch.export (None when nothing is dynamic)."""
+    if not (batch or length):
+        return None
+    dims = {"batch": torch.export.Dim("batch", min=1), "length": torch.export.Dim("length", min=1)}
+    spec = _pytree.tree_flatten(x)[1]
+    shapes = [
+        {d: dims[name] for d, name in named.items()} or None for named in _dynamic_dims(x, batch, length)
+    ]
+    return (_pytree.tree_unflatten(shapes, spec),)
+
+
+def _pad_length(tree: Any, extra: int) -> Any:
+    """The batch with dimension 1 of every input of two or more dimensions longer by ``extra`` zeros
+    (padding, as a tokenizer pads a batch to its longest text)."""
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim < 2:
+            return t
+        return torch.cat([t, t.new_zeros(t.shape[0], extra, *t.shape[2:])], dim=1)
+
+    return _pytree.tree_map(pad, tree)
+
+
+# --- models called otherwise than model(x) -------------------------------------------------------------------------
+class KeywordInputs(torch.nn.Module):
+    """``model(**inputs)`` as a module of one dict argument (text models, see
+    :func:`~xt_training.text.text_forward`): exporters pass the example input as one argument, so the
+    exported graph's inputs are the dict's keys (``input_ids``, ``attention_mask``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        return self.model(**inputs)
+
+
+class OneImage(torch.nn.Module):
+    """A model of a list of images (torchvision's detection models) as a model of one image batch
+    ``(1, C, H, W)``, returning that image's outputs (``boxes``, ``labels``, ``scores``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> Any:
+        return self.model([image[0]])[0]
 
 
 # --- export --------------------------------------------------------------------------------------------------------
@@ -275,6 +327,9 @@ def export(
     opset: int | None = None,
     metadata: Mapping[str, Any] | None = None,
     normalization: Mapping[str, Any] | None = None,
+    keyword_inputs: bool = False,
+    dynamic_length: bool = False,
+    traced: bool = False,
 ) -> ExportResult:
     """Export ``model`` to ``path`` as ``format`` (``'onnx'``, ``'pt2'`` or ``'torchscript'``) and verify it.
 
@@ -292,6 +347,14 @@ def export(
         normalization: the data's normalisation (``{'mean', 'std'}`` along dimension 1) that
             ``example_input`` went through: the exported graph applies it in front of the model, so the
             file takes raw inputs (:mod:`xt_training.preprocessing`); the metadata says so.
+        keyword_inputs: ``example_input`` is a dict the model is called with as ``model(**example_input)``
+            (text models, :func:`~xt_training.text.text_forward`); the exported inputs are its keys.
+        dynamic_length: dimension 1 of every input of two or more dimensions is one dynamic length
+            (token sequences padded per batch); verified also with the inputs padded by zeros.
+        traced: ONNX through the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``), for
+            models written to be traced whose shapes depend on tensor values (torchvision's detection
+            models). Python control flow follows the example input, so only for such models: others,
+            with branches on values, are refused by the default exporter rather than traced wrongly.
 
     The model is exported in ``eval()`` mode on its own device, and its mode is restored afterwards.
     """
@@ -300,11 +363,20 @@ def export(
         raise ConfigError(f"opset must be a positive integer, not {opset!r}")
     if opset is not None and format != "onnx":
         raise ConfigError(f"opset applies to the onnx format, not {format}; drop --opset")
+    if traced and format != "onnx":
+        raise ConfigError(f"traced=True applies to the onnx format, not {format}")
     path = writable_output(path)
     meta = _metadata(metadata)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     model = unwrap_model(model)
+    if keyword_inputs:
+        if not isinstance(example_input, Mapping) or not all(isinstance(k, str) for k in example_input):
+            raise ConfigError(
+                f"keyword_inputs=True calls model(**example_input), so the example input must be a dict with "
+                f"string keys, not {describe(example_input)}"
+            )
+        model = KeywordInputs(model)
     if normalization is not None:
         meta.update(normalization=dict(normalization), inputs="raw: the normalization is inside the model")
         example_input = raw_inputs(example_input, normalization)
@@ -326,23 +398,33 @@ def export(
             raise ConfigError(_misfit(model, example_input, e)) from None
         out_names = _names(expected, "output")
         _leaves(expected, "the model's output")
-        writer = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}[format]
+        onnx_writer = _write_onnx_traced if traced else _write_onnx
+        writer = {"onnx": onnx_writer, "pt2": _write_pt2, "torchscript": _write_torchscript}[format]
         with _hushed():
-            result, load = writer(model, x, path, dynamic_batch, opset, meta, out_names, device)
+            result, load = writer(
+                model, x, path, (dynamic_batch, dynamic_length), opset, meta, out_names, device
+            )
         result.inputs = result.inputs or _specs(x, "input", n if dynamic_batch else None)
         result.outputs = result.outputs or _specs(expected, "output", n if dynamic_batch else None)
         result.metadata = meta
         if verify:
             sizes = [n, 1] if dynamic_batch else [n]
+            batches = [_resize(x, s) for s in sizes]
+            if dynamic_length:
+                batches.append(_pad_length(x, 3))
             try:
                 with _hushed():
-                    result.max_abs_diff = _verify(model, load(), [_resize(x, s) for s in sizes], out_names)
+                    result.max_abs_diff = _verify(model, load(), batches, out_names)
             except ExportError as e:
                 path.unlink(missing_ok=True)
                 raise ExportError(
                     f"{e}; '{path}' was removed (verify=False, --no-verify, keeps it)"
                 ) from None
             result.batch_sizes = sizes
+            if dynamic_length:
+                result.notes.append(
+                    "verified also with every input padded by 3 zeros along dimension 1 (length)"
+                )
     finally:
         model.train(was_training)
     result.size = path.stat().st_size
@@ -386,19 +468,20 @@ def _write_onnx(
     model: Any,
     x: Any,
     path: Path,
-    dynamic: bool,
+    dynamic: tuple[bool, bool],
     opset: int | None,
     meta: dict,
     out_names: list[str],
     device: Any,
 ) -> tuple[ExportResult, Loader]:
     in_names = _names(x, "input")
+    args = (x, {}) if isinstance(x, dict) else (x,)  # else a dict x would be taken for keyword arguments
     try:
         program = torch.onnx.export(
             model,
-            (x, {}) if isinstance(x, dict) else (x,),  # else a dict x would be taken for keyword arguments
+            args,
             dynamo=True,
-            dynamic_shapes=_dynamic_shapes(x) if dynamic else None,
+            dynamic_shapes=_dynamic_shapes(x, *dynamic),
             input_names=in_names,
             output_names=out_names,
             opset_version=opset,
@@ -408,7 +491,7 @@ def _write_onnx(
         raise _capture_error(e, "onnx") from None
     graph = program.model.graph
     inputs = [_ir_spec(v) for v in graph.inputs]
-    if dynamic:
+    if dynamic[0]:
         fixed = [s for s in inputs if s.shape and isinstance(s.shape[0], int)]
         if fixed:
             raise ExportError(
@@ -426,10 +509,64 @@ def _write_onnx(
         0,
         inputs,
         [_ir_spec(v) for v in graph.outputs],
-        dynamic,
+        dynamic[0],
         "torch.onnx.export(dynamo=True)",
         opset=program.model.opset_imports.get(""),
     )
+    return result, _onnx_runner(path, in_names)
+
+
+#: the opset of the TorchScript-based exporter when none is asked for (the newest it supports well)
+_TRACED_OPSET = 17
+
+
+def _write_onnx_traced(
+    model: Any,
+    x: Any,
+    path: Path,
+    dynamic: tuple[bool, bool],
+    opset: int | None,
+    meta: dict,
+    out_names: list[str],
+    device: Any,
+) -> tuple[ExportResult, Loader]:
+    """ONNX through the TorchScript-based exporter (``traced=True``): for models written to be traced,
+    such as torchvision's detection models, whose shapes depend on tensor values so that torch.export
+    cannot capture them. A dimension that depends on the values is named in the result, not sized."""
+    import onnx
+
+    in_names = _names(x, "input")
+    axes = {name: dims for name, dims in zip(in_names, _dynamic_dims(x, *dynamic)) if dims}
+    try:
+        torch.onnx.export(
+            model, (x, {}) if isinstance(x, dict) else (x,), str(path), dynamo=False, input_names=in_names,
+            output_names=out_names, opset_version=opset or _TRACED_OPSET, dynamic_axes=axes or None,
+        )  # fmt: skip
+    except Exception as e:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"the TorchScript-based ONNX exporter cannot trace the model: {first_line(e)}"
+        ) from None
+    proto = onnx.load(str(path))
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+    onnx.save(proto, str(path))
+
+    def spec(value: Any) -> TensorSpec:
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        return TensorSpec(value.name, dims, str(dtype))
+
+    result = ExportResult(
+        path, "onnx", 0, [spec(v) for v in proto.graph.input], [spec(v) for v in proto.graph.output],
+        dynamic[0], "torch.onnx.export(dynamo=False)", opset=opset or _TRACED_OPSET,
+        notes=["traced by the TorchScript-based exporter: Python control flow follows the example input"],
+    )  # fmt: skip
+    return result, _onnx_runner(path, in_names)
+
+
+def _onnx_runner(path: Path, in_names: list[str]) -> Loader:
+    """Loads ``path`` into ONNX Runtime; the loaded function runs it on a batch shaped as the example input."""
 
     def load() -> Callable[[Any], list[torch.Tensor]]:
         import onnxruntime as ort
@@ -455,7 +592,7 @@ def _write_onnx(
 
         return run
 
-    return result, load
+    return load
 
 
 def _ir_spec(value: Any) -> TensorSpec:
@@ -472,18 +609,18 @@ def _write_pt2(
     model: Any,
     x: Any,
     path: Path,
-    dynamic: bool,
+    dynamic: tuple[bool, bool],
     opset: int | None,
     meta: dict,
     out_names: list[str],
     device: Any,
 ) -> tuple[ExportResult, Loader]:
     try:
-        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(x) if dynamic else None)
+        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(x, *dynamic))
     except Exception as e:
         raise _capture_error(e, "pt2") from None
     torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(meta)})
-    result = ExportResult(path, "pt2", 0, [], [], dynamic, "torch.export.export")
+    result = ExportResult(path, "pt2", 0, [], [], dynamic[0], "torch.export.export")
 
     def load() -> Callable[[Any], list[torch.Tensor]]:
         module = torch.export.load(str(path)).module()
@@ -496,7 +633,7 @@ def _write_torchscript(
     model: Any,
     x: Any,
     path: Path,
-    dynamic: bool,
+    dynamic: tuple[bool, bool],
     opset: int | None,
     meta: dict,
     out_names: list[str],
@@ -520,7 +657,7 @@ def _write_torchscript(
         tracer = {first_line(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
         notes += [f"tracer: {line}" for line in sorted(tracer)[:3]]
     torch.jit.save(module, str(path), _extra_files={METADATA_FILE: json.dumps(meta)})
-    result = ExportResult(path, "torchscript", 0, [], [], dynamic, method, notes=notes)
+    result = ExportResult(path, "torchscript", 0, [], [], dynamic[0], method, notes=notes)
 
     def load() -> Callable[[Any], list[torch.Tensor]]:
         loaded = torch.jit.load(str(path), map_location=device)

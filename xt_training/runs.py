@@ -15,6 +15,7 @@ import os
 import runpy
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ from .config import (
     read_config,
 )
 from .errors import CheckpointError, ConfigError, first_line
-from .exporting import SUFFIXES, ExportResult, check_format, export, first_input, writable_output
+from .exporting import SUFFIXES, ExportResult, OneImage, check_format, export, first_input, writable_output
 from .files import prepare_dir, write_json
 from .predict import predict, predict_forward
 from .preprocessing import normalization_of
@@ -625,10 +626,33 @@ def export_run(
     meta["checkpoint"] = ckpt.name
     if isinstance(epoch, int):
         meta["epoch"] = epoch
+    inputs: dict[str, Any] = {}
+    tokenizer = load_tokenizer(run_dir) if run_dir is not None else None
+    if tokenizer is not None:  # a text run: its model is called as model(**tokenizer(texts))
+        meta.update(
+            tokenizer=_tokenizer_files(tokenizer),
+            inputs="token ids: the texts through the tokenizer whose files 'tokenizer' holds (padding=True)",
+        )
+        inputs = {"keyword_inputs": True, "dynamic_length": True}
+    elif isinstance(x, list) and x and all(isinstance(t, torch.Tensor) and t.ndim == 3 for t in x):
+        # torchvision's detection models take a list of images and return one dict per image, whose
+        # number of boxes depends on the image: the file takes one image and returns its boxes
+        net, x, dynamic_batch = OneImage(net), x[0][None], False
+        inputs = {"traced": format == "onnx"}  # torchvision writes them to be traced for ONNX
+        meta["inputs"] = (
+            "one image (1, C, H, W), float pixels in [0, 1]; outputs: its boxes, labels and scores"
+        )
     return export(
         net, x, output, format, dynamic_batch=dynamic_batch, verify=verify, opset=opset, metadata=meta,
-        normalization=normalization,
+        normalization=normalization, **inputs,
     )  # fmt: skip
+
+
+def _tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    """The files ``tokenizer.save_pretrained`` writes, by name, so an exported text model carries its tokenizer."""
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save_pretrained(directory)
+        return {f.name: f.read_text() for f in sorted(Path(directory).iterdir()) if f.is_file()}
 
 
 def _run_export_facts(run_dir: Path, x: Any) -> tuple[dict[str, Any], Any, dict[str, Any] | None]:
