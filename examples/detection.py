@@ -4,7 +4,7 @@ torchvision's detection models take ``(images, targets)`` while training and ret
 they take images and return boxes. The loop's one way to feed a batch, ``forward_fn(model, batch) ->
 (y_pred, y)``, covers it: hand the targets to the model while training. The loss sums the loss dict; the
 evaluation passes report no loss (the model computes none in eval mode), so the best checkpoint follows
-``val/map``. Needs pycocotools for the metric (``pip install 'xt-training[detection]'``).
+``val/map``. Needs pycocotools for the metric (``pip install pycocotools``).
 
 Run: ``python examples/detection.py --save-dir runs/detection`` (or, with the xt-vision plugin,
 ``xt run --model fasterrcnn-mobilenet --data synthetic-detection``).

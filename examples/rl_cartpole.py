@@ -39,7 +39,7 @@ from xt_training.utils import functional as F
 try:
     import gymnasium as gym
 except ImportError:
-    sys.exit("this example needs gymnasium: pip install 'xt-training[rl]' (or pip install gymnasium)")
+    sys.exit("this example needs gymnasium: pip install gymnasium")
 
 
 def discounted_returns(rewards: Sequence[float], gamma: float) -> torch.Tensor:

@@ -59,12 +59,12 @@ def mlp(features: int = 16, classes: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
 
 
-def overlay_venv(venv: Path, hide: str | None = None) -> tuple[Path, Path]:
+def overlay_venv(venv: Path, hide: str | tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Make a venv that sees this environment's packages (torch, xt-training...) through a ``.pth`` file;
     returns its python and its own site-packages, where ``pip --python PYTHON install`` puts what it installs.
 
-    ``hide`` leaves out this environment's entries whose names contain it (``xt_optuna``: a plugin installed
-    here would otherwise satisfy the requirement that the test wants pip to install).
+    ``hide`` leaves out this environment's entries whose names contain it, or any of them (``xt_optuna``: a
+    plugin installed here would otherwise satisfy the requirement that the test wants pip to install).
     """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -75,11 +75,12 @@ def overlay_venv(venv: Path, hide: str | None = None) -> tuple[Path, Path]:
         ).stdout.strip()
     )  # fmt: skip
     base = Path(sysconfig.get_paths()["purelib"])
-    if hide is not None:
+    hide = (hide,) if isinstance(hide, str) else hide
+    if hide:
         visible = venv.parent / f"{venv.name}-base-site"
         visible.mkdir()
         for entry in base.iterdir():
-            if hide not in entry.name.lower().replace("-", "_"):
+            if not any(h in entry.name.lower().replace("-", "_") for h in hide):
                 (visible / entry.name).symlink_to(entry)
         base = visible
     (site / "_xt_base.pth").write_text(f"import site; site.addsitedir({str(base)!r})\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -196,3 +197,13 @@ def test_quickstart_example_runs(tmp_path):
 def test_readme_links_into_the_docs_exist():
     for target in re.findall(r"\]\((docs/[^)#]+)", readme()):
         assert (ROOT / target).is_file(), f"README links to {target}, which does not exist"
+
+
+def test_make_demo_runs_twice_in_a_row(tmp_path):
+    # the demo recipe as the Makefile has it, on fewer images: a second `make demo` must not be refused
+    recipe = re.search(r"^demo:.*\n\t\$\(BIN\)/(xt run .*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    command = [str(Path(sys.executable).with_name("xt")), *recipe.split()[1:], "--data-opt", "n_samples=64"]
+    for _ in range(2):
+        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "runs" / "demo" / "history.json").read_text())

@@ -441,8 +441,7 @@ def test_without_the_onnx_extra_the_error_names_it_and_other_formats_work(run_di
         capture_output=True, text=True, env=ENV, timeout=300,
     )  # fmt: skip
     assert out.stderr == (
-        "xt: error: ONNX export needs onnxruntime, which is not installed: "
-        "pip install 'xt-training[onnx]' (onnx, onnxscript, onnxruntime)\n"
+        "xt: error: ONNX export needs onnxruntime, which is not installed: pip install onnxruntime\n"
     )
     assert out.stdout.startswith("exit 2\nexported pt2 to") and out.stdout.endswith("exit 0\n")
 

@@ -145,7 +145,7 @@ def test_plot_without_matplotlib_names_the_extra(run_dir):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "xt_training.errors.ConfigError: plotting needs matplotlib, which is not installed: "
-        "pip install 'xt-training[plot]'"
+        "pip install matplotlib"
     )
 
 

@@ -80,8 +80,8 @@ def __getattr__(name: str) -> Any:
         except ImportError:
             raise ImportError(
                 "xt_training.tune is the hyper-parameter search of the xt-optuna plugin, which is not "
-                "installed: pip install 'xt-training[tune]' (from this repository: pip install -e '.[tune]' "
-                "./plugins/xt-optuna)"
+                "installed: from this project's checkout, pip install './plugins/xt-optuna' "
+                "(it pulls in optuna; xt-optuna is on no package index)"
             ) from None
         globals()["tune"] = tune
         return tune

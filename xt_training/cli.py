@@ -684,7 +684,7 @@ def show_command(ctx: click.Context, run_dir: str) -> None:
 def plot_command(ctx: click.Context, run_dir: str, out: str | None) -> None:
     """Draw a run's curves into a PNG.
 
-    Loss and metric curves per loader (needs matplotlib: pip install 'xt-training[plot]'). Plugins draw
+    Loss and metric curves per loader (needs matplotlib: pip install matplotlib). Plugins draw
     directories of their own kinds through the hook plot_directory.
     """
     written = cli.loaded(ctx).pm.hook.plot_directory(

@@ -56,7 +56,6 @@ from .rundir import BEST, checkpoints_dir
 __all__ = [
     "FORMATS",
     "SUFFIXES",
-    "ONNX_EXTRA",
     "METADATA_FILE",
     "ExportError",
     "TensorSpec",
@@ -69,8 +68,6 @@ __all__ = [
 FORMATS = ("onnx", "pt2", "torchscript")
 #: default file name endings; torchscript's is not plain ``.pt``, which is a checkpoint's
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt"}
-#: the pyproject extra that installs what ``format='onnx'`` needs
-ONNX_EXTRA = "onnx"
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 #: the extra file holding the metadata in ``.pt2`` and TorchScript files
 METADATA_FILE = "xt_training.json"
@@ -168,7 +165,7 @@ def check_format(format: str, verify: bool = True) -> None:
     if missing:
         raise ConfigError(
             f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-            f"installed: pip install 'xt-training[{ONNX_EXTRA}]' (onnx, onnxscript, onnxruntime)"
+            f"installed: pip install {' '.join(missing)}"
         )
 
 

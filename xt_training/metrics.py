@@ -628,7 +628,7 @@ class MeanAveragePrecision:
     ``'map_50'``, ``'map_75'``, ``'mar_100'``, ... A detection model in training mode returns its
     losses instead of boxes: those batches are skipped, so a training pass reports NaN.
 
-    Needs pycocotools or faster-coco-eval (``pip install 'xt-training[detection]'``).
+    Needs pycocotools or faster-coco-eval (``pip install pycocotools``).
     """
 
     def __init__(self, key: str = "map", box_format: str = "xyxy", **kwargs: Any):
@@ -642,7 +642,7 @@ class MeanAveragePrecision:
             if not found:
                 raise ConfigError(
                     "metric MeanAveragePrecision needs pycocotools or faster-coco-eval; "
-                    "pip install 'xt-training[detection]'"
+                    "pip install pycocotools"
                 )
             backend = found[0]
         self.key = key

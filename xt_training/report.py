@@ -4,7 +4,7 @@ Both read only the files a run directory holds -- ``config.json`` (written by ``
 and ``history.json`` (written by ``F.train`` after every epoch: a list of rows such as
 ``{'epoch': 1, 'lr': 0.1, 'train/loss': 0.69, 'val/acc': 0.81}``) -- so they work on a finished run,
 a run still in progress and a killed one alike. Neither imports torch (``xt show`` starts fast);
-``plot`` needs matplotlib, the optional extra ``pip install 'xt-training[plot]'``.
+``plot`` needs matplotlib, the optional extra ``pip install matplotlib``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def plot(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ConfigError(
-            "plotting needs matplotlib, which is not installed: pip install 'xt-training[plot]'"
+            "plotting needs matplotlib, which is not installed: pip install matplotlib"
         ) from None
     if not history:
         raise ConfigError(f"{run / HISTORY_FILE} has no completed epoch yet; plot once an epoch has finished")

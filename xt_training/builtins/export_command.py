@@ -45,7 +45,7 @@ def _format_of(fmt: str | None, output: str | None) -> str:
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    help="onnx (default; needs pip install 'xt-training[onnx]'), pt2 (torch.export) or torchscript.",
+    help="onnx (default; needs pip install onnx onnxscript onnxruntime), pt2 (torch.export) or torchscript.",
 )
 @click.option(
     "-o",

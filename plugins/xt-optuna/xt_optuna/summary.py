@@ -2,7 +2,7 @@
 
 Both read the study from its storage (named in ``study.json``), so they work while trials still run,
 from any process, on any machine that reaches the storage. Neither imports torch; ``plot`` needs
-matplotlib (``pip install 'xt-training[plot]'``).
+matplotlib (``pip install matplotlib``).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def plot(study_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None =
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ConfigError(
-            "plotting needs matplotlib, which is not installed: pip install 'xt-training[plot]'"
+            "plotting needs matplotlib, which is not installed: pip install matplotlib"
         ) from None
     study_dir = Path(study_dir)
     record, study = _load(study_dir)
