@@ -24,10 +24,12 @@ from xt_training.callbacks import EarlyStopping
 
 N_SAMPLES = int(os.environ.get("N_SAMPLES", "3000"))
 
-# Data: rows of 20 features in 4 classes, the label an argmax of a fixed random projection.
+# Data: rows of 20 features in 4 classes, the label an argmax of a fixed random projection. The projection
+# is drawn first, so it is the same whatever N_SAMPLES is: a model trained at one size tests at another.
 g = torch.Generator().manual_seed(0)
+projection = torch.randn(20, 4, generator=g)
 x = torch.randn(N_SAMPLES, 20, generator=g)
-y = (x @ torch.randn(20, 4, generator=g)).argmax(1)
+y = (x @ projection).argmax(1)
 n_train, n_val = int(0.7 * N_SAMPLES), int(0.15 * N_SAMPLES)
 train_loader = DataLoader(TensorDataset(x[:n_train], y[:n_train]), batch_size=64, shuffle=True)
 val_loader = DataLoader(

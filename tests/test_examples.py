@@ -80,6 +80,9 @@ def test_config_file_with_xt_train_and_xt_test(tmp_path):
         XT, "test", config, "--checkpoint", "cfg/checkpoints/best.pt", "--json", cwd=tmp_path, env=size
     ).stdout
     assert json.loads(out)["test"]["acc"] == pytest.approx(best["test/acc"], abs=1e-6)
+    # the page's own xt test line, at the file's default size: the same problem, so well above chance (0.25)
+    out = run(XT, "test", config, "--checkpoint", "cfg/checkpoints/best.pt", "--json", cwd=tmp_path).stdout
+    assert json.loads(out)["test"]["acc"] > 0.45
 
 
 @pytest.mark.slow
