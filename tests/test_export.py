@@ -263,11 +263,33 @@ def export_error(*args: str) -> str:
 
 
 def test_an_input_shape_the_model_does_not_take_names_both_shapes(run_dir, tmp_path):
-    message = export_error(
-        str(run_dir), "--input-shape", "1,20", "--format", "pt2", "-o", str(tmp_path / "m.pt2")
+    # a run records the shape it was trained on: the error names it
+    message = export_error(str(run_dir), "--input-shape", "1,3,28,28", "-o", str(tmp_path / "m.pt2"))
+    assert message == (
+        "xt: error: --input-shape 1,3,28,28 is not the shape the run was trained on (N, 3, 32, 32); "
+        "give --input-shape 1,3,32,32 or leave it out\n"
     )
+    # a checkpoint alone: the model's first layer says what it takes, or that the size is what differs
+    outside = tmp_path / "weights.pt"
+    outside.write_bytes((run_dir / "checkpoints" / "best.pt").read_bytes())
+    args = (
+        "--model",
+        "cnn",
+        "--model-opt",
+        "num_classes=10",
+        "--format",
+        "pt2",
+        "-o",
+        str(tmp_path / "m.pt2"),
+    )
+    message = export_error(str(outside), *args, "--input-shape", "1,20")
     assert "the model fails on the example input Tensor(1, 20) float32 (" in message
     assert "the model expects (N, 3, H, W) inputs with 3 channels (its first layer is Conv2d)" in message
+    message = export_error(str(outside), *args, "--input-shape", "1,3,28,28")
+    assert (
+        "the inputs have the 3 channels its first layer (Conv2d) takes, so their size, 28x28, is what"
+        in message
+    )
     assert not (tmp_path / "m.pt2").exists()
 
 

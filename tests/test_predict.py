@@ -200,6 +200,10 @@ def test_inputs_of_another_shape_name_both_shapes():
         BatchError, match=r"inputs Tensor\(2, 1, 32, 32\).*expects \(N, 3, H, W\) inputs with 3 channels"
     ):
         F.predict(cnn, [torch.randn(2, 1, 32, 32)])
+    with pytest.raises(
+        BatchError, match=r"Tensor\(2, 3, 28, 28\).*have the 3 channels .* so their size, 28x28,"
+    ):
+        F.predict(cnn, [torch.randn(2, 3, 28, 28)])
     with pytest.raises(BatchError, match=r"F.predict takes x, \[x\] or \(x, y\) batches"):
         F.predict(model, [(torch.randn(2, 20), 1, 2)])
 

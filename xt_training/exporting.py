@@ -433,7 +433,7 @@ def _misfit(model: torch.nn.Module, example_input: Any, error: Exception) -> str
 
     return (
         f"the model fails on the example input {describe(example_input)} ({first_line(error)})"
-        f"{model_expects(model)}; give an example input of the shape it was trained on (--input-shape)"
+        f"{model_expects(model, example_input)}; give an example input of the shape it was trained on (--input-shape)"
     )
 
 

@@ -155,13 +155,31 @@ def _mismatch(model: nn.Module, inputs: Any, step: int, error: Exception) -> str
     """Why a batch did not fit the model: the inputs' shape beside the one the model's first layer expects."""
     return (
         f"the model failed on batch {step} of the loader, inputs {describe(inputs)} ({first_line(error)})"
-        f"{model_expects(model)}; give it inputs of the shape it was trained on"
+        f"{model_expects(model, inputs)}; give it inputs of the shape it was trained on"
     )
 
 
-def model_expects(model: nn.Module) -> str:
-    """``'; the model expects ...'`` for an error about inputs that do not fit (empty for an unknown first layer)."""
+def model_expects(model: nn.Module, inputs: Any = None) -> str:
+    """``'; the model expects ...'`` for an error about inputs that do not fit (empty for an unknown first layer).
+
+    Where the inputs have what the first layer checks (a convolution's channels), the rest of their shape
+    is what differs: a later layer (a ``Linear`` after ``Flatten``) was built for another height and width.
+    """
     expected = expected_input(model)
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if (
+        expected
+        and first is not None
+        and expected_input(first) == expected
+        and isinstance(inputs, torch.Tensor)
+        and inputs.ndim == 2 + len(first.kernel_size)
+        and inputs.shape[1] == first.in_channels
+    ):
+        size = "x".join(map(str, inputs.shape[2:]))
+        return (
+            f"; the inputs have the {first.in_channels} channels its first layer ({type(first).__name__}) takes, "
+            f"so their size, {size}, is what a later layer was not built for"
+        )
     return f"; the model expects {expected}" if expected else ""
 
 

@@ -612,6 +612,13 @@ def export_run(
     if input_shape is not None:
         x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     if run_dir is not None:
+        trained = (read_run(run_dir).get("input") or {}).get("shape")
+        if input_shape is not None and trained and list(input_shape[1:]) != trained:
+            raise ConfigError(
+                f"--input-shape {','.join(map(str, input_shape))} is not the shape the run was trained on "
+                f"(N, {', '.join(map(str, trained))}); give --input-shape 1,{','.join(map(str, trained))} "
+                "or leave it out"
+            )
         net, (meta, x, normalization) = load_model(run_dir, ckpt), _run_export_facts(run_dir, x)
         epoch = read_checkpoint(ckpt).get("epoch")
     else:
