@@ -10,6 +10,11 @@ per call.
 ``compute()`` returns the value over everything since the last ``reset()``: the epoch AUC is the
 AUC of all the epoch's examples, not a mean of per-batch AUCs.
 
+**Direction.** ``higher_is_better`` (torchmetrics' attribute), True or False, says which way the value
+improves: ``monitor`` takes its mode from it, and a metric without one can be monitored only with an
+explicit ``mode``. A plugin may declare it when it registers the metric instead
+(``register(..., higher_is_better=False)``).
+
 A metric need not read its arguments: a value recorded elsewhere during the pass (e.g. the mean
 episode return an RL data set keeps, see docs/rl.md) is a metric whose ``update()`` does nothing,
 whose ``reset()`` marks the start of the pass and whose ``compute()`` reads the value.
@@ -62,10 +67,15 @@ class Mean:
     """The epoch mean of ``fn(y_pred, y)``, weighted by batch size.
 
     ``fn`` must return the mean over the examples it is given (as losses with ``reduction='mean'`` do).
+    ``higher_is_better``: which way the value improves, for ``monitor`` (``None``: not known).
     """
 
-    def __init__(self, fn: Callable[[Any, Any], Any]):
+    higher_is_better: bool | None = None
+
+    def __init__(self, fn: Callable[[Any, Any], Any], higher_is_better: bool | None = None):
         self.fn = fn
+        if higher_is_better is not None:  # else the class's (a Loss: lower)
+            self.higher_is_better = higher_is_better
         self.sync = True
         self.reset()
 
@@ -102,12 +112,16 @@ class Mean:
 class Loss(Mean):
     """The epoch mean of a loss function, e.g. ``metrics.Loss(nn.MSELoss())`` beside a training loss."""
 
+    higher_is_better = False
+
 
 class EPS:
     """Examples per second, from ``reset()`` to ``compute()`` (under DDP: of all ranks together).
 
     Size-only: the loop passes it batch sizes (``update_size``), not outputs.
     """
+
+    higher_is_better = True
 
     def __init__(self) -> None:
         self.sync = True

@@ -204,6 +204,8 @@ class _Classification:
     update call, always gets values in [0, 1] and never transforms them itself.
     """
 
+    #: which way the value improves (torchmetrics' attribute; ``monitor`` takes its mode from it)
+    higher_is_better: bool | None = True
     #: the tasks a subclass supports
     tasks: tuple[str, ...] = ("binary", "multiclass", "multilabel")
     #: the torchmetrics.classification classes of the binary, multiclass and multi-label tasks
@@ -519,6 +521,8 @@ class Kappa(_Classification):
 class ConfusionMatrix(_Classification):
     """Confusion matrix (rows: true class, columns: predicted class); reported as a nested list."""
 
+    higher_is_better = None  # a matrix: not a value to monitor
+
     _names = ("BinaryConfusionMatrix", "MulticlassConfusionMatrix", "MultilabelConfusionMatrix")
 
     def _build(self, task: str, n: int) -> Any:
@@ -557,6 +561,7 @@ class _Regression:
     """Base of the regression metrics: a torchmetrics regression metric that accepts ``(N, 1)`` vs ``(N,)``."""
 
     _name = ""  # the class in torchmetrics.regression
+    higher_is_better = False  # an error; R2 says otherwise
 
     def __init__(self, **kwargs: Any):
         import torchmetrics.regression
@@ -617,6 +622,7 @@ class R2(_Regression):
     """Coefficient of determination R² over the epoch (several outputs: averaged uniformly)."""
 
     _name = "R2Score"
+    higher_is_better = True
 
 
 class MeanAveragePrecision:
@@ -630,6 +636,8 @@ class MeanAveragePrecision:
 
     Needs pycocotools or faster-coco-eval (``pip install 'xt-training[detection]'``).
     """
+
+    higher_is_better = True  # every key: precisions and recalls
 
     def __init__(self, key: str = "map", box_format: str = "xyxy", **kwargs: Any):
         import importlib.util

@@ -32,11 +32,14 @@ def loss_metric(*, loss: str = "cross-entropy", **options: Any) -> Any:
     return Loss(registry.create("loss", loss, **options))
 
 
-def mean_metric(*, fn: str) -> Any:
-    """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``."""
+def mean_metric(*, fn: str, higher_is_better: bool | None = None) -> Any:
+    """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``.
+
+    ``higher_is_better``: which way it improves (needed to monitor it without ``--mode``).
+    """
     from ..metric_contract import Mean  # lazy: imports torch (this module is loaded by `xt list`)
 
-    return Mean(registry.load_object(fn))
+    return Mean(registry.load_object(fn), higher_is_better=higher_is_better)
 
 
 @hookimpl
