@@ -75,7 +75,7 @@ def test_f1_precision_recall_kappa_confusion_by_hand():
     logits = torch.nn.functional.one_hot(pred, 2).float()
     tp, fp, fn, tn = 2, 1, 1, 2
     assert feed(metrics.ConfusionMatrix(), [(logits, y)]).tolist() == [[tn, fp], [fn, tp]]
-    # macro over the two classes: each class has precision = recall = 2/3
+    # class 1's values (scikit-learn's default for two classes): precision = recall = 2/3
     assert feed(metrics.Precision(), [(logits, y)]).item() == pytest.approx(2 / 3)
     assert feed(metrics.Recall(), [(logits, y)]).item() == pytest.approx(2 / 3)
     assert feed(metrics.F1(), [(logits, y)]).item() == pytest.approx(2 / 3)
@@ -85,6 +85,49 @@ def test_f1_precision_recall_kappa_confusion_by_hand():
     # binary task from one column: probability 0.9 -> 1
     probs = torch.tensor([0.1, 0.9, 0.8, 0.7, 0.2, 0.3]).unsqueeze(1)
     assert feed(metrics.Precision(), [(probs, y)]).item() == pytest.approx(2 / 3)
+
+
+class Notices:
+    """A logger that keeps the run's notices."""
+
+    def __init__(self):
+        self.lines = []
+
+    def notice(self, message):
+        self.lines.append(message)
+
+
+def test_f1_precision_recall_follow_scikit_learn_whatever_the_heads_shape():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (203,), generator=g)
+    # a 1-logit head, and a 2-column one with the same odds
+    logit = torch.randn(203, generator=g) + y - 0.3
+    heads = {"1 logit": logit.unsqueeze(1), "2 columns": torch.stack([torch.zeros(203), logit], 1)}
+    scores = {"f1": (metrics.F1, f1_score), "precision": (metrics.Precision, precision_score)}
+    scores["recall"] = (metrics.Recall, recall_score)
+    options = {"": {}, "-macro": {"average": "macro"}, "-weighted": {"average": "weighted"}}
+    options.update({"-neg": {"pos_label": 0}, "-each": {"average": None}})
+    y_hat = (logit > 0).long().numpy()
+    for head, y_pred in heads.items():
+        named = {n + o: make(**kw) for n, (make, _) in scores.items() for o, kw in options.items()}
+        named["f1-0.7"] = metrics.F1(threshold=0.7)  # on the probability of class 1, whatever the head
+        named["f1-task"] = metrics.F1(task="binary")  # a 2-column head too
+        notices = Notices()
+        loader = DataLoader(TensorDataset(y_pred, y), batch_size=20)
+        runner = Runner(nn.Identity().eval(), batch_metrics=named, device="cpu", loggers=[notices])
+        values = runner(loader)
+        for n, (_, sklearn_score) in scores.items():
+            for o, kw in options.items():
+                got = [values[f"{n}{o}/0"], values[f"{n}{o}/1"]] if o == "-each" else values[n + o]
+                assert got == pytest.approx(sklearn_score(y.numpy(), y_hat, **kw), abs=1e-6), (head, n, kw)
+        assert values["f1-0.7"] == pytest.approx(f1_score(y.numpy(), logit.sigmoid().numpy() > 0.7), abs=1e-6)
+        assert values["f1-task"] == values["f1"]
+        # what was averaged, where it is not the default, is said once
+        assert "f1-macro: macro average of the 2 classes (the default: class 1's value)" in notices.lines
+        assert "f1-neg: class 0's value (pos_label=0; the default: class 1's)" in notices.lines
+        assert not [line for line in notices.lines if line.startswith(("f1:", "f1-each:"))]
 
 
 def test_kappa_accumulates_over_the_epoch():

@@ -15,6 +15,9 @@ improves: ``monitor`` takes its mode from it, and a metric without one can be mo
 explicit ``mode``. A plugin may declare it when it registers the metric instead
 (``register(..., higher_is_better=False)``).
 
+**Several values, notes.** A ``compute()`` that returns a dict is reported as one value per key
+(``f1/0``, ``f1/1``, ...). A ``note`` attribute (a line, e.g. what was averaged) is shown once per run.
+
 A metric need not read its arguments: a value recorded elsewhere during the pass (e.g. the mean
 episode return an RL data set keeps, see docs/rl.md) is a metric whose ``update()`` does nothing,
 whose ``reset()`` marks the start of the pass and whose ``compute()`` reads the value.

@@ -241,6 +241,7 @@ class Runner:
         self.fast_path = fast_path
         self.data_on_device = check_data_on_device(data_on_device)
         self._fast_path_noticed = False
+        self._noted: set[tuple[str, str]] = set()  # the metrics' notes already shown
         self.epoch = 0  # shown by loggers; F.train sets it
         self.global_step = 0  # optimizer steps taken, across passes
         self.latest: dict[str, Any] = {}  # the values of the last pass
@@ -427,6 +428,12 @@ class Runner:
             self._check_finite(values, buffers, name)
             if self.scheduler is not None and self.scheduler_step == "epoch":
                 step_scheduler(self.scheduler, values.get("loss"))
+        # a metric's note (what an F1 averaged, where not its default), once a run
+        for key, metric in pass_metrics.items():
+            note = getattr(metric, "note", None)
+            if note and (key, note) not in self._noted:
+                self._noted.add((key, note))
+                self.loggers.notice(f"{key}: {note}")
         self.loggers.end_pass(name, values)
         self.latest = values
         return buffers.predictions() if return_preds else values
@@ -771,9 +778,13 @@ class _Buffers:
             if self.distributed:
                 set_sync(metric, sync)
             try:
-                values[name] = _to_python(metric.compute())
+                value = metric.compute()
             except Exception as e:
                 raise MetricError(f"metric {name!r} ({type(metric).__name__}) failed to compute: {e}") from e
+            if isinstance(value, Mapping):  # several values, a column each: F1(average=None)'s f1/0, f1/1
+                values.update({f"{name}/{key}": _to_python(v) for key, v in value.items()})
+            else:
+                values[name] = _to_python(value)
             # A running value may cost at most ~5% of the pass: a metric whose compute() is slow (an
             # AUC sorts every example so far) is computed again only after 20x its cost has passed.
             cost = time.perf_counter() - start
