@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -147,6 +148,68 @@ def test_callable_metric_is_weighted_by_batch_size():
     batches = [(torch.zeros(3), torch.ones(3)), (torch.zeros(1), torch.full((1,), 5.0))]
     assert feed(m, batches).item() == pytest.approx((3 * 1 + 5) / 4)
     assert feed(metrics.Loss(nn.L1Loss()), batches).item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("log_every", [1, 3, 50])
+def test_a_function_metric_is_the_mean_of_its_per_batch_values_however_the_loop_groups_batches(log_every):
+    def psnr(y_pred, y):  # as pytorch/examples' super_resolution computes it, once per test batch
+        return 10 * torch.log10(1 / nn.functional.mse_loss(y_pred, y))
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(43, 1, 4, 4, generator=g)
+    noisy = clean + 0.1 * torch.randn(43, 1, 4, 4, generator=g) * torch.rand(43, 1, 1, 1, generator=g)
+    # five equal batches: the hand loop's plain mean of per-batch values
+    batches = DataLoader(TensorDataset(noisy[:40], clean[:40]), batch_size=8)
+    hand = sum(psnr(y_pred, y).item() for y_pred, y in batches) / len(batches)
+    assert runner_values(noisy[:40], clean[:40], 8, log_every, psnr) == pytest.approx(hand, rel=1e-6)
+    # a smaller last batch counts for its examples: the mean weighted by batch size
+    batches = DataLoader(TensorDataset(noisy, clean), batch_size=8)
+    weighted = sum(psnr(y_pred, y).item() * len(y) for y_pred, y in batches) / 43
+    assert runner_values(noisy, clean, 8, log_every, psnr) == pytest.approx(weighted, rel=1e-6)
+
+
+@pytest.mark.parametrize("log_every", [1, 50])
+def test_a_summed_loss_is_reported_as_the_hand_loop_reports_it(log_every):
+    # pytorch/examples' vae: loss_function sums over the batch; `train_loss += loss.item()` per batch, and
+    # the epoch's "Average loss" is train_loss / len(train_loader.dataset)
+    def loss_function(recon, x):
+        return nn.functional.binary_cross_entropy_with_logits(recon, x, reduction="sum")
+
+    loss_function.reduction = "sum"  # what nn losses say with reduction='sum'
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(70, 6, generator=g)
+    loader = DataLoader(TensorDataset(x, x), batch_size=16)  # a last batch of 6
+    for loss_fn in (loss_function, nn.BCEWithLogitsLoss(reduction="sum")):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 2), nn.Tanh(), nn.Linear(2, 6))
+        hand_model = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(hand_model.parameters(), lr=0.01)
+        train_loss = 0.0
+        for data, target in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(hand_model(data), target)
+            loss.backward()
+            train_loss += loss.item()
+            optimizer.step()
+        notices = Notices()
+        runner = Runner(
+            model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.01), device="cpu", loggers=[notices],
+            batch_metrics={"bce": metrics.Loss(nn.BCEWithLogitsLoss(reduction="sum"))}, log_every_n_steps=log_every,
+        )  # fmt: skip
+        values = runner(loader)
+        assert values["loss"] == pytest.approx(train_loss / len(loader.dataset), rel=1e-6)
+        assert "loss: loss_fn has reduction='sum': the loss is the pass's sum divided by its examples" in (
+            notices.lines
+        )
+        # evaluation, and the same loss as a metric: the test loop's sum over the examples, divided by them
+        model.eval()
+        with torch.no_grad():
+            test_loss = sum(loss_fn(model(data), target).item() for data, target in loader) / len(
+                loader.dataset
+            )
+        values = runner(loader)
+        assert values["loss"] == pytest.approx(test_loss, rel=1e-6)
+        assert values["bce"] == pytest.approx(test_loss, rel=1e-6)
 
 
 def test_eps_counts_examples_per_second():
