@@ -137,6 +137,8 @@ class EpisodeReturn:
     interrupted mid-epoch into its resumed part, so the epoch's mean comes out exactly as without the stop.
     """
 
+    higher_is_better = True  # monitor="train/return" keeps the epoch with the highest return
+
     def __init__(self, episodes: Episodes):
         self.episodes = episodes
         self.reset()

@@ -553,6 +553,22 @@ def test_unknown_monitor_suggests_names(tabular, tmp_path):
         )
 
 
+def test_a_monitored_function_metric_needs_its_direction(tabular, tmp_path):
+    def error(y_pred, y):  # an error rate: lower is better, which nothing tells the loop
+        return (y_pred.argmax(1) != y).float().mean()
+
+    with pytest.raises(ConfigError, match=r"^which way 'val/err' improves is unknown: metric 'err' \(Mean\)"):
+        train_with(
+            tmp_path / "a", tabular[0], val_loader=tabular[1], eval_metrics={"err": error}, monitor="val/err"
+        )
+    history = train_with(
+        tmp_path / "b", tabular[0], val_loader=tabular[1], monitor="val/err", epochs=3,
+        eval_metrics={"err": metrics.Mean(error, higher_is_better=False)},
+    )  # fmt: skip
+    best = torch.load(tmp_path / "b" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["mode"] == "min" and best["epoch"] == min(history, key=lambda row: row["val/err"])["epoch"]
+
+
 def test_non_finite_loss_names_epoch_step_and_loader(tabular, tmp_path):
     calls = []
 

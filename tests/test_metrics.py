@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -75,7 +76,7 @@ def test_f1_precision_recall_kappa_confusion_by_hand():
     logits = torch.nn.functional.one_hot(pred, 2).float()
     tp, fp, fn, tn = 2, 1, 1, 2
     assert feed(metrics.ConfusionMatrix(), [(logits, y)]).tolist() == [[tn, fp], [fn, tp]]
-    # macro over the two classes: each class has precision = recall = 2/3
+    # class 1's values (scikit-learn's default for two classes): precision = recall = 2/3
     assert feed(metrics.Precision(), [(logits, y)]).item() == pytest.approx(2 / 3)
     assert feed(metrics.Recall(), [(logits, y)]).item() == pytest.approx(2 / 3)
     assert feed(metrics.F1(), [(logits, y)]).item() == pytest.approx(2 / 3)
@@ -85,6 +86,49 @@ def test_f1_precision_recall_kappa_confusion_by_hand():
     # binary task from one column: probability 0.9 -> 1
     probs = torch.tensor([0.1, 0.9, 0.8, 0.7, 0.2, 0.3]).unsqueeze(1)
     assert feed(metrics.Precision(), [(probs, y)]).item() == pytest.approx(2 / 3)
+
+
+class Notices:
+    """A logger that keeps the run's notices."""
+
+    def __init__(self):
+        self.lines = []
+
+    def notice(self, message):
+        self.lines.append(message)
+
+
+def test_f1_precision_recall_follow_scikit_learn_whatever_the_heads_shape():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (203,), generator=g)
+    # a 1-logit head, and a 2-column one with the same odds
+    logit = torch.randn(203, generator=g) + y - 0.3
+    heads = {"1 logit": logit.unsqueeze(1), "2 columns": torch.stack([torch.zeros(203), logit], 1)}
+    scores = {"f1": (metrics.F1, f1_score), "precision": (metrics.Precision, precision_score)}
+    scores["recall"] = (metrics.Recall, recall_score)
+    options = {"": {}, "-macro": {"average": "macro"}, "-weighted": {"average": "weighted"}}
+    options.update({"-neg": {"pos_label": 0}, "-each": {"average": None}})
+    y_hat = (logit > 0).long().numpy()
+    for head, y_pred in heads.items():
+        named = {n + o: make(**kw) for n, (make, _) in scores.items() for o, kw in options.items()}
+        named["f1-0.7"] = metrics.F1(threshold=0.7)  # on the probability of class 1, whatever the head
+        named["f1-task"] = metrics.F1(task="binary")  # a 2-column head too
+        notices = Notices()
+        loader = DataLoader(TensorDataset(y_pred, y), batch_size=20)
+        runner = Runner(nn.Identity().eval(), batch_metrics=named, device="cpu", loggers=[notices])
+        values = runner(loader)
+        for n, (_, sklearn_score) in scores.items():
+            for o, kw in options.items():
+                got = [values[f"{n}{o}/0"], values[f"{n}{o}/1"]] if o == "-each" else values[n + o]
+                assert got == pytest.approx(sklearn_score(y.numpy(), y_hat, **kw), abs=1e-6), (head, n, kw)
+        assert values["f1-0.7"] == pytest.approx(f1_score(y.numpy(), logit.sigmoid().numpy() > 0.7), abs=1e-6)
+        assert values["f1-task"] == values["f1"]
+        # what was averaged, where it is not the default, is said once
+        assert "f1-macro: macro average of the 2 classes (the default: class 1's value)" in notices.lines
+        assert "f1-neg: class 0's value (pos_label=0; the default: class 1's)" in notices.lines
+        assert not [line for line in notices.lines if line.startswith(("f1:", "f1-each:"))]
 
 
 def test_kappa_accumulates_over_the_epoch():
@@ -104,6 +148,68 @@ def test_callable_metric_is_weighted_by_batch_size():
     batches = [(torch.zeros(3), torch.ones(3)), (torch.zeros(1), torch.full((1,), 5.0))]
     assert feed(m, batches).item() == pytest.approx((3 * 1 + 5) / 4)
     assert feed(metrics.Loss(nn.L1Loss()), batches).item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("log_every", [1, 3, 50])
+def test_a_function_metric_is_the_mean_of_its_per_batch_values_however_the_loop_groups_batches(log_every):
+    def psnr(y_pred, y):  # as pytorch/examples' super_resolution computes it, once per test batch
+        return 10 * torch.log10(1 / nn.functional.mse_loss(y_pred, y))
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(43, 1, 4, 4, generator=g)
+    noisy = clean + 0.1 * torch.randn(43, 1, 4, 4, generator=g) * torch.rand(43, 1, 1, 1, generator=g)
+    # five equal batches: the hand loop's plain mean of per-batch values
+    batches = DataLoader(TensorDataset(noisy[:40], clean[:40]), batch_size=8)
+    hand = sum(psnr(y_pred, y).item() for y_pred, y in batches) / len(batches)
+    assert runner_values(noisy[:40], clean[:40], 8, log_every, psnr) == pytest.approx(hand, rel=1e-6)
+    # a smaller last batch counts for its examples: the mean weighted by batch size
+    batches = DataLoader(TensorDataset(noisy, clean), batch_size=8)
+    weighted = sum(psnr(y_pred, y).item() * len(y) for y_pred, y in batches) / 43
+    assert runner_values(noisy, clean, 8, log_every, psnr) == pytest.approx(weighted, rel=1e-6)
+
+
+@pytest.mark.parametrize("log_every", [1, 50])
+def test_a_summed_loss_is_reported_as_the_hand_loop_reports_it(log_every):
+    # pytorch/examples' vae: loss_function sums over the batch; `train_loss += loss.item()` per batch, and
+    # the epoch's "Average loss" is train_loss / len(train_loader.dataset)
+    def loss_function(recon, x):
+        return nn.functional.binary_cross_entropy_with_logits(recon, x, reduction="sum")
+
+    loss_function.reduction = "sum"  # what nn losses say with reduction='sum'
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(70, 6, generator=g)
+    loader = DataLoader(TensorDataset(x, x), batch_size=16)  # a last batch of 6
+    for loss_fn in (loss_function, nn.BCEWithLogitsLoss(reduction="sum")):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 2), nn.Tanh(), nn.Linear(2, 6))
+        hand_model = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(hand_model.parameters(), lr=0.01)
+        train_loss = 0.0
+        for data, target in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(hand_model(data), target)
+            loss.backward()
+            train_loss += loss.item()
+            optimizer.step()
+        notices = Notices()
+        runner = Runner(
+            model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.01), device="cpu", loggers=[notices],
+            batch_metrics={"bce": metrics.Loss(nn.BCEWithLogitsLoss(reduction="sum"))}, log_every_n_steps=log_every,
+        )  # fmt: skip
+        values = runner(loader)
+        assert values["loss"] == pytest.approx(train_loss / len(loader.dataset), rel=1e-6)
+        assert "loss: loss_fn has reduction='sum': the loss is the pass's sum divided by its examples" in (
+            notices.lines
+        )
+        # evaluation, and the same loss as a metric: the test loop's sum over the examples, divided by them
+        model.eval()
+        with torch.no_grad():
+            test_loss = sum(loss_fn(model(data), target).item() for data, target in loader) / len(
+                loader.dataset
+            )
+        values = runner(loader)
+        assert values["loss"] == pytest.approx(test_loss, rel=1e-6)
+        assert values["bce"] == pytest.approx(test_loss, rel=1e-6)
 
 
 def test_eps_counts_examples_per_second():

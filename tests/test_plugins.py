@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import overlay_venv
+from conftest import ENV, overlay_venv, xt
 
+from xt_training import registry
 from xt_training.errors import ConfigError
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
@@ -165,6 +166,73 @@ def test_augmented_image_folder_presets(vision, preset, tmp_path):
     x, y = next(iter(data.loaders["train"]))
     assert x.shape[1:] == (3, 16, 16) and data.info["classes"] == ["cat", "dog"]
     assert next(iter(data.loaders["val"]))[0].shape[1:] == (3, 16, 16)
+
+
+# --- metric directions: the monitored value's mode comes from the metric, never from its name --------------------
+def importing_from(path: Path) -> dict[str, str]:
+    """The environment of an ``xt`` subprocess that imports modules from ``path`` too (a plugin not installed)."""
+    return {**ENV, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_lower_is_better_plugin_metric_keeps_its_lowest_epoch_in_best_pt(tmp_path):
+    # Brier falls from epoch to epoch: guessed from the name ('max'), best.pt would hold the worst epoch
+    env = importing_from(PLUGINS / "xt-calibration")
+    xt("-p", "xt_calibration.plugin", "run", "--model", "mlp", "--data", "synthetic-classification",
+       "--metric", "brier", "--metric", "ece", "--monitor", "val/brier", "--epochs", "4", "-q",
+       "--save-dir", "r", cwd=tmp_path, env=env)  # fmt: skip
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    best = torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == min(history, key=lambda row: row["val/brier"])["epoch"] != 1
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert record["mode"] == best["mode"] == "min"
+    values = [f"{split}/{m}" for split in ("train", "val", "test") for m in ("loss", "brier", "ece")]
+    assert record["directions"] == dict.fromkeys(values, "min")
+
+
+PEAK_PLUGIN = """
+from xt_training.hookspecs import hookimpl
+
+
+class Peak:  # nothing in a name like this says which way it improves (a PSNR improves upwards)
+    def __init__(self):
+        self.reset()
+
+    def update(self, y_pred, y):
+        self.n += len(y)
+
+    def compute(self):
+        return float(self.n)
+
+    def reset(self):
+        self.n = 0
+
+
+@hookimpl
+def register_metrics(register):
+    register("peak", "peak_plugin:Peak", description="declares no direction")
+    register("peak-up", "peak_plugin:Peak", description="declared where it registers", higher_is_better=True)
+    register("peak-odd", "peak_plugin:Peak", description="a bad declaration", higher_is_better="up")
+"""
+
+
+def test_a_plugin_metric_without_a_direction_makes_the_run_ask_for_mode(tmp_path, monkeypatch):
+    (tmp_path / "peak_plugin.py").write_text(PEAK_PLUGIN)
+    env = importing_from(tmp_path)
+    out = xt("-p", "peak_plugin", "run", "--model", "mlp", "--data", "synthetic-classification", "--metric", "peak",
+             "--monitor", "val/peak", "--save-dir", "r", cwd=tmp_path, env=env, code=2)  # fmt: skip
+    assert out.stderr.strip().splitlines() == [
+        "xt: error: which way 'val/peak' improves is unknown: metric 'peak' (Peak) declares no higher_is_better; "
+        "pass mode='min' or mode='max' (xt run --mode min|max)"
+    ]
+    assert not (tmp_path / "r" / "checkpoints").exists()  # refused before training
+
+    # declared as registration metadata, the metric carries it; a declaration that is not a bool is refused
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = registry.load(["peak_plugin"], environ={"XT_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert plugins.create("metric", "peak-up").higher_is_better is True
+    assert getattr(plugins.create("metric", "peak"), "higher_is_better", None) is None
+    with pytest.raises(ConfigError, match="'peak-odd' of plugin .* higher_is_better='up'; the plugin must"):
+        plugins.create("metric", "peak-odd")
 
 
 # --- pip install for real ---------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def build(
     )
     saved["scheduler"] = None
     if config["scheduler"] is not None:
-        context = scheduler_context(config, data, built.optimizer)
+        context = scheduler_context(config, data, built.optimizer, metrics)
         built.scheduler, saved["scheduler"] = make("scheduler", config["scheduler"], context)
         interval = registry.current().entry("scheduler", config["scheduler"]["name"]).metadata.get("interval")
         built.scheduler_step = interval or "epoch"
@@ -177,15 +177,34 @@ def build(
     return built
 
 
-def scheduler_context(config: Mapping[str, Any], data: registry.Data, optimizer: Any) -> dict[str, Any]:
+def scheduler_context(
+    config: Mapping[str, Any], data: registry.Data, optimizer: Any, metrics: Mapping[str, Any]
+) -> dict[str, Any]:
     """What the run tells a scheduler's factory (each value only if the factory has a parameter of its name)."""
     context = {"optimizer": optimizer, "epochs": config["epochs"]}
     monitor = config["monitor"] or data.monitor  # None: F.train's default, a loss
-    if config["mode"] is not None or monitor is not None:  # ReduceLROnPlateau's mode follows the monitor's
-        context["mode"] = config["mode"] or direction(monitor)
+    # ReduceLROnPlateau's mode follows the monitor's (unknown: F.train asks for --mode before training)
+    mode = config["mode"] or (direction(monitor, metrics) if monitor is not None else None)
+    if mode is not None:
+        context["mode"] = mode
     if hasattr(data.loaders["train"], "__len__"):
         context["steps_per_epoch"] = len(data.loaders["train"])
     return context
+
+
+def monitor_direction(config: Mapping[str, Any]) -> str | None:
+    """Which way the monitored value of a run of ``config`` improves, before the run is built (a study's
+    direction): ``'min'`` for a loss, else what its metric declares (made here), ``None`` where it declares none.
+    """
+    monitor = config["monitor"]
+    key = monitor.split("/")[1] if "/" in monitor else monitor
+    if key == "loss":
+        return "min"
+    component = (config["metrics"] or {}).get(key) or {"name": key, "options": {}}  # else one of the data's
+    if component["name"] not in registry.names("metric"):
+        return None
+    metric, _ = make("metric", component)
+    return direction(monitor, {key: metric})
 
 
 def spread_over_epochs(component: Mapping[str, Any], context: Mapping[str, Any], epochs_then: int) -> bool:

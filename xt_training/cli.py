@@ -204,7 +204,7 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--device", help="cpu, cuda, cuda:1, ...; default: CUDA when available."),
     click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seeds Python, NumPy and torch."),
     click.option("--monitor", help="Value deciding the best checkpoint, e.g. val/accuracy; default val/loss."),
-    click.option("--mode", type=click.Choice(["min", "max"]), help="Whether --monitor improves downwards or upwards."),
+    click.option("--mode", type=click.Choice(["min", "max"]), help="Whether --monitor improves downwards or upwards; default: its metric's direction."),
     click.option(
         "--log-every", "log_every_n_steps", type=click.IntRange(min=1), default=_DEFAULTS["log_every_n_steps"], show_default=True,
         help="Read values from the device and log them every N steps.",

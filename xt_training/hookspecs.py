@@ -27,7 +27,8 @@ description=None, **metadata)``:
   ``xt list`` and ``xt --help`` stay fast (importing torch alone takes over a second).
 - ``description``: one line for ``xt list``; default: the first line of the factory's docstring
   (which needs the import the string form avoids, so give one with a string factory).
-- ``metadata``: extra facts shown by ``xt info``; ``register_schedulers`` reads ``interval``, ``register_losses`` reads
+- ``metadata``: extra facts shown by ``xt info``; ``register_metrics`` reads ``higher_is_better``,
+  ``register_schedulers`` reads ``interval``, ``register_losses`` reads
   ``predicts`` (what a model trained with the loss outputs: ``'logits'``, ``'log-probabilities'``,
   ``'binary-logits'`` or ``'binary-probabilities'``; ``xt predict`` turns it into classes and probabilities).
 
@@ -88,6 +89,9 @@ def register_metrics(register: Any) -> None:
     A metric factory returns an object with ``update(y_pred, y)``, ``compute()`` and ``reset()`` (the
     contract of :mod:`xt_training.metrics`; any ``torchmetrics.Metric`` qualifies). ``update`` receives
     several batches concatenated and must accumulate, preferably on the device of its inputs.
+    Its ``higher_is_better`` (True or False) says which way it improves, for a run's ``--monitor``; a
+    factory whose objects lack it can declare it as metadata, ``register(..., higher_is_better=False)``.
+    Without either, monitoring the metric needs ``--mode``.
     """
 
 

@@ -2,13 +2,24 @@
 
 **The metric contract.** Anything with ``update(y_pred, y)``, ``compute()`` and ``reset()`` is a
 metric, so every ``torchmetrics.Metric`` works as it is. A plain callable ``fn(y_pred, y) -> tensor``
-is wrapped in :class:`Mean` and averaged over the epoch, weighted by batch size.
+is wrapped in :class:`Mean`: the epoch value is the mean of its per-batch values, weighted by batch
+size, as a hand-written loop computes it.
 
 The loop calls ``update`` with *several batches concatenated* (at some logging steps, not at every
 step: that keeps the per-step cost of metrics near zero), so ``update`` must accumulate, not average
-per call.
+per call. A metric whose value over several batches is not what it accumulates from each (a PSNR, a
+median) sets ``per_batch = True`` and gets one ``update`` per batch (still at logging steps), so that
+its value does not depend on how the loop groups batches (:class:`Mean` does).
 ``compute()`` returns the value over everything since the last ``reset()``: the epoch AUC is the
 AUC of all the epoch's examples, not a mean of per-batch AUCs.
+
+**Direction.** ``higher_is_better`` (torchmetrics' attribute), True or False, says which way the value
+improves: ``monitor`` takes its mode from it, and a metric without one can be monitored only with an
+explicit ``mode``. A plugin may declare it when it registers the metric instead
+(``register(..., higher_is_better=False)``).
+
+**Several values, notes.** A ``compute()`` that returns a dict is reported as one value per key
+(``f1/0``, ``f1/1``, ...). A ``note`` attribute (a line, e.g. what was averaged) is shown once per run.
 
 A metric need not read its arguments: a value recorded elsewhere during the pass (e.g. the mean
 episode return an RL data set keeps, see docs/rl.md) is a metric whose ``update()`` does nothing,
@@ -59,13 +70,23 @@ def as_metric(obj: Any, name: str = "metric") -> Metric:
 
 
 class Mean:
-    """The epoch mean of ``fn(y_pred, y)``, weighted by batch size.
+    """The epoch mean of ``fn(y_pred, y)``'s per-batch values, weighted by batch size (a hand loop's value).
 
-    ``fn`` must return the mean over the examples it is given (as losses with ``reduction='mean'`` do).
+    The loop calls it once per batch (``per_batch``): ``fn`` of several batches at once would give another
+    value wherever it is not a mean over examples (a PSNR of the batches' joint error). A ``fn`` with
+    ``reduction='sum'`` (a loss, or a function given that attribute) returns a batch's sum: the value is
+    then the epoch's sum divided by its examples, as for the training loss.
+    ``higher_is_better``: which way the value improves, for ``monitor`` (``None``: not known).
     """
 
-    def __init__(self, fn: Callable[[Any, Any], Any]):
+    higher_is_better: bool | None = None
+    per_batch = True
+
+    def __init__(self, fn: Callable[[Any, Any], Any], higher_is_better: bool | None = None):
         self.fn = fn
+        self.summed = getattr(fn, "reduction", None) == "sum"
+        if higher_is_better is not None:  # else the class's (a Loss: lower)
+            self.higher_is_better = higher_is_better
         self.sync = True
         self.reset()
 
@@ -75,7 +96,7 @@ class Mean:
         if value.numel() != 1:
             raise ValueError(f"{_name(self.fn)} returned shape {tuple(value.shape)}; it must return a scalar")
         # stays a device tensor: no host-device synchronisation until compute()
-        self._sum = self._sum + value.reshape(()) * n
+        self._sum = self._sum + (value.reshape(()) if self.summed else value.reshape(()) * n)
         self._n += n
 
     def compute(self) -> torch.Tensor:
@@ -100,7 +121,9 @@ class Mean:
 
 
 class Loss(Mean):
-    """The epoch mean of a loss function, e.g. ``metrics.Loss(nn.MSELoss())`` beside a training loss."""
+    """The epoch mean of a loss function per example, e.g. ``metrics.Loss(nn.L1Loss())`` beside a training loss."""
+
+    higher_is_better = False
 
 
 class EPS:
@@ -108,6 +131,8 @@ class EPS:
 
     Size-only: the loop passes it batch sizes (``update_size``), not outputs.
     """
+
+    higher_is_better = True
 
     def __init__(self) -> None:
         self.sync = True

@@ -10,6 +10,10 @@ the first batch they see, unless ``task=`` is given:
 - targets of the same shape ``(N, L, ...)`` as the predictions, of any dtype: multi-label with L labels;
 - otherwise predictions ``(N, C, ...)`` and integer targets ``(N, ...)``: multiclass with C classes.
 
+A 2-column head with ``task='binary'`` is binary too: the softmax of its second column is the probability
+of class 1. :class:`F1`, :class:`Precision` and :class:`Recall` give the positive class's value for two
+classes whatever the head's shape (scikit-learn's convention), the macro average for more.
+
 Binary and multi-label targets must be 0 or 1: soft or smoothed labels are a ``ValueError`` (an
 integer conversion would silently make 0.9 a 0).
 
@@ -204,6 +208,8 @@ class _Classification:
     update call, always gets values in [0, 1] and never transforms them itself.
     """
 
+    #: which way the value improves (torchmetrics' attribute; ``monitor`` takes its mode from it)
+    higher_is_better: bool | None = True
     #: the tasks a subclass supports
     tasks: tuple[str, ...] = ("binary", "multiclass", "multilabel")
     #: the torchmetrics.classification classes of the binary, multiclass and multi-label tasks
@@ -278,14 +284,22 @@ class _Classification:
             self._clipped = outside if self._clipped is None else self._clipped | outside
         return probabilities(y_pred, "clip")  # whether needed or not: knowing would cost a host read
 
-    def _prepare(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.task != "multiclass":
-            check_binary_targets(y, self.kwargs.get("ignore_index"))
+    def _binary(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probabilities of class 1, ``(N, ...)``, of a 1-logit or a 2-column head, and the 0/1 targets."""
+        check_binary_targets(y, self.kwargs.get("ignore_index"))
+        if y_pred.ndim >= 2 and y_pred.shape[1] == 2:  # two columns (task='binary'): the second one's
+            preds = self._probabilities(y_pred, "softmax")[:, 1]
+        else:
             preds = self._probabilities(y_pred, "sigmoid")  # before the reshape: shared per tensor
-            if self.task == "multilabel":
-                return preds, y.long()
             preds = preds.reshape(preds.shape[0], *preds.shape[2:]) if preds.ndim >= 2 else preds
-            return preds, y.reshape(preds.shape).long()
+        return preds, y.reshape(preds.shape).long()
+
+    def _prepare(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.task == "binary":
+            return self._binary(y_pred, y)
+        if self.task == "multilabel":
+            check_binary_targets(y, self.kwargs.get("ignore_index"))
+            return self._probabilities(y_pred, "sigmoid"), y.long()
         # torchmetrics counts an out-of-range label silently as wrong; name it instead
         # (a host read, but metrics update only at logging steps)
         low, high = label_range(y, self.kwargs.get("ignore_index"))
@@ -477,7 +491,7 @@ class ROC_AUC(_Classification):  # noqa: N801 - the seed's name
 
 
 class _Averaged(_Classification):
-    """F1, precision and recall: ``average='macro'`` over classes by default (multiclass/multi-label)."""
+    """Dice: ``average='macro'`` over classes by default (multiclass/multi-label)."""
 
     def __init__(self, average: str = "macro", **kwargs: Any):
         super().__init__(**kwargs)
@@ -488,19 +502,91 @@ class _Averaged(_Classification):
         return self._class(task)(**_task_kwargs(task, n), **{**kw, **self.kwargs})
 
 
-class F1(_Averaged):
+#: the values of ``average`` that F1, precision and recall take ('auto': see :class:`_PositiveClass`)
+_AVERAGES = ("auto", "binary", "macro", "micro", "weighted", None)
+
+
+class _PositiveClass(_Classification):
+    """F1, precision and recall, with scikit-learn's conventions whatever the head's shape.
+
+    Two classes -- a 1-logit head, a 2-column head, or ``task='binary'`` -- give the value of class
+    ``pos_label`` (1 by default; scikit-learn's ``average='binary'``). An example is predicted as class 1
+    where the probability of class 1 is above ``threshold`` (a 2-column head at the default 0.5: where its
+    second column is the larger). More classes, or multi-label: the macro average. The default,
+    ``average='auto'``, means just this; ``'macro'``, ``'micro'`` and ``'weighted'`` average over the
+    classes (labels) instead, and ``None`` reports one value per class, as the columns ``f1/0``,
+    ``f1/1``, ... of the history. What was averaged, when it is not the default, is in the run's notices
+    (the console and ``notes.txt``): ``note``.
+    """
+
+    _two = False  # whether the problem has two classes (known at the first update)
+
+    def __init__(
+        self, average: str | None = "auto", pos_label: int = 1, threshold: float = 0.5, **kwargs: Any
+    ):
+        name = type(self).__name__
+        if average not in _AVERAGES:
+            raise ValueError(
+                f"{name}: average must be one of {', '.join(map(repr, _AVERAGES))}, not {average!r}"
+            )
+        if isinstance(pos_label, bool) or pos_label not in (0, 1):
+            raise ValueError(f"{name}: pos_label must be 0 or 1 (the class of two whose value is reported)")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"{name}: threshold must be a probability in [0, 1], not {threshold!r}")
+        super().__init__(**kwargs)
+        self.average, self.pos_label, self.threshold = average, pos_label, float(threshold)
+        self.note: str | None = None  # what was averaged, when it is not the default
+
+    def _build(self, task: str, n: int) -> Any:
+        self._two = task == "binary" or (task == "multiclass" and n == 2)
+        if self._two:  # per class (compute() picks pos_label's) or averaged over the two
+            average = None if self.average in ("auto", "binary") else self.average
+            if average is not None:
+                self.note = f"{average} average of the 2 classes (the default: class 1's value)"
+            elif self.average is not None and self.pos_label != 1:
+                self.note = "class 0's value (pos_label=0; the default: class 1's)"
+            return self._class("multiclass")(num_classes=2, average=average, **self.kwargs)
+        what = "labels" if task == "multilabel" else "classes"
+        if self.average == "binary" or self.pos_label != 1:
+            option = "average='binary'" if self.average == "binary" else "pos_label"
+            raise ValueError(
+                f"{type(self).__name__}: {option} is for two classes and the predictions have {n} {what}; "
+                "use average='macro', 'micro', 'weighted' or None (one value per class)"
+            )
+        average = "macro" if self.average == "auto" else self.average
+        if average not in ("macro", None):
+            self.note = f"{average} average of the {n} {what} (the default: the macro average)"
+        options = {"threshold": self.threshold} if task == "multilabel" else {}
+        return self._class(task)(**_task_kwargs(task, n), average=average, **options, **self.kwargs)
+
+    def _prepare(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._two and (self.task == "binary" or self.threshold != 0.5):
+            preds, target = self._binary(y_pred, y)
+            return (preds > self.threshold).long(), target  # the predicted classes, as torchmetrics' binary
+        return super()._prepare(y_pred, y)  # a 2-column head's top class (argmax); more classes; multi-label
+
+    def compute(self) -> Any:
+        value = super().compute()
+        if self._metric is None:
+            return value
+        if self.average is None:  # one history column per class: f1/0, f1/1, ...
+            return {str(i): v for i, v in enumerate(value)}
+        return value[self.pos_label] if self._two and self.average in ("auto", "binary") else value
+
+
+class F1(_PositiveClass):
     """F1 score (harmonic mean of precision and recall)."""
 
     _names = ("BinaryF1Score", "MulticlassF1Score", "MultilabelF1Score")
 
 
-class Precision(_Averaged):
+class Precision(_PositiveClass):
     """Precision: the fraction of positive predictions that are correct."""
 
     _names = ("BinaryPrecision", "MulticlassPrecision", "MultilabelPrecision")
 
 
-class Recall(_Averaged):
+class Recall(_PositiveClass):
     """Recall: the fraction of positive examples that are found."""
 
     _names = ("BinaryRecall", "MulticlassRecall", "MultilabelRecall")
@@ -518,6 +604,8 @@ class Kappa(_Classification):
 
 class ConfusionMatrix(_Classification):
     """Confusion matrix (rows: true class, columns: predicted class); reported as a nested list."""
+
+    higher_is_better = None  # a matrix: not a value to monitor
 
     _names = ("BinaryConfusionMatrix", "MulticlassConfusionMatrix", "MultilabelConfusionMatrix")
 
@@ -545,18 +633,21 @@ class IoU(_Classification):
         return self._class(task)(**_task_kwargs(task, n), **{**kw, **self.kwargs})
 
 
-class Dice(F1):
+class Dice(_Averaged):
     """Dice coefficient ``2|A & B| / (|A| + |B|)`` per class, over every pixel of the epoch, macro-averaged.
 
     Per class it equals the F1 score of the pixels (which is how it is computed); see :class:`IoU` for
     the tasks and options.
     """
 
+    _names = ("BinaryF1Score", "MulticlassF1Score", "MultilabelF1Score")
+
 
 class _Regression:
     """Base of the regression metrics: a torchmetrics regression metric that accepts ``(N, 1)`` vs ``(N,)``."""
 
     _name = ""  # the class in torchmetrics.regression
+    higher_is_better = False  # an error; R2 says otherwise
 
     def __init__(self, **kwargs: Any):
         import torchmetrics.regression
@@ -617,6 +708,7 @@ class R2(_Regression):
     """Coefficient of determination R² over the epoch (several outputs: averaged uniformly)."""
 
     _name = "R2Score"
+    higher_is_better = True
 
 
 class MeanAveragePrecision:
@@ -630,6 +722,8 @@ class MeanAveragePrecision:
 
     Needs pycocotools or faster-coco-eval (``pip install pycocotools``).
     """
+
+    higher_is_better = True  # every key: precisions and recalls
 
     def __init__(self, key: str = "map", box_format: str = "xyxy", **kwargs: Any):
         import importlib.util

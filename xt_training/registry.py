@@ -383,7 +383,10 @@ class Registry:
         entry = self.entry(kind, name)
         factory = entry.load()
         _check_options(entry, factory, options)
-        return factory(**options)
+        obj = factory(**options)
+        if entry.kind == "metric":
+            _declare_direction(obj, entry)
+        return obj
 
     def accepts(self, kind: str, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """The items of ``values`` that the factory of ``name`` has a parameter for (``**kwargs`` aside).
@@ -424,6 +427,21 @@ class Registry:
             "any_option": entry.takes_any_option(),
             "metadata": dict(entry.metadata),
         }
+
+
+def _declare_direction(metric: Any, entry: Entry) -> None:
+    """Give ``metric`` the ``higher_is_better`` its plugin declared when it registered the name, if any."""
+    declared = entry.metadata.get("higher_is_better")
+    if declared is None:
+        return
+    own = getattr(metric, "higher_is_better", None)
+    if not isinstance(declared, bool) or (isinstance(own, bool) and own != declared):
+        said = f" but its {type(metric).__name__} says {own}" if isinstance(own, bool) else ""
+        raise ConfigError(
+            f"metric '{entry.name}' of plugin {entry.source} is registered with higher_is_better={declared!r}"
+            f"{said}; the plugin must register True or False, as the metric computes it"
+        )
+    metric.higher_is_better = declared
 
 
 def _entry_points() -> list[Any]:

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,15 @@ def absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def direction(name: str) -> str:
-    """The default direction of a history value: ``'min'`` for a loss or an error (``'val/loss'``,
-    ``'val/mae'``...), else ``'max'`` (accuracy, AUC...). A metric with ``higher_is_better`` says it itself."""
-    metric = name.rsplit("/", 1)[-1].lower()
-    return "min" if any(w in metric for w in ("loss", "err", "mse", "mae", "rmse")) else "max"
+def direction(name: str, metrics: Mapping[str, Any]) -> str | None:
+    """Which way a history value ``'PASS/KEY'`` (``'val/loss'``, ``'val/f1'``, ``'val/f1/0'``) improves.
+
+    ``'min'`` for a pass's loss; else what metric KEY of ``metrics`` declares as ``higher_is_better``
+    (torchmetrics' attribute): True gives ``'max'``, False ``'min'``. ``None`` where it declares nothing:
+    a name is no evidence (a Brier score is an error, a PSNR is not), so the caller asks for a mode.
+    """
+    key = name.split("/")[1] if "/" in name else name
+    if key == "loss":
+        return "min"
+    higher = getattr(metrics.get(key), "higher_is_better", None)
+    return None if not isinstance(higher, bool) else "max" if higher else "min"

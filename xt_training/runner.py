@@ -112,6 +112,8 @@ class Runner:
     Args:
         model: any ``nn.Module``; moved to ``device`` once, here.
         loss_fn: called as ``loss_fn(y_pred, y)``; must return a scalar tensor. Optional when evaluating.
+            The pass's ``loss`` is its mean per example: batch means weighted by batch size, or, for a loss
+            whose ``reduction`` is ``'sum'``, the batch sums added and divided by the examples.
         optimizer: required to train.
         scheduler: a torch LR scheduler, stepped as ``scheduler_step`` says.
         batch_metrics: ``{name: metric}`` computed on every pass (see :mod:`xt_training.metrics`);
@@ -213,6 +215,8 @@ class Runner:
         if compile:
             self.model = torch.compile(self.model)
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+        # a loss of reduction='sum' is a batch's sum already: the pass's loss is the sum over its examples
+        self.summed_loss = getattr(loss_fn, "reduction", None) == "sum"
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_step = scheduler_step
@@ -241,6 +245,7 @@ class Runner:
         self.fast_path = fast_path
         self.data_on_device = check_data_on_device(data_on_device)
         self._fast_path_noticed = False
+        self._noted: set[tuple[str, str]] = set()  # the metrics' notes already shown
         self.epoch = 0  # shown by loggers; F.train sets it
         self.global_step = 0  # optimizer steps taken, across passes
         self.latest: dict[str, Any] = {}  # the values of the last pass
@@ -275,7 +280,13 @@ class Runner:
             loader = self._shard(loader, training)
         if isinstance(getattr(loader, "sampler", None), DistributedSampler):
             loader.sampler.set_epoch(self.epoch)  # a new shuffle each epoch, the same on every rank
-        buffers = _Buffers(pass_metrics, self.device, keep_all=return_preds, distributed=self.distributed)
+        buffers = _Buffers(
+            pass_metrics,
+            self.device,
+            keep_all=return_preds,
+            distributed=self.distributed,
+            summed=self.summed_loss,
+        )
         non_blocking = self.device.type == "cuda"  # copies overlap with compute where memory is pinned
         # a CPU run uses the batches as the loader yields them
         move = self.device.type != "cpu" or self.channels_last
@@ -427,9 +438,21 @@ class Runner:
             self._check_finite(values, buffers, name)
             if self.scheduler is not None and self.scheduler_step == "epoch":
                 step_scheduler(self.scheduler, values.get("loss"))
+        if self.summed_loss:
+            self._notice_once(
+                "loss", "loss_fn has reduction='sum': the loss is the pass's sum divided by its examples"
+            )
+        for key, metric in pass_metrics.items():  # e.g. what an F1 averaged, where not its default
+            self._notice_once(key, getattr(metric, "note", None))
         self.loggers.end_pass(name, values)
         self.latest = values
         return buffers.predictions() if return_preds else values
+
+    def _notice_once(self, key: str, note: str | None) -> None:
+        """Show ``key: note`` in the console and ``notes.txt``, once a run."""
+        if note and (key, note) not in self._noted:
+            self._noted.add((key, note))
+            self.loggers.notice(f"{key}: {note}")
 
     def _any_stop(self) -> bool:
         """Whether any DDP rank was asked to stop (a collective: every rank calls it at the same step)."""
@@ -611,12 +634,20 @@ class _Buffers:
     """What a pass keeps between logging steps, and the pass totals built from it."""
 
     def __init__(
-        self, metrics: dict[str, Any], device: torch.device, keep_all: bool, distributed: bool = False
+        self,
+        metrics: dict[str, Any],
+        device: torch.device,
+        keep_all: bool,
+        distributed: bool = False,
+        summed: bool = False,
     ):
         self.metrics = metrics
         # size-only metrics (EPS) get the example counts at each flush; the others the buffered outputs
         self.size_metrics = {n: m for n, m in metrics.items() if callable(getattr(m, "update_size", None))}
         self.output_metrics = {n: m for n, m in metrics.items() if n not in self.size_metrics}
+        # metrics that take one batch per update (a function's mean): the outputs keep their batches apart
+        self.batch_metrics = {n for n, m in self.output_metrics.items() if getattr(m, "per_batch", False)}
+        self.summed = summed  # whether each loss is its batch's sum (reduction='sum'), not its mean
         self.device = device
         self.distributed = distributed
         self.next_compute: dict[str, float] = {}  # per metric: when its running value may be computed next
@@ -683,10 +714,11 @@ class _Buffers:
         """Hand the buffered outputs to the metrics (no host read)."""
         if not self.outputs:
             return
-        joined = _concat_outputs(self.outputs)  # several batches in one update: much cheaper than one each
+        # several batches in one update: much cheaper than one each (but per-batch metrics get one each)
+        joined = _concat_outputs(self.outputs) if len(self.batch_metrics) < len(self.output_metrics) else None
         groups = [joined] if joined is not None else self.outputs
-        for y_pred, y in groups:
-            for name, metric in self.output_metrics.items():
+        for name, metric in self.output_metrics.items():
+            for y_pred, y in self.outputs if name in self.batch_metrics else groups:
                 try:
                     metric.update(y_pred, y)
                 except XtError:
@@ -707,6 +739,8 @@ class _Buffers:
         next steps to reuse: holding hundreds of batches' outputs until the metrics' update made each
         step write its outputs to memory outside the caches (~3 us a step for a small model's logits).
         """
+        if self.batch_metrics:  # they take the batches one by one: kept apart
+            return
         new = self.outputs[self.compacted :]
         joined = _concat_outputs(new) if len(new) > 1 else None
         if joined is not None:  # else shapes that differ between batches: kept as they are
@@ -719,7 +753,9 @@ class _Buffers:
         Under DDP the ``final`` values are synchronised over all ranks; running values are this rank's.
         """
         if self.losses:
-            if self.read_at_once:  # floats: summed here, without a torch call
+            if self.summed:  # batch sums: weighted by the batch size already
+                chunk_sum = sum(self.losses) if self.read_at_once else torch.stack(self.losses).float().sum()
+            elif self.read_at_once:  # floats: summed here, without a torch call
                 chunk_sum = sum([loss * n for loss, n in zip(self.losses, self.sizes)])
             else:
                 sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.device, non_blocking=True)
@@ -771,9 +807,13 @@ class _Buffers:
             if self.distributed:
                 set_sync(metric, sync)
             try:
-                values[name] = _to_python(metric.compute())
+                value = metric.compute()
             except Exception as e:
                 raise MetricError(f"metric {name!r} ({type(metric).__name__}) failed to compute: {e}") from e
+            if isinstance(value, Mapping):  # several values, a column each: F1(average=None)'s f1/0, f1/1
+                values.update({f"{name}/{key}": _to_python(v) for key, v in value.items()})
+            else:
+                values[name] = _to_python(value)
             # A running value may cost at most ~5% of the pass: a metric whose compute() is slow (an
             # AUC sorts every example so far) is computed again only after 20x its cost has passed.
             cost = time.perf_counter() - start

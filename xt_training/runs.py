@@ -78,7 +78,7 @@ def _check_resume(run_dir: Path, config: Mapping[str, Any], built: Built) -> Non
         )
     scheduler = config["scheduler"]
     if scheduler is not None and then["epochs"] != config["epochs"]:
-        context = scheduler_context(config, built.data, None)
+        context = scheduler_context(config, built.data, None, built.metrics)
         if spread_over_epochs(scheduler, context, then["epochs"]):
             raise ConfigError(
                 f"cannot resume from '{run_dir}' with {config['epochs']} epochs: scheduler "

@@ -112,8 +112,9 @@ def train(
             original xt-training's behaviour). Pass ``{}`` to train with the loss only.
         monitor: the value that decides ``best.pt`` (and ``ReduceLROnPlateau``), as named in the
             history: ``'val/loss'`` (default with a ``val_loader``, else ``'train/loss'``), ``'val/acc'``...
-        mode: ``'min'`` or ``'max'``; default: the monitored metric's ``higher_is_better`` when it has
-            one (torchmetrics metrics do), else ``'min'`` for loss/error-like names and ``'max'`` otherwise.
+        mode: ``'min'`` or ``'max'``; default: ``'min'`` for a loss, else the monitored metric's
+            ``higher_is_better`` (xt-training's and torchmetrics' metrics declare it); required for a
+            metric that declares none (a plain function, unless ``metrics.Mean(fn, higher_is_better=...)``).
         scheduler_step: ``'epoch'`` or ``'batch'``.
         loggers: logger instances or registered names (``'tensorboard'``, ``'csv'``...); the console
             logger is added unless ``quiet`` or one is given.
@@ -364,7 +365,8 @@ class _Training:
             "normalization": self.normalization,
             "monitor": run.monitor,
             "mode": run.mode,
-            "directions": {n: _direction(n, self.passes) for n in names},
+            # None where the metric declares none; the monitored value's is the run's mode
+            "directions": {n: run.mode if n == run.monitor else _direction(n, self.passes) for n in names},
             "epochs": epochs,
             "checkpoints": {"last": f"{CHECKPOINTS}/{LAST}", "best": f"{CHECKPOINTS}/{BEST}"},
         }
@@ -512,12 +514,9 @@ def _input_record(loader: Any) -> dict[str, Any] | None:
     return {"shape": list(x.shape[1:]), "dtype": str(x.dtype).removeprefix("torch.")}
 
 
-def _direction(name: str, passes: dict[str, tuple[Iterable[Any], dict[str, Any]]]) -> str:
-    """``'max'`` or ``'min'``: the metric's own ``higher_is_better`` where it has one, else :func:`direction`."""
-    prefix, _, key = name.rpartition("/")
-    metric = passes.get(prefix, (None, {}))[1].get(key)
-    higher = getattr(metric, "higher_is_better", None)
-    return direction(name) if not isinstance(higher, bool) else ("max" if higher else "min")
+def _direction(name: str, passes: dict[str, tuple[Iterable[Any], dict[str, Any]]]) -> str | None:
+    """``'max'``, ``'min'``, or ``None`` where the metric declares no direction (:func:`direction`)."""
+    return direction(name, passes.get(name.split("/")[0], (None, {}))[1])
 
 
 def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any) -> dict[str, Any]:
@@ -552,7 +551,15 @@ def _check_monitor(
         raise ConfigError(
             f"monitor {monitor!r} is not a value of this run; {hint}choose one of: {', '.join(names)}"
         )
-    mode = _direction(monitor, passes) if mode is None else mode
+    if mode is None:
+        mode = _direction(monitor, passes)
+        if mode is None:  # guessed from the name, best.pt could be the worst epoch
+            prefix, _, key = monitor.partition("/")
+            raise ConfigError(
+                f"which way {monitor!r} improves is unknown: metric {key!r} "
+                f"({type(passes[prefix][1][key]).__name__}) declares no higher_is_better; "
+                "pass mode='min' or mode='max' (xt run --mode min|max)"
+            )
     if mode not in ("min", "max"):
         raise ConfigError(f"mode must be 'min' or 'max', not {mode!r}")
     return monitor, mode

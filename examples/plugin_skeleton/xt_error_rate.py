@@ -1,7 +1,8 @@
 """An xt-training plugin in one file: the metric ``error-rate``, the fraction of wrong predictions.
 
 Two parts. The metric is a plain class with the metric contract -- ``update(y_pred, y)`` accumulates,
-``compute()`` returns the value over everything since ``reset()`` -- and needs no xt-training import.
+``compute()`` returns the value over everything since ``reset()``, ``higher_is_better`` says which way
+it improves -- and needs no xt-training import.
 The hook ``register_metrics`` gives it a name. It names the class as a ``"module:attr"`` string, so
 ``xt list`` and ``xt --help`` register the name without importing torch; the class is imported when a
 run uses the metric.
@@ -20,6 +21,8 @@ class ErrorRate:
     ``update`` receives several batches at once and adds to counts kept on the predictions' device:
     no host-device synchronisation until ``compute()``.
     """
+
+    higher_is_better = False  # which way it improves: a run that monitors it keeps its lowest epoch
 
     def __init__(self) -> None:
         self.reset()

@@ -16,9 +16,9 @@ METRICS = {
     "accuracy": ("Accuracy", "fraction of correct predictions (binary, multiclass, multi-label)"),
     "top-k-accuracy": ("TopKAccuracy", "fraction of examples whose label is among the k top classes"),
     "roc-auc": ("ROC_AUC", "area under the ROC curve over the whole epoch"),
-    "f1": ("F1", "F1 score (macro average by default)"),
-    "precision": ("Precision", "precision (macro average by default)"),
-    "recall": ("Recall", "recall (macro average by default)"),
+    "f1": ("F1", "F1 score (two classes: the positive class's; more: macro average)"),
+    "precision": ("Precision", "precision (two classes: the positive class's; more: macro average)"),
+    "recall": ("Recall", "recall (two classes: the positive class's; more: macro average)"),
     "kappa": ("Kappa", "Cohen's kappa"),
     "confusion-matrix": ("ConfusionMatrix", "confusion matrix (rows: true class)"),
     "eps": ("EPS", "examples per second"),
@@ -32,11 +32,14 @@ def loss_metric(*, loss: str = "cross-entropy", **options: Any) -> Any:
     return Loss(registry.create("loss", loss, **options))
 
 
-def mean_metric(*, fn: str) -> Any:
-    """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``."""
+def mean_metric(*, fn: str, higher_is_better: bool | None = None) -> Any:
+    """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``.
+
+    ``higher_is_better``: which way it improves (needed to monitor it without ``--mode``).
+    """
     from ..metric_contract import Mean  # lazy: imports torch (this module is loaded by `xt list`)
 
-    return Mean(registry.load_object(fn))
+    return Mean(registry.load_object(fn), higher_is_better=higher_is_better)
 
 
 @hookimpl

@@ -54,6 +54,8 @@ class ExpectedCalibrationError:
     ``[b / n_bins, (b + 1) / n_bins)``, the last one closed.
     """
 
+    higher_is_better = False  # an error: a run monitoring it keeps its lowest epoch
+
     def __init__(self, n_bins: int = 15, norm: Literal["l1", "max"] = "l1", from_logits: bool | None = None):
         if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
             raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
@@ -93,6 +95,8 @@ class BrierScore:
     Multiclass values lie in [0, 2]. Binary predictions give the classic ``(p - y)^2`` in [0, 1]
     (the two-column sum would double it).
     """
+
+    higher_is_better = False
 
     def __init__(self, from_logits: bool | None = None):
         self.from_logits = from_logits

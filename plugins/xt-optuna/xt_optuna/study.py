@@ -127,18 +127,23 @@ def make_definition(
     """The definition of a study: the checked base run configuration and the search space.
 
     ``search`` is ``{KEY: SPEC}``, a ``.py`` file defining ``search_space(trial)``, or that function.
-    The monitored value defaults to ``val/loss`` and its mode to F.train's choice for that name: the
-    study's direction must be known before the first trial runs.
+    The monitored value defaults to ``val/loss`` and its mode to the direction its metric declares (a loss
+    is minimised): the study's direction must be known before the first trial runs.
     """
+    from xt_training.building import monitor_direction
     from xt_training.config import check_config
-    from xt_training.rundir import direction
 
     config = check_config(dict(config))
     for kind, plural in (("model", "models"), ("data", "data")):
         if config[kind] is None:
             raise ConfigError(f"no {kind} is chosen; pick one with --{kind} NAME (`xt list {plural}`)")
     config["monitor"] = config["monitor"] or "val/loss"
-    config["mode"] = config["mode"] or direction(config["monitor"])  # F.train's rule for that name
+    config["mode"] = config["mode"] or monitor_direction(config)  # F.train's rule
+    if config["mode"] is None:
+        raise ConfigError(
+            f"which way {config['monitor']!r} improves is unknown: its metric declares no higher_is_better; "
+            "pass --mode min or --mode max"
+        )
     definition: dict[str, Any] = {"format": FORMAT, "config": config}
     if isinstance(search, Mapping):
         space = parse_space(search)
