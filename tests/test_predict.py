@@ -369,6 +369,9 @@ def test_xt_predict_on_a_folder_of_images_without_class_folders(tmp_path):
         (tmp_path / "new" / name).write_bytes((tmp_path / "images" / "cat" / "0.png").read_bytes())
     (tmp_path / "new" / "notes.txt").write_text("not an image")
     xt("predict", "run", "--input", "new", "-o", "p.csv", cwd=tmp_path)
-    rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert rows[0] == "prediction,p_cat,p_dog" and len(rows) == 4
-    assert len(set(rows[1:])) == 1  # the same image three times: the same prediction
+    with (tmp_path / "p.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "prediction", "p_cat", "p_dog"] and len(rows) == 4
+    # each image's path beside its prediction, in the order of the file names
+    assert [r[0] for r in rows[1:]] == [str(Path("new", name)) for name in ("a.png", "b.png", "c.png")]
+    assert len({tuple(r[1:]) for r in rows[1:]}) == 1  # the same image three times: the same prediction
