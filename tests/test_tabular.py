@@ -129,7 +129,9 @@ def test_the_encoding_equals_scikit_learns_imputer_and_one_hot_encoder(tmp_path,
         return [age, *encoder.transform([[r["city"]]]).toarray()[0], income]
 
     x = data.loaders["val"].dataset.tensors[0]
-    torch.testing.assert_close(x, torch.tensor([expected(rows[h]) for h in splits["val"]], dtype=torch.float32))
+    torch.testing.assert_close(
+        x, torch.tensor([expected(rows[h]) for h in splits["val"]], dtype=torch.float32)
+    )
     assert data.info["normalization"]["fill"] == pytest.approx(
         [table["fill"]["age"], None, None, None, table["fill"]["income"]]
     )
