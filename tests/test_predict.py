@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,16 +134,22 @@ def test_results_pt_round_trips_with_weights_only(data, tmp_path):
         )
 
 
+def temporaries(out: Path) -> list[Path]:
+    """The temporary files F.predict streams ``out`` into before renaming one of them to ``out``."""
+    return sorted(out.parent.glob(f".{out.name}.*.tmp"))
+
+
 class Watched:
     """Batches of x; before each batch after the first, records the size of the file being streamed."""
 
-    def __init__(self, x: torch.Tensor, path: Path):
-        self.x, self.path, self.sizes = x, path, []
+    def __init__(self, x: torch.Tensor, out: Path):
+        self.x, self.out, self.sizes = x, out, []
 
     def __iter__(self):
         for i in range(0, len(self.x), 10):
             if i:
-                self.sizes.append(self.path.stat().st_size)
+                (tmp,) = temporaries(self.out)
+                self.sizes.append(tmp.stat().st_size)
             yield self.x[i : i + 10]
 
 
@@ -151,10 +159,10 @@ def test_out_streams_npy_and_csv_batch_by_batch(data, tmp_path, suffix):
     model = mlp()
     expected = F.predict(model, DataLoader(x, batch_size=10))
     out = tmp_path / f"predictions{suffix}"
-    watched = Watched(x, out.with_name(out.name + ".tmp"))
+    watched = Watched(x, out)
     assert F.predict(model, watched, out=out) == out
     assert watched.sizes == sorted(set(watched.sizes)) and len(watched.sizes) == 9  # grew with every batch
-    assert not out.with_name(out.name + ".tmp").exists()
+    assert not temporaries(out)
     if suffix == ".npy":
         assert np.array_equal(np.load(out), expected.numpy())
         assert np.load(out, mmap_mode="r").shape == (100, 3)
@@ -163,6 +171,35 @@ def test_out_streams_npy_and_csv_batch_by_batch(data, tmp_path, suffix):
             rows = list(csv.reader(f))
         assert rows[0] == ["output_0", "output_1", "output_2"] and len(rows) == 101
         assert torch.equal(torch.tensor([[float(v) for v in r] for r in rows[1:]]), expected)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".pt"])
+def test_two_predictions_into_one_file_at_once_both_succeed_and_leave_a_whole_file(data, tmp_path, suffix):
+    """Each F.predict streams into a temporary file of its own: the one that renames last wins, whole."""
+    x, _ = data
+    models = [mlp(), mlp()]
+    expected = [F.predict(m, DataLoader(x, batch_size=10)) for m in models]
+    out = tmp_path / f"p{suffix}"
+    both_writing = threading.Barrier(2, timeout=30)
+
+    def batches():  # both calls have written their first batch before either goes on
+        yield x[:10]
+        both_writing.wait()
+        for i in range(10, len(x), 10):
+            yield x[i : i + 10]
+
+    with ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(F.predict, m, batches(), out=out) for m in models]
+        assert [d.result() for d in done] == [out, out]
+    if suffix == ".npy":
+        written = torch.from_numpy(np.load(out))
+    elif suffix == ".csv":
+        with out.open(newline="") as f:
+            written = torch.tensor([[float(v) for v in row] for row in list(csv.reader(f))[1:]])
+    else:
+        written = torch.load(out, weights_only=True)
+    assert any(torch.equal(written, e) for e in expected), "the file is one call's whole output"
+    assert not temporaries(out)
 
 
 def test_out_pt_holds_any_nesting_and_a_failed_run_leaves_no_file(data, tmp_path):
@@ -336,6 +373,9 @@ def test_xt_predict_on_a_folder_of_images_without_class_folders(tmp_path):
         (tmp_path / "new" / name).write_bytes((tmp_path / "images" / "cat" / "0.png").read_bytes())
     (tmp_path / "new" / "notes.txt").write_text("not an image")
     xt("predict", "run", "--input", "new", "-o", "p.csv", cwd=tmp_path)
-    rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert rows[0] == "prediction,p_cat,p_dog" and len(rows) == 4
-    assert len(set(rows[1:])) == 1  # the same image three times: the same prediction
+    with (tmp_path / "p.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "prediction", "p_cat", "p_dog"] and len(rows) == 4
+    # each image's path beside its prediction, in the order of the file names
+    assert [r[0] for r in rows[1:]] == [str(Path("new", name)) for name in ("a.png", "b.png", "c.png")]
+    assert len({tuple(r[1:]) for r in rows[1:]}) == 1  # the same image three times: the same prediction

@@ -375,7 +375,8 @@ def export(
             )
         model = KeywordInputs(model)
     if normalization is not None:
-        meta.update(normalization=dict(normalization), inputs="raw: the normalization is inside the model")
+        meta["normalization"] = dict(normalization)
+        meta.setdefault("inputs", "raw: the normalization is inside the model")  # unless the caller says more
         example_input = raw_inputs(example_input, normalization)
         model = with_preprocessing(model, normalization)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -34,9 +34,8 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
     then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide runs from the team that shares them
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -55,6 +54,17 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def temporary_beside(path: Path) -> tuple[int, Path]:
+    """A new empty file ``.NAME.XXXXXXXX.tmp`` beside ``path`` to write before renaming it over ``path``; its fd.
+
+    The name is unique, so writers of the same ``path`` at the same time (two processes predicting into one
+    file) never share a temporary; the mode is the one a plain ``open`` would give under the umask.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide runs from the team that shares them
+    return fd, Path(tmp)
 
 
 def _umask() -> int:

@@ -28,7 +28,7 @@ from .batch import checked_forward, concat, describe, map_tensors, tensor_bytes,
 from .checkpoint import load_checkpoint
 from .errors import BatchError, ConfigError, XtError, first_line
 from .fastpath import check_data_on_device, fast_batches
-from .files import check_writable
+from .files import check_writable, temporary_beside
 from .rundir import checkpoint_file
 from .runner import resolve_device
 
@@ -77,7 +77,8 @@ def predict(
             - ``.pt``: any outputs (nested lists/dicts, detection's boxes); kept in memory and saved at
               the end, loadable with ``torch.load(..., weights_only=True)``.
 
-            The file appears complete or not at all (written to ``PATH.tmp``, then renamed).
+            The file appears complete or not at all (written to a temporary file of its own, then
+            renamed): calls writing the same ``out`` at once each leave a whole file, the last one's.
         fast_path, data_on_device: see :class:`~xt_training.Runner`.
 
     Returns:
@@ -234,24 +235,31 @@ class _Memory:
 
 
 class _File:
-    """Writes to ``PATH.tmp`` and renames it to ``PATH`` once complete."""
+    """Writes to a temporary file of its own beside ``PATH`` and renames it to ``PATH`` once complete."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
+        self.tmp: Path | None = None  # made at the first write: a failure before it leaves nothing behind
         self.rows = 0
+
+    def temporary(self) -> Path:
+        if self.tmp is None:
+            fd, self.tmp = temporary_beside(self.path)
+            os.close(fd)  # reopened by name: torch.save and the writers take a path
+        return self.tmp
 
     def abort(self) -> None:
         self.close()
-        self.tmp.unlink(missing_ok=True)
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
 
     def close(self) -> None:
         pass
 
     def finish(self) -> Path:
         self.close()
-        if not self.rows:
-            self.tmp.unlink(missing_ok=True)
+        if not self.rows or self.tmp is None:
+            self.abort()
             raise ConfigError("the loader yielded no batches; check the dataset size and drop_last")
         os.replace(self.tmp, self.path)
         return self.path
@@ -274,7 +282,7 @@ class _Pt(_File):
 
     def close(self) -> None:
         if self.memory.chunks:
-            torch.save(self.memory.finish(), self.tmp)
+            torch.save(self.memory.finish(), self.temporary())
             self.memory.chunks = []
 
 
@@ -301,7 +309,7 @@ class _Npy(_File):
         if self.file is None:
             self.shape, self.descr = tuple(array.shape[1:]), np.lib.format.dtype_to_descr(array.dtype)
             self.size = -(-len(self._header(10**20)) // 64) * 64  # .npy headers end on a 64-byte boundary
-            self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
+            self.file = open(self.temporary(), "wb")  # noqa: SIM115 - closed in close()
             self.file.write(self._header(0))
         elif tuple(array.shape[1:]) != self.shape or np.lib.format.dtype_to_descr(array.dtype) != self.descr:
             raise ConfigError(
@@ -340,7 +348,7 @@ class _Csv(_File):
         header = list(columns)
         if self.file is None:
             self.header = header
-            self.file = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self.file = open(self.temporary(), "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
             self.writer = csv.writer(self.file)
             self.writer.writerow(header)
         elif header != self.header:

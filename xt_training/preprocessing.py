@@ -9,7 +9,10 @@ so the ONNX file alone, given raw inputs, gives the outputs the trained model gi
 The convention: a data set records ``normalization = {"mean": [...], "std": [...]}`` (in its
 ``info['normalization']``, or as a torchvision ``Normalize`` among its transforms, found by
 :func:`normalization_of`), applied along dimension 1 of the input ``x`` as ``(x - mean) / std``: per
-channel for images ``(N, C, H, W)``, per feature for tables ``(N, F)``. What comes before it stays out
+channel for images ``(N, C, H, W)``, per feature for tables ``(N, F)``. A table with missing values
+filled in (the CSV data's ``na=mean|median``) adds ``"fill": [...]``, per feature the value that replaces
+a missing (NaN) input before the scaling, or None for a feature that is never missing: the exported
+graph then takes raw rows with NaN where a value is missing. What comes before it stays out
 of the graph: for images decoding, resizing, cropping and ``ToTensor`` (raw images are ``float`` pixels in
 ``[0, 1]``, channels first); for text the tokenizer (token ids are the raw inputs).
 
@@ -24,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -42,7 +46,10 @@ __all__ = [
 
 
 def _checked(normalization: Mapping[str, Any]) -> tuple[list[float], list[float]]:
-    """The ``mean`` and ``std`` lists of a normalization, once they are numbers of one length, ``std`` non-zero."""
+    """The ``mean`` and ``std`` lists of a normalization, once they are numbers of one length, ``std`` non-zero.
+
+    Its ``fill``, when there is one, is checked too (:func:`_fill`).
+    """
     if not isinstance(normalization, Mapping) or not {"mean", "std"} <= set(normalization):
         raise ConfigError(
             f"a normalization is a dict with 'mean' and 'std' (lists of numbers, one per channel or "
@@ -66,7 +73,24 @@ def _checked(normalization: Mapping[str, Any]) -> tuple[list[float], list[float]
         )
     if any(s == 0 for s in std):
         raise ConfigError(f"normalization 'std' has a zero ({std}); dividing by it gives infinities")
+    _fill(normalization, max(len(mean), len(std)))
     return mean, std
+
+
+def _fill(normalization: Mapping[str, Any], n: int) -> list[float] | None:
+    """The ``fill`` of a normalization as ``n`` floats (NaN for a feature without one), or None when it has none."""
+    fill = normalization.get("fill")
+    if fill is None:
+        return None
+    if (
+        not isinstance(fill, (list, tuple))
+        or len(fill) != n
+        or not all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in fill)
+    ):
+        raise ConfigError(
+            f"normalization 'fill' must be a list of {n} numbers or nulls (one per feature), not {fill!r}"
+        )
+    return [math.nan if v is None else float(v) for v in fill]
 
 
 def _along_dim1(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -92,23 +116,36 @@ class Normalize(torch.nn.Module):
 
     ``mean`` and ``std`` are buffers of shape ``(C,)`` (one value per channel or feature, or a single
     value for all), reshaped in ``forward`` to broadcast along dimension 1; they are cast to a floating
-    ``x``'s dtype, and an integer ``x`` (raw pixels) becomes floating.
+    ``x``'s dtype, and an integer ``x`` (raw pixels) becomes floating. With ``fill`` (one value or None
+    per feature), a NaN of feature ``j`` becomes ``fill[j]`` first: a missing value, filled in as the
+    data filled it in.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
+    fill: torch.Tensor | None
 
-    def __init__(self, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor):
+    def __init__(
+        self,
+        mean: Sequence[float] | torch.Tensor,
+        std: Sequence[float] | torch.Tensor,
+        fill: Sequence[float | None] | None = None,
+    ):
         super().__init__()
-        mean, std = _checked({"mean": mean, "std": std})
+        mean, std = _checked({"mean": mean, "std": std, "fill": fill})
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        fills = _fill({"fill": fill}, max(len(mean), len(std)))
+        self.register_buffer("fill", None if fills is None else torch.tensor(fills, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fill is not None:  # NaN where no fill is given: that feature is never missing
+            x = torch.where(torch.isnan(x), _along_dim1(self.fill, x), x)
         return (x - _along_dim1(self.mean, x)) / _along_dim1(self.std, x)
 
     def extra_repr(self) -> str:
-        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+        fill = "" if self.fill is None else f", fill={self.fill.tolist()}"
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}{fill}"
 
 
 class WithPreprocessing(torch.nn.Module):
@@ -142,7 +179,7 @@ def with_preprocessing(model: torch.nn.Module, normalization: Mapping[str, Any] 
     tensor = next(iter(model.parameters()), None)
     if tensor is None:
         tensor = next(iter(model.buffers()), None)
-    normalize = Normalize(mean, std)
+    normalize = Normalize(mean, std, normalization.get("fill"))
     if tensor is not None:
         normalize = normalize.to(tensor.device)
     wrapped = WithPreprocessing(model, normalize)
@@ -153,7 +190,8 @@ def with_preprocessing(model: torch.nn.Module, normalization: Mapping[str, Any] 
 def raw_inputs(x: Any, normalization: Mapping[str, Any] | None) -> Any:
     """The raw inputs that preprocess to ``x``: ``x * std + mean`` along dimension 1 (``x`` itself without a normalization).
 
-    Export uses it to make a raw example batch from a preprocessed one. ``x`` must be a tensor when a
+    Export uses it to make a raw example batch from a preprocessed one (whose values are all present: a
+    ``fill`` has nothing to undo). ``x`` must be a tensor when a
     normalization applies (the convention normalises the model's single input).
     """
     if normalization is None:

@@ -120,6 +120,12 @@ class Data:
         tokenizer: a tokenizer built for this data, with ``save_pretrained(directory)`` (a Hugging Face
             tokenizer qualifies); ``xt run`` saves it into the run directory and ``xt predict`` reads raw
             text with it.
+        notes: one-line facts the data inferred that the user should know, e.g. that a CSV label of
+            numbers with decimals makes a regression; ``xt run`` prints them once, when a run starts.
+
+    A data set of a split may name its examples for ``xt predict``: ``ids`` (one per example, in the
+    loader's order) and ``id_column`` (the name of that column in the predictions), as the CSV data's
+    ``id`` column and the image folder's paths do.
     """
 
     loaders: dict[str, Iterable[Any]]
@@ -129,6 +135,7 @@ class Data:
     forward_fn: Callable[[Any, Any], tuple[Any, Any]] | None = None
     monitor: str | None = None
     tokenizer: Any = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

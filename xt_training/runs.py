@@ -119,6 +119,9 @@ def train(
         _check_resume(save_dir, config, built)
     if main:
         prepare_dir(save_dir)
+        if not (resume or quiet):  # what the data inferred (a CSV label's task), once per run
+            for note in built.data.notes:
+                print(note, flush=True)
     created = config.get("created") if resume else None
     saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if not resume and main:  # written first, so that a crashed run still says what it was
@@ -468,16 +471,20 @@ def predict_run(
                     f"data '{name}' gives inputs with {key}={built.info[key]!r}, but the model of '{run_dir}' "
                     f"was trained on {key}={trained_on[key]!r}; predict on inputs of the shape it was trained on"
                 )
-        if trained_on.get("normalization") not in (None, built.info.get("normalization")):
-            # the data recomputed its scaling from its training files, which changed since the run
-            raise ConfigError(
-                f"data '{name}' now scales its inputs otherwise than when '{run_dir}' trained (its training file "
-                f"changed?); restore the file, or predict with the exported model, which keeps the run's scaling"
-            )
+        for key in ("normalization", "table"):
+            if trained_on.get(key) not in (None, built.info.get(key)):
+                # the data recomputed its preprocessing from its training files, which changed since the run
+                raise ConfigError(
+                    f"data '{name}' now prepares its inputs otherwise than when '{run_dir}' trained (its {key} "
+                    "differs: the training file changed?); restore the file, or predict with the exported model"
+                )
         loader, forward = built.loaders[split], built.forward_fn or predict_forward
     if out.suffix.lower() == ".csv":
         predicts = _loss_predicts(config["loss"]["name"] if config["loss"] else None, read_run(run_dir))
         forward = _with_columns(forward, predicts, trained_on.get("classes") or built.info.get("classes"))
+        dataset = getattr(loader, "dataset", None)
+        if getattr(dataset, "ids", None) is not None:  # the CSV data's id column, an image's path
+            forward = _with_ids(forward, dataset.id_column, dataset.ids)
     return predict(model, loader, device=device or config["device"], forward_fn=forward, out=out)
 
 
@@ -552,6 +559,24 @@ def _with_columns(
         return {"prediction": predicted, **{f"p_{n}": probabilities[:, j] for j, n in enumerate(names)}}, y
 
     return columns
+
+
+def _with_ids(forward: Callable[[nn.Module, Any], tuple[Any, Any]], name: str, ids: Sequence[Any]) -> Any:
+    """``forward`` with a first CSV column ``name``: the ids of the batch's examples, taken from ``ids`` in order.
+
+    The predictions come in the loader's order, one batch after another, so a running count lines them up.
+    """
+    done = 0
+
+    def with_ids(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+        nonlocal done
+        y_pred, y = forward(model, batch)
+        columns = dict(y_pred) if isinstance(y_pred, Mapping) else {"output": y_pred}
+        n = len(next(iter(columns.values())))
+        done += n
+        return {name: list(ids[done - n : done]), **columns}, y
+
+    return with_ids
 
 
 # --- xt export ----------------------------------------------------------------------------------------------
@@ -699,6 +724,14 @@ def _config_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
         meta["classes"] = [str(c) for c in info["classes"]]
     elif isinstance(info.get("num_classes"), int):
         meta["num_classes"] = info["num_classes"]
+    if isinstance(info.get("table"), Mapping):  # CSV rows: how a deployer makes the model's input of a row
+        meta["table"] = info["table"]
+        meta["inputs"] = (
+            "one float32 row per example, the columns of table.inputs in that order: a number column's value as "
+            "in the file (NaN where it is missing: the model fills it in as table.fill says); NAME=VALUE is 1.0 "
+            "where column NAME holds VALUE, else 0.0 (all 0.0 where it is missing); the normalization is "
+            "inside the model"
+        )
     return meta
 
 

@@ -26,7 +26,11 @@ def register_data(register: Any) -> None:
         f"{_DATASETS}:synthetic_sequences",
         description="sequences with a class pattern in a random window (seeded)",
     )
-    register("csv", f"{_DATASETS}:csv_table", description="a CSV file: numeric features and a label column")
+    register(
+        "csv",
+        f"{_DATASETS}:csv_table",
+        description="a CSV file: feature columns (numbers, or text one-hot) and a label (classes or a number)",
+    )
     register(
         "image-folder",
         f"{_DATASETS}:image_folder",

@@ -8,7 +8,6 @@ runs with different ``--seed`` values train on the same data.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -20,10 +19,12 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from ..errors import ConfigError
 from ..preprocessing import normalization_in
 from ..registry import Data
+from . import table
 
 __all__ = ["synthetic_classification", "synthetic_images", "synthetic_sequences", "csv_table", "image_folder"]
 
 _CLASSIFICATION = {"loss": "cross-entropy", "metrics": ["accuracy"]}
+_REGRESSION = {"loss": "mse", "metrics": ["mse", "mae", "r2"]}
 
 
 def _check(batch_size: int, val_fraction: float, test_fraction: float, n_samples: int | None = None) -> None:
@@ -143,68 +144,16 @@ def synthetic_sequences(
     return Data(_loaders(x, y, sizes, batch_size), info, **_CLASSIFICATION)
 
 
-def _read_csv(
-    path: str, label: str, delimiter: str, labelled: bool = True
-) -> tuple[list[str], list[list[float]], list[str]]:
-    """Header, feature rows and labels of a CSV file; every feature must be a number.
-
-    Unless ``labelled``, the label column may be missing (inputs to predict): then there are no labels.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"CSV file '{path}' does not exist; pass the file with --data-opt path=FILE")
-    with file.open(newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
-            raise ConfigError(f"CSV file '{path}' is empty; it needs a header row and data rows")
-        header = [h.strip() for h in header]
-        if label not in header and labelled:
-            raise ConfigError(
-                f"CSV file '{path}' has no column {label!r}; columns: {', '.join(header)}; "
-                "name the label column with --data-opt label=NAME"
-            )
-        col = header.index(label) if label in header else None
-        features = [h for i, h in enumerate(header) if i != col]
-        rows, labels = [], []
-        for line, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ConfigError(f"{path}, line {line}: {len(row)} values, but the header has {len(header)}")
-            try:
-                rows.append([float(v) for i, v in enumerate(row) if i != col])
-            except ValueError:
-                bad = next(i for i, v in enumerate(row) if i != col and not _is_number(v))
-                raise ConfigError(
-                    f"{path}, line {line}, column {header[bad]!r}: {row[bad]!r} is not a number; "
-                    "feature columns must be numeric"
-                ) from None
-            if col is not None:
-                labels.append(row[col].strip())
-    if not rows:
-        raise ConfigError(f"CSV file '{path}' has a header but no data rows")
-    return features, rows, labels
-
-
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _class_order(labels: list[str]) -> list[str]:
-    """Class names sorted numerically when they are all numbers, else alphabetically."""
-    unique = set(labels)
-    return sorted(unique, key=float) if all(_is_number(v) for v in unique) else sorted(unique)
-
-
 def csv_table(
     *,
     path: str,
     label: str = "label",
+    task: str | None = None,
+    features: str | list[str] | None = None,
+    ignore: str | list[str] | None = None,
+    id: str | None = None,
+    one_hot: str | list[str] | None = None,
+    na: str = "error",
     test_path: str | None = None,
     predict_path: str | None = None,
     delimiter: str = ",",
@@ -214,66 +163,126 @@ def csv_table(
     batch_size: int = 64,
     seed: int = 0,
 ) -> Data:
-    """A CSV file with a header: numeric feature columns and a label column (class names or numbers).
+    """A CSV file with a header: feature columns and a label column (class names, or numbers to regress on).
 
-    Rows are shuffled (seeded) and split into train/val(/test); ``test_path`` names a separate test
-    file with the same columns. With ``standardize`` the features are scaled by the training split's
-    mean and standard deviation. ``info['classes']`` maps class index to the label as written in the file.
-    ``predict_path`` names a file of inputs to predict (``xt predict --input``): the same feature columns,
-    the label column optional; it becomes the split ``predict``, which yields the features alone,
-    standardized as the training rows are.
+    ``task``: ``'classification'`` (one class per distinct label) or ``'regression'`` (the label is a
+    number; MSE loss, regression metrics); by default integers and text are classes, numbers with decimals
+    regression, and the inference is in ``data.notes``. The model reads ``features`` (columns, ``'a,b'`` or
+    a list; default: all but the label and ``id``) less ``ignore``; the columns named by ``one_hot`` hold
+    text (or codes) and become one 0/1 feature per value of the training file. ``id`` names a column that
+    identifies a row: not a feature, it goes into the predictions of ``xt predict`` beside them. ``na``: a
+    missing cell (empty, ``NA``, ``NaN``, ``null``...) is an ``'error'``; ``'drop'`` leaves out the rows
+    with one; ``'mean'`` or ``'median'`` fills a number in from the training split (a one-hot column's
+    values are all 0.0). The encoding is recorded in ``info['table']`` (see :mod:`~xt_training.builtins.table`).
+
+    Rows are shuffled (seeded) and split into train/val(/test); ``test_path`` names a separate test file.
+    With ``standardize`` the features are scaled by the training split's mean and standard deviation
+    (``info['normalization']``, with the fill values). ``info['classes']`` maps class index to the label as
+    written in the file. ``predict_path`` names a file of inputs to predict (``xt predict --input``): its
+    columns are found by name (others may be there, the label too); it becomes the split ``predict``,
+    which yields the features alone, encoded and standardized as the training rows are.
     """
     _check(batch_size, val_fraction, test_fraction)
-    features, rows, labels = _read_csv(path, label, delimiter)
-    classes = _class_order(labels)
-    index = {c: i for i, c in enumerate(classes)}
-    x, y = torch.tensor(rows), torch.tensor([index[v] for v in labels])
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    sizes = _split_sizes(len(y), val_fraction, test_fraction)
+    if na not in table.NA_CHOICES:
+        raise ConfigError(f"na must be one of {', '.join(table.NA_CHOICES)}, not {na!r}")
+    data = table.read(path, delimiter)
+    data.require([label], "name the label column with --data-opt label=NAME")
+    one_hot = table.columns_option(one_hot, "one_hot")
+    columns = table.feature_columns(
+        data,
+        label,
+        table.columns_option(features, "features"),
+        table.columns_option(ignore, "ignore"),
+        id,
+        one_hot,
+    )
+    table.check_numbers(data, [c for c in columns if c not in one_hot], id)
+    if na == "drop":
+        data = data.without_missing([*columns, label])
+        if not data.rows:
+            raise ConfigError(f"every row of '{path}' has a missing value; na=mean|median fills them in")
+    values = table.labels(data, label, na)
+    if na == "error":  # before the shuffle: the error names the file's first missing value
+        table.check_complete(data, columns)
+    order = torch.randperm(len(data.rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    data, values = data.subset(order), [values[i] for i in order]
+    task, note = table.task_of(values, task, label)
+    sizes = _split_sizes(len(data.rows), val_fraction, test_fraction)
+    record = table.fit(
+        data.subset(range(sizes[0])), data, columns, one_hot, na, id=id, label=label, task=task
+    )
+    classes = table.categories(values) if task == "classification" else None
+
+    def targets(file: table.Table, values: list[str]) -> torch.Tensor:
+        """Class indices ``(N,)``, or the numbers to regress on ``(N, 1)``."""
+        if classes is None:
+            return torch.tensor(table.numbers(file, label, values)).unsqueeze(1)
+        unknown = sorted(set(values) - set(classes))
+        if unknown:
+            raise ConfigError(f"test file '{file.path}' has labels not in '{path}': {', '.join(unknown[:5])}")
+        index = {c: i for i, c in enumerate(classes)}
+        return torch.tensor([index[v] for v in values])
+
+    x, y = torch.tensor(table.encode(data, record)), targets(data, values)
+    ids: dict[str, list[str]] = {}  # per split: the id of each row, in the loader's order
+    if id is not None:
+        bounds = [0, sizes[0], sizes[0] + sizes[1], len(values)]
+        ids = {s: data.values(id)[bounds[i] : bounds[i + 1]] for i, s in enumerate(("train", "val", "test"))}
     test = None
     if test_path is not None:
-        test_features, test_rows, test_labels = _read_csv(test_path, label, delimiter)
-        if test_features != features:
-            raise ConfigError(
-                f"test file '{test_path}' has columns {test_features}, the training file {features}"
-            )
-        unknown = sorted(set(test_labels) - set(classes))
-        if unknown:
-            raise ConfigError(f"test file '{test_path}' has labels not in '{path}': {', '.join(unknown[:5])}")
-        test = (torch.tensor(test_rows), torch.tensor([index[v] for v in test_labels]))
+        test_file = table.read(test_path, delimiter, "test file")
+        test_file.require([*columns, label], "a test file has the training file's columns")
+        if na == "drop":
+            test_file = test_file.without_missing([*columns, label])
+        test = (
+            torch.tensor(table.encode(test_file, record)),
+            targets(test_file, table.labels(test_file, label, na)),
+        )
+        if id is not None:
+            ids["test"] = test_file.values(id) if id in test_file.header else []
     predict = None
     if predict_path is not None:
-        predict_features, predict_rows, _ = _read_csv(predict_path, label, delimiter, labelled=False)
-        if predict_features != features:
-            raise ConfigError(
-                f"predict file '{predict_path}' has feature columns {predict_features}, the training file {features}"
-            )
-        predict = torch.tensor(predict_rows)
+        predict_file = table.read(predict_path, delimiter, "predict file")
+        predict_file.require(
+            [*columns, *([id] if id else [])], "rows to predict need the columns the model was trained on"
+        )
+        predict = torch.tensor(table.encode(predict_file, record))
+        if id is not None:
+            ids["predict"] = predict_file.values(id)
     normalization = None
     if standardize:
         train = x[: sizes[0]]
-        mean, std = train.mean(0), train.std(0).nan_to_num(1.0).clamp_min(1e-8)
+        mean, std = train.mean(0), train.std(0).nan_to_num(0.0)
+        std = std.where(std > 0, 1.0)  # a constant column (a category the training split lacks) stays put
         normalization = {"mean": mean.tolist(), "std": std.tolist()}
         x = (x - mean) / std
         test = ((test[0] - mean) / std, test[1]) if test is not None else None
         predict = (predict - mean) / std if predict is not None else None
+    if record["fill"]:  # missing values filled in: an exported model fills a NaN input in the same way
+        normalization = normalization or {"mean": [0.0] * x.shape[1], "std": [1.0] * x.shape[1]}
+        normalization["fill"] = [record["fill"].get(name) for name in record["inputs"]]
     loaders = _loaders(x, y, sizes, batch_size)
     if test is not None:
         loaders["test"] = DataLoader(TensorDataset(*test), batch_size=batch_size)
     if predict is not None:
         loaders["predict"] = DataLoader(TensorDataset(predict), batch_size=batch_size)
-    info = {
-        "num_classes": len(classes),
-        "in_features": len(features),
-        "classes": classes,
-        "features": features,
+    for split, loader in loaders.items():
+        if split != "train" and ids.get(split):  # the training loader shuffles: its ids would not line up
+            loader.dataset.ids, loader.dataset.id_column = ids[split], id
+    info: dict[str, Any] = {
+        "num_classes": len(classes) if classes is not None else 1,
+        "in_features": x.shape[1],
+        "features": record["inputs"],
+        "table": record,
     }
+    if classes is not None:
+        info["classes"] = classes
     if normalization is not None:  # an exported model applies it, so it takes the file's raw features
         info["normalization"] = normalization
         for loader in loaders.values():  # declared on the data sets too: F.train records it from the loaders
             loader.dataset.normalization = normalization
-    return Data(loaders, info, **_CLASSIFICATION)
+    kind = _CLASSIFICATION if classes is not None else _REGRESSION
+    return Data(loaders, info, **kind, notes=[note] if note else [])
 
 
 def image_folder(
@@ -398,7 +407,12 @@ def default_workers() -> int:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """The images of one folder (no class folders), sorted by file name; items are transformed images only."""
+    """The images of one folder (no class folders), sorted by file name; items are transformed images only.
+
+    ``ids`` are the images' paths, in that order: ``xt predict`` writes each beside its prediction.
+    """
+
+    id_column = "path"
 
     def __init__(self, root: str, transform: Any):
         from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -410,6 +424,7 @@ class ImageFiles(torch.utils.data.Dataset):
         if not self.files:
             raise ConfigError(f"image folder '{root}' has no images ({', '.join(IMG_EXTENSIONS)})")
         self.transform = transform
+        self.ids = [str(p) for p in self.files]
 
     def __len__(self) -> int:
         return len(self.files)
