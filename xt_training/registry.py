@@ -281,7 +281,9 @@ class Registry:
         """Import and register one plugin, then run its register hooks; a failure marks it broken."""
         try:
             plugin = importer()
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # sys.exit() in a plugin is a broken plugin too, not the end of xt
             return self._broken(status, _one_line(e))
         try:
             self.pm.register(plugin, name=status.name)
@@ -302,7 +304,9 @@ class Registry:
         status.hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
         try:
             staged = self._run_register_hooks(status, plugin)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             self.pm.unregister(plugin)
             return self._broken(status, _one_line(e))
         self._add(status, "loaded")
@@ -340,7 +344,9 @@ class Registry:
             before = dict(getattr(cli, "commands", {}))
             try:
                 impl.function(**{arg: cli for arg in impl.argnames})
-            except Exception as e:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
                 self._broken(self.plugins[impl.plugin_name], _one_line(e))
             for name, command in getattr(cli, "commands", {}).items():
                 if before.get(name) is not command:
