@@ -201,6 +201,26 @@ def _write_files() -> None:
     )
 
 
+def _distributed(**variables: str) -> Callable[[], Any]:
+    """Join a process group as ``F.train`` does, under torchrun's environment variables set by hand."""
+
+    def run() -> Any:
+        from xt_training import distributed
+
+        saved = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
+        try:
+            return distributed.init_from_env()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
+
+    return run
+
+
 def _cli(*args: str) -> Callable[[], str]:
     def run() -> str:
         from click.testing import CliRunner
@@ -278,6 +298,10 @@ def cases() -> list[Case]:
              _call(_train, val_loader=_tiny()[1], eval_metrics={"acc": metrics.Accuracy()}, monitor="val/accuracy")),
         Case("invalid device", "F.train(..., device='gpu:0')", _call(_train, device="gpu:0")),
         Case("invalid loop option", "F.train(..., precision='fp8')", _call(_train, precision="fp8")),
+        Case("torchrun's variable not a number", "WORLD_SIZE=abc RANK=0 xt run ...",
+             _distributed(WORLD_SIZE="abc", RANK="0")),
+        Case("torchrun's variables set by hand, without the address", "WORLD_SIZE=2 RANK=1 xt run ...",
+             _distributed(WORLD_SIZE="2", RANK="1")),
         Case("training without an optimizer", "Runner(model, loss_fn)(loader) with the model in training mode",
              _runner_without_optimizer),
         Case("unwritable save_dir", "F.train('file/run', ...) where file is a file", _call(_train, save_dir="file/run")),
