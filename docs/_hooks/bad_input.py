@@ -199,6 +199,13 @@ def _write_files() -> None:
     Path("empty_run/config.json").write_text(
         '{"model": {"name": "mlp", "options": {}}, "data": {"name": "synthetic-classification", "options": {}}}'
     )
+    Path("received").mkdir()
+    Path("received/config.json").write_text(
+        '{"model": {"name": "mlp", "options": {}}, "data": {"name": "synthetic-classification", "options": {}}, '
+        '"metrics": {"m": {"name": "mean", "options": {"fn": "somewhere:fn"}}}}'
+    )
+    Path("received_py").mkdir()
+    Path("received_py/config.py").write_text("model = None\n")
 
 
 def _distributed(**variables: str) -> Callable[[], Any]:
@@ -327,6 +334,10 @@ def cases() -> list[Case]:
              _predict_shape),
         Case("a new run into a directory that holds one", "xt run --model mlp --data synthetic-classification --save-dir good",
              _cli("run", "--model", "mlp", "--data", "synthetic-classification", "--save-dir", "good"), cli=True),
+        Case("a received run that names a module to import", "xt test received (its config.json: mean's fn='somewhere:fn')",
+             _cli("test", "received"), cli=True),
+        Case("a received run's config.py", "xt test received_py (a run of xt train, its config.py)",
+             _cli("test", "received_py"), cli=True),
         Case("resume and another run directory", "xt run --resume empty_run --save-dir x",
              _cli("run", "--resume", "empty_run", "--save-dir", "x"), cli=True),
     ]  # fmt: skip
