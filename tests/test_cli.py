@@ -318,7 +318,8 @@ def test_template_train_and_test_a_python_config_file(tmp_path):
     )
     assert results["test"]["acc"] > 0.8 and 0 < results["test"]["auc"] <= 1
     # its run directory holds the config file: `xt test RUN` tests its best checkpoint on the file's test_loaders
-    assert json.loads(xt("test", "run", "--json", cwd=tmp_path).stdout) == results
+    # the run's copy of the file is code: run only when trusted (tests/test_trust.py)
+    assert json.loads(xt("test", "run", "--json", "--trust", cwd=tmp_path).stdout) == results
 
 
 # --- show / plot --------------------------------------------------------------------------------------------------
@@ -544,6 +545,40 @@ def test_plugins_add_commands_and_broken_ones_are_reported(tmp_path):
     assert xt(
         "hello", "x", cwd=tmp_path, env={**env, "XT_DISABLE_PLUGIN_AUTOLOAD": "1"}, code=2
     ).stderr.startswith("xt: error: No such command 'hello'")
+
+
+def test_a_plugin_that_exits_or_raises_a_base_exception_is_isolated(tmp_path):
+    """sys.exit() at import, or any BaseException but KeyboardInterrupt from a hook, breaks only that plugin."""
+    plugins = {
+        "exits": "import sys\nsys.exit(3)\n",
+        "hooks": textwrap.dedent(
+            """
+            from xt_training import hookimpl
+
+            class Stop(BaseException):
+                pass
+
+            @hookimpl
+            def register_models(register):
+                raise Stop("from a hook")
+            """
+        ),
+    }
+    root = tmp_path / "site"
+    root.mkdir()
+    for name, source in plugins.items():
+        (root / f"{name}_plugin.py").write_text(source)
+        info = root / f"{name}_dist-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-dist\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[xt_training]\n{name} = {name}_plugin\n")
+    path = [str(root), *filter(None, [ENV.get("PYTHONPATH")])]
+    env = {**ENV, "PYTHONPATH": ":".join(path)}
+    for args in (["--help"], ["list", "models"]):
+        out = xt(*args, cwd=tmp_path, env=env)
+        assert ("Usage: xt" if args == ["--help"] else "mlp") in out.stdout
+        assert "plugin 'exits' (exits-dist 1.0) failed to load: SystemExit: 3" in out.stderr
+        assert "plugin 'hooks' (hooks-dist 1.0) failed to load: Stop: from a hook" in out.stderr
 
 
 def test_num_threads_sets_torch_threads_and_is_saved(tmp_path):

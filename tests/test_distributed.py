@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_classification
+from conftest import ENV, make_classification
+from test_registry import write_image_folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -207,3 +209,53 @@ def test_xt_run_nproc_2_end_to_end(tmp_path):
     assert [row["epoch"] for row in history] == [1, 2]
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state["model"])
+
+
+@pytest.mark.slow
+def test_a_bad_distributed_environment_is_one_line_and_a_missing_peer_a_bounded_wait(tmp_path):
+    """Each case is the real `xt run` with torchrun's variables set by hand; all run at once."""
+    with socket.socket() as s:  # a port where nobody listens
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    alone = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "XT_RENDEZVOUS_TIMEOUT": "2"}
+    mlp = ["--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=64"]
+    images = [
+        "--model",
+        "mlp",
+        "--data",
+        "image-folder",
+        "--data-opt",
+        f"root={write_image_folder(tmp_path / 'i')}",
+    ]
+    cases = {  # environment -> (data, what the one line says)
+        "rank 1 alone": ({**alone, "RANK": "1"}, mlp, "RANK=1 of WORLD_SIZE=2 could not join the others at "
+                         f"MASTER_ADDR=127.0.0.1 MASTER_PORT={port} within XT_RENDEZVOUS_TIMEOUT=2 s"),
+        "rank 0 alone": ({**alone, "RANK": "0", "MASTER_PORT": str(int(port) + 1)}, mlp,
+                         "RANK=0 of WORLD_SIZE=2 could not join the others"),
+        "WORLD_SIZE=abc": ({"WORLD_SIZE": "abc", "RANK": "0"}, mlp,
+                           "environment variable WORLD_SIZE='abc' must be a whole number >= 1"),
+        "no MASTER_ADDR": ({"WORLD_SIZE": "2", "RANK": "1"}, mlp, "RANK=1 and WORLD_SIZE=2 ask for 2 processes, "
+                           "which need MASTER_ADDR and MASTER_PORT (where rank 0 listens) too"),
+        "LOCAL_WORLD_SIZE=0": ({"LOCAL_WORLD_SIZE": "0"}, images,
+                               "environment variable LOCAL_WORLD_SIZE='0' must be a whole number >= 1"),
+    }  # fmt: skip
+    start = time.monotonic()
+    jobs = {
+        name: subprocess.Popen(
+            [Path(sys.executable).with_name("xt"), "run", *data, "--epochs", "1", "-q", "--save-dir", name],
+            env={**ENV, **environ}, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name, (environ, data, _) in cases.items()
+    }  # fmt: skip
+    try:
+        for name, job in jobs.items():
+            _, stderr = job.communicate(timeout=120)
+            assert job.returncode == 2, (name, stderr[-2000:])
+            assert stderr.startswith(f"xt: error: {cases[name][2]}"), (name, stderr)
+            assert stderr.count("\n") == 1, (name, stderr)  # torch's C++ log of the failed tries is held back
+    finally:
+        for job in jobs.values():
+            job.kill()
+    assert time.monotonic() - start < 60, (
+        "the lone ranks waited XT_RENDEZVOUS_TIMEOUT, not torch's 30 minutes"
+    )

@@ -219,7 +219,7 @@ def test_every_entry_points_run_works_from_another_directory_and_after_a_move(tm
     other.mkdir()
     for run, test_args in (
         ("byname", []),
-        ("byfile", []),
+        ("byfile", ["--trust"]),  # its config.py is run: our own
         ("byfunction", ["--data", "synthetic-classification", "--data-opt", "n_samples=200"]),
     ):
         run_dir = moved / run

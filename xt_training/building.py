@@ -17,7 +17,7 @@ from typing import Any
 from . import registry
 from ._version import __version__
 from .config import DATA_INFO_KEYS, FORMAT, SCALARS, checked_run
-from .errors import ConfigError, XtError
+from .errors import ConfigError, XtError, first_line
 from .files import jsonable
 from .rundir import absolute_paths, direction
 
@@ -88,6 +88,13 @@ def make(
         raise ConfigError(
             f"{kind} '{name}': {e}; change its options (`xt info {kind} {name}` lists them)"
         ) from e
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+            raise
+        # an absurd size (n_samples=10000000000): one line, not torch's allocator traceback
+        raise ConfigError(
+            f"{kind} '{name}' does not fit in memory with options {options} ({first_line(e)}); use smaller values"
+        ) from None
     entry = registry.current().entry(kind, name)
     defaults = {n: p.default for n, p in entry.parameters().items() if p.default is not p.empty}
     resolved = {k: v for k, v in {**defaults, **given}.items() if jsonable(v)}

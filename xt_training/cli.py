@@ -167,6 +167,15 @@ def _item_options(pairs: tuple[str, ...], flag: str) -> dict[str, dict[str, Any]
     return grouped
 
 
+#: ``--trust``, for every command that reads a run directory (`xt run --config/--resume`, test, predict, export)
+trust_option = click.option(
+    "--trust",
+    is_flag=True,
+    help="The run directory may run or import code its files name (config.py, a model or tokenizer class, "
+    "an option's module:attr) and write outside itself: only for runs from a source you trust.",
+)
+
+
 # --- xt run -----------------------------------------------------------------------------------------------
 _DEFAULTS = default_config()
 _RUN_OPTIONS: list[Callable[[Any], Any]] = [
@@ -176,6 +185,7 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         type=click.Path(exists=True),
         help="Start from a saved run configuration (RUN_DIR or RUN_DIR/config.json); other options override it.",
     ),
+    trust_option,
     click.option("--model", help="Model name (`xt list models`)."),
     click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Model option; VALUE is a Python literal."),
     click.option("--data", help="Data set name (`xt list data`)."),
@@ -267,7 +277,7 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
-    config = read_config(base) if base else default_config()
+    config = read_config(base, trust=p["trust"]) if base else default_config()
     for kind in COMPONENTS:
         if given(kind):
             old = config[kind]
@@ -459,6 +469,7 @@ def train_command(
 @click.option("--device", help="cpu, cuda, ...")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (and no progress).")
 @click.option("-q", "--quiet", is_flag=True, help="No console output.")
+@trust_option
 def test_command(
     source: str,
     checkpoint: str | None,
@@ -469,14 +480,16 @@ def test_command(
     device: str | None,
     as_json: bool,
     quiet: bool,
+    trust: bool,
 ) -> None:
     """Evaluate a saved model on test data.
 
     SOURCE is a run directory of any kind (`xt run`, `xt train`, F.train) or a Python config file. A
     run's model is rebuilt and loaded from its best checkpoint (or --checkpoint), and the results are
     written into it. A run of `xt run` is tested on its data's test splits, one of `xt train` on its
-    config file's test_loaders, one of F.train on --data. A config file must define model and
-    test_loaders; it is run as Python code: only use config files you trust.
+    config file's test_loaders (that file is run as Python code: with --trust only), one of F.train on
+    --data. A config file must define model and test_loaders; it is run as Python code: only use config
+    files you trust.
     """
     from . import runs  # lazy: imports torch
 
@@ -488,6 +501,7 @@ def test_command(
         results = runs.test(
             path, checkpoint=checkpoint or "best", splits=list(splits), data=data,
             data_options=parse_options(data_opt, "--data-opt"), save_dir=save_dir, device=device, quiet=quiet,
+            trust=trust,
         )  # fmt: skip
     elif path.suffix == ".py":
         if splits:

@@ -37,7 +37,7 @@ from typing import Any
 from . import registry
 from ._version import __version__
 from .errors import ConfigError
-from .rundir import CONFIG_FILE, CONFIG_PY, RUN_FILE, read_json
+from .rundir import CONFIG_FILE, CONFIG_PY, RUN_FILE, read_json, untrusted
 
 __all__ = ["CONFIG_FILE", "default_config", "read_config", "check_config", "checked_run", "RESUME_MAY_CHANGE"]
 
@@ -102,8 +102,13 @@ def default_config() -> dict[str, Any]:
     }
 
 
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a run configuration from ``RUN_DIR/config.json`` (or the run directory itself) and check it."""
+def read_config(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Any]:
+    """Read a run configuration from ``RUN_DIR/config.json`` (or the run directory itself) and check it.
+
+    Untrusted, the configuration may not name a module to import (an option that a name's registration
+    declares ``imports``, e.g. the ``fn`` of metric ``mean``) other than :func:`registry.known_code`, nor a
+    logger ``save_dir`` outside the run directory: both are refused in one line naming ``--trust``.
+    """
     file = Path(path)
     if file.is_dir():
         file = file / CONFIG_FILE
@@ -121,7 +126,27 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(
             f"'{file}' does not exist; pass a run directory written by `xt run`, or its {CONFIG_FILE}"
         )
-    return check_config(read_json(file, "rerun, or fix the file"), str(file))
+    config = check_config(read_json(file, "rerun, or fix the file"), str(file))
+    if not trust:
+        _check_received(config, file)
+    return config
+
+
+def _check_received(config: Mapping[str, Any], file: Path) -> None:
+    for kind, component in _components(config):
+        name, options = component["name"], component["options"]
+        entry = registry.current().table(kind).get(name)  # an unknown name is refused where it is built
+        for option in entry.metadata.get("imports", ()) if entry else ():
+            value = options.get(option)
+            if isinstance(value, str) and not registry.known_code(value):
+                raise untrusted(
+                    f"'{file}': {kind} '{name}' option {option}={value!r} would import its module"
+                )
+        saved_to = options.get("save_dir") if kind == "logger" else None
+        if saved_to is not None and not Path(saved_to).resolve().is_relative_to(file.parent.resolve()):
+            raise untrusted(
+                f"'{file}': logger '{name}' would write outside the run directory (save_dir={saved_to!r})"
+            )
 
 
 def check_config(config: Any, where: str = "the run configuration") -> dict[str, Any]:
@@ -185,13 +210,17 @@ def checked_run(config: Mapping[str, Any]) -> dict[str, Any]:
     for kind, plural in (("model", "models"), ("data", "data")):
         if config[kind] is None:
             raise ConfigError(f"no {kind} is chosen; pick one with --{kind} NAME (`xt list {plural}`)")
+    for kind, component in _components(config):
+        registry.current().entry(kind, component["name"])  # an unknown name: "did you mean ...?"
+    return config
+
+
+def _components(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(kind, component)`` of every part a checked configuration names."""
     named = [(kind, config[kind]) for kind in COMPONENTS]
     named += [("metric", c) for c in (config["metrics"] or {}).values()]
     named += [(kind, c) for kind in ("logger", "callback") for c in config[f"{kind}s"]]
-    for kind, component in named:
-        if component is not None:
-            registry.current().entry(kind, component["name"])  # an unknown name: "did you mean ...?"
-    return config
+    return [(kind, c) for kind, c in named if c is not None]
 
 
 #: What ``xt run --resume`` may change: nothing that changes what the training computes. Callbacks may not

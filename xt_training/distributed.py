@@ -16,14 +16,25 @@ Only rank 0 writes checkpoints, history, logs and progress bars.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+
+from .errors import ConfigError, first_line
+
+#: how long a process waits for the others to join, in seconds (default 300); torch's own wait is 30
+#: minutes, which looks like a hang when a rank was started by hand and its peers never come
+RENDEZVOUS_TIMEOUT_ENV = "XT_RENDEZVOUS_TIMEOUT"
+SINGLE = "or unset RANK and WORLD_SIZE for a single process"
 
 
 def active() -> bool:
@@ -44,21 +55,83 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def env_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    """The whole number in environment variable ``name`` (``default`` when unset), within [low, high]."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value: int | None = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ConfigError(
+            f"environment variable {name}={raw!r} must be a whole number {bounds}; fix or unset it"
+        )
+    return value
+
+
 def init_from_env() -> bool:
-    """Initialise the process group when started by torchrun with more than one process."""
+    """Initialise the process group when started by torchrun with more than one process.
+
+    Bad ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` values and peers that do not join
+    within ``XT_RENDEZVOUS_TIMEOUT`` seconds are one-line
+    errors (:class:`ConfigError`) naming them.
+    """
     if active():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+    world = env_int("WORLD_SIZE", 1, 1)
+    if world == 1 or "RANK" not in os.environ:
         return False
+    rank = env_int("RANK", 0, 0, world - 1)
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise ConfigError(
+            f"RANK={rank} and WORLD_SIZE={world} ask for {world} processes, which need "
+            f"{' and '.join(missing)} (where rank 0 listens) too; start them with torchrun "
+            f"(or `xt run --nproc N`), {SINGLE}"
+        )
+    env_int("MASTER_PORT", 0, 1, 2**16 - 1)
+    local_rank = env_int("LOCAL_RANK", 0, 0)
+    wait = env_int(RENDEZVOUS_TIMEOUT_ENV, 300, 1)
+    try:
+        with _stderr_held():
+            store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=wait)))
+    except dist.DistError as e:
+        raise ConfigError(
+            f"RANK={rank} of WORLD_SIZE={world} could not join the others at MASTER_ADDR="
+            f"{os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']} within "
+            f"{RENDEZVOUS_TIMEOUT_ENV}={wait} s ({first_line(e)}); start every rank (torchrun does), {SINGLE}"
+        ) from None
+    store.set_timeout(default_pg_timeout)  # only joining is bounded so; a slow rank 0 later is no failure
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     # Tear the group down before the interpreter does, all ranks together: a rank whose peer has
     # already closed its connections, or whose gloo threads outlive it, aborts ("terminate called").
     sys.excepthook = _note_failure(sys.excepthook)
     atexit.register(shutdown)
     return True
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[None]:
+    """File descriptor 2 into a temporary file while the block runs, written out unless it raised: torch's
+    C++ store logs each failed try to connect with a 40-line stack trace there, under the one-line error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        os.write(2, held.read())
 
 
 _failed = False
@@ -92,7 +165,7 @@ def shutdown() -> None:
 def local_device() -> torch.device:
     """This rank's device: its local GPU under torchrun, else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", env_int("LOCAL_RANK", 0, 0))
     return torch.device("cpu")
 
 

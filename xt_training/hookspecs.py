@@ -30,7 +30,10 @@ description=None, **metadata)``:
 - ``metadata``: extra facts shown by ``xt info``; ``register_metrics`` reads ``higher_is_better``,
   ``register_schedulers`` reads ``interval``, ``register_losses`` reads
   ``predicts`` (what a model trained with the loss outputs: ``'logits'``, ``'log-probabilities'``,
-  ``'binary-logits'`` or ``'binary-probabilities'``; ``xt predict`` turns it into classes and probabilities).
+  ``'binary-logits'`` or ``'binary-probabilities'``; ``xt predict`` turns it into classes and probabilities);
+  every kind reads ``imports``, the names of the options whose values are ``"module:attr"`` paths the factory
+  imports (metric ``mean``'s ``fn``): a run directory's ``config.json`` may set them to other modules than
+  those of installed plugins only when trusted (``--trust``).
 
 Option names are the factory's keyword parameters; their annotations are checked, so a wrong option
 name or type gives a one-line error listing what the factory accepts. Where the CLI knows a value a

@@ -26,6 +26,7 @@ import importlib.util
 import inspect
 import os
 import re
+import sys
 import types
 import typing
 import warnings
@@ -223,6 +224,7 @@ class Registry:
         self.problems: list[str] = []  # one line per broken plugin or bad setting
         self._tables: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.conflicts: dict[str, list[str]] = {kind: [] for kind in KINDS}
+        self._packages: set[str] | None = None
 
         plugins = list(plugins)
         blocked = {p[3:] for p in plugins if p.startswith("no:")}
@@ -288,7 +290,9 @@ class Registry:
         """Import and register one plugin, then run its register hooks; a failure marks it broken."""
         try:
             plugin = importer()
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # sys.exit() in a plugin is a broken plugin too, not the end of xt
             return self._broken(status, _one_line(e))
         try:
             self.pm.register(plugin, name=status.name)
@@ -309,7 +313,9 @@ class Registry:
         status.hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
         try:
             staged = self._run_register_hooks(status, plugin)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             self.pm.unregister(plugin)
             return self._broken(status, _one_line(e))
         self._add(status, "loaded")
@@ -347,7 +353,9 @@ class Registry:
             before = dict(getattr(cli, "commands", {}))
             try:
                 impl.function(**{arg: cli for arg in impl.argnames})
-            except Exception as e:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
                 self._broken(self.plugins[impl.plugin_name], _one_line(e))
             for name, command in getattr(cli, "commands", {}).items():
                 if before.get(name) is not command:
@@ -384,6 +392,14 @@ class Registry:
         else:
             hint = f"there are {len(known)} {plural};"
         raise ConfigError(f"unknown {kind} {name!r}; {hint} see `xt list {plural}`")
+
+    def packages(self) -> set[str]:
+        """The top-level packages of the registered names' factories (``xt_training``, ``torch``, plugins')."""
+        if self._packages is None:
+            factories = [entry.factory for table in self._tables.values() for entry in table.values()]
+            modules = [f if isinstance(f, str) else getattr(f, "__module__", None) or "" for f in factories]
+            self._packages = {m.split(".")[0] for m in modules if m}
+        return self._packages
 
     def create(self, kind: str, name: str, /, **options: Any) -> Any:
         """Build ``name`` with its factory; wrong option names or types are a one-line error."""
@@ -469,6 +485,17 @@ def load_object(path: str) -> Any:
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"cannot load {path!r}: {type(e).__name__}: {e}") from None
     return obj
+
+
+def known_code(path: str) -> bool:
+    """Whether ``"module:attr"`` names code that is here without anyone's say-so: its module is imported
+    already, or belongs to the package of an installed plugin or of a registered name's factory.
+
+    What a run directory's file names is resolved untrusted only then (:func:`xt_training.rundir.untrusted`):
+    a file someone sent must not make this process import a module of their choosing.
+    """
+    module = path.partition(":")[0]
+    return module in sys.modules or module.split(".")[0] in current().packages()
 
 
 def _importable(module: str) -> bool:

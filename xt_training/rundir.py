@@ -37,6 +37,8 @@ LAST = "last.pt"  # the whole state: every epoch, and mid-epoch every checkpoint
 BEST = "best.pt"  # a second name of the last.pt of the epoch whose monitored value was the best
 CRASH = "crash.pt"  # the weights at an exception, for inspection (never resumed from)
 CHECKPOINT_NAMES = ("best", "last")
+#: how to accept what only a trusted run directory may ask for (see :func:`untrusted`)
+TRUST_FIX = "if you trust where the run came from, pass --trust (Python: trust=True)"
 
 
 #: what a run writes into its directory (its loggers' files included), and so what ``overwrite`` deletes:
@@ -59,6 +61,13 @@ def remove_run(path: str | os.PathLike[str]) -> list[str]:
                 item.unlink()
             removed.append(item.name)
     return removed
+
+
+def untrusted(what: str) -> ConfigError:
+    """The one-line refusal of ``what`` a run directory's file asks for: importing a module it names,
+    running its ``config.py``, writing outside it. A run directory is data (it may come from anyone):
+    untrusted, its names resolve only through the registry and its files are only read."""
+    return ConfigError(f"{what}; a run directory is data and does not decide what runs: {TRUST_FIX}")
 
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:

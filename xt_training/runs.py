@@ -54,6 +54,7 @@ from .rundir import (
     default_save_dir,
     is_run_dir,
     read_run,
+    untrusted,
 )
 from .runner import resolve_device
 from .text import TextCollate, TextDataset, text_forward
@@ -68,7 +69,7 @@ def _check_resume(run_dir: Path, config: Mapping[str, Any], built: Built) -> Non
     """Refuse to continue the run saved in ``run_dir`` with a configuration that makes it another run."""
     if not (run_dir / CONFIG_FILE).is_file():  # nothing was saved: the resume starts from scratch
         return
-    then = read_config(run_dir)
+    then = read_config(run_dir, trust=True)  # only compared: nothing is built from it
     differ = differences(identity(then), identity(built.config))
     if differ:
         raise ConfigError(
@@ -165,6 +166,7 @@ def test(
     save_dir: str | os.PathLike[str] | None = None,
     device: str | None = None,
     quiet: bool = False,
+    trust: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the model of any run directory on test data; ``xt test RUN``.
 
@@ -172,18 +174,21 @@ def test(
     ``splits``, or the data named by ``data``); a run of ``xt train CONFIG.py`` on its config file's
     ``test_loaders``; a run of ``F.train`` on ``data`` (a registered data set: its data is not recorded).
     Loads ``checkpoint`` (``'best'``, ``'last'`` or a file); writes ``test_results.json`` and ``results.pt``
-    into ``save_dir`` (default: the run directory).
+    into ``save_dir`` (default: the run directory). ``trust``: the run directory may run its ``config.py`` and
+    import what its files name (:func:`xt_training.rundir.untrusted`).
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir, "pass a run directory, or a Python config file")
     out = run_dir if save_dir is None else save_dir
     if data is None and not (run_dir / CONFIG_FILE).is_file() and (run_dir / CONFIG_PY).is_file():
+        if not trust:
+            raise untrusted(f"testing '{run_dir}' runs its {CONFIG_PY}, which is Python code")
         ckpt = checkpoint_file(run_dir, checkpoint)
         return test_config_file(
             run_dir / CONFIG_PY, checkpoint=ckpt, save_dir=out, device=device, quiet=quiet
         )
     if (run_dir / CONFIG_FILE).is_file():
-        config = read_config(run_dir)
+        config = read_config(run_dir, trust=trust)
         if data is not None:  # other data: the run's own options are kept when it is the run's data set
             options = dict(config["data"]["options"]) if config["data"]["name"] == data else {}
             config["data"] = {"name": data, "options": {**options, **(data_options or {})}}
@@ -191,7 +196,7 @@ def test(
         model, data_set, loss_fn, metrics = built.model, built.data, built.loss_fn, built.metrics
         device = device if device is not None else config["device"]
     elif data is not None:  # a run of F.train: its model from run.json, the data's own loss and metrics
-        model = load_model(run_dir, checkpoint)
+        model = load_model(run_dir, checkpoint, trust=trust)
         data_set, _ = make("data", {"name": data, "options": absolute_paths(dict(data_options or {}))})
         loss_fn, _ = make("loss", {"name": data_set.loss or "cross-entropy", "options": {}})
         metrics = {m: make("metric", {"name": m, "options": {}})[0] for m in data_set.metrics}
@@ -308,18 +313,20 @@ def load_model(
     *,
     model: nn.Module | None = None,
     device: str | torch.device | None = None,
+    trust: bool = False,
 ) -> nn.Module:
     """The model of any run directory with the weights of ``checkpoint``, in eval mode.
 
     ``checkpoint``: ``'best'`` (``checkpoints/best.pt``), ``'last'`` or a checkpoint path. The model is
     ``model`` when given; else a run built by names creates it by name with the options it saved (those
     it took from the data included; the model's plugin must be installed), and a run of ``F.train``
-    imports the class its ``run.json`` names and calls it with the constructor arguments recorded there.
+    imports the class its ``run.json`` names and calls it with the constructor arguments recorded there:
+    only a class of a module imported already or of an installed plugin's package, unless ``trust``.
     """
     run_dir = Path(run_dir)
     path = checkpoint_file(run_dir, checkpoint)
     from_record = model is None and not (run_dir / CONFIG_FILE).is_file()  # rebuilt from run.json
-    model = _rebuild_model(run_dir) if model is None else model
+    model = _rebuild_model(run_dir, trust) if model is None else model
     try:
         load_checkpoint(path, model)
     except CheckpointError as e:
@@ -333,10 +340,10 @@ def load_model(
     return model.to(resolve_device(device)) if device is not None else model
 
 
-def _rebuild_model(run_dir: Path) -> nn.Module:
+def _rebuild_model(run_dir: Path, trust: bool) -> nn.Module:
     """A fresh model of the run: by name from ``config.json``, else by class from ``run.json``."""
     if (run_dir / CONFIG_FILE).is_file():
-        config = read_config(run_dir)
+        config = read_config(run_dir, trust=trust)
         name, options = config["model"]["name"], config["model"]["options"]
         from_data = registry.accepts("model", name, config.get("info") or {})
         return registry.create("model", name, **{**from_data, **options})
@@ -352,12 +359,20 @@ def _rebuild_model(run_dir: Path) -> nn.Module:
             f"the run's model class {qualname} was defined in the script that trained it, so it cannot be "
             f"imported here; move it into a module, {fix}"
         )
+    if not trust and not registry.known_code(record["class"]):
+        raise untrusted(
+            f"'{run_dir / RUN_FILE}' names the model class {record['class']}, of a module not imported"
+        )
     try:
         cls = registry.load_object(record["class"])
     except ConfigError as e:
         raise ConfigError(
             f"cannot import the run's model class {record['class']} ({e}); put its module on PYTHONPATH, {fix}"
         ) from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):  # it is called with the recorded arguments
+        raise ConfigError(
+            f"'{run_dir / RUN_FILE}' names {record['class']}, which is not a model class; {fix.removeprefix('or ')}"
+        )
     if record.get("init") is None:
         missing = ", ".join(record.get("missing") or []) or "its arguments"
         if missing.startswith("*") or ", *" in missing:
@@ -374,12 +389,13 @@ def _rebuild_model(run_dir: Path) -> nn.Module:
         raise ConfigError(f"{record['class']}(**{record['init']}) failed ({first_line(e)}); {fix}") from None
 
 
-def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
+def load_tokenizer(directory: str | os.PathLike[str], *, trust: bool = False) -> Any:
     """The tokenizer saved in ``directory`` by ``save_pretrained``, or None when there is none.
 
     ``tokenizer_class`` in ``tokenizer_config.json`` names it: ``'module:Class'`` (xt-training's and
-    plugins' tokenizers) is imported and loaded with ``Class.from_pretrained(directory)``; any other name
-    is a Hugging Face tokenizer, loaded with ``transformers.AutoTokenizer``.
+    plugins' tokenizers; another module only with ``trust``) is imported and loaded with
+    ``Class.from_pretrained(directory)``; any other name is a Hugging Face tokenizer, loaded with
+    ``transformers.AutoTokenizer`` (which runs no code of the directory's).
     """
     file = Path(directory) / "tokenizer_config.json"
     if not file.is_file():
@@ -391,6 +407,8 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
             f"'{file}' is not a tokenizer configuration ({e}); save the tokenizer again"
         ) from None
     if ":" in name:
+        if not trust and not registry.known_code(name):
+            raise untrusted(f"'{file}' names the tokenizer_class {name!r}, of a module not imported")
         return registry.load_object(name).from_pretrained(directory)
     try:
         from transformers import AutoTokenizer
@@ -413,6 +431,7 @@ def predict_run(
     checkpoint: str | os.PathLike[str] = "best",
     batch_size: int | None = None,
     device: str | None = None,
+    trust: bool = False,
 ) -> Path:
     """``xt predict``: the predictions of a run directory's model, written to ``out``.
 
@@ -429,11 +448,12 @@ def predict_run(
     A ``.csv`` gets, for a classifier (cross-entropy or NLL loss), the predicted class and one
     probability column per class; for multi-label models (BCE loss) the labels predicted on and one
     probability column per label; else the outputs. ``.npy`` and ``.pt`` get the model's outputs as they are.
+    ``trust``: the run directory may import what its files name (:func:`xt_training.rundir.untrusted`).
     """
     run_dir, out = Path(run_dir), Path(out)
     check_run_dir(run_dir, "pass one")
     if (run_dir / CONFIG_FILE).is_file():
-        config = read_config(run_dir)
+        config = read_config(run_dir, trust=trust)
     elif data is None:
         raise ConfigError(
             f"'{run_dir}' is a run of F.train or `xt train`, which records no data by name; name the data "
@@ -441,9 +461,9 @@ def predict_run(
         )
     else:
         config = {"data": {"name": data, "options": {}}, "info": {}, "loss": None, "device": None}
-    model = load_model(run_dir, checkpoint)
+    model = load_model(run_dir, checkpoint, trust=trust)
     trained_on = config.get("info") or {}
-    tokenizer = load_tokenizer(run_dir) if inputs is not None and data is None else None
+    tokenizer = load_tokenizer(run_dir, trust=trust) if inputs is not None and data is None else None
     if tokenizer is not None:
         texts = TextDataset(_lines(inputs))
         loader: Any = DataLoader(texts, batch_size or 64, collate_fn=TextCollate(tokenizer))
@@ -592,6 +612,7 @@ def export_run(
     model: str | None = None,
     model_options: Mapping[str, Any] | None = None,
     verify: bool = True,
+    trust: bool = False,
 ) -> ExportResult:
     """Export the model of any run directory, or of a checkpoint file, with :func:`~xt_training.exporting.export`.
 
@@ -601,7 +622,8 @@ def export_run(
     of the run's data, or random values of the input shape the run recorded, or of ``input_shape``.
     The data's preprocessing (its normalisation) goes into the exported graph, which then takes raw
     inputs. The default output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last checkpoint),
-    or the checkpoint's path with the format's suffix.
+    or the checkpoint's path with the format's suffix. ``trust``: the run directory may import what its
+    files name (:func:`xt_training.rundir.untrusted`).
     """
     check_format(format, verify)
     source = Path(source)
@@ -624,7 +646,7 @@ def export_run(
     if run_dir is not None and (model is not None or model_options):
         # the run records its model with the options it was trained with (some taken from the data):
         # naming it again is harmless, naming another one cannot fit the run's checkpoints
-        config = read_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
+        config = read_config(run_dir, trust=trust) if (run_dir / CONFIG_FILE).is_file() else None
         named = config["model"]["name"] if config else None
         if model != named or model_options:
             raise ConfigError(
@@ -644,7 +666,8 @@ def export_run(
                 f"(N, {', '.join(map(str, trained))}); give --input-shape 1,{','.join(map(str, trained))} "
                 "or leave it out"
             )
-        net, (meta, x, normalization) = load_model(run_dir, ckpt), _run_export_facts(run_dir, x)
+        net = load_model(run_dir, ckpt, trust=trust)
+        meta, x, normalization = _run_export_facts(run_dir, x, trust)
         epoch = read_checkpoint(ckpt).get("epoch")
     else:
         if model is None or input_shape is None:
@@ -659,7 +682,7 @@ def export_run(
     if isinstance(epoch, int):
         meta["epoch"] = epoch
     inputs: dict[str, Any] = {}
-    tokenizer = load_tokenizer(run_dir) if run_dir is not None else None
+    tokenizer = load_tokenizer(run_dir, trust=trust) if run_dir is not None else None
     if tokenizer is not None:  # a text run: its model is called as model(**tokenizer(texts))
         meta.update(
             tokenizer=_tokenizer_files(tokenizer),
@@ -687,7 +710,9 @@ def _tokenizer_files(tokenizer: Any) -> dict[str, str]:
         return {f.name: f.read_text() for f in sorted(Path(directory).iterdir()) if f.is_file()}
 
 
-def _run_export_facts(run_dir: Path, x: Any) -> tuple[dict[str, Any], Any, dict[str, Any] | None]:
+def _run_export_facts(
+    run_dir: Path, x: Any, trust: bool
+) -> tuple[dict[str, Any], Any, dict[str, Any] | None]:
     """The metadata, an example input (``x`` when given) and the normalisation of a run's export."""
     record = read_run(run_dir)
     normalization = record.get("normalization")
@@ -702,7 +727,7 @@ def _run_export_facts(run_dir: Path, x: Any) -> tuple[dict[str, Any], Any, dict[
             dtype = getattr(torch, record["input"].get("dtype", "float32"))
             x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
         return meta, x, normalization
-    config = read_config(run_dir)
+    config = read_config(run_dir, trust=trust)
     meta = _config_metadata(config)
     normalization = (config.get("info") or {}).get("normalization") or normalization
     if x is None:  # the data is built only for its example batch (it may be large, or gone)

@@ -199,6 +199,33 @@ def _write_files() -> None:
     Path("empty_run/config.json").write_text(
         '{"model": {"name": "mlp", "options": {}}, "data": {"name": "synthetic-classification", "options": {}}}'
     )
+    Path("received").mkdir()
+    Path("received/config.json").write_text(
+        '{"model": {"name": "mlp", "options": {}}, "data": {"name": "synthetic-classification", "options": {}}, '
+        '"metrics": {"m": {"name": "mean", "options": {"fn": "somewhere:fn"}}}}'
+    )
+    Path("received_py").mkdir()
+    Path("received_py/config.py").write_text("model = None\n")
+
+
+def _distributed(**variables: str) -> Callable[[], Any]:
+    """Join a process group as ``F.train`` does, under torchrun's environment variables set by hand."""
+
+    def run() -> Any:
+        from xt_training import distributed
+
+        saved = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
+        try:
+            return distributed.init_from_env()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
+
+    return run
 
 
 def _cli(*args: str) -> Callable[[], str]:
@@ -278,6 +305,10 @@ def cases() -> list[Case]:
              _call(_train, val_loader=_tiny()[1], eval_metrics={"acc": metrics.Accuracy()}, monitor="val/accuracy")),
         Case("invalid device", "F.train(..., device='gpu:0')", _call(_train, device="gpu:0")),
         Case("invalid loop option", "F.train(..., precision='fp8')", _call(_train, precision="fp8")),
+        Case("torchrun's variable not a number", "WORLD_SIZE=abc RANK=0 xt run ...",
+             _distributed(WORLD_SIZE="abc", RANK="0")),
+        Case("torchrun's variables set by hand, without the address", "WORLD_SIZE=2 RANK=1 xt run ...",
+             _distributed(WORLD_SIZE="2", RANK="1")),
         Case("training without an optimizer", "Runner(model, loss_fn)(loader) with the model in training mode",
              _runner_without_optimizer),
         Case("unwritable save_dir", "F.train('file/run', ...) where file is a file", _call(_train, save_dir="file/run")),
@@ -303,6 +334,10 @@ def cases() -> list[Case]:
              _predict_shape),
         Case("a new run into a directory that holds one", "xt run --model mlp --data synthetic-classification --save-dir good",
              _cli("run", "--model", "mlp", "--data", "synthetic-classification", "--save-dir", "good"), cli=True),
+        Case("a received run that names a module to import", "xt test received (its config.json: mean's fn='somewhere:fn')",
+             _cli("test", "received"), cli=True),
+        Case("a received run's config.py", "xt test received_py (a run of xt train, its config.py)",
+             _cli("test", "received_py"), cli=True),
         Case("resume and another run directory", "xt run --resume empty_run --save-dir x",
              _cli("run", "--resume", "empty_run", "--save-dir", "x"), cli=True),
     ]  # fmt: skip

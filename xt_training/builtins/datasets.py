@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from .. import distributed
 from ..errors import ConfigError
 from ..preprocessing import normalization_in
 from ..registry import Data
@@ -402,7 +403,7 @@ def default_workers() -> int:
     """DataLoader workers that fit this machine: one per core this process may use, less one for the
     training loop itself, shared among the processes of this machine under torchrun, at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_processes = distributed.env_int("LOCAL_WORLD_SIZE", 1, 1)
     return max(0, min(8, cores // local_processes - 1))
 
 

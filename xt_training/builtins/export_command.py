@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..cli import parse_options
+from ..cli import parse_options, trust_option
 from ..hookspecs import hookimpl
 
 #: the formats of xt_training.exporting.FORMATS, named here so that listing commands does not import torch
@@ -74,6 +74,7 @@ def _format_of(fmt: str | None, output: str | None) -> str:
 @click.option("--model", help="Model name of a CHECKPOINT outside a run directory (`xt list models`).")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Its options, e.g. num_classes=5.")
 @click.option("--no-verify", is_flag=True, help="Do not load the file back and compare it with the model.")
+@trust_option
 def export_command(
     source: str,
     fmt: str | None,
@@ -85,6 +86,7 @@ def export_command(
     model: str | None,
     model_opt: tuple[str, ...],
     no_verify: bool,
+    trust: bool,
 ) -> None:
     """Export a trained model to ONNX, torch.export (.pt2) or TorchScript, and verify it.
 
@@ -116,6 +118,7 @@ def export_command(
         model=model,
         model_options=parse_options(model_opt, "--model-opt"),
         verify=not no_verify,
+        trust=trust,
     )
     click.echo(str(result))
 

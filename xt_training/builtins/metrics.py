@@ -47,4 +47,6 @@ def register_metrics(register: Any) -> None:
     for name, (cls, description) in METRICS.items():
         register(name, f"xt_training.metrics:{cls}", description=description)
     register("loss", loss_metric, description="the epoch mean of a registered loss (loss=NAME)")
-    register("mean", mean_metric, description="the epoch mean of a function fn='module:attr'")
+    register(
+        "mean", mean_metric, description="the epoch mean of a function fn='module:attr'", imports=("fn",)
+    )

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cli import parse_options
+from ..cli import parse_options, trust_option
 from ..hookspecs import hookimpl
 
 
@@ -42,6 +42,7 @@ from ..hookspecs import hookimpl
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the inputs.")
 @click.option("--device", help="cpu, cuda, ...; default: the run's device, else CUDA when available.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing.")
+@trust_option
 def predict_command(
     run_dir: str,
     out: str,
@@ -53,6 +54,7 @@ def predict_command(
     batch_size: int | None,
     device: str | None,
     quiet: bool,
+    trust: bool,
 ) -> None:
     """Write the predictions of a trained model, one row per example.
 
@@ -78,6 +80,7 @@ def predict_command(
         checkpoint=checkpoint,
         batch_size=batch_size,
         device=device,
+        trust=trust,
     )
     if not quiet:
         click.echo(f"wrote {path}")
