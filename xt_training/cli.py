@@ -336,6 +336,16 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
     help="Train with N local processes (DDP through torch.distributed.run; gloo on CPU, NCCL on GPUs).",
 )  # fmt: skip
+@click.option(
+    "--print-config", is_flag=True,
+    help="Print the configuration as config.json would hold it (every part built, every default filled in); "
+    "train nothing, write nothing.",
+)  # fmt: skip
+@click.option(
+    "--dry-run", is_flag=True,
+    help="Build everything and train one batch of each pass (train, val, test) in a temporary directory; "
+    "write nothing.",
+)  # fmt: skip
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -344,6 +354,8 @@ def run_command(
     overwrite: bool,
     quiet: bool,
     nproc: int,
+    print_config: bool,
+    dry_run: bool,
     **_: Any,
 ) -> None:
     """Train a model on a data set, both picked by name.
@@ -360,6 +372,16 @@ def run_command(
     if resume and (save_dir or ctx.params["config_path"]):
         raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
     run = run_config(ctx, resume)  # bad options are refused here, before any process starts
+    if print_config:
+        click.echo(json.dumps(runs.resolved_config(run), indent=2))
+        return
+    if dry_run:
+        if resume or nproc > 1:
+            raise click.UsageError("--dry-run checks a new run in one process: drop --resume and --nproc")
+        runs.dry_run(run, save_dir, quiet=quiet)
+        if not quiet:
+            click.echo("dry run: every part built, one batch of each pass trained; nothing written")
+        return
     if nproc > 1 and "RANK" not in os.environ:
         # checked once here, rather than by every process torchrun starts
         config.checked_run(run)
