@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import ENV, xt
@@ -16,6 +18,21 @@ TINY = ["--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def xt_reporting_imports(*args: str, env: dict, cwd: Path) -> tuple[str, list[str]]:
+    """The real ``xt`` (its ``main``, in a fresh interpreter): its stdout, and which heavy modules it imported."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('imported:', sorted(m for m in ('torch', 'torchmetrics', 'torchvision')"
+        " if m in sys.modules), file=sys.stderr))\n"
+        "from xt_training.cli import main\nmain(sys.argv[1:])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout, out.stderr.strip().splitlines()[-1].removeprefix("imported: ")
 
 
 # --- xt run --print-config / --dry-run ---------------------------------------------------------------------
@@ -51,3 +68,25 @@ def test_dry_run_trains_one_batch_of_each_pass_and_writes_nothing(tmp_path):
     bad = xt("run", *TINY, "--monitor", "val/acc", "--dry-run", cwd=work, env=env, code=2)
     assert "monitor 'val/acc' is not a value of this run" in bad.stderr
     assert files_under(work) == [] and files_under(tmp) == []
+
+
+# --- shell completion ---------------------------------------------------------------------------------------
+def complete(words: str, shell: str, tmp_path: Path) -> str:
+    """What ``xt`` answers the shell that completes the last of ``words`` (click's protocol)."""
+    cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    env = {**ENV, "_XT_COMPLETE": f"{shell}_complete", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    out, imported = xt_reporting_imports(env=env, cwd=tmp_path)
+    assert imported == "[]"  # a completion is as fast as `xt list`
+    return out
+
+
+def test_completion_scripts_and_registered_names(tmp_path):
+    for shell in ("bash", "zsh", "fish"):
+        assert f"_XT_COMPLETE={shell}_complete" in xt("completion", shell, cwd=tmp_path).stdout
+    assert complete("xt run --model m", "bash", tmp_path).split() == ["plain,mlp"]
+    assert "plain,top2=top-k-accuracy" in complete("xt run --metric top2=top", "bash", tmp_path).split()
+    assert "plain,--model-opt" in complete("xt run --mod", "bash", tmp_path).split()
+    assert "plain,completion" in complete("xt ", "bash", tmp_path).split()
+    assert "plain,rnn-tagger" in complete("xt info model ", "bash", tmp_path).split()
+    # zsh shows each name's description beside it
+    assert "multi-layer perceptron" in complete("xt run --model m", "zsh", tmp_path)

@@ -17,12 +17,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
+from click.shell_completion import CompletionItem, get_completion_class
 
 from . import config, registry, report
 from ._version import __version__
@@ -52,8 +53,9 @@ class XtGroup(click.Group):
                     )
                 else:
                     commands[name] = command
-            for line in reg.problems:
-                click.echo(f"xt: warning: {line}", err=True)
+            if not root.resilient_parsing:  # a completion request: warnings would garble the command line
+                for line in reg.problems:
+                    click.echo(f"xt: warning: {line}", err=True)
             root.meta["xt.registry"], root.meta["xt.commands"] = reg, commands
             root.meta["xt.command_owners"] = {name: owners.get(name) for name in commands}
         return root.meta["xt.registry"]
@@ -134,6 +136,58 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="xt")
 
 
+# --- shell completion -----------------------------------------------------------------------------------------
+#: click's completion protocol: the shell calls `_XT_COMPLETE=bash_complete xt ...` for its completions
+COMPLETE_VAR = "_XT_COMPLETE"
+
+
+def complete_names(kind: str) -> Callable[[click.Context, click.Parameter, str], list[CompletionItem]]:
+    """A ``shell_complete`` callback offering the registered names of ``kind`` (``--model res<TAB>``).
+
+    ``KEY=NAME`` values (``--metric top2=top<TAB>``) complete their NAME. Listing imports no torch.
+    """
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        key, sep, prefix = incomplete.rpartition("=")
+        table = cli.loaded(ctx).table(kind)
+        return [
+            CompletionItem(f"{key}{sep}{name}", help=table[name].description)
+            for name in cli.loaded(ctx).names(kind)
+            if name.startswith(prefix)
+        ]
+
+    return complete
+
+
+def _complete_kinds(kinds: Iterable[str]) -> Callable[[click.Context, click.Parameter, str], list[str]]:
+    return lambda ctx, param, incomplete: [kind for kind in kinds if kind.startswith(incomplete)]
+
+
+def _complete_kind_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The names of the KIND given before (``xt info model <TAB>``)."""
+    try:
+        kind = registry.canonical_kind(ctx.params.get("kind") or "")
+    except XtError:  # no kind, or a wrong one: nothing to offer
+        return []
+    return complete_names(kind)(ctx, param, incomplete)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    It completes commands, options and registered names (`xt run --model <TAB>`), those of installed
+    plugins included. Activate it once:
+
+    \b
+      bash: echo 'eval "$(xt completion bash)"' >> ~/.bashrc
+      zsh:  echo 'eval "$(xt completion zsh)"' >> ~/.zshrc
+      fish: xt completion fish > ~/.config/fish/completions/xt.fish
+    """
+    click.echo(get_completion_class(shell)(cli, {}, "xt", COMPLETE_VAR).source())
+
+
 # --- option values -------------------------------------------------------------------------------------
 def parse_value(raw: str) -> Any:
     """A command-line value as a Python literal (``128``, ``0.1``, ``(8, 16)``, ``True``, ``None``), else the string."""
@@ -176,16 +230,16 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         type=click.Path(exists=True),
         help="Start from a saved run configuration (RUN_DIR or RUN_DIR/config.json); other options override it.",
     ),
-    click.option("--model", help="Model name (`xt list models`)."),
+    click.option("--model", help="Model name (`xt list models`).", shell_complete=complete_names("model")),
     click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Model option; VALUE is a Python literal."),
-    click.option("--data", help="Data set name (`xt list data`)."),
+    click.option("--data", help="Data set name (`xt list data`).", shell_complete=complete_names("data")),
     click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Data option, e.g. n_samples=5000."),
-    click.option("--loss", help="Loss name (`xt list losses`); default: the data's suggestion."),
+    click.option("--loss", help="Loss name (`xt list losses`); default: the data's suggestion.", shell_complete=complete_names("loss")),
     click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option."),
-    click.option("--optimizer", default=_DEFAULTS["optimizer"]["name"], show_default=True, help="Optimizer name (`xt list optimizers`)."),
+    click.option("--optimizer", default=_DEFAULTS["optimizer"]["name"], show_default=True, help="Optimizer name (`xt list optimizers`).", shell_complete=complete_names("optimizer")),
     click.option("--optimizer-opt", multiple=True, metavar="KEY=VALUE", help="Optimizer option, e.g. momentum=0.9."),
     click.option("--lr", type=float, help="Learning rate (the optimizer option lr)."),
-    click.option("--scheduler", help="Learning-rate scheduler name (`xt list schedulers`)."),
+    click.option("--scheduler", help="Learning-rate scheduler name (`xt list schedulers`).", shell_complete=complete_names("scheduler")),
     click.option("--scheduler-opt", multiple=True, metavar="KEY=VALUE", help="Scheduler option."),
     click.option(
         "--metric",
@@ -193,11 +247,12 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         multiple=True,
         metavar="[KEY=]NAME",
         help="Metric (repeatable), reported as KEY (default NAME); default: the data's suggestion.",
+        shell_complete=complete_names("metric"),
     ),
     click.option("--metric-opt", multiple=True, metavar="KEY.OPT=VALUE", help="Option of metric KEY, e.g. top-k-accuracy.k=3."),
-    click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Logger besides the console (repeatable)."),
+    click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Logger besides the console (repeatable).", shell_complete=complete_names("logger")),
     click.option("--logger-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of logger NAME."),
-    click.option("--callback", "callbacks", multiple=True, metavar="NAME", help="Callback (repeatable)."),
+    click.option("--callback", "callbacks", multiple=True, metavar="NAME", help="Callback (repeatable).", shell_complete=complete_names("callback")),
     click.option("--callback-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of callback NAME."),
     click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (the data option batch_size)."),
@@ -467,7 +522,11 @@ def train_command(
     metavar="best|last|FILE",
     help="Which checkpoint of RUN_DIR: best (default), last, or a checkpoint file.",
 )
-@click.option("--data", help="Test on this data set (`xt list data`); a run of F.train records none.")
+@click.option(
+    "--data",
+    help="Test on this data set (`xt list data`); a run of F.train records none.",
+    shell_complete=complete_names("data"),
+)
 @click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="An option of --data (repeatable).")
 @click.option(
     "--split",
@@ -591,7 +650,7 @@ def template_command(directory: str, force: bool) -> None:
 
 # --- xt list / xt info / xt plugins ---------------------------------------------------------------------------
 @cli.command("list")
-@click.argument("kind", required=False)
+@click.argument("kind", required=False, shell_complete=_complete_kinds(registry.KINDS.values()))
 @click.argument("pattern", required=False, default="*")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print name, kind, plugin, distribution and description as JSON."
@@ -625,8 +684,8 @@ def list_command(kind: str | None, pattern: str, as_json: bool) -> None:
 
 
 @cli.command("info")
-@click.argument("kind")
-@click.argument("name")
+@click.argument("kind", shell_complete=_complete_kinds(registry.KINDS))
+@click.argument("name", shell_complete=_complete_kind_names)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info_command(kind: str, name: str, as_json: bool) -> None:
     """Show a name's plugin and options.
