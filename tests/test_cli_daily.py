@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
+import torch
 from conftest import ENV, xt
 
 TINY = ["--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200"]
@@ -90,3 +93,17 @@ def test_completion_scripts_and_registered_names(tmp_path):
     assert "plain,rnn-tagger" in complete("xt info model ", "bash", tmp_path).split()
     # zsh shows each name's description beside it
     assert "multi-layer perceptron" in complete("xt run --model m", "zsh", tmp_path)
+
+
+# --- xt env -----------------------------------------------------------------------------------------------------
+def test_env_says_what_a_bug_report_needs(tmp_path):
+    env = {**ENV, "TORCH_HOME": str(tmp_path / "hub"), "HF_TOKEN": "do-not-print", "UNRELATED": "x"}
+    out = xt("env", cwd=tmp_path, env=env).stdout
+    assert f"torch: {torch.__version__}" in out and f"python: {platform.python_version()}" in out
+    assert "devices:\n  cpu: " in out and f"  click {metadata.version('click')}" in out
+    assert f"TORCH_HOME={tmp_path / 'hub'}" in out
+    assert "do-not-print" not in out and "UNRELATED" not in out
+    report = json.loads(xt("env", "--json", cwd=tmp_path, env=env).stdout)
+    assert (
+        report["torch"]["version"] == torch.__version__ and "HF_TOKEN" not in report["environment_variables"]
+    )

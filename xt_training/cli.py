@@ -28,6 +28,7 @@ from click.shell_completion import CompletionItem, get_completion_class
 from . import config, registry, report
 from ._version import __version__
 from .config import COMPONENTS, SCALARS, default_config, read_config
+from .environment import environment, format_environment
 from .errors import XtError
 from .rundir import CONFIG_FILE
 
@@ -743,6 +744,21 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  commands: {', '.join(commands[p.name])}")
     for line in conflicts:
         click.echo(f"conflict: {line}")
+
+
+@cli.command("env")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def env_command(ctx: click.Context, as_json: bool) -> None:
+    """Print what a bug report needs to know about this machine.
+
+    Versions (Python, torch with its CUDA and cuDNN, xt-training, the libraries it uses), the devices
+    torch sees, the installed plugins and the environment variables that change what a run does
+    (CUDA_VISIBLE_DEVICES, XT_*, TORCH_HOME, HF_HOME, WORLD_SIZE, RANK, ...; none whose name says it
+    holds a secret). Paste it into the report.
+    """
+    env = environment(cli.loaded(ctx))
+    click.echo(json.dumps(env, indent=2) if as_json else format_environment(env))
 
 
 # --- xt show / xt plot ----------------------------------------------------------------------------------------
