@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ENV, xt
+
+from xt_training import runs
+from xt_training.config import default_config
 
 TINY = ["--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200"]
 
@@ -107,3 +112,55 @@ def test_env_says_what_a_bug_report_needs(tmp_path):
     assert (
         report["torch"]["version"] == torch.__version__ and "HF_TOKEN" not in report["environment_variables"]
     )
+
+
+# --- xt show / xt runs ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory) -> Path:
+    """Three real 2-epoch runs of `xt run`'s configuration (made in this process: fast) under DIR/runs."""
+    root = tmp_path_factory.mktemp("runs")
+    for lr in (0.1, 0.001, 0.01):
+        config = {
+            **default_config(),
+            "model": {"name": "mlp", "options": {}},
+            "data": {"name": "synthetic-classification", "options": {"n_samples": 200}},
+            "optimizer": {"name": "adam", "options": {"lr": lr}},
+            "epochs": 2,
+        }
+        runs.train(config, root / "runs" / f"lr{lr}", quiet=True)
+    return root
+
+
+def best_val_loss(run: Path) -> float:
+    return min(row["val/loss"] for row in json.loads((run / "history.json").read_text()))
+
+
+def test_runs_lists_the_runs_best_first_and_sorts_by_a_column(three_runs):
+    lines = xt("runs", cwd=three_runs).stdout.splitlines()
+    assert lines[0].split() == ["run", "status", "epochs", "monitor", "best", "at", "started", "time"]
+    listed = [line.split()[0] for line in lines[1:]]
+    assert listed == sorted(listed, key=lambda run: best_val_loss(three_runs / run))  # val/loss: lowest first
+    assert len(listed) == 3 and all(
+        line.split()[1:4] == ["completed", "2/2", "val/loss"] for line in lines[1:]
+    )
+    by_name = xt("runs", "runs", "--sort", "run", cwd=three_runs).stdout.splitlines()[1:]
+    assert [line.split()[0] for line in by_name] == ["runs/lr0.001", "runs/lr0.01", "runs/lr0.1"]
+    table = xt("runs", "runs/lr0.1", "runs/lr0.01", "--compare", cwd=three_runs).stdout
+    assert table.splitlines()[0].split() == ["runs/lr0.1", "runs/lr0.01"]
+    assert "optimizer.resolved.lr" in table and "model.name" not in table  # the differences only
+    assert re.search(r"\n  val/loss +\d\.\d{4} +\d\.\d{4}\n", table)  # the values at each best epoch
+
+
+def test_show_leads_with_the_result_and_prints_json(three_runs):
+    run = three_runs / "runs" / "lr0.1"
+    text = xt("show", str(run), cwd=three_runs).stdout
+    history = json.loads((run / "history.json").read_text())
+    best = min(history, key=lambda row: row["val/loss"])
+    assert text.splitlines()[0].startswith(f"run {run}  (completed, 2 of 2 epochs, started ")
+    assert text.splitlines()[1] == f"best: val/loss {best['val/loss']:.4f} (min) at epoch {best['epoch']}"
+    assert f"best {run / 'checkpoints' / 'best.pt'}" in text.splitlines()[2]
+    assert text.index("history (history.json") < text.index("configuration (config.json)")
+    shown = json.loads(xt("show", str(run), "--json", cwd=three_runs).stdout)
+    assert shown["best"] == {"epoch": best["epoch"], "value": best["val/loss"]}
+    assert shown["status"] == "completed" and shown["history"] == history
+    assert shown["configuration"]["optimizer"]["options"] == {"lr": 0.1}

@@ -764,14 +764,64 @@ def env_command(ctx: click.Context, as_json: bool) -> None:
 # --- xt show / xt plot ----------------------------------------------------------------------------------------
 @cli.command("show")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the run's summary, history and configuration as JSON (run directories only).",
+)  # fmt: skip
 @click.pass_context
-def show_command(ctx: click.Context, run_dir: str) -> None:
-    """Print a run's configuration and its per-epoch metrics.
+def show_command(ctx: click.Context, run_dir: str, as_json: bool) -> None:
+    """Print how a run went, its per-epoch metrics and its configuration.
 
-    Plugins show their own kinds of directories (`xt tune` studies) through the hook show_directory.
+    First the result: status, epochs, the best epoch and its monitored value, the checkpoints; then the
+    history table; then the configuration. Plugins show their own kinds of directories (`xt tune`
+    studies) through the hook show_directory.
     """
     text = cli.loaded(ctx).pm.hook.show_directory(path=Path(run_dir))
+    if as_json:
+        if text is not None:
+            raise click.UsageError(f"'{run_dir}' is a plugin's directory, shown as text: drop --json")
+        report.show(run_dir)  # the checks of a run directory that the text applies
+        click.echo(json.dumps(report.summary(run_dir), indent=2))
+        return
     click.echo(report.show(run_dir) if text is None else text)
+
+
+@cli.command("runs")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--sort", type=click.Choice(report.RUNS_COLUMNS), default="best", show_default=True,
+    help="Column to sort by: best puts each run's best monitored value first; started, the latest.",
+)  # fmt: skip
+@click.option(
+    "--compare", is_flag=True, help="Put the runs side by side: results, values, differing options."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each run's summary as JSON.")
+def runs_command(paths: tuple[str, ...], sort: str, compare: bool, as_json: bool) -> None:
+    """List the runs under directories as a table, or compare them.
+
+    PATHS are run directories or directories that hold runs (searched below; default: runs). One line
+    per run: its directory, status, epochs done (of planned), monitored value, best value and its
+    epoch, start time and duration.
+
+    \b
+    Examples:
+      xt runs                           the runs under runs/, the best first
+      xt runs runs/sweep --sort started the latest first
+      xt runs runs/a runs/b --compare   side by side: results, values at the best epoch, differing options
+    """
+    if not paths and not Path("runs").is_dir():
+        raise click.UsageError("there is no runs/ directory here; pass the directories that hold your runs")
+    summaries = report.runs(list(paths or ["runs"]), sort=sort)
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+    elif not summaries:
+        click.echo(f"no run directories under {', '.join(paths or ['runs'])}", err=True)
+    elif compare:
+        if len(summaries) < 2:
+            raise click.UsageError(f"--compare needs two runs or more; found one: {summaries[0]['run']}")
+        click.echo(report.compare(summaries))
+    else:
+        click.echo(report.runs_table(summaries))
 
 
 @cli.command("plot")

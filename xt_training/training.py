@@ -287,6 +287,7 @@ class _Training:
         self.position: dict[str, Any] | None = None  # where a resumed epoch goes on
         self.received: list[str] = []  # the signals that asked to stop
         self.normalization: dict[str, list[float]] | None = None
+        self.recorded: dict[str, Any] | None = None  # run.json as written, its status updated at the end
         self.row: dict[str, Any] = {}
         runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
 
@@ -367,8 +368,10 @@ class _Training:
             "directions": {n: _direction(n, self.passes) for n in names},
             "epochs": epochs,
             "checkpoints": {"last": f"{CHECKPOINTS}/{LAST}", "best": f"{CHECKPOINTS}/{BEST}"},
+            "status": "running",  # how it ended, once it has: `xt runs` and `xt show` say it
         }
         write_json(run.save_dir / RUN_FILE, record)
+        self.recorded = record
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """The training pass of ``epoch`` (or the rest of it, resumed); its row of the history so far."""
@@ -453,7 +456,14 @@ class _Training:
             self.background.wait()
 
     def close(self, status: str | None) -> None:
-        """Finish the writes; tell callbacks and loggers how the run ended (``None``: it never started)."""
+        """Finish the writes; tell callbacks, loggers and run.json how the run ended (``None``: it never started)."""
+        if status is not None and self.recorded is not None:
+            ended = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            write_json(
+                self.run.save_dir / RUN_FILE,
+                {**self.recorded, "status": status, "ended": ended},
+                self.background,
+            )
         if self.background is not None:
             self.background.close()
         if status is not None:
