@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import ENV, xt
 
-from xt_training import runs
+from xt_training import registry, runs
 from xt_training.config import default_config
 
 TINY = ["--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200"]
@@ -164,3 +164,60 @@ def test_show_leads_with_the_result_and_prints_json(three_runs):
     assert shown["best"] == {"epoch": best["epoch"], "value": best["val/loss"]}
     assert shown["status"] == "completed" and shown["history"] == history
     assert shown["configuration"]["optimizer"]["options"] == {"lr": 0.1}
+
+
+# --- xt info: each option described -------------------------------------------------------------------------
+def test_info_shows_each_options_description(tmp_path):
+    lines = xt("info", "model", "mlp", cwd=tmp_path).stdout.splitlines()
+    hidden = next(i for i, line in enumerate(lines) if line.split()[:1] == ["hidden"])
+    assert (
+        lines[hidden + 1].strip()
+        == "the sizes of the hidden layers, one Linear-ReLU block each, e.g. (256, 128)."
+    )
+    sgd = xt("info", "optimizer", "sgd", cwd=tmp_path).stdout  # torch's own docstring
+    assert re.search(r"\n    lr .*\n +learning rate \(default: 1e-3\)\n", sgd)
+    described = json.loads(xt("info", "callback", "early-stopping", "--json", cwd=tmp_path).stdout)
+    assert (
+        described["options"]["patience"]["description"] == "epochs without improvement before the run stops."
+    )
+
+
+def test_every_built_in_option_has_a_description():
+    """Models, data sets, losses, optimizers, schedulers, loggers and callbacks (the metrics' live in metrics.py)."""
+    reg = registry.Registry(environ={registry.DISABLE_AUTOLOAD_ENV: "1"})  # the built-ins alone
+    undescribed = [
+        f"{kind} {name}: {option}"
+        for kind in registry.KINDS
+        if kind != "metric"
+        for name in reg.names(kind)
+        for option, spec in reg.info(kind, name)["options"].items()
+        if not spec["description"]
+    ]
+    assert undescribed == []
+
+
+def test_option_docs_reads_google_torch_and_sphinx_docstrings():
+    def google(*, a, b, c, d):
+        """Summary.
+
+        Args:
+            a, b (int, optional): both, described
+                over two lines (``x`` and :class:`~torch.Tensor`).
+            c: see :func:`f`.
+
+        Returns:
+            d: not a parameter
+        """
+
+    def sphinx(a, d):
+        """Summary.
+
+        :param a: the a,
+            continued.
+        :param int d: the d.
+        :returns: nothing
+        """
+
+    both = "both, described over two lines (x and torch.Tensor)."
+    assert registry.option_docs(google) == {"a": both, "b": both, "c": "see f."}
+    assert registry.option_docs(sphinx) == {"a": "the a, continued.", "d": "the d."}

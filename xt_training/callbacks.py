@@ -46,6 +46,8 @@ class EarlyStopping:
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
     Args:
+        patience: epochs without improvement before the run stops.
+        min_delta: the least change that counts as an improvement.
         monitor: a history name such as ``'val/loss'``; default: the run's monitored value.
         mode: ``'min'`` or ``'max'``; default: the run's mode.
     """

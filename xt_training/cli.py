@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -691,7 +692,8 @@ def list_command(kind: str | None, pattern: str, as_json: bool) -> None:
 def info_command(kind: str, name: str, as_json: bool) -> None:
     """Show a name's plugin and options.
 
-    Where NAME of KIND comes from and the options its factory takes (this imports the factory).
+    Where NAME of KIND comes from and the options its factory takes: each with its type, default and
+    description (from the factory's docstring). This imports the factory.
     """
     info = registry.info(kind, name)
     if as_json:
@@ -705,9 +707,14 @@ def info_command(kind: str, name: str, as_json: bool) -> None:
         click.echo(f"  {key}: {value}")
     click.echo("  options:" + ("" if info["options"] else " none"))
     width = max((len(n) for n in info["options"]), default=0)
+    indent = " " * (width + 6)  # the description under the type, wrapped to the help's width
     for option, spec in info["options"].items():
         default = "required" if spec["required"] else f"default {spec['default']!r}"
         click.echo(f"    {option:<{width}}  {spec['type']}, {default}")
+        if spec["description"]:
+            click.echo(
+                textwrap.fill(spec["description"], 110, initial_indent=indent, subsequent_indent=indent)
+            )
     if info["any_option"]:
         click.echo("    (and any other keyword option, passed through)")
 

@@ -26,14 +26,22 @@ METRICS = {
 
 
 def loss_metric(*, loss: str = "cross-entropy", **options: Any) -> Any:
-    """The epoch mean of a registered loss (``xt list losses``), e.g. an L1 error beside an MSE training loss."""
+    """The epoch mean of a registered loss (``xt list losses``), e.g. an L1 error beside an MSE training loss.
+
+    Args:
+        loss: the registered loss's name; any other option goes to that loss.
+    """
     from ..metric_contract import Loss  # lazy: imports torch (this module is loaded by `xt list`)
 
     return Loss(registry.create("loss", loss, **options))
 
 
 def mean_metric(*, fn: str) -> Any:
-    """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``."""
+    """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``.
+
+    Args:
+        fn: the function, as ``'module:attr'`` (its module importable).
+    """
     from ..metric_contract import Mean  # lazy: imports torch (this module is loaded by `xt list`)
 
     return Mean(registry.load_object(fn))
