@@ -221,3 +221,18 @@ def test_option_docs_reads_google_torch_and_sphinx_docstrings():
     both = "both, described over two lines (x and torch.Tensor)."
     assert registry.option_docs(google) == {"a": both, "b": both, "c": "see f."}
     assert registry.option_docs(sphinx) == {"a": "the a, continued.", "d": "the d."}
+
+
+# --- the order of what a run prints ---------------------------------------------------------------------------
+def test_a_callbacks_message_follows_its_epochs_table_and_the_fast_path_is_said_once_on_stderr(tmp_path):
+    # min_delta: no epoch after the first improves, so early stopping stops the run after epoch 2
+    stop = ["--callback", "early-stopping", "--callback-opt", "early-stopping.min_delta=1000"]
+    out = xt("run", *TINY, "--epochs", "5", *stop, "--callback-opt", "early-stopping.patience=1",
+             "--save-dir", "r", cwd=tmp_path)  # fmt: skip
+    lines = out.stdout.splitlines()
+    stopped = next(i for i, line in enumerate(lines) if line.startswith("early stopping:"))
+    table = next(i for i, line in enumerate(lines) if line.startswith("epoch 2/5"))
+    assert [line.split()[0] for line in lines[table + 2 : stopped]] == ["train", "val", "test"]
+    assert "fast path" not in out.stdout and out.stderr.count("fast path:") == 1
+    tested = xt("test", "r", cwd=tmp_path)  # evaluating the run says nothing about it
+    assert "fast path" not in tested.stdout + tested.stderr

@@ -3,7 +3,8 @@
 A callback is any object with some of these methods (each optional, no base class)::
 
     on_train_start(run)            after set-up (and after a resume restored the state)
-    on_epoch_end(run, row)         after each epoch's passes, with the epoch's history row;
+    on_epoch_end(run, row)         after each epoch's passes and the loggers' end_epoch, with the epoch's
+                                   history row (what it prints follows the epoch's table);
                                    set ``run.should_stop = True`` to end training after this epoch
     on_train_end(run, status)      'completed', 'stopped', 'failed' or 'interrupted'
     state_dict() / load_state_dict(state)   saved in checkpoints, restored on resume

@@ -99,7 +99,7 @@ def train(
                                                             # checkpoints/last.pt every checkpoint_every_n_steps
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
             scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
-            history.append(row); callbacks.on_epoch_end(run, row)
+            history.append(row); loggers.end_epoch(row); callbacks.on_epoch_end(run, row)
             save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; history.json
             stop if a callback set run.should_stop (e.g. EarlyStopping)
 
@@ -408,7 +408,7 @@ class _Training:
         self.run.model.train()
 
     def end_epoch(self, row: dict[str, Any]) -> None:
-        """Scheduler, history, callbacks, then last.pt (best.pt when the monitored value improved)."""
+        """Scheduler, history, loggers, callbacks, then last.pt (best.pt when the monitored value improved)."""
         run, runner = self.run, self.runner
         if run.monitor not in row:
             raise ConfigError(
@@ -421,6 +421,8 @@ class _Training:
         improved = _improves(row[run.monitor], run.best, run.mode)
         run.best = row[run.monitor] if improved else run.best
         run.global_step = runner.global_step
+        # the epoch's table before the callbacks: what one prints (early stopping) follows the epoch it is about
+        runner.loggers.end_epoch(run.epoch, row, runner.global_step)
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", _noop)(run, row)
         # one rank's callback (a time budget, a file it reads) stops every rank: one that trained on
@@ -431,7 +433,6 @@ class _Training:
             if improved:  # the same state as last.pt: a second name, not a second write
                 self.background.submit(atomic_link, self.ckpt_dir / LAST, self.ckpt_dir / BEST)
             write_json(run.save_dir / HISTORY_FILE, run.history, self.background)
-        runner.loggers.end_epoch(run.epoch, row, runner.global_step)
 
     def stop(self, position: dict[str, Any] | None) -> None:
         """A signal asked to stop: keep the exact position, then leave as the signal wants."""
