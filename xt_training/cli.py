@@ -151,10 +151,10 @@ def complete_names(kind: str) -> Callable[[click.Context, click.Parameter, str],
 
     def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
         key, sep, prefix = incomplete.rpartition("=")
-        table = cli.loaded(ctx).table(kind)
+        reg = cli.loaded(ctx)
         return [
-            CompletionItem(f"{key}{sep}{name}", help=table[name].description)
-            for name in cli.loaded(ctx).names(kind)
+            CompletionItem(f"{key}{sep}{name}", help=reg.table(kind)[name].description)
+            for name in reg.names(kind)
             if name.startswith(prefix)
         ]
 
