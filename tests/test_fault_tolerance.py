@@ -446,7 +446,7 @@ def test_xt_run_stops_on_a_signal_and_resumes(tmp_path, sig, code):
         assert resumed.returncode == 0, resumed.stderr
         # it says where it goes on (the signal came mid-pass: a step of the training pass)
         assert re.search(
-            rf"resuming the run in {re.escape(str(run_dir))} at step \d+ of epoch \d", resumed.stdout
+            rf"resuming the run in {re.escape(str(run_dir))} at step \d+ of epoch \d", resumed.stderr
         )
         history = json.loads((run_dir / "history.json").read_text())
         assert [row["epoch"] for row in history] == list(range(1, 9))

@@ -27,7 +27,16 @@ LAYERS: dict[str, list[str]] = {
         *("preprocessing", "utils", "utils.functional"),
     ],
     # runs by name: the registry, config files, building a run from names, reports, the built-in components
-    "runs by name": ["registry", "config", "building", "runs", "report", "builtins", "builtins.*"],
+    "runs by name": [
+        "registry",
+        "config",
+        "building",
+        "runs",
+        "report",
+        "environment",
+        "builtins",
+        "builtins.*",
+    ],
     # the user interface: the `xt` command line, its options and the commands the built-ins add to it
     "interface": ["cli", "options", "__main__", "builtins.predict_command", "builtins.export_command"],
 }

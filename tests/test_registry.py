@@ -356,7 +356,12 @@ def test_options_of_any_type_pass_where_annotations_allow():
 def test_info_describes_plugin_and_options():
     info = registry.info("model", "rnn")
     assert (info["plugin"], info["distribution"]) == ("xt_training.builtins.models", "xt-training")
-    assert info["options"]["cell"] == {"required": False, "default": "gru", "type": "'rnn' | 'lstm' | 'gru'"}
+    assert info["options"]["cell"] == {
+        "required": False,
+        "default": "gru",
+        "type": "'rnn' | 'lstm' | 'gru'",
+        "description": "the recurrent cell: 'rnn', 'lstm' or 'gru'.",
+    }
     assert info["factory"] == "xt_training.builtins.nets:RNNClassifier"
     assert registry.info("scheduler", "one-cycle")["metadata"] == {"interval": "batch"}
     json.dumps(registry.info("metric", "accuracy"), default=repr)

@@ -3,7 +3,8 @@
 A callback is any object with some of these methods (each optional, no base class)::
 
     on_train_start(run)            after set-up (and after a resume restored the state)
-    on_epoch_end(run, row)         after each epoch's passes, with the epoch's history row;
+    on_epoch_end(run, row)         after each epoch's passes and the loggers' end_epoch, with the epoch's
+                                   history row (what it prints follows the epoch's table);
                                    set ``run.should_stop = True`` to end training after this epoch
     on_train_end(run, status)      'completed', 'stopped', 'failed' or 'interrupted'
     state_dict() / load_state_dict(state)   saved in checkpoints, restored on resume
@@ -46,6 +47,8 @@ class EarlyStopping:
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
     Args:
+        patience: epochs without improvement before the run stops.
+        min_delta: the least change that counts as an improvement.
         monitor: a history name such as ``'val/loss'``; default: the run's monitored value.
         mode: ``'min'`` or ``'max'``; default: the run's mode.
     """

@@ -17,16 +17,19 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
+from click.shell_completion import CompletionItem, get_completion_class
 
 from . import config, registry, report
 from ._version import __version__
 from .config import COMPONENTS, SCALARS, default_config, read_config
+from .environment import environment, format_environment
 from .errors import XtError
 from .rundir import CONFIG_FILE
 
@@ -52,8 +55,9 @@ class XtGroup(click.Group):
                     )
                 else:
                     commands[name] = command
-            for line in reg.problems:
-                click.echo(f"xt: warning: {line}", err=True)
+            if not root.resilient_parsing:  # a completion request: warnings would garble the command line
+                for line in reg.problems:
+                    click.echo(f"xt: warning: {line}", err=True)
             root.meta["xt.registry"], root.meta["xt.commands"] = reg, commands
             root.meta["xt.command_owners"] = {name: owners.get(name) for name in commands}
         return root.meta["xt.registry"]
@@ -134,6 +138,58 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="xt")
 
 
+# --- shell completion -----------------------------------------------------------------------------------------
+#: click's completion protocol: the shell calls `_XT_COMPLETE=bash_complete xt ...` for its completions
+COMPLETE_VAR = "_XT_COMPLETE"
+
+
+def complete_names(kind: str) -> Callable[[click.Context, click.Parameter, str], list[CompletionItem]]:
+    """A ``shell_complete`` callback offering the registered names of ``kind`` (``--model res<TAB>``).
+
+    ``KEY=NAME`` values (``--metric top2=top<TAB>``) complete their NAME. Listing imports no torch.
+    """
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        key, sep, prefix = incomplete.rpartition("=")
+        reg = cli.loaded(ctx)
+        return [
+            CompletionItem(f"{key}{sep}{name}", help=reg.table(kind)[name].description)
+            for name in reg.names(kind)
+            if name.startswith(prefix)
+        ]
+
+    return complete
+
+
+def _complete_kinds(kinds: Iterable[str]) -> Callable[[click.Context, click.Parameter, str], list[str]]:
+    return lambda ctx, param, incomplete: [kind for kind in kinds if kind.startswith(incomplete)]
+
+
+def _complete_kind_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The names of the KIND given before (``xt info model <TAB>``)."""
+    try:
+        kind = registry.canonical_kind(ctx.params.get("kind") or "")
+    except XtError:  # no kind, or a wrong one: nothing to offer
+        return []
+    return complete_names(kind)(ctx, param, incomplete)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    It completes commands, options and registered names (`xt run --model <TAB>`), those of installed
+    plugins included. Activate it once:
+
+    \b
+      bash: echo 'eval "$(xt completion bash)"' >> ~/.bashrc
+      zsh:  echo 'eval "$(xt completion zsh)"' >> ~/.zshrc
+      fish: xt completion fish > ~/.config/fish/completions/xt.fish
+    """
+    click.echo(get_completion_class(shell)(cli, {}, "xt", COMPLETE_VAR).source())
+
+
 # --- option values -------------------------------------------------------------------------------------
 def parse_value(raw: str) -> Any:
     """A command-line value as a Python literal (``128``, ``0.1``, ``(8, 16)``, ``True``, ``None``), else the string."""
@@ -186,16 +242,16 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="Start from a saved run configuration (RUN_DIR or RUN_DIR/config.json); other options override it.",
     ),
     trust_option,
-    click.option("--model", help="Model name (`xt list models`)."),
+    click.option("--model", help="Model name (`xt list models`).", shell_complete=complete_names("model")),
     click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Model option; VALUE is a Python literal."),
-    click.option("--data", help="Data set name (`xt list data`)."),
+    click.option("--data", help="Data set name (`xt list data`).", shell_complete=complete_names("data")),
     click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Data option, e.g. n_samples=5000."),
-    click.option("--loss", help="Loss name (`xt list losses`); default: the data's suggestion."),
+    click.option("--loss", help="Loss name (`xt list losses`); default: the data's suggestion.", shell_complete=complete_names("loss")),
     click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option."),
-    click.option("--optimizer", default=_DEFAULTS["optimizer"]["name"], show_default=True, help="Optimizer name (`xt list optimizers`)."),
+    click.option("--optimizer", default=_DEFAULTS["optimizer"]["name"], show_default=True, help="Optimizer name (`xt list optimizers`).", shell_complete=complete_names("optimizer")),
     click.option("--optimizer-opt", multiple=True, metavar="KEY=VALUE", help="Optimizer option, e.g. momentum=0.9."),
     click.option("--lr", type=float, help="Learning rate (the optimizer option lr)."),
-    click.option("--scheduler", help="Learning-rate scheduler name (`xt list schedulers`)."),
+    click.option("--scheduler", help="Learning-rate scheduler name (`xt list schedulers`).", shell_complete=complete_names("scheduler")),
     click.option("--scheduler-opt", multiple=True, metavar="KEY=VALUE", help="Scheduler option."),
     click.option(
         "--metric",
@@ -203,11 +259,12 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         multiple=True,
         metavar="[KEY=]NAME",
         help="Metric (repeatable), reported as KEY (default NAME); default: the data's suggestion.",
+        shell_complete=complete_names("metric"),
     ),
     click.option("--metric-opt", multiple=True, metavar="KEY.OPT=VALUE", help="Option of metric KEY, e.g. top-k-accuracy.k=3."),
-    click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Logger besides the console (repeatable)."),
+    click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Logger besides the console (repeatable).", shell_complete=complete_names("logger")),
     click.option("--logger-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of logger NAME."),
-    click.option("--callback", "callbacks", multiple=True, metavar="NAME", help="Callback (repeatable)."),
+    click.option("--callback", "callbacks", multiple=True, metavar="NAME", help="Callback (repeatable).", shell_complete=complete_names("callback")),
     click.option("--callback-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of callback NAME."),
     click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (the data option batch_size)."),
@@ -346,6 +403,16 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
     help="Train with N local processes (DDP through torch.distributed.run; gloo on CPU, NCCL on GPUs).",
 )  # fmt: skip
+@click.option(
+    "--print-config", is_flag=True,
+    help="Print the configuration as config.json would hold it (every part built, every default filled in); "
+    "train nothing, write nothing.",
+)  # fmt: skip
+@click.option(
+    "--dry-run", is_flag=True,
+    help="Build everything and train one batch of each pass (train, val, test) in a temporary directory; "
+    "write nothing.",
+)  # fmt: skip
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -354,6 +421,8 @@ def run_command(
     overwrite: bool,
     quiet: bool,
     nproc: int,
+    print_config: bool,
+    dry_run: bool,
     **_: Any,
 ) -> None:
     """Train a model on a data set, both picked by name.
@@ -370,6 +439,16 @@ def run_command(
     if resume and (save_dir or ctx.params["config_path"]):
         raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
     run = run_config(ctx, resume)  # bad options are refused here, before any process starts
+    if print_config:
+        click.echo(json.dumps(runs.resolved_config(run), indent=2))
+        return
+    if dry_run:
+        if resume or nproc > 1:
+            raise click.UsageError("--dry-run checks a new run in one process: drop --resume and --nproc")
+        runs.dry_run(run, save_dir, quiet=quiet)
+        if not quiet:
+            click.echo("dry run: every part built, one batch of each pass trained; nothing written")
+        return
     if nproc > 1 and "RANK" not in os.environ:
         # checked once here, rather than by every process torchrun starts
         config.checked_run(run)
@@ -455,7 +534,11 @@ def train_command(
     metavar="best|last|FILE",
     help="Which checkpoint of RUN_DIR: best (default), last, or a checkpoint file.",
 )
-@click.option("--data", help="Test on this data set (`xt list data`); a run of F.train records none.")
+@click.option(
+    "--data",
+    help="Test on this data set (`xt list data`); a run of F.train records none.",
+    shell_complete=complete_names("data"),
+)
 @click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="An option of --data (repeatable).")
 @click.option(
     "--split",
@@ -583,7 +666,7 @@ def template_command(directory: str, force: bool) -> None:
 
 # --- xt list / xt info / xt plugins ---------------------------------------------------------------------------
 @cli.command("list")
-@click.argument("kind", required=False)
+@click.argument("kind", required=False, shell_complete=_complete_kinds(registry.KINDS.values()))
 @click.argument("pattern", required=False, default="*")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print name, kind, plugin, distribution and description as JSON."
@@ -617,13 +700,14 @@ def list_command(kind: str | None, pattern: str, as_json: bool) -> None:
 
 
 @cli.command("info")
-@click.argument("kind")
-@click.argument("name")
+@click.argument("kind", shell_complete=_complete_kinds(registry.KINDS))
+@click.argument("name", shell_complete=_complete_kind_names)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info_command(kind: str, name: str, as_json: bool) -> None:
     """Show a name's plugin and options.
 
-    Where NAME of KIND comes from and the options its factory takes (this imports the factory).
+    Where NAME of KIND comes from and the options its factory takes: each with its type, default and
+    description (from the factory's docstring). This imports the factory.
     """
     info = registry.info(kind, name)
     if as_json:
@@ -637,9 +721,14 @@ def info_command(kind: str, name: str, as_json: bool) -> None:
         click.echo(f"  {key}: {value}")
     click.echo("  options:" + ("" if info["options"] else " none"))
     width = max((len(n) for n in info["options"]), default=0)
+    indent = " " * (width + 6)  # the description under the type, wrapped to the help's width
     for option, spec in info["options"].items():
         default = "required" if spec["required"] else f"default {spec['default']!r}"
         click.echo(f"    {option:<{width}}  {spec['type']}, {default}")
+        if spec["description"]:
+            click.echo(
+                textwrap.fill(spec["description"], 110, initial_indent=indent, subsequent_indent=indent)
+            )
     if info["any_option"]:
         click.echo("    (and any other keyword option, passed through)")
 
@@ -678,17 +767,82 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"conflict: {line}")
 
 
+@cli.command("env")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def env_command(ctx: click.Context, as_json: bool) -> None:
+    """Print what a bug report needs to know about this machine.
+
+    Versions (Python, torch with its CUDA and cuDNN, xt-training, the libraries it uses), the devices
+    torch sees, the installed plugins and the environment variables that change what a run does
+    (CUDA_VISIBLE_DEVICES, XT_*, TORCH_HOME, HF_HOME, WORLD_SIZE, RANK, ...; none whose name says it
+    holds a secret). Paste it into the report.
+    """
+    env = environment(cli.loaded(ctx))
+    click.echo(json.dumps(env, indent=2) if as_json else format_environment(env))
+
+
 # --- xt show / xt plot ----------------------------------------------------------------------------------------
 @cli.command("show")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the run's summary, history and configuration as JSON (run directories only).",
+)  # fmt: skip
 @click.pass_context
-def show_command(ctx: click.Context, run_dir: str) -> None:
-    """Print a run's configuration and its per-epoch metrics.
+def show_command(ctx: click.Context, run_dir: str, as_json: bool) -> None:
+    """Print how a run went, its per-epoch metrics and its configuration.
 
-    Plugins show their own kinds of directories (`xt tune` studies) through the hook show_directory.
+    First the result: status, epochs, the best epoch and its monitored value, the checkpoints; then the
+    history table; then the configuration. Plugins show their own kinds of directories (`xt tune`
+    studies) through the hook show_directory.
     """
     text = cli.loaded(ctx).pm.hook.show_directory(path=Path(run_dir))
+    if as_json:
+        if text is not None:
+            raise click.UsageError(f"'{run_dir}' is a plugin's directory, shown as text: drop --json")
+        report.show(run_dir)  # the checks of a run directory that the text applies
+        click.echo(json.dumps(report.summary(run_dir), indent=2))
+        return
     click.echo(report.show(run_dir) if text is None else text)
+
+
+@cli.command("runs")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--sort", type=click.Choice(report.RUNS_COLUMNS), default="best", show_default=True,
+    help="Column to sort by: best puts each run's best monitored value first; started, the latest.",
+)  # fmt: skip
+@click.option(
+    "--compare", is_flag=True, help="Put the runs side by side: results, values, differing options."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each run's summary as JSON.")
+def runs_command(paths: tuple[str, ...], sort: str, compare: bool, as_json: bool) -> None:
+    """List the runs under directories as a table, or compare them.
+
+    PATHS are run directories or directories that hold runs (searched below; default: runs). One line
+    per run: its directory, status, epochs done (of planned), monitored value, best value and its
+    epoch, start time and duration.
+
+    \b
+    Examples:
+      xt runs                           the runs under runs/, the best first
+      xt runs runs/sweep --sort started the latest first
+      xt runs runs/a runs/b --compare   side by side: results, values at the best epoch, differing options
+    """
+    if not paths and not Path("runs").is_dir():
+        raise click.UsageError("there is no runs/ directory here; pass the directories that hold your runs")
+    summaries = report.runs(list(paths or ["runs"]), sort=sort)
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+    elif not summaries:
+        click.echo(f"no run directories under {', '.join(paths or ['runs'])}", err=True)
+    elif compare:
+        if len(summaries) < 2:
+            raise click.UsageError(f"--compare needs two runs or more; found one: {summaries[0]['run']}")
+        click.echo(report.compare(summaries))
+    else:
+        click.echo(report.runs_table(summaries))
 
 
 @cli.command("plot")

@@ -55,6 +55,7 @@ __all__ = [
     "info",
     "accepts",
     "canonical_kind",
+    "option_docs",
     "create_model",
     "list_models",
     "create_data",
@@ -424,16 +425,19 @@ class Registry:
         """Where ``name`` came from and what it accepts (imports the factory).
 
         Returns ``{'kind', 'name', 'plugin', 'distribution', 'version', 'description', 'factory',
-        'options': {option: {'default', 'type', 'required'}}, 'any_option', 'metadata'}``.
+        'options': {option: {'default', 'type', 'required', 'description'}}, 'any_option', 'metadata'}``;
+        each option's description comes from the factory's docstring (:func:`option_docs`).
         """
         entry = self.entry(kind, name)
         factory = entry.load()
         hints = _type_hints(factory)
+        docs = option_docs(factory)
         options = {
             n: {
                 "required": p.default is p.empty,
                 "default": None if p.default is p.empty else p.default,
                 "type": _type_name(hints.get(n, p.annotation)),
+                "description": docs.get(n, ""),
             }
             for n, p in entry.parameters().items()
         }
@@ -636,6 +640,55 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     return str(tp).replace("typing.", "").replace("collections.abc.", "")
+
+
+_ARGS_SECTION = re.compile(r"(Args|Arguments|Parameters|Keyword [Aa]rg(ument)?s|Other [Pp]arameters):")
+_ARG = re.compile(r"(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)\s*(?:\([^)]*\))?\s*:(?:\s+(.*))?")
+_SPHINX_PARAM = re.compile(r":param\s+(?:[^:]*\s)?(\w+):\s*(.*)")
+_RST_ROLE = re.compile(r":\w+:`~?([^`]*)`")
+
+
+def option_docs(factory: Any) -> dict[str, str]:
+    """Each parameter's description, from the factory's docstring (a class's and its ``__init__``'s).
+
+    Google style, as this package and torch write them (``Args:`` then ``name (type): text``, several
+    names at once as ``a, b: text``, continuation lines indented), and Sphinx's ``:param name: text``.
+    A description is one line: continuations joined, reST markup (````x````, ``:class:`X```) removed.
+    """
+    docs: dict[str, str] = {}
+    sources = [factory, getattr(factory, "__init__", None)] if isinstance(factory, type) else [factory]
+    for source in sources:
+        for names, text in _documented(inspect.getdoc(source) or ""):
+            text = _RST_ROLE.sub(r"\1", " ".join(text)).replace("``", "").strip()
+            for name in names:
+                docs.setdefault(name.lstrip("*"), text)
+    return docs
+
+
+def _documented(doc: str) -> list[tuple[list[str], list[str]]]:
+    """``([names], [text lines])`` of each parameter a docstring describes."""
+    found: list[tuple[list[str], list[str]]] = []
+    section: int | None = None  # the indentation of the Args: line, while inside that section
+    item: int | None = None  # the indentation of the open item: its continuation lines are deeper
+    for line in doc.splitlines():
+        indent, text = len(line) - len(line.lstrip()), line.strip()
+        if not text:
+            continue
+        if item is not None and indent > item:
+            found[-1][1].append(text)
+            continue
+        item = None
+        sphinx = _SPHINX_PARAM.fullmatch(text)
+        arg = _ARG.fullmatch(text) if section is not None and indent > section else None
+        if sphinx or arg:
+            names = [sphinx[1]] if sphinx else [n.strip() for n in arg[1].split(",")]
+            found.append((names, [(sphinx or arg)[2] or ""]))
+            item = indent
+        elif _ARGS_SECTION.fullmatch(text):
+            section = indent
+        elif section is not None and indent <= section:
+            section = None  # the next section, or the text after the parameters
+    return found
 
 
 def _doc_line(obj: Any) -> str:

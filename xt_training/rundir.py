@@ -3,7 +3,8 @@
 A run directory, whoever made it (``F.train``, ``xt run``, ``xt train CONFIG.py``, an ``xt tune`` trial)::
 
     run.json            what the run is: the model's class and constructor arguments, the input's shape,
-                        the preprocessing, the monitored value and its direction, each value's direction
+                        the preprocessing, the monitored value and its direction, each value's direction;
+                        its status ('running', at the end 'completed', 'stopped', 'failed', 'interrupted')
     history.json        one row per completed epoch
     checkpoints/        last.pt (every epoch, and mid-epoch), best.pt (the best monitored value)
     config.json         runs built by names (``xt run``): the resolved configuration, rebuilt by the tools

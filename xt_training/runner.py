@@ -302,8 +302,9 @@ class Runner:
             restore_rng(resume["rng_start"], generators)
         rng_start = capture_rng(generators) if training else None
         fast = fast_batches(loader, self.device, self.data_on_device) if self.fast_path else None
-        if fast is not None and fast.description is not None and not self._fast_path_noticed:
-            self._fast_path_noticed = True  # once per run
+        # said once per run, of its training: evaluating a run (xt test, predict) says nothing about it
+        if training and fast is not None and fast.description is not None and not self._fast_path_noticed:
+            self._fast_path_noticed = True
             self.loggers.notice(fast.description)
         batches = iter(loader if fast is None else fast)
         done = 0  # steps of this pass already done (by an interrupted run)

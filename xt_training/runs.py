@@ -10,6 +10,7 @@ The run-level API under the ``xt`` commands: :func:`train` (``xt run``), :func:`
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import os
 import runpy
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    max_batches: int | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Build the run ``config`` describes, save its configuration and train it; return the run directory and history.
 
@@ -103,7 +106,8 @@ def train(
     (with ``overwrite``, its run is deleted first).
     With ``resume``, ``save_dir`` is a run directory to continue from its ``checkpoints/last.pt``
     (``F.train(..., resume=True)``); a configuration that differs from its ``config.json`` in more than
-    :data:`RESUME_MAY_CHANGE` is refused.
+    :data:`RESUME_MAY_CHANGE` is refused. ``max_batches`` ends every pass after that many batches
+    (:func:`dry_run`).
     """
     config = checked_run(config)
     distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
@@ -130,6 +134,8 @@ def train(
         if built.data.tokenizer is not None:  # xt predict reads raw text with it
             built.data.tokenizer.save_pretrained(str(save_dir))
     loaders = built.data.loaders
+    if max_batches is not None:
+        loaders = {split: _FirstBatches(loader, max_batches) for split, loader in loaders.items()}
     train_args = {key: config[key] for key in TRAIN_ARGS}
     train_args["monitor"] = train_args["monitor"] or built.data.monitor
     history = F.train(
@@ -140,7 +146,7 @@ def train(
         config["epochs"],
         built.loss_fn,
         val_loader=loaders.get("val"),
-        test_loaders=test_loaders(built.data),
+        test_loaders=test_loaders(replace(built.data, loaders=loaders)),
         scheduler=built.scheduler,
         eval_metrics=built.metrics,
         scheduler_step=built.scheduler_step,
@@ -154,6 +160,47 @@ def train(
     if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
         write_json(save_dir / CONFIG_FILE, saved)
     return save_dir, history
+
+
+def resolved_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` that :func:`train` would write for ``config``: every part built, every option
+    resolved (the factories' defaults and what the data tells the model included). Writes nothing."""
+    config = checked_run(config)
+    with tempfile.TemporaryDirectory(prefix="xt-config-") as directory:  # loggers are built with a save_dir
+        return build(config, directory).config
+
+
+def dry_run(
+    config: Mapping[str, Any], save_dir: str | os.PathLike[str] | None = None, *, quiet: bool = False
+) -> list[dict[str, Any]]:
+    """Build everything ``config`` names and train one epoch of one batch per pass; return its history.
+
+    A check, before a long run, that every part fits the others (the model the data, the loss the model's
+    outputs, the metrics and callbacks the values, the export the model). It trains in a temporary
+    directory that is deleted afterwards: nothing is written. A ``save_dir`` that holds a run is refused,
+    as the real run would refuse it.
+    """
+    if save_dir is not None:
+        refuse_held_run(Path(save_dir), False, HELD_RUN_FIX)
+    config = {**checked_run(config), "epochs": 1}
+    with tempfile.TemporaryDirectory(prefix="xt-dry-run-") as directory:
+        return train(config, directory, quiet=quiet, max_batches=1)[1]
+
+
+class _FirstBatches:
+    """The first ``n`` batches of a loader. Its data set and batch size show through, for what reads them
+    (``run.json``'s input shape, the normalisation for export)."""
+
+    def __init__(self, loader: Any, n: int):
+        self.loader, self.n = loader, n
+        self.dataset = getattr(loader, "dataset", None)
+        self.batch_size = getattr(loader, "batch_size", None)
+
+    def __iter__(self) -> Any:
+        return itertools.islice(iter(self.loader), self.n)
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.loader)) if hasattr(self.loader, "__len__") else self.n
 
 
 def test(

@@ -99,7 +99,7 @@ def train(
                                                             # checkpoints/last.pt every checkpoint_every_n_steps
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
             scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
-            history.append(row); callbacks.on_epoch_end(run, row)
+            history.append(row); loggers.end_epoch(row); callbacks.on_epoch_end(run, row)
             save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; history.json
             stop if a callback set run.should_stop (e.g. EarlyStopping)
 
@@ -288,6 +288,7 @@ class _Training:
         self.position: dict[str, Any] | None = None  # where a resumed epoch goes on
         self.received: list[str] = []  # the signals that asked to stop
         self.normalization: dict[str, list[float]] | None = None
+        self.recorded: dict[str, Any] | None = None  # run.json as written, its status updated at the end
         self.row: dict[str, Any] = {}
         runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
 
@@ -369,8 +370,10 @@ class _Training:
             "directions": {n: run.mode if n == run.monitor else _direction(n, self.passes) for n in names},
             "epochs": epochs,
             "checkpoints": {"last": f"{CHECKPOINTS}/{LAST}", "best": f"{CHECKPOINTS}/{BEST}"},
+            "status": "running",  # how it ended, once it has: `xt runs` and `xt show` say it
         }
         write_json(run.save_dir / RUN_FILE, record)
+        self.recorded = record
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """The training pass of ``epoch`` (or the rest of it, resumed); its row of the history so far."""
@@ -407,7 +410,7 @@ class _Training:
         self.run.model.train()
 
     def end_epoch(self, row: dict[str, Any]) -> None:
-        """Scheduler, history, callbacks, then last.pt (best.pt when the monitored value improved)."""
+        """Scheduler, history, loggers, callbacks, then last.pt (best.pt when the monitored value improved)."""
         run, runner = self.run, self.runner
         if run.monitor not in row:
             raise ConfigError(
@@ -420,6 +423,8 @@ class _Training:
         improved = _improves(row[run.monitor], run.best, run.mode)
         run.best = row[run.monitor] if improved else run.best
         run.global_step = runner.global_step
+        # the epoch's table before the callbacks: what one prints (early stopping) follows the epoch it is about
+        runner.loggers.end_epoch(run.epoch, row, runner.global_step)
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", _noop)(run, row)
         # one rank's callback (a time budget, a file it reads) stops every rank: one that trained on
@@ -430,7 +435,6 @@ class _Training:
             if improved:  # the same state as last.pt: a second name, not a second write
                 self.background.submit(atomic_link, self.ckpt_dir / LAST, self.ckpt_dir / BEST)
             write_json(run.save_dir / HISTORY_FILE, run.history, self.background)
-        runner.loggers.end_epoch(run.epoch, row, runner.global_step)
 
     def stop(self, position: dict[str, Any] | None) -> None:
         """A signal asked to stop: keep the exact position, then leave as the signal wants."""
@@ -455,7 +459,14 @@ class _Training:
             self.background.wait()
 
     def close(self, status: str | None) -> None:
-        """Finish the writes; tell callbacks and loggers how the run ended (``None``: it never started)."""
+        """Finish the writes; tell callbacks, loggers and run.json how the run ended (``None``: it never started)."""
+        if status is not None and self.recorded is not None:
+            ended = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            write_json(
+                self.run.save_dir / RUN_FILE,
+                {**self.recorded, "status": status, "ended": ended},
+                self.background,
+            )
         if self.background is not None:
             self.background.close()
         if status is not None:

@@ -70,7 +70,18 @@ def synthetic_classification(
     batch_size: int = 64,
     seed: int = 0,
 ) -> Data:
-    """Tabular classification: Gaussian features, the label is the argmax of a noisy random linear map."""
+    """Tabular classification: Gaussian features, the label is the argmax of a noisy random linear map.
+
+    Args:
+        n_samples: examples generated, before the split.
+        n_features: features per row.
+        num_classes: classes of the label.
+        noise: standard deviation of the noise added to the linear map (more: harder).
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
+    """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_samples, n_features, generator=g)
@@ -93,7 +104,19 @@ def synthetic_images(
     batch_size: int = 64,
     seed: int = 0,
 ) -> Data:
-    """Images: each class a smooth random pattern (4x4 noise upsampled), plus per-pixel Gaussian noise."""
+    """Images: each class a smooth random pattern (4x4 noise upsampled), plus per-pixel Gaussian noise.
+
+    Args:
+        n_samples: examples generated, before the split.
+        image_size: height and width of the square images.
+        in_channels: channels per image.
+        num_classes: classes, one pattern each.
+        noise: standard deviation of the per-pixel noise (more: harder).
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
+    """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(num_classes, in_channels, 4, 4, generator=g)
@@ -122,7 +145,19 @@ def synthetic_sequences(
     batch_size: int = 64,
     seed: int = 0,
 ) -> Data:
-    """Sequences ``(N, seq_len, input_size)`` of noise; a class-specific pattern appears in a random window."""
+    """Sequences ``(N, seq_len, input_size)`` of noise; a class-specific pattern appears in a random window.
+
+    Args:
+        n_samples: examples generated, before the split.
+        seq_len: time steps per sequence.
+        input_size: features per time step.
+        num_classes: classes, one pattern each.
+        signal: the pattern's strength against the unit noise (less: harder).
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
+    """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     if seq_len < 1 or input_size < 1:
         raise ConfigError(f"seq_len and input_size must be positive, got {seq_len} and {input_size}")
@@ -182,6 +217,24 @@ def csv_table(
     written in the file. ``predict_path`` names a file of inputs to predict (``xt predict --input``): its
     columns are found by name (others may be there, the label too); it becomes the split ``predict``,
     which yields the features alone, encoded and standardized as the training rows are.
+
+    Args:
+        path: the CSV file.
+        label: the name of the label column.
+        task: classification or regression; default: inferred from the label column.
+        features: the feature columns ('a,b' or a list); default: all but the label and id.
+        ignore: columns left out of the features.
+        id: a column identifying each row, carried into the predictions.
+        one_hot: text (or code) columns encoded as one 0/1 feature per value of the training file.
+        na: what a missing cell does: error, drop (the row), mean or median (filled in).
+        test_path: a CSV file of test rows with the same columns; else ``test_fraction`` of the file.
+        predict_path: a CSV file of inputs to predict, its columns found by name.
+        delimiter: the character between the fields.
+        standardize: scale the features by the training split's mean and standard deviation.
+        val_fraction: the share of the rows in the validation split.
+        test_fraction: the share of the rows in the test split (0: none, or ``test_path``).
+        batch_size: examples per batch, in every split.
+        seed: seeds the shuffle of the rows before the split.
     """
     _check(batch_size, val_fraction, test_fraction)
     if na not in table.NA_CHOICES:
@@ -305,6 +358,17 @@ def image_folder(
     of images without class folders (``xt predict --input``): the split ``predict`` yields them, in the
     order of their file names, prepared as the evaluation images are. ``num_workers``: DataLoader worker
     processes decoding the images; None fits the machine (see :func:`default_workers`).
+
+    Args:
+        root: a folder of class folders, or of ``train/`` (``val/``, ``test/``) folders of class folders.
+        image_size: the side of the square the images are resized and center-cropped to.
+        normalize: normalise with ImageNet's channel means and standard deviations.
+        predict_path: a folder of images to predict, without class folders.
+        val_fraction: the share of the images in the validation split (one folder of class folders).
+        test_fraction: the share of the images in the test split (one folder of class folders).
+        batch_size: examples per batch, in every split.
+        num_workers: DataLoader worker processes decoding images; None fits the machine.
+        seed: seeds the split of one folder of class folders.
     """
     from torchvision import transforms
 

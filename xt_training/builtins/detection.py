@@ -48,6 +48,17 @@ def synthetic_detection(
     The rectangle's colour is its class (red, green, blue, white: labels 1 to ``num_classes``; 0 is the
     background, so ``info['num_classes']`` is ``num_classes + 1``, as torchvision's models count).
     Batches are ``(images, targets)``: lists, one entry per image.
+
+    Args:
+        n_samples: examples generated, before the split.
+        image_size: height and width of the square images.
+        num_classes: object classes, one colour each (background not counted).
+        max_objects: the most rectangles drawn on one image.
+        noise: standard deviation of the per-pixel noise.
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
     """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     names = list(COLOURS)
@@ -121,8 +132,11 @@ def detection_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
 class DetectionLoss:
     """The loss of a model that computes its own losses: the (weighted) sum of its loss dict.
 
-    ``weights`` scales single terms, e.g. ``{'loss_classifier': 2.0}``. Given detections instead of a
-    loss dict (a model in eval mode) it returns ``None``: the pass reports no loss.
+    Given detections instead of a loss dict (a model in eval mode) it returns ``None``: the pass reports
+    no loss.
+
+    Args:
+        weights: factors of single terms, e.g. ``{'loss_classifier': 2.0}``; the others count once.
     """
 
     def __init__(self, *, weights: dict[str, float] | None = None):

@@ -26,7 +26,11 @@ METRICS = {
 
 
 def loss_metric(*, loss: str = "cross-entropy", **options: Any) -> Any:
-    """The epoch mean of a registered loss (``xt list losses``), e.g. an L1 error beside an MSE training loss."""
+    """The epoch mean of a registered loss (``xt list losses``), e.g. an L1 error beside an MSE training loss.
+
+    Args:
+        loss: the registered loss's name; any other option goes to that loss.
+    """
     from ..metric_contract import Loss  # lazy: imports torch (this module is loaded by `xt list`)
 
     return Loss(registry.create("loss", loss, **options))
@@ -35,7 +39,9 @@ def loss_metric(*, loss: str = "cross-entropy", **options: Any) -> Any:
 def mean_metric(*, fn: str, higher_is_better: bool | None = None) -> Any:
     """The epoch mean of a function ``fn(y_pred, y) -> scalar`` named as ``'module:attr'``.
 
-    ``higher_is_better``: which way it improves (needed to monitor it without ``--mode``).
+    Args:
+        fn: the function, as ``'module:attr'`` (its module importable).
+        higher_is_better: which way it improves (needed to monitor it without ``--mode``).
     """
     from ..metric_contract import Mean  # lazy: imports torch (this module is loaded by `xt list`)
 

@@ -36,7 +36,14 @@ def _head(in_features: int, hidden: list[int], num_classes: int, dropout: float)
 
 
 class MLP(nn.Sequential):
-    """Multi-layer perceptron on flattened inputs (tabular rows, images or sequences alike)."""
+    """Multi-layer perceptron on flattened inputs (tabular rows, images or sequences alike).
+
+    Args:
+        in_features: numbers per example once flattened (the data's ``in_features``).
+        num_classes: output logits (the data's ``num_classes``).
+        hidden: the sizes of the hidden layers, one Linear-ReLU block each, e.g. ``(256, 128)``.
+        dropout: dropout probability after each hidden layer (0: none).
+    """
 
     def __init__(
         self,
@@ -55,6 +62,15 @@ class CNN(nn.Module):
 
     With the defaults it is exactly the seed's model for 3x32x32 images and 10 classes:
     ``Conv2d(3, 6, 5) -> pool -> Conv2d(6, 16, 5) -> pool -> Linear(400, 120) -> Linear(120, 10)``.
+
+    Args:
+        in_channels: channels of the input images (the data's ``in_channels``).
+        image_size: height and width of the input images, one number for square ones (the data's).
+        num_classes: output logits (the data's ``num_classes``).
+        channels: the output channels of the conv blocks, one conv-ReLU-maxpool block each.
+        kernel_size: the convolutions' kernel size (no padding: each block shrinks the image).
+        hidden: the sizes of the fully connected hidden layers.
+        dropout: dropout probability after each fully connected hidden layer (0: none).
     """
 
     def __init__(
@@ -95,6 +111,15 @@ class RNNClassifier(nn.Module):
 
     The logits come from the last time step (both directions' final states when bidirectional); the
     initial hidden state is zeros of the batch's size, so any batch size works.
+
+    Args:
+        input_size: features per time step (the data's ``input_size``).
+        num_classes: output logits (the data's ``num_classes``).
+        hidden_size: features of the recurrent state.
+        num_layers: stacked recurrent layers.
+        cell: the recurrent cell: ``'rnn'``, ``'lstm'`` or ``'gru'``.
+        bidirectional: also read each sequence backwards.
+        dropout: dropout probability between stacked layers (needs ``num_layers`` > 1).
     """
 
     def __init__(

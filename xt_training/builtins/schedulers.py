@@ -31,7 +31,14 @@ def _at_least_one(name: str, value: int | None, scheduler: str) -> None:
 def step(
     optimizer: Any, *, step_size: int | None = None, gamma: float = 0.1, epochs: int | None = None
 ) -> Any:
-    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs (default: a third of the epochs)."""
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs (default: a third of the epochs).
+
+    Args:
+        optimizer: the run's optimizer (the CLI passes it).
+        step_size: epochs between two multiplications; default: a third of the epochs.
+        gamma: the factor.
+        epochs: the run's epochs (the CLI passes them).
+    """
     from torch.optim.lr_scheduler import StepLR
 
     _at_least_one("step_size", step_size, "step")
@@ -42,7 +49,14 @@ def step(
 def multi_step(
     optimizer: Any, *, milestones: Sequence[int] | None = None, gamma: float = 0.1, epochs: int | None = None
 ) -> Any:
-    """Multiply the learning rate by ``gamma`` at each milestone epoch (default: at 1/2 and 3/4 of the epochs)."""
+    """Multiply the learning rate by ``gamma`` at each milestone epoch (default: at 1/2 and 3/4 of the epochs).
+
+    Args:
+        optimizer: the run's optimizer (the CLI passes it).
+        milestones: the epochs after which the learning rate is multiplied; default: at 1/2 and 3/4 of the epochs.
+        gamma: the factor.
+        epochs: the run's epochs (the CLI passes them).
+    """
     from torch.optim.lr_scheduler import MultiStepLR
 
     if milestones is None:
@@ -52,7 +66,12 @@ def multi_step(
 
 
 def exponential(optimizer: Any, *, gamma: float = 0.9) -> Any:
-    """Multiply the learning rate by ``gamma`` every epoch."""
+    """Multiply the learning rate by ``gamma`` every epoch.
+
+    Args:
+        optimizer: the run's optimizer (the CLI passes it).
+        gamma: the factor, every epoch.
+    """
     from torch.optim.lr_scheduler import ExponentialLR
 
     return ExponentialLR(optimizer, gamma=gamma)
@@ -61,7 +80,14 @@ def exponential(optimizer: Any, *, gamma: float = 0.9) -> Any:
 def cosine(
     optimizer: Any, *, T_max: int | None = None, eta_min: float = 0.0, epochs: int | None = None
 ) -> Any:  # noqa: N803
-    """Cosine annealing from the initial learning rate to ``eta_min`` over ``T_max`` epochs (default: all)."""
+    """Cosine annealing from the initial learning rate to ``eta_min`` over ``T_max`` epochs (default: all).
+
+    Args:
+        optimizer: the run's optimizer (the CLI passes it).
+        T_max: epochs from the initial learning rate to ``eta_min``; default: the run's.
+        eta_min: the learning rate at the end.
+        epochs: the run's epochs (the CLI passes them).
+    """
     from torch.optim.lr_scheduler import CosineAnnealingLR
 
     _at_least_one("T_max", T_max, "cosine")
@@ -81,7 +107,18 @@ def one_cycle(
     epochs: int | None = None,
     steps_per_epoch: int | None = None,
 ) -> Any:
-    """One-cycle policy, stepped every batch; ``max_lr`` defaults to the optimizer's learning rate (``--lr``)."""
+    """One-cycle policy, stepped every batch; ``max_lr`` defaults to the optimizer's learning rate (``--lr``).
+
+    Args:
+        optimizer: the run's optimizer (the CLI passes it).
+        max_lr: the peak learning rate; default: the optimizer's.
+        pct_start: the share of the steps spent increasing the learning rate.
+        anneal_strategy: ``'cos'`` or ``'linear'`` annealing.
+        div_factor: the initial learning rate is ``max_lr / div_factor``.
+        final_div_factor: the last learning rate is the initial one divided by this.
+        epochs: the run's epochs (the CLI passes them).
+        steps_per_epoch: batches per epoch (the CLI passes them).
+    """
     from torch.optim.lr_scheduler import OneCycleLR
 
     return OneCycleLR(
@@ -105,7 +142,16 @@ def plateau(
     threshold: float = 1e-4,
     min_lr: float = 0.0,
 ) -> Any:
-    """Multiply the learning rate by ``factor`` when the monitored value stops improving for ``patience`` epochs."""
+    """Multiply the learning rate by ``factor`` when the monitored value stops improving for ``patience`` epochs.
+
+    Args:
+        optimizer: the run's optimizer (the CLI passes it).
+        mode: ``'min'`` or ``'max'``, the direction of the monitored value (the CLI sets it).
+        factor: the factor.
+        patience: epochs without improvement before the learning rate is cut.
+        threshold: the relative change that counts as an improvement.
+        min_lr: the learning rate is never cut below this.
+    """
     from torch.optim.lr_scheduler import ReduceLROnPlateau
 
     return ReduceLROnPlateau(

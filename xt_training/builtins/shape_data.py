@@ -45,6 +45,16 @@ def synthetic_regression(
 
     The map has unit output variance, so ``noise`` is the noise-to-signal ratio of the standard deviations
     and a perfect model reaches an R² of about ``1 / (1 + noise**2)``.
+
+    Args:
+        n_samples: examples generated, before the split.
+        n_features: features per row.
+        n_targets: targets per row.
+        noise: the noise's standard deviation relative to the targets' (more: harder).
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
     """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     g = torch.Generator().manual_seed(seed)
@@ -71,6 +81,16 @@ def synthetic_multilabel(
 
     Targets are float 0/1 of shape ``(N, num_labels)``, the shape of the logits, so the metrics infer the
     multi-label task; any number of labels may be on at once.
+
+    Args:
+        n_samples: examples generated, before the split.
+        n_features: features per row.
+        num_labels: labels, each on or off.
+        noise: standard deviation of the noise added to the scores (more: harder).
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
     """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     g = torch.Generator().manual_seed(seed)
@@ -105,6 +125,16 @@ def synthetic_segmentation(
 
     The mask ``(S, S)`` gives each pixel's class: 0 background, 1 rectangle, 2 disk (a later shape covers
     an earlier one). Each kind has its own colour, varied per shape, plus per-pixel noise.
+
+    Args:
+        n_samples: examples generated, before the split.
+        image_size: height and width of the square images.
+        max_shapes: the most shapes drawn on one image.
+        noise: standard deviation of the per-pixel noise.
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
     """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     if image_size < 8 or max_shapes < 1:
@@ -159,6 +189,17 @@ def synthetic_tagging(
     (:data:`IGNORE_INDEX`). ``forward_fn`` is :func:`tagging_forward`: the model returns per-step logits
     flattened to ``(N * T, num_tags)`` (as the seed's RNNModel does), the targets are flattened to match
     and padded steps are left out.
+
+    Args:
+        n_samples: examples generated, before the split.
+        vocab_size: distinct tokens, padding (0) included.
+        num_tags: tags a token may have.
+        min_len: the fewest tokens of a sequence.
+        max_len: the most tokens of a sequence (the padded length).
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
     """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     if not 1 <= min_len <= max_len or vocab_size < 3 or num_tags < 2:

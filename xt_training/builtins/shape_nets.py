@@ -33,6 +33,11 @@ class UNet(nn.Module):
     Each entry of ``channels`` is one resolution: two 3x3 convolutions, then (but for the last) a 2x2
     max-pool down; the way up upsamples, concatenates the skip connection of the same resolution and
     applies two convolutions again. Any ``H, W`` works (odd sizes are matched by interpolation).
+
+    Args:
+        in_channels: channels of the input images (the data's ``in_channels``).
+        num_classes: classes per pixel, one logit each (the data's ``num_classes``).
+        channels: the channels of each resolution, from the finest down; two or more.
     """
 
     def __init__(self, *, in_channels: int = 3, num_classes: int = 2, channels: Sequence[int] = (16, 32, 64)):
@@ -73,6 +78,14 @@ class TextClassifier(nn.Module):
 
     Reads the GRU's output at each text's last real token (``attention_mask`` marks them; right padding),
     so a text's logits do not depend on how much its batch was padded.
+
+    Args:
+        vocab_size: the tokenizer's vocabulary size (the data's ``vocab_size``); token 0 is padding.
+        num_classes: output logits (the data's ``num_classes``).
+        embed_dim: features of each token's embedding.
+        hidden_size: features of the GRU's state.
+        num_layers: stacked GRU layers.
+        dropout: dropout probability between stacked layers (needs ``num_layers`` > 1).
     """
 
     def __init__(
@@ -106,6 +119,13 @@ class SequenceTagger(nn.Module):
     Unidirectional, so a step's logits depend on it and the steps before it only (padding after a
     sequence changes nothing). Flattened as the seed's model does; the data's ``forward_fn`` flattens the
     targets to match.
+
+    Args:
+        vocab_size: the number of distinct tokens (the data's ``vocab_size``); token 0 is padding.
+        num_classes: tags, one logit each per step (the data's ``num_classes``).
+        embed_dim: features of each token's embedding.
+        hidden_size: features of the GRU's state.
+        num_layers: stacked GRU layers.
     """
 
     def __init__(

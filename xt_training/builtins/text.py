@@ -142,6 +142,17 @@ def synthetic_text(
     ``distractors``, one word of another topic; the label is the topic. A :class:`WordTokenizer` is built
     from the training split; batches are ``({'input_ids', 'attention_mask'}, labels)`` padded per batch,
     fed by :func:`text_forward`. The tokenizer is in ``Data.tokenizer`` (``xt run`` saves it with the run).
+
+    Args:
+        n_samples: examples generated, before the split.
+        num_classes: topics, one label each.
+        min_words: the fewest words of a sentence.
+        max_words: the most words of a sentence.
+        distractors: the probability of one word of another topic.
+        val_fraction: the share of the examples in the validation split.
+        test_fraction: the share of the examples in the test split.
+        batch_size: examples per batch, in every split.
+        seed: seeds the generated data (not the run's ``--seed``: every run sees the same data).
     """
     _check(batch_size, val_fraction, test_fraction, n_samples)
     topics = list(TOPICS)

@@ -55,7 +55,8 @@ class ConsoleLogger:
 
     Args:
         save_dir: accepted like every logger's, and ignored: the console writes no files.
-        file: where to write; default ``sys.stdout`` (looked up at each write, so redirections work).
+        file: where to write; default ``sys.stdout`` for the progress and the tables, ``sys.stderr`` for
+            the notices (looked up at each write, so redirections work).
         progress: ``True`` for tqdm bars, ``False`` for plain lines; default: bars on a terminal only.
         line_interval: without bars, the least number of seconds between two progress lines.
         metrics: the names shown in the bar and progress lines besides the loss; default all.
@@ -169,10 +170,12 @@ class ConsoleLogger:
             self._print(f"run {status} in epoch {self._epoch} after {elapsed}")
 
     def notice(self, message: str) -> None:
+        # a message about the run, not its output: stdout keeps the progress and the tables
+        out = self.file or sys.stderr
         if self._bar is not None:
-            self._bar.write(message, file=self._out)  # above the bar, which stays intact
+            self._bar.write(message, file=out)  # above the bar, which stays intact
         else:
-            self._print(message)
+            print(message, file=out, flush=True)
 
     def close(self) -> None:
         self._close_bar()

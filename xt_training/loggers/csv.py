@@ -37,7 +37,11 @@ FILENAME = "metrics.csv"
 
 
 class CSVLogger:
-    """Writes ``save_dir/metrics.csv``; see the module docstring."""
+    """Writes ``save_dir/metrics.csv``; see the module docstring.
+
+    Args:
+        save_dir: the run directory (the CLI passes it).
+    """
 
     def __init__(self, *, save_dir: str | os.PathLike[str] | None = None):
         if save_dir is None:

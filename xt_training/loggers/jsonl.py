@@ -34,7 +34,11 @@ FILENAME = "metrics.jsonl"
 
 
 class JSONLLogger:
-    """Writes ``save_dir/metrics.jsonl``; see the module docstring."""
+    """Writes ``save_dir/metrics.jsonl``; see the module docstring.
+
+    Args:
+        save_dir: the run directory (the CLI passes it).
+    """
 
     def __init__(self, *, save_dir: str | os.PathLike[str] | None = None):
         if save_dir is None:
