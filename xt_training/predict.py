@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batch import checked_forward, concat, describe, map_tensors, tensor_bytes, to_device
+from .batch import checked_forward, concat, describe, feed_dict, logits, map_tensors, tensor_bytes, to_device
 from .checkpoint import load_checkpoint
 from .errors import BatchError, ConfigError, XtError, first_line
 from .fastpath import check_data_on_device, fast_batches
@@ -134,10 +134,14 @@ def _hand_over(group: list[Any], writer: Any) -> None:
 
 
 def predict_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
-    """``(model(x), y)`` for ``(x, y)`` batches and ``(model(x), None)`` for batches of inputs only."""
-    x = _inputs(batch)
-    y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
-    return model(x), y
+    """``(model(x), y)`` for ``(x, y)`` batches and ``(model(x), None)`` for batches of inputs only; a dict
+    batch fed by its keys as in training where a rule fits (:func:`~xt_training.batch.feed_dict`), else
+    as ``x``. An output's ``.logits`` (a Hugging Face ``ModelOutput``) are the predictions."""
+    fed = feed_dict(model, batch, need_targets=False) if isinstance(batch, Mapping) else None
+    if fed is None:
+        x = _inputs(batch)
+        fed = model(x), batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    return logits(fed[0]), fed[1]
 
 
 def _inputs(batch: Any) -> Any:

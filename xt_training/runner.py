@@ -14,11 +14,14 @@ from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from . import distributed
 from .batch import (
+    ModelLoss,
     batch_size,
     checked_forward,
     concat,
     default_forward,
     describe,
+    forward_output,
+    logits,
     map_tensors,
     prefetch_to_cuda,
     to_device,
@@ -111,14 +114,17 @@ class Runner:
 
     Args:
         model: any ``nn.Module``; moved to ``device`` once, here.
-        loss_fn: called as ``loss_fn(y_pred, y)``; must return a scalar tensor. Optional when evaluating.
+        loss_fn: called as ``loss_fn(y_pred, y)``; must return a scalar tensor. None: the loss the model's
+            output carries (a Hugging Face model's ``.loss``, with its ``.logits`` as ``y_pred``), if any;
+            evaluation then may report no loss, training needs one.
         optimizer: required to train.
         scheduler: a torch LR scheduler, stepped as ``scheduler_step`` says.
         batch_metrics: ``{name: metric}`` computed on every pass (see :mod:`xt_training.metrics`);
             a call can override them with ``metrics=``.
         device: default CUDA when available, else CPU.
         forward_fn: ``forward_fn(model, batch) -> (y_pred, y)``, how a batch (already on the device)
-            is fed to the model; default: ``x, y = batch; return model(x), y``.
+            is fed to the model; default: ``x, y = batch; return model(x), y``, and dict batches by their
+            keys (see :func:`xt_training.batch.forward_output`).
         scheduler_step: ``'epoch'`` (step after each training pass; ``ReduceLROnPlateau`` gets the
             pass's loss), ``'batch'`` (after every optimizer step) or ``None`` (the caller steps it).
         log_every_n_steps: how often running values are read from the device and reported.
@@ -213,11 +219,14 @@ class Runner:
         if compile:
             self.model = torch.compile(self.model)
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+        self.forward_fn = default_forward if forward_fn is None else checked_forward(forward_fn)
+        if loss_fn is None:  # the model's own loss, where its output carries one
+            model_loss = ModelLoss(forward_output if forward_fn is None else self.forward_fn)
+            self.forward_fn, self.loss_fn = model_loss.forward, model_loss
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_step = scheduler_step
         self.metrics = prepare_metrics(batch_metrics)
-        self.forward_fn = default_forward if forward_fn is None else checked_forward(forward_fn)
         self.log_every_n_steps = log_every_n_steps
         check_list("loggers", loggers)
         if loggers is None:
@@ -268,8 +277,8 @@ class Runner:
         # DDP is for training: evaluation shards differ in size, so ranks evaluate the plain module
         model = self.model if training or not self.distributed else self.module
         name = name or ("train" if training else "eval")
-        if training and (self.optimizer is None or self.loss_fn is None):
-            raise ConfigError("the model is in training mode, so the Runner needs an optimizer and a loss_fn")
+        if training and self.optimizer is None:
+            raise ConfigError("the model is in training mode, so the Runner needs an optimizer")
         pass_metrics = self.metrics if metrics is None else prepare_metrics(metrics)
         if self.distributed:
             loader = self._shard(loader, training)
@@ -337,14 +346,14 @@ class Runner:
                 try:  # (free when nothing is raised)
                     if bare_forward:
                         y_pred, y = forward_fn(model, batch)
-                        loss = loss_fn(y_pred, y) if loss_fn is not None else None
+                        loss = loss_fn(y_pred, y)
                     else:  # DDP: an accumulation step's forward pass must not prepare a gradient all-reduce
                         with (
                             _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast
                         ):
                             y_pred, y = forward_fn(model, batch)
-                            loss = loss_fn(y_pred, y) if loss_fn is not None else None
-                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                            loss = loss_fn(y_pred, y)
+                except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
                     # a loss that fails on the pass's first batch does not fit the outputs: said in one line
                     # (later failures, data-dependent bugs, stay as they are)
                     if step == done + 1 and _failed_in(e, loss_fn):
@@ -366,7 +375,7 @@ class Runner:
                         scaled = loss / accumulate if accumulate > 1 else loss
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     except (AttributeError, TypeError, RuntimeError) as e:
-                        _raise_if_the_loss_is_at_fault(loss, e)
+                        _raise_if_the_loss_is_at_fault(loss, e, loss_fn, y_pred)
                         raise
                     if step % accumulate == 0:
                         if plain_step:
@@ -547,14 +556,25 @@ def _failed_in(error: Exception, fn: Any) -> bool:
 
 
 def _loss_mismatch(error: Exception, y_pred: Any, y: Any) -> LossError:
+    if logits(y_pred) is not y_pred:  # (x, y) batches: the default forward leaves the model's output as it is
+        return LossError(
+            f"loss_fn failed on the model's output {type(y_pred).__name__} ({first_line(error)}); it holds "
+            "the outputs in .logits: pass forward_fn=lambda model, batch: (model(batch[0]).logits, batch[1]), "
+            "or loss_fn=None to train on its .loss"
+        )
     return LossError(
         f"loss_fn failed on y_pred {describe(y_pred)} and y {describe(y)} ({first_line(error)}); "
         "give a loss that fits the model's outputs and the targets"
     )
 
 
-def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception) -> None:
+def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception, loss_fn: Any, y_pred: Any) -> None:
     """A failed backward() in words, where the loss (not the model) is the cause."""
+    if loss is None and isinstance(loss_fn, ModelLoss):
+        raise LossError(
+            f"no loss_fn was given and the model's output ({describe(y_pred)}) carries no .loss to train on; "
+            "pass a loss_fn, e.g. torch.nn.CrossEntropyLoss()"
+        ) from error
     if loss is None:
         raise LossError(
             "loss_fn returned None in training; it must return a scalar tensor computed from y_pred"

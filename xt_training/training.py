@@ -59,7 +59,7 @@ def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     epochs: int,
-    loss_fn: Callable[[Any, Any], torch.Tensor],
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
     val_loader: Iterable[Any] | None = None,
     test_loaders: Mapping[str, Iterable[Any]] | None = None,
     scheduler: Any = None,
@@ -107,6 +107,8 @@ def train(
         save_dir: the run directory (:mod:`xt_training.rundir`): ``run.json``, ``history.json`` and
             ``checkpoints/{last,best}.pt`` go here. One that holds a run is refused unless ``resume``
             continues it or ``overwrite`` deletes it first.
+        loss_fn: ``loss_fn(y_pred, y) -> scalar tensor``; None trains on the loss the model's output
+            carries (a Hugging Face model's ``.loss``, see :class:`~xt_training.Runner`).
         eval_metrics: ``{name: metric}`` for validation and test passes.
         train_metrics: metrics of the training passes; default: the same as ``eval_metrics`` (the
             original xt-training's behaviour). Pass ``{}`` to train with the loss only.
@@ -234,6 +236,8 @@ def _check_arguments(
     check_list("loggers", args["loggers"])
     check_list("callbacks", args["callbacks"])
     for name, methods in (("optimizer", ("step", "zero_grad")), ("loss_fn", ("__call__",))):
+        if name == "loss_fn" and args[name] is None:  # the model's own loss (see Runner)
+            continue
         check_instance(name, args[name])
         if not all(hasattr(args[name], m) for m in methods):
             raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(args[name]).__name__}")
@@ -359,7 +363,7 @@ class _Training:
             "xt_training_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model_record(unwrap_model(run.model)),
-            "loss": _qualname(type(loss_fn)),
+            "loss": _qualname(type(loss_fn)) if loss_fn is not None else None,
             "input": _input_record(loader),
             "normalization": self.normalization,
             "monitor": run.monitor,
