@@ -151,3 +151,46 @@ def test_a_model_output_without_what_the_loop_needs_is_named(tmp_path):
 
 def _sgd(model):
     return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+# --- a last, smaller batch ---------------------------------------------------------------------------------
+class SeedRNN(nn.Module):
+    """The seed document's RNNModel as it was written: its hidden state is sized for batches of 32."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = nn.RNN(8, 16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x, self.init_hidden())
+        return self.fc(out[:, -1])
+
+    def init_hidden(self):
+        return torch.zeros(2, 32, 16)
+
+
+def test_a_model_that_fails_on_the_last_smaller_batch_is_told_the_batch_size_changed(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 5, 8, generator=g), torch.randint(0, 2, (100,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)  # the last batch holds 4
+    changed = (
+        r"\(Expected hidden size \(2, 4, 16\), got \[2, 32, 16\]\): the batch size changed, 4 vs 32 before: a model "
+        r"that assumes a fixed batch size fails on the loader's last, smaller batch; size its state by the input "
+        r"\(x.shape\[0\]\)"
+    )
+    with pytest.raises(BatchError, match=rf"^epoch 1, batch 4 of loader 'train' failed {changed}, or leave that "
+                       r"batch out with DataLoader\(\.\.\., drop_last=True\)$"):  # fmt: skip
+        F.train(tmp_path / "r", loader, *_sgd(SeedRNN()), epochs=1, loss_fn=nn.CrossEntropyLoss(), quiet=True)
+    with pytest.raises(BatchError, match=rf"^the model failed on batch 4 of the loader, inputs Tensor\(4, 5, 8\) "
+                       rf"float32 {changed}; DataLoader\(\.\.\., drop_last=True\) would leave its examples without "
+                       r"predictions$"):  # fmt: skip
+        F.predict(SeedRNN(), loader)
+    # as the error says
+    dropped = DataLoader(TensorDataset(x, y), batch_size=32, drop_last=True)
+    F.train(tmp_path / "d", dropped, *_sgd(SeedRNN()), epochs=1, loss_fn=nn.CrossEntropyLoss(), quiet=True)
+    # a first batch that fails is not a change of size: torch's error as it is
+    with pytest.raises(RuntimeError, match=r"^Expected hidden size \(2, 16, 16\), got \[2, 32, 16\]$"):
+        F.train(tmp_path / "f", DataLoader(TensorDataset(x, y), batch_size=16), *_sgd(SeedRNN()), epochs=1,
+                loss_fn=nn.CrossEntropyLoss(), quiet=True)  # fmt: skip

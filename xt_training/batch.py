@@ -270,6 +270,26 @@ def checked_forward(
     return forward
 
 
+def leading_size(batch: Any) -> int | None:
+    """The first dimension that every tensor in a (nested) batch shares -- its number of examples --, else None."""
+    sizes: set[int | None] = set()
+    map_tensors(lambda t: sizes.add(t.shape[0] if t.ndim else None), batch)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def smaller_batch(batch: Any, earlier: int | None) -> str | None:
+    """Why a batch may have failed where earlier ones of ``earlier`` examples did not: it is smaller (a loader's
+    last batch), and the model or loss assumes the batch size (a hidden state sized 32); None when it is not smaller.
+    """
+    size = leading_size(batch)
+    if earlier is None or size is None or size >= earlier:
+        return None
+    return (
+        f"the batch size changed, {size} vs {earlier} before: a model that assumes a fixed batch size "
+        "fails on the loader's last, smaller batch; size its state by the input (x.shape[0])"
+    )
+
+
 def batch_size(y: Any) -> int:
     """Number of examples in a batch, read from the targets ``y`` (its first tensor)."""
     try:

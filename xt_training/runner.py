@@ -21,9 +21,11 @@ from .batch import (
     default_forward,
     describe,
     forward_output,
+    leading_size,
     logits,
     map_tensors,
     prefetch_to_cuda,
+    smaller_batch,
     to_device,
 )
 from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError, first_line
@@ -339,6 +341,7 @@ class Runner:
         # the logging steps: the pass's first, then every log_every-th (a counter: cheaper than a modulo)
         next_log = 1 if done == 0 else (done // log_every + 1) * log_every
         skipped = resume.get("skipped", 0) if resume else 0  # batches left out (nonfinite_loss='skip')
+        first_size = None  # the examples in the pass's first logged batch
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 if move:
@@ -358,6 +361,13 @@ class Runner:
                     # (later failures, data-dependent bugs, stay as they are)
                     if step == done + 1 and _failed_in(e, loss_fn):
                         raise _loss_mismatch(e, y_pred, y) from e
+                    # a batch smaller than the first: the loader's last, for a model that assumes the size
+                    changed = None if isinstance(e, XtError) else smaller_batch(batch, first_size)
+                    if changed is not None:
+                        raise BatchError(
+                            f"{_epoch(self.epoch)}batch {step} of loader '{name}' failed ({first_line(e)}): "
+                            f"{changed}, or leave that batch out with DataLoader(..., drop_last=True)"
+                        ) from e
                     raise
                 if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
@@ -397,6 +407,8 @@ class Runner:
                 log_step = step == next_log
                 if log_step:
                     next_log = (step // log_every + 1) * log_every
+                    if first_size is None:  # read here, not every step, for the error of a smaller batch
+                        first_size = leading_size(batch)
                     # Logging step: metrics update on the buffered batches and values are read to the
                     # host -- on CUDA this is the pass's only synchronisation point between batches.
                     values = buffers.flush()
