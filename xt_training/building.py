@@ -184,7 +184,8 @@ def scheduler_context(config: Mapping[str, Any], data: registry.Data, optimizer:
     if config["mode"] is not None or monitor is not None:  # ReduceLROnPlateau's mode follows the monitor's
         context["mode"] = config["mode"] or direction(monitor)
     if hasattr(data.loaders["train"], "__len__"):
-        context["steps_per_epoch"] = len(data.loaders["train"])
+        # in optimizer steps, which a schedule counts: a last, partial accumulation group steps too
+        context["steps_per_epoch"] = -(-len(data.loaders["train"]) // config["accumulate_grad_batches"])
     return context
 
 

@@ -128,15 +128,21 @@ class Runner:
             is fed to the model; default: ``x, y = batch; return model(x), y``, and dict batches by their
             keys (see :func:`xt_training.batch.forward_output`).
         scheduler_step: ``'epoch'`` (step after each training pass; ``ReduceLROnPlateau`` gets the
-            pass's loss), ``'batch'`` (after every optimizer step) or ``None`` (the caller steps it).
-        log_every_n_steps: how often running values are read from the device and reported.
+            pass's loss), ``'batch'`` (after every optimizer step, not every batch: with
+            ``accumulate_grad_batches=N`` every N batches, and after a pass's last, partial group) or
+            ``None`` (the caller steps it).
+        log_every_n_steps: how often running values are read from the device and reported; in training,
+            with the learning rate of every param group as it is then (``lr``, ``lr/1``, ...; see
+            :func:`learning_rates`).
         loggers: objects following the :class:`~xt_training.loggers.Logger` contract. Default: the
             console logger, unless ``quiet``.
         precision: ``'32'``, ``'bf16-mixed'`` or ``'16-mixed'`` (autocast; fp16 adds a GradScaler).
         nonfinite_loss: ``'raise'`` (default: a NaN/inf loss stops training with an error naming the
             epoch, step and loader; checked at logging steps, no extra host read) or ``'skip'`` (such
             batches get no backward/optimizer step; costs one host read per step; counted as ``skipped``).
-        accumulate_grad_batches: optimizer step every N batches (the loss is divided by N).
+        accumulate_grad_batches: optimizer step every N batches (the loss is divided by N). A pass of B
+            batches takes ceil(B / N) optimizer steps: the last B % N batches step too, their gradients
+            summed over fewer batches (each loss still divided by N).
         clip_grad_norm, clip_grad_value: gradient clipping before each optimizer step.
         checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps
             (F.train writes a resumable mid-epoch checkpoint there).
@@ -414,9 +420,11 @@ class Runner:
                     values = buffers.flush()
                     if training:
                         self._check_finite(values, buffers, name)
+                        rates = learning_rates(optimizer)  # read here only: schedules change them every step
                         self.loggers.log_metrics(
-                            {f"{name}/{k}": v for k, v in values.items()}, self.global_step
+                            {**{f"{name}/{k}": v for k, v in values.items()}, **rates}, self.global_step
                         )
+                        values.update(rates)  # beside the running values (the console's progress bar)
                     self.loggers.update_pass(name, values)
                 elif keep_outputs and buffers.elements > _MAX_BUFFERED_ELEMENTS:
                     buffers.flush_outputs()  # bounds the memory of the buffered outputs
@@ -451,6 +459,12 @@ class Runner:
         self.loggers.end_pass(name, values)
         self.latest = values
         return buffers.predictions() if return_preds else values
+
+    def optimizer_steps(self, loader: Iterable[Any]) -> int | None:
+        """The optimizer steps a training pass over ``loader`` takes: ceil(batches / accumulate_grad_batches)
+        (under DDP, of this rank's shard); None for a loader without a length."""
+        batches = _length(self._shard(loader, True) if self.distributed else loader)
+        return None if batches is None else -(-batches // self.accumulate)
 
     def _any_stop(self) -> bool:
         """Whether any DDP rank was asked to stop (a collective: every rank calls it at the same step)."""
@@ -547,6 +561,11 @@ def _no_sync(model: Any, autocast: Any) -> Any:
     """DDP's ``no_sync`` and ``autocast`` as one context: the loop enters one context per step."""
     with model.no_sync(), autocast:
         yield
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rate of every param group now: ``lr`` for the first, ``lr/1``, ``lr/2``, ... for the others."""
+    return {("lr" if i == 0 else f"lr/{i}"): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
 
 def step_scheduler(scheduler: Any, value: float | None) -> None:

@@ -116,7 +116,9 @@ def train(
             history: ``'val/loss'`` (default with a ``val_loader``, else ``'train/loss'``), ``'val/acc'``...
         mode: ``'min'`` or ``'max'``; default: the monitored metric's ``higher_is_better`` when it has
             one (torchmetrics metrics do), else ``'min'`` for loss/error-like names and ``'max'`` otherwise.
-        scheduler_step: ``'epoch'`` or ``'batch'``.
+        scheduler_step: ``'epoch'`` or ``'batch'``: per optimizer step (see :class:`~xt_training.Runner`). A
+            schedule of a fixed length (OneCycleLR's ``total_steps``) shorter than the run is refused
+            before training, with the number of steps it needs.
         loggers: logger instances or registered names (``'tensorboard'``, ``'csv'``...); the console
             logger is added unless ``quiet`` or one is given.
         callbacks: objects with ``on_epoch_end(run, row)`` etc., see :mod:`xt_training.callbacks`.
@@ -139,7 +141,9 @@ def train(
 
     Returns:
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
-        Test loader ``'test'`` reports as ``test/...``, any other name ``n`` as ``test.n/...``.
+        Test loader ``'test'`` reports as ``test/...``, any other name ``n`` as ``test.n/...``; ``lr`` is
+        the first param group's learning rate at the start of the epoch (the loggers get every group's at
+        each logging step).
     """
     passes, monitor, mode = _check_arguments(locals())
     main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
@@ -336,6 +340,10 @@ class _Training:
                 f"cannot resume the run in {run.save_dir} with epochs={epochs}: it has {done}; "
                 f"pass epochs={start} or more"
             )
+        short = _short_schedule(self.scheduler, self.scheduler_step, runner, self.passes["train"][0], epochs)
+        if short is not None:
+            self.close(None)
+            raise ConfigError(short)
         if self.position is not None:
             where = (
                 f"step {self.position['step']} of epoch {start}"
@@ -536,6 +544,34 @@ def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any) -> dict[str
         "batch_size": getattr(loader, "batch_size", None),
         "monitor": run.monitor,
     }
+
+
+def _short_schedule(
+    scheduler: Any, scheduler_step: str, runner: Runner, loader: Any, epochs: int
+) -> str | None:
+    """Why a schedule of a fixed length (OneCycleLR's ``total_steps``) is too short for the run, or None.
+
+    Stepped past its end, it fails with torch's error in the middle of training: refused before it starts,
+    with the number of steps it needs (that of the whole run: a resumed scheduler has counted the steps done).
+    """
+    total = getattr(scheduler, "total_steps", None)
+    per_epoch = runner.optimizer_steps(loader) if scheduler_step == "batch" else 1
+    if not isinstance(total, int) or per_epoch is None or total >= epochs * per_epoch:
+        return None
+    name, needed = type(scheduler).__name__, epochs * per_epoch
+    if scheduler_step == "epoch":
+        return (
+            f"{name} has total_steps={total}, but scheduler_step='epoch' steps it once per epoch, {epochs} times; "
+            f"pass scheduler_step='batch' to step it per optimizer step, or size it for total_steps={epochs}"
+        )
+    accumulate = runner.accumulate
+    steps = f"{per_epoch} optimizer steps" + (
+        f" (accumulate_grad_batches={accumulate})" if accumulate > 1 else ""
+    )
+    return (
+        f"{name} has total_steps={total}, but the run takes {needed} optimizer steps ({epochs} epochs of {steps}); "
+        f"size it for them: total_steps={needed}, or epochs={epochs}, steps_per_epoch={per_epoch}"
+    )
 
 
 def _test_prefix(name: str) -> str:

@@ -1,7 +1,7 @@
 """Built-in learning-rate schedulers: torch's, with defaults taken from the run (plugin module).
 
 torch's schedulers need values only the run knows (``CosineAnnealingLR`` needs ``T_max``, ``OneCycleLR``
-the total number of steps); these factories take ``epochs`` and ``steps_per_epoch`` from the CLI, so
+the total number of steps); these factories take ``epochs`` and ``steps_per_epoch`` (optimizer steps) from the CLI, so
 ``xt run --scheduler cosine`` works without options. torch's option names are kept.
 """
 
@@ -81,7 +81,7 @@ def one_cycle(
     epochs: int | None = None,
     steps_per_epoch: int | None = None,
 ) -> Any:
-    """One-cycle policy, stepped every batch; ``max_lr`` defaults to the optimizer's learning rate (``--lr``)."""
+    """One-cycle policy, stepped every optimizer step; ``max_lr`` defaults to the optimizer's learning rate (``--lr``)."""
     from torch.optim.lr_scheduler import OneCycleLR
 
     return OneCycleLR(
@@ -124,7 +124,7 @@ def register_schedulers(register: Any) -> None:
     register(
         "one-cycle",
         one_cycle,
-        description="one-cycle policy, stepped every batch (OneCycleLR)",
+        description="one-cycle policy, stepped every optimizer step (OneCycleLR)",
         interval="batch",
     )
     register(
