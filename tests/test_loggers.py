@@ -121,7 +121,7 @@ def test_tensorboard_epoch_scalars_equal_the_history(run):
 def test_tensorboard_interval_scalars_are_the_logged_running_values(run):
     acc = events(run.dir / "tensorboard")
     interval = {t for t in acc.Tags()["scalars"] if not t.startswith("epoch/")}
-    assert interval == {"train/loss", "train/acc"}  # no confusion matrix, no eval passes
+    assert interval == {"train/loss", "train/acc", "lr"}  # no confusion matrix, no eval passes
     step_rows = [r for r in run.jsonl if r["kind"] == "step"]
     assert [e.step for e in acc.Scalars("train/loss")] == logging_steps()
     for tag in interval:

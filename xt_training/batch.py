@@ -1,9 +1,10 @@
 """Batches: moving them to the device, and the default way a batch is fed to the model.
 
 A batch is whatever the loader yields. By default it must be an ``(x, y)`` pair, where ``x`` and
-``y`` are tensors or nested tuples/lists/dicts of tensors. To feed other batch shapes to the model,
-pass a ``forward_fn(model, batch) -> (y_pred, y)`` to ``Runner``/``F.train``/``F.test``; it receives
-the batch already moved to the device. Examples::
+``y`` are tensors or nested tuples/lists/dicts of tensors, or a dict fed by its keys (Hugging Face's
+conventions, see :func:`forward_output`). To feed other batch shapes to the model, pass a
+``forward_fn(model, batch) -> (y_pred, y)`` to ``Runner``/``F.train``/``F.test``; it receives the batch
+already moved to the device. Examples::
 
     # dict batches of a text model: {'input_ids': ..., 'attention_mask': ..., 'labels': ...}
     def forward_fn(model, batch):
@@ -18,6 +19,7 @@ the batch already moved to the device. Examples::
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -114,19 +116,134 @@ def concat(chunks: list[Any], ragged_to_list: bool = False) -> Any:
     raise BatchError(f"cannot join outputs of type {type(first).__name__}; return tensors, lists or dicts")
 
 
+#: the keys that hold the targets of a dict batch, looked for in this order (Hugging Face's first)
+TARGET_KEYS = ("labels", "label", "target", "targets", "y")
+
+
 def default_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
-    """Unpack an ``(x, y)`` batch and return ``(model(x), y)``."""
+    """``(model(x), y)`` for an ``(x, y)`` batch; a dict batch as :func:`forward_output` feeds it, with the
+    output's ``.logits`` as ``y_pred`` where it has them (a Hugging Face ``ModelOutput``)."""
     match batch:
         case (x, y):  # a tuple or list of two (a pattern: cheaper than isinstance and len, every step)
             return model(x), y
-    if isinstance(batch, Mapping) and len(batch) >= 2:  # name its keys: the usual fix
-        x, y, *_ = batch
-        example = f"(model(batch[{x!r}]), batch[{y!r}])"
-    else:
-        example = "(model(batch[0]), batch[1])"
-    raise BatchError(
-        f"the loader must yield (x, y) pairs, but it yielded {describe(batch)}; "
-        f"pass forward_fn=lambda model, batch: {example} to unpack other batch shapes"
+    y_pred, y = forward_output(model, batch)
+    return logits(y_pred), y
+
+
+def forward_output(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
+    """``(the model's output, y)``: ``(model(x), y)`` for an ``(x, y)`` batch, a dict batch as
+    :func:`feed_dict` feeds it; anything else is a one-line :class:`BatchError` with a ``forward_fn`` that
+    would feed it."""
+    match batch:
+        case (x, y):
+            return model(x), y
+    if not isinstance(batch, Mapping):
+        raise BatchError(
+            f"the loader must yield (x, y) pairs or dicts, but it yielded {describe(batch)}; "
+            "pass forward_fn=lambda model, batch: (model(batch[0]), batch[1]) to unpack other batch shapes"
+        )
+    fed = feed_dict(model, batch, need_targets=True)
+    if fed is None:
+        raise BatchError(_no_rule(model, batch))
+    return fed
+
+
+def feed_dict(model: torch.nn.Module, batch: Mapping[Any, Any], need_targets: bool) -> tuple[Any, Any] | None:
+    """``(the model's output, the targets or None)`` of a dict batch, fed by its keys; None (the model not
+    called) when no rule fits, or the targets are needed and missing:
+
+    - the targets are the value of its first key of :data:`TARGET_KEYS`, if any;
+    - the other keys are the model's keyword arguments, ``model(**inputs)``, when its ``forward`` takes
+      those names (or ``**kwargs``), the targets too when it takes their key's name (Hugging Face models
+      then return their loss); else, beside the targets, the one other key is its input, ``model(batch[key])``.
+    """
+    target, inputs, names = _dict_keys(type(_plain_module(model)), tuple(batch))
+    if target is None and (need_targets or names is None):
+        return None
+    if names is None and len(inputs) != 1:
+        return None
+    y = batch[target] if target is not None else None
+    if names is None:
+        return model(batch[inputs[0]]), y
+    return model(**{k: batch[k] for k in names}), y
+
+
+def logits(output: Any) -> Any:
+    """A model output's ``.logits`` (a Hugging Face ``ModelOutput``), else the output as it is."""
+    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", output)
+
+
+class ModelLoss:
+    """The loss when ``loss_fn`` is None: the one the model's output carries, as the ``.loss`` of a Hugging
+    Face model given its labels.
+
+    The loop calls :meth:`forward` and then this object as its ``loss_fn``, in turn, once a step: the
+    forward keeps the output's ``.loss`` and gives its ``.logits`` as ``y_pred`` (to the metrics); the call
+    returns that loss, or None for an output without one (evaluation then reports no loss).
+    """
+
+    def __init__(self, forward_fn: Callable[[torch.nn.Module, Any], tuple[Any, Any]]):
+        self.forward_fn = forward_fn
+        self.loss: Any = None
+
+    def forward(self, model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
+        output, y = self.forward_fn(model, batch)
+        self.loss = None if isinstance(output, torch.Tensor) else getattr(output, "loss", None)
+        return logits(output), y
+
+    def __call__(self, y_pred: Any, y: Any) -> Any:
+        return self.loss
+
+
+def _plain_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel and torch.compile wrappers: the one whose forward names its inputs."""
+    while True:
+        if isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+@functools.lru_cache(maxsize=64)
+def _dict_keys(cls: type, keys: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...], tuple[Any, ...] | None]:
+    """``(target key or None, input keys, keys passed by name or None)`` of dict batches with these keys fed to
+    a model of this class (see :func:`feed_dict`). Cached: the signature is read once, not every step."""
+    target = next((k for k in TARGET_KEYS if k in keys), None)
+    inputs = tuple(k for k in keys if k != target)
+    names, any_name = _keyword_names(cls)
+    if not inputs or not (any_name or all(k in names for k in inputs)):
+        return target, inputs, None
+    return target, inputs, inputs + ((target,) if target in names else ())
+
+
+def _keyword_names(cls: type) -> tuple[set[str], bool]:
+    """The names a model class's forward takes by keyword, and whether it takes any (``**kwargs``)."""
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):  # no signature to read: nothing is passed by name
+        return set(), False
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _no_rule(model: torch.nn.Module, batch: Mapping[Any, Any]) -> str:
+    """Why a dict batch cannot be fed by its keys, with a ``forward_fn`` that feeds it (the targets under their key)."""
+    cls = type(_plain_module(model))
+    target, inputs, _ = _dict_keys(cls, tuple(batch))
+    call = ", ".join(f"batch[{k!r}]" for k in inputs) or "..."
+    keys = ", ".join(map(repr, batch))
+    if target is None:
+        return (
+            f"the dict batch with keys {keys} holds no targets under any of the keys "
+            f"{', '.join(map(repr, TARGET_KEYS))}; call the targets' key 'labels', or pass "
+            f"forward_fn=lambda model, batch: (model({call}), TARGETS)"
+        )
+    takes = ", ".join(sorted(_keyword_names(cls)[0])) or "no named arguments"
+    return (
+        f"cannot feed a dict batch with keys {keys} to {cls.__name__}, whose forward takes ({takes}); "
+        f"pass forward_fn=lambda model, batch: (model({call}), batch[{target!r}])"
     )
 
 
@@ -151,6 +268,26 @@ def checked_forward(
         )
 
     return forward
+
+
+def leading_size(batch: Any) -> int | None:
+    """The first dimension that every tensor in a (nested) batch shares -- its number of examples --, else None."""
+    sizes: set[int | None] = set()
+    map_tensors(lambda t: sizes.add(t.shape[0] if t.ndim else None), batch)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def smaller_batch(batch: Any, earlier: int | None) -> str | None:
+    """Why a batch may have failed where earlier ones of ``earlier`` examples did not: it is smaller (a loader's
+    last batch), and the model or loss assumes the batch size (a hidden state sized 32); None when it is not smaller.
+    """
+    size = leading_size(batch)
+    if earlier is None or size is None or size >= earlier:
+        return None
+    return (
+        f"the batch size changed, {size} vs {earlier} before: a model that assumes a fixed batch size "
+        "fails on the loader's last, smaller batch; size its state by the input (x.shape[0])"
+    )
 
 
 def batch_size(y: Any) -> int:

@@ -195,7 +195,8 @@ def scheduler_context(
     if mode is not None:
         context["mode"] = mode
     if hasattr(data.loaders["train"], "__len__"):
-        context["steps_per_epoch"] = len(data.loaders["train"])
+        # in optimizer steps, which a schedule counts: a last, partial accumulation group steps too
+        context["steps_per_epoch"] = -(-len(data.loaders["train"]) // config["accumulate_grad_batches"])
     return context
 
 

@@ -24,7 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batch import checked_forward, concat, describe, map_tensors, tensor_bytes, to_device
+from .batch import (
+    checked_forward,
+    concat,
+    describe,
+    feed_dict,
+    leading_size,
+    logits,
+    map_tensors,
+    smaller_batch,
+    tensor_bytes,
+    to_device,
+)
 from .checkpoint import load_checkpoint
 from .errors import BatchError, ConfigError, XtError, first_line
 from .fastpath import check_data_on_device, fast_batches
@@ -107,13 +118,17 @@ def predict(
         with torch.inference_mode():
             for step, batch in enumerate(loader if fast is None else fast, 1):
                 batch = to_device(batch, dev, non_blocking)
+                if step == 1:  # for the error of a smaller (last) batch
+                    first_size = leading_size(batch)
                 try:
                     y_pred, _ = forward(model, batch)
                 except XtError:
                     raise
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
                     inputs = batch if forward_fn is not None else _inputs(batch)
-                    raise BatchError(_mismatch(model, inputs, step, e)) from e
+                    raise BatchError(
+                        _mismatch(model, inputs, step, e, smaller_batch(batch, first_size))
+                    ) from e
                 group.append(y_pred)
                 group_bytes += tensor_bytes(y_pred)
                 if len(group) == group_batches or group_bytes >= _GROUP_BYTES:
@@ -135,10 +150,14 @@ def _hand_over(group: list[Any], writer: Any) -> None:
 
 
 def predict_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
-    """``(model(x), y)`` for ``(x, y)`` batches and ``(model(x), None)`` for batches of inputs only."""
-    x = _inputs(batch)
-    y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
-    return model(x), y
+    """``(model(x), y)`` for ``(x, y)`` batches and ``(model(x), None)`` for batches of inputs only; a dict
+    batch fed by its keys as in training where a rule fits (:func:`~xt_training.batch.feed_dict`), else
+    as ``x``. An output's ``.logits`` (a Hugging Face ``ModelOutput``) are the predictions."""
+    fed = feed_dict(model, batch, need_targets=False) if isinstance(batch, Mapping) else None
+    if fed is None:
+        x = _inputs(batch)
+        fed = model(x), batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    return logits(fed[0]), fed[1]
 
 
 def _inputs(batch: Any) -> Any:
@@ -152,12 +171,15 @@ def _inputs(batch: Any) -> Any:
     )
 
 
-def _mismatch(model: nn.Module, inputs: Any, step: int, error: Exception) -> str:
-    """Why a batch did not fit the model: the inputs' shape beside the one the model's first layer expects."""
-    return (
+def _mismatch(model: nn.Module, inputs: Any, step: int, error: Exception, smaller: str | None) -> str:
+    """Why a batch did not fit the model: it is smaller than the first (``smaller``, see
+    :func:`~xt_training.batch.smaller_batch`), or the inputs' shape beside the one the model's first layer expects."""
+    failed = (
         f"the model failed on batch {step} of the loader, inputs {describe(inputs)} ({first_line(error)})"
-        f"{model_expects(model, inputs)}; give it inputs of the shape it was trained on"
     )
+    if smaller is not None:  # the shape of the examples is not the problem
+        return f"{failed}: {smaller}; DataLoader(..., drop_last=True) would leave its examples without predictions"
+    return f"{failed}{model_expects(model, inputs)}; give it inputs of the shape it was trained on"
 
 
 def model_expects(model: nn.Module, inputs: Any = None) -> str:

@@ -14,13 +14,18 @@ from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from . import distributed
 from .batch import (
+    ModelLoss,
     batch_size,
     checked_forward,
     concat,
     default_forward,
     describe,
+    forward_output,
+    leading_size,
+    logits,
     map_tensors,
     prefetch_to_cuda,
+    smaller_batch,
     to_device,
 )
 from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError, first_line
@@ -111,26 +116,35 @@ class Runner:
 
     Args:
         model: any ``nn.Module``; moved to ``device`` once, here.
-        loss_fn: called as ``loss_fn(y_pred, y)``; must return a scalar tensor. Optional when evaluating.
-            The pass's ``loss`` is its mean per example: batch means weighted by batch size, or, for a loss
-            whose ``reduction`` is ``'sum'``, the batch sums added and divided by the examples.
+        loss_fn: called as ``loss_fn(y_pred, y)``; must return a scalar tensor. None: the loss the model's
+            output carries (a Hugging Face model's ``.loss``, with its ``.logits`` as ``y_pred``), if any;
+            evaluation then may report no loss, training needs one. The pass's ``loss`` is its mean per
+            example: batch means weighted by batch size, or, for a loss whose ``reduction`` is ``'sum'``,
+            the batch sums added and divided by the examples.
         optimizer: required to train.
         scheduler: a torch LR scheduler, stepped as ``scheduler_step`` says.
         batch_metrics: ``{name: metric}`` computed on every pass (see :mod:`xt_training.metrics`);
             a call can override them with ``metrics=``.
         device: default CUDA when available, else CPU.
         forward_fn: ``forward_fn(model, batch) -> (y_pred, y)``, how a batch (already on the device)
-            is fed to the model; default: ``x, y = batch; return model(x), y``.
+            is fed to the model; default: ``x, y = batch; return model(x), y``, and dict batches by their
+            keys (see :func:`xt_training.batch.forward_output`).
         scheduler_step: ``'epoch'`` (step after each training pass; ``ReduceLROnPlateau`` gets the
-            pass's loss), ``'batch'`` (after every optimizer step) or ``None`` (the caller steps it).
-        log_every_n_steps: how often running values are read from the device and reported.
+            pass's loss), ``'batch'`` (after every optimizer step, not every batch: with
+            ``accumulate_grad_batches=N`` every N batches, and after a pass's last, partial group) or
+            ``None`` (the caller steps it).
+        log_every_n_steps: how often running values are read from the device and reported; in training,
+            with the learning rate of every param group as it is then (``lr``, ``lr/1``, ...; see
+            :func:`learning_rates`).
         loggers: objects following the :class:`~xt_training.loggers.Logger` contract. Default: the
             console logger, unless ``quiet``.
         precision: ``'32'``, ``'bf16-mixed'`` or ``'16-mixed'`` (autocast; fp16 adds a GradScaler).
         nonfinite_loss: ``'raise'`` (default: a NaN/inf loss stops training with an error naming the
             epoch, step and loader; checked at logging steps, no extra host read) or ``'skip'`` (such
             batches get no backward/optimizer step; costs one host read per step; counted as ``skipped``).
-        accumulate_grad_batches: optimizer step every N batches (the loss is divided by N).
+        accumulate_grad_batches: optimizer step every N batches (the loss is divided by N). A pass of B
+            batches takes ceil(B / N) optimizer steps: the last B % N batches step too, their gradients
+            summed over fewer batches (each loss still divided by N).
         clip_grad_norm, clip_grad_value: gradient clipping before each optimizer step.
         checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps
             (F.train writes a resumable mid-epoch checkpoint there).
@@ -217,11 +231,14 @@ class Runner:
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
         # a loss of reduction='sum' is a batch's sum already: the pass's loss is the sum over its examples
         self.summed_loss = getattr(loss_fn, "reduction", None) == "sum"
+        self.forward_fn = default_forward if forward_fn is None else checked_forward(forward_fn)
+        if loss_fn is None:  # the model's own loss, where its output carries one
+            model_loss = ModelLoss(forward_output if forward_fn is None else self.forward_fn)
+            self.forward_fn, self.loss_fn = model_loss.forward, model_loss
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_step = scheduler_step
         self.metrics = prepare_metrics(batch_metrics)
-        self.forward_fn = default_forward if forward_fn is None else checked_forward(forward_fn)
         self.log_every_n_steps = log_every_n_steps
         check_list("loggers", loggers)
         if loggers is None:
@@ -273,8 +290,8 @@ class Runner:
         # DDP is for training: evaluation shards differ in size, so ranks evaluate the plain module
         model = self.model if training or not self.distributed else self.module
         name = name or ("train" if training else "eval")
-        if training and (self.optimizer is None or self.loss_fn is None):
-            raise ConfigError("the model is in training mode, so the Runner needs an optimizer and a loss_fn")
+        if training and self.optimizer is None:
+            raise ConfigError("the model is in training mode, so the Runner needs an optimizer")
         pass_metrics = self.metrics if metrics is None else prepare_metrics(metrics)
         if self.distributed:
             loader = self._shard(loader, training)
@@ -342,6 +359,7 @@ class Runner:
         # the logging steps: the pass's first, then every log_every-th (a counter: cheaper than a modulo)
         next_log = 1 if done == 0 else (done // log_every + 1) * log_every
         skipped = resume.get("skipped", 0) if resume else 0  # batches left out (nonfinite_loss='skip')
+        first_size = None  # the examples in the pass's first logged batch
         with torch.set_grad_enabled(training):
             for step, batch in enumerate(batches, done + 1):  # noqa: B007 - `step` is used after the loop
                 if move:
@@ -349,18 +367,25 @@ class Runner:
                 try:  # (free when nothing is raised)
                     if bare_forward:
                         y_pred, y = forward_fn(model, batch)
-                        loss = loss_fn(y_pred, y) if loss_fn is not None else None
+                        loss = loss_fn(y_pred, y)
                     else:  # DDP: an accumulation step's forward pass must not prepare a gradient all-reduce
                         with (
                             _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast
                         ):
                             y_pred, y = forward_fn(model, batch)
-                            loss = loss_fn(y_pred, y) if loss_fn is not None else None
-                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                            loss = loss_fn(y_pred, y)
+                except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
                     # a loss that fails on the pass's first batch does not fit the outputs: said in one line
                     # (later failures, data-dependent bugs, stay as they are)
                     if step == done + 1 and _failed_in(e, loss_fn):
                         raise _loss_mismatch(e, y_pred, y) from e
+                    # a batch smaller than the first: the loader's last, for a model that assumes the size
+                    changed = None if isinstance(e, XtError) else smaller_batch(batch, first_size)
+                    if changed is not None:
+                        raise BatchError(
+                            f"{_epoch(self.epoch)}batch {step} of loader '{name}' failed ({first_line(e)}): "
+                            f"{changed}, or leave that batch out with DataLoader(..., drop_last=True)"
+                        ) from e
                     raise
                 if loss is not None and (not isinstance(loss, torch.Tensor) or loss.ndim != 0):
                     raise LossError(
@@ -378,7 +403,7 @@ class Runner:
                         scaled = loss / accumulate if accumulate > 1 else loss
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     except (AttributeError, TypeError, RuntimeError) as e:
-                        _raise_if_the_loss_is_at_fault(loss, e)
+                        _raise_if_the_loss_is_at_fault(loss, e, loss_fn, y_pred)
                         raise
                     if step % accumulate == 0:
                         if plain_step:
@@ -400,14 +425,18 @@ class Runner:
                 log_step = step == next_log
                 if log_step:
                     next_log = (step // log_every + 1) * log_every
+                    if first_size is None:  # read here, not every step, for the error of a smaller batch
+                        first_size = leading_size(batch)
                     # Logging step: metrics update on the buffered batches and values are read to the
                     # host -- on CUDA this is the pass's only synchronisation point between batches.
                     values = buffers.flush()
                     if training:
                         self._check_finite(values, buffers, name)
+                        rates = learning_rates(optimizer)  # read here only: schedules change them every step
                         self.loggers.log_metrics(
-                            {f"{name}/{k}": v for k, v in values.items()}, self.global_step
+                            {**{f"{name}/{k}": v for k, v in values.items()}, **rates}, self.global_step
                         )
+                        values.update(rates)  # beside the running values (the console's progress bar)
                     self.loggers.update_pass(name, values)
                 elif keep_outputs and buffers.elements > _MAX_BUFFERED_ELEMENTS:
                     buffers.flush_outputs()  # bounds the memory of the buffered outputs
@@ -454,6 +483,12 @@ class Runner:
         if note and (key, note) not in self._noted:
             self._noted.add((key, note))
             self.loggers.notice(f"{key}: {note}")
+
+    def optimizer_steps(self, loader: Iterable[Any]) -> int | None:
+        """The optimizer steps a training pass over ``loader`` takes: ceil(batches / accumulate_grad_batches)
+        (under DDP, of this rank's shard); None for a loader without a length."""
+        batches = _length(self._shard(loader, True) if self.distributed else loader)
+        return None if batches is None else -(-batches // self.accumulate)
 
     def _any_stop(self) -> bool:
         """Whether any DDP rank was asked to stop (a collective: every rank calls it at the same step)."""
@@ -552,6 +587,11 @@ def _no_sync(model: Any, autocast: Any) -> Any:
         yield
 
 
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rate of every param group now: ``lr`` for the first, ``lr/1``, ``lr/2``, ... for the others."""
+    return {("lr" if i == 0 else f"lr/{i}"): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+
+
 def step_scheduler(scheduler: Any, value: float | None) -> None:
     """Step a scheduler once; ``ReduceLROnPlateau`` gets the monitored ``value``."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -571,14 +611,25 @@ def _failed_in(error: Exception, fn: Any) -> bool:
 
 
 def _loss_mismatch(error: Exception, y_pred: Any, y: Any) -> LossError:
+    if logits(y_pred) is not y_pred:  # (x, y) batches: the default forward leaves the model's output as it is
+        return LossError(
+            f"loss_fn failed on the model's output {type(y_pred).__name__} ({first_line(error)}); it holds "
+            "the outputs in .logits: pass forward_fn=lambda model, batch: (model(batch[0]).logits, batch[1]), "
+            "or loss_fn=None to train on its .loss"
+        )
     return LossError(
         f"loss_fn failed on y_pred {describe(y_pred)} and y {describe(y)} ({first_line(error)}); "
         "give a loss that fits the model's outputs and the targets"
     )
 
 
-def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception) -> None:
+def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception, loss_fn: Any, y_pred: Any) -> None:
     """A failed backward() in words, where the loss (not the model) is the cause."""
+    if loss is None and isinstance(loss_fn, ModelLoss):
+        raise LossError(
+            f"no loss_fn was given and the model's output ({describe(y_pred)}) carries no .loss to train on; "
+            "pass a loss_fn, e.g. torch.nn.CrossEntropyLoss()"
+        ) from error
     if loss is None:
         raise LossError(
             "loss_fn returned None in training; it must return a scalar tensor computed from y_pred"

@@ -59,7 +59,7 @@ def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     epochs: int,
-    loss_fn: Callable[[Any, Any], torch.Tensor],
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
     val_loader: Iterable[Any] | None = None,
     test_loaders: Mapping[str, Iterable[Any]] | None = None,
     scheduler: Any = None,
@@ -107,6 +107,8 @@ def train(
         save_dir: the run directory (:mod:`xt_training.rundir`): ``run.json``, ``history.json`` and
             ``checkpoints/{last,best}.pt`` go here. One that holds a run is refused unless ``resume``
             continues it or ``overwrite`` deletes it first.
+        loss_fn: ``loss_fn(y_pred, y) -> scalar tensor``; None trains on the loss the model's output
+            carries (a Hugging Face model's ``.loss``, see :class:`~xt_training.Runner`).
         eval_metrics: ``{name: metric}`` for validation and test passes.
         train_metrics: metrics of the training passes; default: the same as ``eval_metrics`` (the
             original xt-training's behaviour). Pass ``{}`` to train with the loss only.
@@ -115,7 +117,9 @@ def train(
         mode: ``'min'`` or ``'max'``; default: ``'min'`` for a loss, else the monitored metric's
             ``higher_is_better`` (xt-training's and torchmetrics' metrics declare it); required for a
             metric that declares none (a plain function, unless ``metrics.Mean(fn, higher_is_better=...)``).
-        scheduler_step: ``'epoch'`` or ``'batch'``.
+        scheduler_step: ``'epoch'`` or ``'batch'``: per optimizer step (see :class:`~xt_training.Runner`). A
+            schedule of a fixed length (OneCycleLR's ``total_steps``) shorter than the run is refused
+            before training, with the number of steps it needs.
         loggers: logger instances or registered names (``'tensorboard'``, ``'csv'``...); the console
             logger is added unless ``quiet`` or one is given.
         callbacks: objects with ``on_epoch_end(run, row)`` etc., see :mod:`xt_training.callbacks`.
@@ -138,7 +142,9 @@ def train(
 
     Returns:
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
-        Test loader ``'test'`` reports as ``test/...``, any other name ``n`` as ``test.n/...``.
+        Test loader ``'test'`` reports as ``test/...``, any other name ``n`` as ``test.n/...``; ``lr`` is
+        the first param group's learning rate at the start of the epoch (the loggers get every group's at
+        each logging step).
     """
     passes, monitor, mode = _check_arguments(locals())
     main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
@@ -235,6 +241,8 @@ def _check_arguments(
     check_list("loggers", args["loggers"])
     check_list("callbacks", args["callbacks"])
     for name, methods in (("optimizer", ("step", "zero_grad")), ("loss_fn", ("__call__",))):
+        if name == "loss_fn" and args[name] is None:  # the model's own loss (see Runner)
+            continue
         check_instance(name, args[name])
         if not all(hasattr(args[name], m) for m in methods):
             raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(args[name]).__name__}")
@@ -334,6 +342,10 @@ class _Training:
                 f"cannot resume the run in {run.save_dir} with epochs={epochs}: it has {done}; "
                 f"pass epochs={start} or more"
             )
+        short = _short_schedule(self.scheduler, self.scheduler_step, runner, self.passes["train"][0], epochs)
+        if short is not None:
+            self.close(None)
+            raise ConfigError(short)
         if self.position is not None:
             where = (
                 f"step {self.position['step']} of epoch {start}"
@@ -361,7 +373,7 @@ class _Training:
             "xt_training_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model_record(unwrap_model(run.model)),
-            "loss": _qualname(type(loss_fn)),
+            "loss": _qualname(type(loss_fn)) if loss_fn is not None else None,
             "input": _input_record(loader),
             "normalization": self.normalization,
             "monitor": run.monitor,
@@ -542,6 +554,34 @@ def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any) -> dict[str
         "batch_size": getattr(loader, "batch_size", None),
         "monitor": run.monitor,
     }
+
+
+def _short_schedule(
+    scheduler: Any, scheduler_step: str, runner: Runner, loader: Any, epochs: int
+) -> str | None:
+    """Why a schedule of a fixed length (OneCycleLR's ``total_steps``) is too short for the run, or None.
+
+    Stepped past its end, it fails with torch's error in the middle of training: refused before it starts,
+    with the number of steps it needs (that of the whole run: a resumed scheduler has counted the steps done).
+    """
+    total = getattr(scheduler, "total_steps", None)
+    per_epoch = runner.optimizer_steps(loader) if scheduler_step == "batch" else 1
+    if not isinstance(total, int) or per_epoch is None or total >= epochs * per_epoch:
+        return None
+    name, needed = type(scheduler).__name__, epochs * per_epoch
+    if scheduler_step == "epoch":
+        return (
+            f"{name} has total_steps={total}, but scheduler_step='epoch' steps it once per epoch, {epochs} times; "
+            f"pass scheduler_step='batch' to step it per optimizer step, or size it for total_steps={epochs}"
+        )
+    accumulate = runner.accumulate
+    steps = f"{per_epoch} optimizer steps" + (
+        f" (accumulate_grad_batches={accumulate})" if accumulate > 1 else ""
+    )
+    return (
+        f"{name} has total_steps={total}, but the run takes {needed} optimizer steps ({epochs} epochs of {steps}); "
+        f"size it for them: total_steps={needed}, or epochs={epochs}, steps_per_epoch={per_epoch}"
+    )
 
 
 def _test_prefix(name: str) -> str:

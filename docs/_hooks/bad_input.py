@@ -163,6 +163,32 @@ def _non_pair() -> Any:
     return _train(train_loader=DataLoader(torch.randn(64, 16), batch_size=32))
 
 
+def _dict_without_a_rule() -> Any:
+    import torch
+    from torch.utils.data import DataLoader
+
+    items = [{"input_ids": torch.zeros(8).long(), "attention_mask": torch.ones(8).long(), "labels": 0}] * 64
+    return _train(train_loader=DataLoader(items, batch_size=32))
+
+
+def _smaller_last_batch() -> Any:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class SeedRNN(nn.Module):  # the seed's RNNModel: a hidden state sized for batches of 32
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.fc = nn.RNN(8, 16, 2, batch_first=True), nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.rnn(x, torch.zeros(2, 32, 16))[0][:, -1])
+
+    model = SeedRNN()
+    loader = DataLoader(TensorDataset(torch.randn(100, 5, 8), torch.zeros(100).long()), batch_size=32)
+    return _train(train_loader=loader, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
 def _empty() -> Any:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -287,6 +313,10 @@ def cases() -> list[Case]:
         Case("not a metric", "F.test(..., eval_metrics={'x': 3})", _call(_test, eval_metrics={"x": 3})),
         Case("empty loader", "F.train(...) on 3 examples with batch_size=4, drop_last=True", _empty),
         Case("loader that does not yield (x, y)", "F.train(...) on DataLoader(tensor)", _non_pair),
+        Case("dict batch whose keys the model's forward does not take",
+             "F.train(...) of an MLP on {'input_ids', 'attention_mask', 'labels'} batches", _dict_without_a_rule),
+        Case("model that assumes a fixed batch size", "F.train(...) of the seed's RNNModel (hidden state for 32) "
+             "on 100 examples in batches of 32", _smaller_last_batch),
         Case("non-scalar loss", "F.train(..., loss_fn=nn.CrossEntropyLoss(reduction='none'))",
              _call(_train, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))),
         Case("NaN/inf loss", "F.train(...) with a loss that becomes NaN", _call(_train, loss_fn=_nan_loss)),

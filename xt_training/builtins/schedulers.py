@@ -1,7 +1,7 @@
 """Built-in learning-rate schedulers: torch's, with defaults taken from the run (plugin module).
 
 torch's schedulers need values only the run knows (``CosineAnnealingLR`` needs ``T_max``, ``OneCycleLR``
-the total number of steps); these factories take ``epochs`` and ``steps_per_epoch`` from the CLI, so
+the total number of steps); these factories take ``epochs`` and ``steps_per_epoch`` (optimizer steps) from the CLI, so
 ``xt run --scheduler cosine`` works without options. torch's option names are kept.
 """
 
@@ -107,7 +107,7 @@ def one_cycle(
     epochs: int | None = None,
     steps_per_epoch: int | None = None,
 ) -> Any:
-    """One-cycle policy, stepped every batch; ``max_lr`` defaults to the optimizer's learning rate (``--lr``).
+    """One-cycle policy, stepped every optimizer step; ``max_lr`` defaults to the optimizer's learning rate (``--lr``).
 
     Args:
         optimizer: the run's optimizer (the CLI passes it).
@@ -117,7 +117,7 @@ def one_cycle(
         div_factor: the initial learning rate is ``max_lr / div_factor``.
         final_div_factor: the last learning rate is the initial one divided by this.
         epochs: the run's epochs (the CLI passes them).
-        steps_per_epoch: batches per epoch (the CLI passes them).
+        steps_per_epoch: optimizer steps per epoch (the CLI passes them).
     """
     from torch.optim.lr_scheduler import OneCycleLR
 
@@ -170,7 +170,7 @@ def register_schedulers(register: Any) -> None:
     register(
         "one-cycle",
         one_cycle,
-        description="one-cycle policy, stepped every batch (OneCycleLR)",
+        description="one-cycle policy, stepped every optimizer step (OneCycleLR)",
         interval="batch",
     )
     register(

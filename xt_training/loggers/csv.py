@@ -2,12 +2,13 @@
 
 Columns: ``kind``, ``epoch``, ``step``, ``time``, then one column per value name in the order the names
 first appeared (``train/loss``, ``train/acc``, ``lr``, ``val/loss``, ...). A ``step`` row holds the
-running values of the training pass at a logging step (``step`` counts optimizer steps); an ``epoch``
-row is the epoch's row of the history: exact values of every loader. Cells a row has no value for
+running values of the training pass at a logging step (``step`` counts optimizer steps) and the learning
+rate of every param group then (``lr``, ``lr/1``, ...); an ``epoch`` row is the epoch's row of the history:
+exact values of every loader, and ``lr`` as param group 0's at the start of the epoch. Cells a row has no value for
 are empty. Non-scalar metrics (confusion matrices) are left out: ``metrics.jsonl`` keeps them.
 
 Every row is flushed to the operating system when it is written, so a killed run keeps every row it
-logged. When a row brings new names (the first epoch row brings ``lr`` and the validation values)
+logged. When a row brings new names (the first epoch row brings the validation values)
 the file is rewritten with the wider header into a temporary file that is renamed over the old one,
 so the file on disk is always a complete, rectangular table. A new run starts a new file; a resumed
 run (``F.train(..., resume=True)``) keeps the rows of the run it continues, except those it is about

@@ -7,7 +7,10 @@ share one x-axis and TensorBoard can hide what an interrupted run logged past it
 - ``train/loss``, ``train/METRIC``: running values of the training pass so far, at logging steps (metrics where updated).
 - ``epoch/LOADER/loss``, ``epoch/LOADER/METRIC``: the epoch's exact values of every loader
   (``train``, ``val``, ``test``, ``test.NAME``), at the epoch's last step.
-- ``epoch/lr``: the learning rate of the epoch, at the epoch's last step.
+- ``lr``, ``lr/1``, ``lr/2``, ...: the learning rate of each param group after the optimizer steps so far, at
+  the training pass's logging steps (a per-step schedule shows as it runs).
+- ``epoch/lr``: the history's ``lr``, param group 0's learning rate at the start of the epoch, at the epoch's
+  last step.
 - ``weights/PARAM``, ``grads/PARAM`` (with ``histogram_every_n_steps``): histograms of each parameter
   and of the gradient computed at those weights. The loop frees gradients right after each optimizer
   step, so the gradients are caught in the next backward pass by one-shot hooks: with gradient
