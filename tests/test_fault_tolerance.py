@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -21,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xt_training import metrics
 from xt_training.callbacks import EarlyStopping
-from xt_training.checkpoint import save_checkpoint
-from xt_training.errors import ConfigError, MetricError
+from xt_training.checkpoint import nonfinite, save_checkpoint
+from xt_training.errors import ConfigError, MetricError, NonFiniteLossError
 from xt_training.utils import functional as F
 
 # A training script with shuffling, dropout, a per-batch scheduler, Python/NumPy randomness in the data
@@ -452,3 +453,67 @@ def test_xt_run_stops_on_a_signal_and_resumes(tmp_path, sig, code):
         assert [row["epoch"] for row in history] == list(range(1, 9))
     else:
         assert err.strip().endswith("xt: interrupted")
+
+
+def _xt(*args, cwd):
+    """The real `xt` command line, in this process (a new process would import torch again), in ``cwd``."""
+    from click.testing import CliRunner
+
+    from xt_training.cli import cli
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+def test_a_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_from_it(tmp_path):
+    # lr=1e3 diverges at step 9, between logging steps: the checkpoint of step 10 would hold NaN weights and
+    # losses, which no resume gets past; it is refused, and step 5's stays
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=20000",
+           "--optimizer", "sgd", "--lr", "1e3", "--checkpoint-every", "5", "--save-dir", "nanrun", "-q"]  # fmt: skip
+    first = _xt(*run, cwd=tmp_path)
+    message = "xt: error: the loss is nan at epoch 1, step 9; lower the learning rate"
+    assert first.exit_code == 2 and first.stderr.splitlines()[-1].startswith(message), first.output
+    assert "(checkpoints/last.pt keeps the last finite state)" in first.stderr
+    last = tmp_path / "nanrun" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["position"]["step"] == 5 and nonfinite(state) == []
+    saved = last.read_bytes()
+    # the resume loads it and goes on exactly: to the same divergence, and the same checkpoint stays
+    resumed = _xt("run", "--resume", "nanrun", "-q", cwd=tmp_path)
+    assert resumed.exit_code == 2 and resumed.stderr.splitlines()[-1] == first.stderr.splitlines()[-1]
+    assert last.read_bytes() == saved
+
+
+class Root(nn.Module):
+    """sqrt(w) at w = 0: a finite output whose gradient is infinite, so the weights go NaN/inf while the
+    loss of the step stays finite; ``mask`` is -inf by design (as an attention mask may be)."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.fc, self.w = nn.Linear(16, 3), nn.Parameter(torch.tensor(w))
+        self.register_buffer("mask", torch.tensor(float("-inf")))
+
+    def forward(self, x):
+        return self.fc(x) + self.w.sqrt()
+
+
+def test_weights_that_become_nonfinite_are_never_saved(tmp_path):
+    x, y = make_classification(32)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+
+    def train(save_dir, model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return F.train(save_dir, loader, model, opt, 1, nn.CrossEntropyLoss(), quiet=True)
+
+    train(tmp_path / "fine", Root(1.0))  # a buffer that is -inf from the start is the model's own: saved
+    saved = torch.load(tmp_path / "fine" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["model"]["mask"] == -math.inf
+    message = r"^the state became NaN/inf at epoch 1 \(model\.w\); .*\(nothing was saved\)$"
+    with pytest.raises(NonFiniteLossError, match=message):
+        train(tmp_path / "root", Root(0.0))  # one step, a finite loss: only the check before the save sees it
+    assert not (tmp_path / "root" / "checkpoints" / "last.pt").exists()
+    assert (tmp_path / "root" / "checkpoints" / "crash.pt").exists()  # the weights at the failure, to inspect

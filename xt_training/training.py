@@ -25,8 +25,8 @@ from . import distributed
 from ._version import __version__
 from .batch import describe
 from .callbacks import Run
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
-from .errors import ConfigError
+from .checkpoint import load_checkpoint, nonfinite, read_checkpoint, save_checkpoint, unwrap_model
+from .errors import ConfigError, NonFiniteLossError
 from .exporting import check_format, export_trained
 from .files import BackgroundWriter, atomic_link, jsonable, prepare_dir, write_json
 from .loggers import create as create_logger
@@ -288,10 +288,13 @@ class _Training:
         self.received: list[str] = []  # the signals that asked to stop
         self.normalization: dict[str, list[float]] | None = None
         self.row: dict[str, Any] = {}
+        # what the model holds as NaN/inf by design (an attention mask of -inf): the checks before a save allow it
+        self.nonfinite_at_start = set(nonfinite(unwrap_model(run.model).state_dict()))
         runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
 
     def save(self, position: dict[str, Any] | None = None) -> None:
         """Write ``last.pt``: the whole state, and ``position`` inside an epoch (None: at its end)."""
+        self.check_finite(position)
         if not self.main:
             return
         run, runner = self.run, self.runner
@@ -304,6 +307,38 @@ class _Training:
             best=run.best, callbacks=[getattr(cb, "state_dict", dict)() for cb in self.callbacks],
             config=self.config, position=position, rng=capture_rng(self.generators),
         )  # fmt: skip
+
+    def check_finite(self, position: dict[str, Any] | None) -> None:
+        """Refuse to save NaN/inf losses or state over the last good ``last.pt``: no resume could go on from it.
+
+        Between logging steps nothing looks at them; a save is a synchronisation point anyway. Every rank
+        checks, so that all stop together.
+        """
+        run = self.run
+        problem = None
+        losses = (position or {}).get("losses")
+        if losses:  # the steps since the last logging step, whose losses nothing has checked yet
+            values = torch.stack([torch.as_tensor(v) for v in losses]).float().cpu()
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):
+                step = position["step"] - len(losses) + 1 + int(bad[0])
+                problem = f"the loss is {values[int(bad[0])].item()} at epoch {run.epoch}, step {step}"
+        if problem is None:
+            state = {"model": unwrap_model(run.model).state_dict(), "optimizer": run.optimizer.state_dict()}
+            bad = [n for n in nonfinite(state) if n.removeprefix("model.") not in self.nonfinite_at_start]
+            if bad:
+                where = f", step {position['step']}" if position and "step" in position else ""
+                problem = f"the state became NaN/inf at epoch {run.epoch}{where} ({', '.join(bad[:3])})"
+        if distributed.any_rank(problem is not None, self.runner.device):
+            self.wait()  # for the last checkpoint's write
+            last = self.ckpt_dir / LAST
+            kept = (
+                f"{CHECKPOINTS}/{LAST} keeps the last finite state" if last.exists() else "nothing was saved"
+            )
+            raise NonFiniteLossError(
+                f"{problem or 'another rank holds NaN/inf'}; lower the learning rate, clip gradients or check "
+                f"the data for NaN/inf ({kept})"
+            )
 
     def restore(self, resume: bool | str | os.PathLike[str], epochs: int) -> bool:
         """Continue from a checkpoint when ``resume`` asks; False when there is nothing left to train."""
