@@ -180,6 +180,53 @@ def test_sigterm_in_a_pass_saves_the_position_and_resume_is_exact(tmp_path, wher
     assert (tmp_path / "run" / "history.json").read_text() == (tmp_path / "ref" / "history.json").read_text()
 
 
+class SigtermAtFetch(Dataset):
+    """A data set that sends SIGTERM to this process when its ``n``-th item is fetched (None: never)."""
+
+    def __init__(self, x, y, n):
+        self.x, self.y, self.n, self.fetched = x, y, n, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.fetched += 1
+        if self.fetched == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.x[i], self.y[i]
+
+
+def train_accumulating(save_dir, signal_at_step=None, resume=False):
+    """3 epochs of 8 batches, an optimizer step every 4; SIGTERM while batch ``signal_at_step`` of epoch 2 loads."""
+    torch.manual_seed(0)
+    x, y = make_classification(320)
+    n = None if signal_at_step is None else (8 + signal_at_step - 1) * 32 + 1
+    train = DataLoader(SigtermAtFetch(x[:256], y[:256], n), batch_size=32, shuffle=True)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    F.train(save_dir, train, model, opt, 3, nn.CrossEntropyLoss(), val_loader=DataLoader(list(zip(x[256:], y[256:])), batch_size=32),
+            accumulate_grad_batches=4, resume=resume, quiet=True)  # fmt: skip
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def accumulating_reference(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("accumulating") / "run"
+    return train_accumulating(save_dir), (save_dir / "history.json").read_text()
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4])
+def test_a_stop_inside_an_accumulation_group_resumes_exactly(tmp_path, accumulating_reference, step):
+    # the partial gradients of steps 1-3 are in no checkpoint: the stop comes after the group's optimizer step
+    with pytest.raises(SystemExit) as exit_info:
+        train_accumulating(tmp_path, signal_at_step=step)
+    assert exit_info.value.code == 0
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["position"]["step"] == 4
+    assert_same_weights(train_accumulating(tmp_path, resume=True), accumulating_reference[0])
+    assert (tmp_path / "history.json").read_text() == accumulating_reference[1]
+
+
 def test_resume_after_skipped_batches_is_exact(tmp_path):
     # the position counts the skipped batches: a resumed pass neither repeats batches nor forgets the count
     reference = train_signalled(tmp_path / "ref", nonfinite_loss="skip")

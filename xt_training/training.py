@@ -123,7 +123,8 @@ def train(
             a run that has trained all ``epochs`` returns its history (nothing to do); fewer ``epochs``
             than it has trained are a ``ConfigError``.
         checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
-        handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
+        handle_signals: on SIGTERM or Ctrl-C, finish the current step (with ``accumulate_grad_batches``: the
+            current accumulation group), write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
         export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
             ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
