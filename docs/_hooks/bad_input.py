@@ -166,6 +166,17 @@ def _disk_full() -> Any:
         assert torch.load("full.pt", weights_only=True)["epoch"] == 1, "the previous checkpoint was lost"
 
 
+def _in_use() -> Any:
+    import fcntl
+
+    Path("busy").mkdir()
+    with open("busy/.xt.lock", "w") as lock:  # held as the process of a running run holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        return _train("busy")
+
+
 def _non_pair() -> Any:
     import torch
     from torch.utils.data import DataLoader
@@ -275,7 +286,7 @@ def cases() -> list[Case]:
         Case("NaN/inf loss", "F.train(...) with a loss that becomes NaN", _call(_train, loss_fn=_nan_loss)),
         Case("NaN/inf between logging steps, at a checkpoint (the last finite checkpoint is kept)",
              "F.train(..., checkpoint_every_n_steps=1) with a loss that becomes NaN in step 2",
-             _call(_train, loss_fn=_nan_from_step_2(), checkpoint_every_n_steps=1)),
+             _call(_train, save_dir="diverged", loss_fn=_nan_from_step_2(), checkpoint_every_n_steps=1)),
         Case("loss that does not fit the outputs", "F.train(..., loss_fn=nn.MSELoss()) of a classifier",
              _call(_train, loss_fn=torch.nn.MSELoss())),
         Case("a class where an instance belongs", "F.train(..., loss_fn=nn.CrossEntropyLoss)",
@@ -316,6 +327,8 @@ def cases() -> list[Case]:
              _predict_shape),
         Case("a new run into a directory that holds one", "xt run --model mlp --data synthetic-classification --save-dir good",
              _cli("run", "--model", "mlp", "--data", "synthetic-classification", "--save-dir", "good"), cli=True),
+        Case("a second run into a directory a running run holds", "F.train('busy', ...) while a run trains in busy",
+             _in_use),
         Case("resume and another run directory", "xt run --resume empty_run --save-dir x",
              _cli("run", "--resume", "empty_run", "--save-dir", "x"), cli=True),
     ]  # fmt: skip
