@@ -244,7 +244,8 @@ class Runner:
         self.epoch = 0  # shown by loggers; F.train sets it
         self.global_step = 0  # optimizer steps taken, across passes
         self.latest: dict[str, Any] = {}  # the values of the last pass
-        self.stop_requested = False  # set (e.g. by a signal handler) to end the pass after the current step (accumulation group)
+        # set (e.g. by a signal handler) to end the pass after the current step (or accumulation group)
+        self.stop_requested = False
         self.stopped = False  # whether the last pass ended early because of stop_requested
         self._pass: dict[str, Any] = {}  # the running training pass, for position()
         self._sharded: dict[tuple[int, bool], Any] = {}

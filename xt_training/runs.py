@@ -275,9 +275,9 @@ def train_config_file(
         )
     main = distributed.is_main()
     with hold(save_dir, lock=main):
-        # a config file with resume = True continues its run
         fix = "set resume = True in the config file, choose another --save-dir, or pass --overwrite"
         overwrite = kwargs.pop("overwrite", False) or overwrite
+        # a config file with resume = True continues its run
         refuse_held_run(Path(save_dir), overwrite, fix, bool(kwargs.get("resume")))
         if main:
             shutil.copyfile(path, Path(save_dir) / CONFIG_PY)
