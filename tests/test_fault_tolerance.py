@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -21,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xt_training import metrics
 from xt_training.callbacks import EarlyStopping
-from xt_training.checkpoint import save_checkpoint
-from xt_training.errors import ConfigError, MetricError
+from xt_training.checkpoint import nonfinite, save_checkpoint
+from xt_training.errors import ConfigError, MetricError, NonFiniteLossError
 from xt_training.utils import functional as F
 
 # A training script with shuffling, dropout, a per-batch scheduler, Python/NumPy randomness in the data
@@ -177,6 +178,53 @@ def test_sigterm_in_a_pass_saves_the_position_and_resume_is_exact(tmp_path, wher
     resumed = train_signalled(tmp_path / "run", resume=True)
     assert_same_weights(resumed, reference)
     assert (tmp_path / "run" / "history.json").read_text() == (tmp_path / "ref" / "history.json").read_text()
+
+
+class SigtermAtFetch(Dataset):
+    """A data set that sends SIGTERM to this process when its ``n``-th item is fetched (None: never)."""
+
+    def __init__(self, x, y, n):
+        self.x, self.y, self.n, self.fetched = x, y, n, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.fetched += 1
+        if self.fetched == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.x[i], self.y[i]
+
+
+def train_accumulating(save_dir, signal_at_step=None, resume=False):
+    """3 epochs of 8 batches, an optimizer step every 4; SIGTERM while batch ``signal_at_step`` of epoch 2 loads."""
+    torch.manual_seed(0)
+    x, y = make_classification(320)
+    n = None if signal_at_step is None else (8 + signal_at_step - 1) * 32 + 1
+    train = DataLoader(SigtermAtFetch(x[:256], y[:256], n), batch_size=32, shuffle=True)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    F.train(save_dir, train, model, opt, 3, nn.CrossEntropyLoss(), val_loader=DataLoader(list(zip(x[256:], y[256:])), batch_size=32),
+            accumulate_grad_batches=4, resume=resume, quiet=True)  # fmt: skip
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def accumulating_reference(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("accumulating") / "run"
+    return train_accumulating(save_dir), (save_dir / "history.json").read_text()
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4])
+def test_a_stop_inside_an_accumulation_group_resumes_exactly(tmp_path, accumulating_reference, step):
+    # the partial gradients of steps 1-3 are in no checkpoint: the stop comes after the group's optimizer step
+    with pytest.raises(SystemExit) as exit_info:
+        train_accumulating(tmp_path, signal_at_step=step)
+    assert exit_info.value.code == 0
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["position"]["step"] == 4
+    assert_same_weights(train_accumulating(tmp_path, resume=True), accumulating_reference[0])
+    assert (tmp_path / "history.json").read_text() == accumulating_reference[1]
 
 
 def test_resume_after_skipped_batches_is_exact(tmp_path):
@@ -452,3 +500,67 @@ def test_xt_run_stops_on_a_signal_and_resumes(tmp_path, sig, code):
         assert [row["epoch"] for row in history] == list(range(1, 9))
     else:
         assert err.strip().endswith("xt: interrupted")
+
+
+def _xt(*args, cwd):
+    """The real `xt` command line, in this process (a new process would import torch again), in ``cwd``."""
+    from click.testing import CliRunner
+
+    from xt_training.cli import cli
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+def test_a_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_from_it(tmp_path):
+    # lr=1e3 diverges at step 9, between logging steps: the checkpoint of step 10 would hold NaN weights and
+    # losses, which no resume gets past; it is refused, and step 5's stays
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=20000",
+           "--optimizer", "sgd", "--lr", "1e3", "--checkpoint-every", "5", "--save-dir", "nanrun", "-q"]  # fmt: skip
+    first = _xt(*run, cwd=tmp_path)
+    message = "xt: error: the loss is nan at epoch 1, step 9; lower the learning rate"
+    assert first.exit_code == 2 and first.stderr.splitlines()[-1].startswith(message), first.output
+    assert "(checkpoints/last.pt keeps the last finite state)" in first.stderr
+    last = tmp_path / "nanrun" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["position"]["step"] == 5 and nonfinite(state) == []
+    saved = last.read_bytes()
+    # the resume loads it and goes on exactly: to the same divergence, and the same checkpoint stays
+    resumed = _xt("run", "--resume", "nanrun", "-q", cwd=tmp_path)
+    assert resumed.exit_code == 2 and resumed.stderr.splitlines()[-1] == first.stderr.splitlines()[-1]
+    assert last.read_bytes() == saved
+
+
+class Root(nn.Module):
+    """sqrt(w) at w = 0: a finite output whose gradient is infinite, so the weights go NaN/inf while the
+    loss of the step stays finite; ``mask`` is -inf by design (as an attention mask may be)."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.fc, self.w = nn.Linear(16, 3), nn.Parameter(torch.tensor(w))
+        self.register_buffer("mask", torch.tensor(float("-inf")))
+
+    def forward(self, x):
+        return self.fc(x) + self.w.sqrt()
+
+
+def test_weights_that_become_nonfinite_are_never_saved(tmp_path):
+    x, y = make_classification(32)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+
+    def train(save_dir, model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return F.train(save_dir, loader, model, opt, 1, nn.CrossEntropyLoss(), quiet=True)
+
+    train(tmp_path / "fine", Root(1.0))  # a buffer that is -inf from the start is the model's own: saved
+    saved = torch.load(tmp_path / "fine" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["model"]["mask"] == -math.inf
+    message = r"^the state became NaN/inf at epoch 1 \(model\.w\); .*\(nothing was saved\)$"
+    with pytest.raises(NonFiniteLossError, match=message):
+        train(tmp_path / "root", Root(0.0))  # one step, a finite loss: only the check before the save sees it
+    assert not (tmp_path / "root" / "checkpoints" / "last.pt").exists()
+    assert (tmp_path / "root" / "checkpoints" / "crash.pt").exists()  # the weights at the failure, to inspect

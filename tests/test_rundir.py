@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -298,3 +300,141 @@ def test_xt_run_overwrite_replaces_a_held_run_and_a_failed_run_blocks_nothing(tm
     first, second = _xt(*failing, cwd=tmp_path), _xt(*failing, cwd=tmp_path)
     assert first.returncode != 0 and second.stderr.splitlines()[-1] == first.stderr.splitlines()[-1]
     assert "already holds a run" not in second.stderr
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_directory_in_use_is_refused_and_a_dead_holder_blocks_nothing(tmp_path):
+    # a run holds its directory from its start: stopped there, a second run (this process) is refused
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=300",
+           "--epochs", "2", "-q", "--save-dir", "twin"]  # fmt: skip
+    first = subprocess.Popen([sys.executable, "-m", "xt_training", *run], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lock, deadline = tmp_path / "twin" / ".xt.lock", time.time() + 120
+    while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = _xt(*run, cwd=tmp_path)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2
+    assert second.stderr == (
+        f"xt: error: 'twin' is in use by a run of process {first.pid}; wait for it to end, or choose another "
+        "directory\n"
+    )
+    assert first.wait(timeout=300) == 0, first.communicate()
+    twin = tmp_path / "twin"  # one run, whole: the lock is gone with it
+    assert sorted(p.name for p in twin.iterdir()) == ["checkpoints", "config.json", "history.json", "notes.txt",
+                                                      "run.json"]  # fmt: skip
+    assert [row["epoch"] for row in json.loads((twin / "history.json").read_text())] == [1, 2]
+    assert _xt("test", "twin", "-q", cwd=tmp_path).returncode == 0
+    # a holder killed with SIGKILL leaves its lock file, locked by nobody: the next run goes ahead
+    kill = "import os; from xt_training.rundir import hold; h = hold('gone'); h.__enter__(); os.kill(os.getpid(), 9)"
+    assert subprocess.run([sys.executable, "-c", kill], cwd=tmp_path).returncode == -signal.SIGKILL
+    assert (tmp_path / "gone" / ".xt.lock").exists()
+    assert _xt(*run[:-1], "gone", cwd=tmp_path).returncode == 0
+
+
+# Killed while a checkpoint is written (a slow disk: each write waits in fsync), ten times, then resumed. The
+# killing parent only imports torch, so its forked children start at once and safely.
+KILLED_WRITES = """
+import os, signal, sys, time
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from xt_training.utils import functional as F
+
+save_dir, ckpt = sys.argv[1], os.path.join(sys.argv[1], "checkpoints")
+
+def train(slow):
+    torch.set_num_threads(1)
+    if slow:
+        fsync = os.fsync
+        os.fsync = lambda fd: (time.sleep(0.1), fsync(fd))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=g)
+    model = nn.Linear(16, 2)
+    F.train(save_dir, DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16), model,
+            torch.optim.SGD(model.parameters(), lr=0.1), 2, nn.CrossEntropyLoss(), checkpoint_every_n_steps=1,
+            resume=True, quiet=True)
+
+def temporaries():
+    return [n for n in os.listdir(ckpt) if n.endswith(".tmp")] if os.path.isdir(ckpt) else []
+
+left = []
+for _ in range(10):
+    before = set(temporaries())
+    pid = os.fork()
+    if pid == 0:
+        train(slow=True)
+        os._exit(0)
+    # this run writes a checkpoint, and has written one before (it is a run to resume, not to start again)
+    deadline = time.time() + 60
+    while not (os.path.exists(os.path.join(ckpt, "last.pt")) and set(temporaries()) - before):
+        assert time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0), "no write to kill"
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    left.append(len(temporaries()))
+train(slow=False)
+print("LEFT", left)
+"""
+
+
+@pytest.mark.slow
+def test_no_temporary_file_is_left_after_killed_writes_and_a_resume(tmp_path):
+    script = tmp_path / "killed_writes.py"
+    script.write_text(KILLED_WRITES)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    left = json.loads(done.stdout.split("LEFT", 1)[1])
+    # each kill left its write's temporary (unless the write ended first), and the next run removed it
+    assert max(left) == 1 and sum(left) >= 5, left
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.name.endswith(".tmp")]
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
+
+
+def test_a_run_that_never_completed_a_step_is_replaced_by_the_corrected_command(tmp_path):
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200",
+           "--epochs", "1", "-q", "--save-dir"]  # fmt: skip
+    failed = _xt(*run, "f", "--loss", "bce-with-logits", cwd=tmp_path)  # fails in its first batch
+    assert failed.returncode == 2 and (tmp_path / "f" / "checkpoints" / "crash.pt").exists()
+    fixed = _xt(*run, "f", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.splitlines()[0] == (
+        "'f' held a run that never completed a step; its files (run.json, config.json, checkpoints, notes.txt) "
+        "are replaced by this run's"
+    )
+    assert not (
+        tmp_path / "f" / "checkpoints" / "crash.pt"
+    ).exists()  # the failed run's crash is not this run's
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["loss"]["name"] == "cross-entropy"
+    # nor is it a run to resume: --resume with the corrected loss starts afresh (it was refused: "differs")
+    assert _xt(*run, "g", "--loss", "bce-with-logits", cwd=tmp_path).returncode == 2
+    resumed = _xt("run", "--resume", "g", "--loss", "cross-entropy", "-q", cwd=tmp_path)
+    assert resumed.returncode == 0 and "'g' held a run that never completed a step" in resumed.stdout
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["loss"]["name"] == "cross-entropy"
+    assert len(json.loads((tmp_path / "g" / "history.json").read_text())) == 1
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)], ids=["022", "077"])
+def test_every_file_of_an_xt_run_follows_the_umask(tmp_path, umask, mode):
+    # atomic writes go through mkstemp, whose files are 0600 whatever the umask: a team could not read them
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200",
+           "--epochs", "1", "-q", "--logger", "csv", "--logger", "jsonl", "--checkpoint-every", "1"]  # fmt: skip
+    old = os.umask(umask)
+    try:
+        assert _xt(*run, "--save-dir", "r", cwd=tmp_path).returncode == 0
+        assert _xt("test", "r", "-q", cwd=tmp_path).returncode == 0
+        assert _xt(*run, "--save-dir", "crashed", "--loss", "bce-with-logits", cwd=tmp_path).returncode == 2
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"config.json", "history.json", "last.pt", "metrics.csv", "test_results.json", "crash.pt"} <= {
+        p.name for p in files
+    }
+    assert {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files} == {
+        p.relative_to(tmp_path).as_posix(): oct(mode) for p in files
+    }

@@ -29,6 +29,33 @@ from .files import BackgroundWriter, atomic_write
 _BACKGROUND_MAX_BYTES = 1 << 30
 
 
+def nonfinite(state: Any) -> list[str]:
+    """The names (``model.1.weight``, ``optimizer.state.0.exp_avg``) of the floating-point tensors in the nested
+    dicts and lists of ``state`` that hold a NaN or an inf; one host read for all of them."""
+    named = [
+        (n, t) for n, t in _tensors(state, "") if t.numel() and (t.is_floating_point() or t.is_complex())
+    ]
+    if not named:
+        return []
+    device = named[0][1].device
+    # a tensor's largest magnitude is NaN or inf exactly where one of its elements is (max keeps NaN), and
+    # reducing to it makes no copy of the tensor
+    peaks = [torch.linalg.vector_norm(t.detach(), float("inf")).float().to(device) for _, t in named]
+    finite = torch.isfinite(torch.stack(peaks)).tolist()
+    return [n for (n, _), ok in zip(named, finite) if not ok]
+
+
+def _tensors(obj: Any, prefix: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The plain model inside DataParallel/DistributedDataParallel/torch.compile wrappers."""
     while True:

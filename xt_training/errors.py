@@ -37,7 +37,7 @@ class CheckpointError(XtError, RuntimeError):
 
 
 class NonFiniteLossError(XtError, FloatingPointError):
-    """The loss became NaN or infinite."""
+    """The loss, or the weights or optimizer state, became NaN or infinite."""
 
 
 def first_line(error: BaseException | Warning | str) -> str:

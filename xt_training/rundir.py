@@ -10,6 +10,7 @@ A run directory, whoever made it (``F.train``, ``xt run``, ``xt train CONFIG.py`
     config.json         runs built by names (``xt run``): the resolved configuration, rebuilt by the tools
     config.py           runs of ``xt train CONFIG.py``: a copy of the config file
     notes.txt           the loop's notices; the loggers' files beside them
+    .xt.lock            while a run trains in the directory: locked by its process (see :func:`hold`)
 
 Paths inside the directory are stored relative to it and paths outside it (data files) absolute, so a
 run works from any working directory and after the directory is moved. Torch-free.
@@ -17,16 +18,24 @@ run works from any working directory and after the directory is moved. Torch-fre
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
 import shutil
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, ConfigError
+from .files import prepare_dir
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks; runs into one directory are not kept apart
+    fcntl = None  # type: ignore[assignment]
 
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
@@ -40,6 +49,7 @@ CRASH = "crash.pt"  # the weights at an exception, for inspection (never resumed
 CHECKPOINT_NAMES = ("best", "last")
 #: how to accept what only a trusted run directory may ask for (see :func:`untrusted`)
 TRUST_FIX = "if you trust where the run came from, pass --trust (Python: trust=True)"
+LOCK_FILE = ".xt.lock"
 
 
 #: what a run writes into its directory (its loggers' files included), and so what ``overwrite`` deletes:
@@ -69,6 +79,95 @@ def untrusted(what: str) -> ConfigError:
     running its ``config.py``, writing outside it. A run directory is data (it may come from anyone):
     untrusted, its names resolve only through the registry and its files are only read."""
     return ConfigError(f"{what}; a run directory is data and does not decide what runs: {TRUST_FIX}")
+
+
+#: the files a training run writes atomically (besides its checkpoints): their temporaries are the run's own
+ATOMIC_RUN_FILES = (RUN_FILE, HISTORY_FILE, CONFIG_FILE, "metrics.csv", "metrics.jsonl")
+
+# the run directories this process holds: real path -> [lock file descriptor (None: unlocked), thread, depth]
+_held: dict[str, list[Any]] = {}
+
+
+@contextlib.contextmanager
+def hold(path: str | os.PathLike[str], lock: bool = True) -> Iterator[bool]:
+    """Hold the run directory ``path`` while a run trains in it; yield whether this is the outermost hold.
+
+    The process that writes the run (``lock``: under DDP rank 0 only) makes the directory, and its
+    outermost hold takes an exclusive lock on ``.xt.lock`` there, which the system lets go when the
+    process ends, however it ends: a second writer -- another process, or another thread of this one --
+    is refused in one line naming the holder's pid. Holds nest: ``xt run`` holds the directory around
+    ``F.train``, which holds it again. Holding the directory, the run removes the temporary files that
+    writes of an earlier run killed midway left there (no other run can be writing them), and at the end
+    a directory that the hold made and nothing was written to goes again.
+    """
+    key = os.path.realpath(path)
+    held = _held.get(key)
+    if held is not None:
+        if held[1] != threading.get_ident():
+            raise ConfigError(
+                f"'{path}' is in use by a run in another thread of this process; choose another directory"
+            )
+        held[2] += 1
+        try:
+            yield False
+        finally:
+            held[2] -= 1
+        return
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()] if lock else []
+    fd = _lock(path) if lock else None
+    if lock:
+        _remove_temporaries(path)
+    _held[key] = [fd, threading.get_ident(), 1]
+    try:
+        yield True
+    finally:
+        del _held[key]
+        if fd is not None:
+            (path / LOCK_FILE).unlink(missing_ok=True)  # before letting go: see _lock
+            # DataLoader workers forked meanwhile share the lock: let go of it for them too
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        for folder in made:  # what the hold made, if nothing else was put there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _lock(path: Path) -> int | None:
+    """Lock ``path/.xt.lock`` (made if missing) for this process, or refuse in one line naming the holder."""
+    prepare_dir(path)
+    if fcntl is None:
+        return None
+    file = path / LOCK_FILE
+    while True:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            for _ in range(20):  # the holder writes its pid just after it locks
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            os.close(fd)
+            raise ConfigError(
+                f"'{path}' is in use by a run of {f'process {holder}' if holder else 'another process'}; "
+                "wait for it to end, or choose another directory"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(file).st_ino:
+                break
+        os.close(fd)  # a holder removed the file as it ended, after this opened it: lock the file there now
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _remove_temporaries(path: Path) -> None:
+    """Remove what writes killed midway left: ``.NAME.XXXX.tmp`` of the checkpoints and the run's files."""
+    names = [f"{CHECKPOINTS}/.*.tmp", *(f".{name}.*.tmp" for name in ATOMIC_RUN_FILES)]
+    for tmp in [t for name in names for t in path.glob(name)]:
+        tmp.unlink(missing_ok=True)
 
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:

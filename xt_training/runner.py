@@ -266,7 +266,8 @@ class Runner:
         self.epoch = 0  # shown by loggers; F.train sets it
         self.global_step = 0  # optimizer steps taken, across passes
         self.latest: dict[str, Any] = {}  # the values of the last pass
-        self.stop_requested = False  # set (e.g. by a signal handler) to end the pass after the current step
+        # set (e.g. by a signal handler) to end the pass after the current step (or accumulation group)
+        self.stop_requested = False
         self.stopped = False  # whether the last pass ended early because of stop_requested
         self._pass: dict[str, Any] = {}  # the running training pass, for position()
         self._sharded: dict[tuple[int, bool], Any] = {}
@@ -352,6 +353,9 @@ class Runner:
         # Under DDP the ranks must agree to stop, which takes a collective: only at the training pass's
         # logging steps, where every rank is at the same step (evaluation shards may differ by a batch).
         alone, agree_to_stop = not self.distributed, self.distributed and training
+        # A stop inside an accumulation group goes on to the group's optimizer step: its partial gradients are
+        # in no checkpoint (under DDP each rank's own), so a resume from inside the group would not be exact.
+        stop_every, stopping = accumulate if training else 1, False
 
         if training:
             optimizer.zero_grad()
@@ -443,10 +447,14 @@ class Runner:
                 if checkpoint_every and step % accumulate == 0 and self.global_step % checkpoint_every == 0:
                     self._pass.update(step=step, skipped=skipped)  # for position()
                     self.on_checkpoint()
-                if (alone and self.stop_requested) or (agree_to_stop and log_step and self._any_stop()):
-                    self._pass.update(step=step, skipped=skipped)
-                    self.stopped = True
-                    break
+                if (alone and self.stop_requested) or (
+                    agree_to_stop and (stopping or log_step and self._any_stop())
+                ):
+                    stopping = True
+                    if step % stop_every == 0:
+                        self._pass.update(step=step, skipped=skipped)
+                        self.stopped = True
+                        break
 
         if self.stopped:  # buffers stay unflushed: position() saves them as they are
             return {}

@@ -43,7 +43,7 @@ from .config import (
 )
 from .errors import CheckpointError, ConfigError, first_line
 from .exporting import SUFFIXES, ExportResult, OneImage, check_format, export, first_input, writable_output
-from .files import prepare_dir, write_json
+from .files import write_json
 from .predict import predict, predict_forward
 from .preprocessing import normalization_of
 from .rundir import (
@@ -54,6 +54,8 @@ from .rundir import (
     check_run_dir,
     checkpoint_file,
     default_save_dir,
+    hold,
+    holds_run,
     is_run_dir,
     read_run,
     untrusted,
@@ -117,48 +119,48 @@ def train(
             default_save_dir(config["model"]["name"], config["data"]["name"]) if main else None
         )
     save_dir = Path(save_dir)
-    if not resume:
-        refuse_held_run(save_dir, overwrite, HELD_RUN_FIX)
-    built = build(config, save_dir)  # before the directory is made: a bad configuration leaves none behind
-    if resume:
-        _check_resume(save_dir, config, built)
-    if main:
-        prepare_dir(save_dir)
-        if not (resume or quiet):  # what the data inferred (a CSV label's task), once per run
+    with hold(save_dir, lock=main):  # made now; if nothing is written into it, it goes again
+        if resume and not distributed.from_rank_0(holds_run(save_dir)):
+            resume = False  # it never completed a step: nothing to resume (refuse_held_run says so)
+        refuse_held_run(save_dir, overwrite, HELD_RUN_FIX, resume)
+        built = build(config, save_dir)
+        if resume:
+            _check_resume(save_dir, config, built)
+        if not (resume or quiet) and main:  # what the data inferred (a CSV label's task), once per run
             for note in built.data.notes:
                 print(note, flush=True)
-    created = config.get("created") if resume else None
-    saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if not resume and main:  # written first, so that a crashed run still says what it was
-        write_json(save_dir / CONFIG_FILE, saved)
-        if built.data.tokenizer is not None:  # xt predict reads raw text with it
-            built.data.tokenizer.save_pretrained(str(save_dir))
-    loaders = built.data.loaders
-    if max_batches is not None:
-        loaders = {split: _FirstBatches(loader, max_batches) for split, loader in loaders.items()}
-    train_args = {key: config[key] for key in TRAIN_ARGS}
-    train_args["monitor"] = train_args["monitor"] or built.data.monitor
-    history = F.train(
-        save_dir,
-        loaders["train"],
-        built.model,
-        built.optimizer,
-        config["epochs"],
-        built.loss_fn,
-        val_loader=loaders.get("val"),
-        test_loaders=test_loaders(replace(built.data, loaders=loaders)),
-        scheduler=built.scheduler,
-        eval_metrics=built.metrics,
-        scheduler_step=built.scheduler_step,
-        loggers=built.loggers,
-        callbacks=built.callbacks,
-        forward_fn=built.data.forward_fn,
-        resume=resume,
-        quiet=quiet,
-        **train_args,
-    )
-    if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
-        write_json(save_dir / CONFIG_FILE, saved)
+        created = config.get("created") if resume else None
+        saved = {**built.config, "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if not resume and main:  # written first, so that a crashed run still says what it was
+            write_json(save_dir / CONFIG_FILE, saved)
+            if built.data.tokenizer is not None:  # xt predict reads raw text with it
+                built.data.tokenizer.save_pretrained(str(save_dir))
+        loaders = built.data.loaders
+        if max_batches is not None:
+            loaders = {split: _FirstBatches(loader, max_batches) for split, loader in loaders.items()}
+        train_args = {key: config[key] for key in TRAIN_ARGS}
+        train_args["monitor"] = train_args["monitor"] or built.data.monitor
+        history = F.train(
+            save_dir,
+            loaders["train"],
+            built.model,
+            built.optimizer,
+            config["epochs"],
+            built.loss_fn,
+            val_loader=loaders.get("val"),
+            test_loaders=test_loaders(replace(built.data, loaders=loaders)),
+            scheduler=built.scheduler,
+            eval_metrics=built.metrics,
+            scheduler_step=built.scheduler_step,
+            loggers=built.loggers,
+            callbacks=built.callbacks,
+            forward_fn=built.data.forward_fn,
+            resume=resume,
+            quiet=quiet,
+            **train_args,
+        )
+        if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
+            write_json(save_dir / CONFIG_FILE, saved)
     return save_dir, history
 
 
@@ -326,13 +328,15 @@ def train_config_file(
         save_dir = distributed.from_rank_0(
             default_save_dir(Path(path).stem) if distributed.is_main() else None
         )
-    if not kwargs.get("resume"):  # a config file with resume = True continues its run
+    main = distributed.is_main()
+    with hold(save_dir, lock=main):
         fix = "set resume = True in the config file, choose another --save-dir, or pass --overwrite"
-        refuse_held_run(Path(save_dir), kwargs.pop("overwrite", False) or overwrite, fix)
-    if distributed.is_main():
-        save_dir = prepare_dir(save_dir)
-        shutil.copyfile(path, save_dir / CONFIG_PY)
-    return Path(save_dir), F.train(save_dir, **kwargs)
+        overwrite = kwargs.pop("overwrite", False) or overwrite
+        # a config file with resume = True continues its run
+        refuse_held_run(Path(save_dir), overwrite, fix, bool(kwargs.get("resume")))
+        if main:
+            shutil.copyfile(path, Path(save_dir) / CONFIG_PY)
+        return Path(save_dir), F.train(save_dir, **kwargs)
 
 
 def test_config_file(

@@ -25,8 +25,8 @@ from . import distributed
 from ._version import __version__
 from .batch import describe
 from .callbacks import Run
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
-from .errors import ConfigError
+from .checkpoint import load_checkpoint, nonfinite, read_checkpoint, save_checkpoint, unwrap_model
+from .errors import ConfigError, NonFiniteLossError
 from .exporting import check_format, export_trained
 from .files import BackgroundWriter, atomic_link, jsonable, prepare_dir, write_json
 from .loggers import create as create_logger
@@ -44,6 +44,7 @@ from .rundir import (
     RUN_FILE,
     checkpoints_dir,
     direction,
+    hold,
     holds_run,
     remove_run,
 )
@@ -128,7 +129,8 @@ def train(
             a run that has trained all ``epochs`` returns its history (nothing to do); fewer ``epochs``
             than it has trained are a ``ConfigError``.
         checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
-        handle_signals: on SIGTERM or Ctrl-C, finish the current step, write ``last.pt`` and stop:
+        handle_signals: on SIGTERM or Ctrl-C, finish the current step (with ``accumulate_grad_batches``: the
+            current accumulation group), write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
         export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
             ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
@@ -148,68 +150,87 @@ def train(
     """
     passes, monitor, mode = _check_arguments(locals())
     main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
-    if not resume:
-        refuse_held_run(save_dir, overwrite, "continue it with resume=True, or pass overwrite=True")
-    save_dir = prepare_dir(save_dir) if main else Path(save_dir)
-    if main:
-        checkpoints_dir(save_dir).mkdir(exist_ok=True)
-    runner = Runner(
-        model, loss_fn, optimizer, scheduler, device=device, forward_fn=forward_fn,
-        scheduler_step="batch" if scheduler_step == "batch" else None,  # per-epoch steps happen in _Training
-        log_every_n_steps=log_every_n_steps, loggers=_resolve_loggers(loggers, save_dir, quiet) if main else [],
-        precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
-        clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
-        checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
-        compile=compile, channels_last=channels_last,
-    )  # fmt: skip
-    run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
-    training = _Training(run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main)
-    if not training.restore(resume, epochs):
-        return run.history  # a finished run resumed with the same epochs: nothing to do
-    if main:
-        training.record(train_loader, loss_fn, epochs)
-    status = "failed"
-    with _stop_on_signals(runner, enabled=handle_signals) as training.received:
-        try:
-            for epoch in range(run.epoch + 1, epochs + 1):
-                row = training.train_epoch(epoch)
-                training.evaluate(row)
-                training.end_epoch(row)
-                if run.should_stop:
-                    break
-                if distributed.any_rank(runner.stop_requested, runner.device):  # came between passes (or DDP)
-                    training.stop(None)
-            training.wait()  # a run is complete once its files are
-            status = "stopped" if run.should_stop else "completed"
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's exit after saving the position
-            status = "interrupted"
-            raise
-        except Exception:
-            if main:
-                _save_crash(training.ckpt_dir / CRASH, model, run)
-            raise
-        finally:  # never `return` here: that would swallow the exception
-            training.close(status)
-    if export is not None and main:
-        example = val_loader if val_loader is not None else train_loader
-        export_trained(save_dir, model, example, export, quiet=quiet, normalization=training.normalization)
-    return run.history
+    with hold(save_dir, lock=main) as outermost:  # let go however the run ends
+        if outermost:  # else its holder (xt run) has checked the directory and written into it
+            fix = "continue it with resume=True, or pass overwrite=True"
+            refuse_held_run(save_dir, overwrite, fix, resume=bool(resume))
+        save_dir = prepare_dir(save_dir) if main else Path(save_dir)
+        if main:
+            checkpoints_dir(save_dir).mkdir(exist_ok=True)
+        runner = Runner(
+            model, loss_fn, optimizer, scheduler, device=device, forward_fn=forward_fn,
+            scheduler_step="batch" if scheduler_step == "batch" else None,  # per-epoch steps happen in _Training
+            log_every_n_steps=log_every_n_steps, loggers=_resolve_loggers(loggers, save_dir, quiet) if main else [],
+            precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
+            clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
+            checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
+            compile=compile, channels_last=channels_last,
+        )  # fmt: skip
+        run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
+        training = _Training(run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main)
+        if not training.restore(resume, epochs):
+            return run.history  # a finished run resumed with the same epochs: nothing to do
+        if main:
+            training.record(train_loader, loss_fn, epochs)
+        status = "failed"
+        with _stop_on_signals(runner, enabled=handle_signals) as training.received:
+            try:
+                for epoch in range(run.epoch + 1, epochs + 1):
+                    row = training.train_epoch(epoch)
+                    training.evaluate(row)
+                    training.end_epoch(row)
+                    if run.should_stop:
+                        break
+                    # a stop that came between passes (or under DDP)
+                    if distributed.any_rank(runner.stop_requested, runner.device):
+                        training.stop(None)
+                training.wait()  # a run is complete once its files are
+                status = "stopped" if run.should_stop else "completed"
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's exit after saving the position
+                status = "interrupted"
+                raise
+            except Exception:
+                if main:
+                    _save_crash(training.ckpt_dir / CRASH, model, run)
+                raise
+            finally:  # never `return` here: that would swallow the exception
+                training.close(status)
+        if export is not None and main:
+            example = val_loader if val_loader is not None else train_loader
+            export_trained(
+                save_dir, model, example, export, quiet=quiet, normalization=training.normalization
+            )
+        return run.history
 
 
-def refuse_held_run(save_dir: str | os.PathLike[str], overwrite: bool, fix: str) -> None:
+def refuse_held_run(
+    save_dir: str | os.PathLike[str], overwrite: bool, fix: str, resume: bool = False
+) -> None:
     """A new run never goes into a directory that holds one (files of two runs would mix): one rule for all.
 
-    With ``overwrite`` the run's files are deleted first (:func:`~xt_training.rundir.remove_run`: never
-    other files the directory holds). Rank 0's view decides on every rank, though rank 0 may write before
-    the others look.
+    Called by the holder of the directory (:func:`~xt_training.rundir.hold`) before it writes there. With
+    ``overwrite`` the run's files are deleted first (:func:`~xt_training.rundir.remove_run`: never other
+    files the directory holds); with ``resume`` the run goes on. A run that never completed a step (it
+    failed in its first batch, or was killed before) is no run to protect or resume: its files are
+    deleted, saying so. Rank 0's view decides on every rank, though rank 0 may write before the others look.
     """
     save_dir = Path(save_dir)
-    if not distributed.from_rank_0(holds_run(save_dir)):
+    held = distributed.from_rank_0(holds_run(save_dir))
+    if held and resume:
         return
-    if not overwrite:
+    if held and not overwrite:
         raise ConfigError(f"'{save_dir}' already holds a run; {fix.format(dir=save_dir)}")
-    if distributed.is_main():
+    if not distributed.is_main():
+        return
+    if held:
         remove_run(save_dir)
+    elif (save_dir / RUN_FILE).is_file():  # written by F.train before its first step: a run started here
+        removed = remove_run(save_dir)
+        print(
+            f"'{save_dir}' held a run that never completed a step; its files ({', '.join(removed)}) are "
+            "replaced by this run's",
+            flush=True,
+        )
 
 
 def _check_arguments(
@@ -298,10 +319,13 @@ class _Training:
         self.normalization: dict[str, list[float]] | None = None
         self.recorded: dict[str, Any] | None = None  # run.json as written, its status updated at the end
         self.row: dict[str, Any] = {}
+        # what the model holds as NaN/inf by design (an attention mask of -inf): the checks before a save allow it
+        self.nonfinite_at_start = set(nonfinite(unwrap_model(run.model).state_dict()))
         runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
 
     def save(self, position: dict[str, Any] | None = None) -> None:
         """Write ``last.pt``: the whole state, and ``position`` inside an epoch (None: at its end)."""
+        self.check_finite(position)
         if not self.main:
             return
         run, runner = self.run, self.runner
@@ -314,6 +338,38 @@ class _Training:
             best=run.best, callbacks=[getattr(cb, "state_dict", dict)() for cb in self.callbacks],
             config=self.config, position=position, rng=capture_rng(self.generators),
         )  # fmt: skip
+
+    def check_finite(self, position: dict[str, Any] | None) -> None:
+        """Refuse to save NaN/inf losses or state over the last good ``last.pt``: no resume could go on from it.
+
+        Between logging steps nothing looks at them; a save is a synchronisation point anyway. Every rank
+        checks, so that all stop together.
+        """
+        run = self.run
+        problem = None
+        losses = (position or {}).get("losses")
+        if losses:  # the steps since the last logging step, whose losses nothing has checked yet
+            values = torch.stack([torch.as_tensor(v) for v in losses]).float().cpu()
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):
+                step = position["step"] - len(losses) + 1 + int(bad[0])
+                problem = f"the loss is {values[int(bad[0])].item()} at epoch {run.epoch}, step {step}"
+        if problem is None:
+            state = {"model": unwrap_model(run.model).state_dict(), "optimizer": run.optimizer.state_dict()}
+            bad = [n for n in nonfinite(state) if n.removeprefix("model.") not in self.nonfinite_at_start]
+            if bad:
+                where = f", step {position['step']}" if position and "step" in position else ""
+                problem = f"the state became NaN/inf at epoch {run.epoch}{where} ({', '.join(bad[:3])})"
+        if distributed.any_rank(problem is not None, self.runner.device):
+            self.wait()  # for the last checkpoint's write
+            last = self.ckpt_dir / LAST
+            kept = (
+                f"{CHECKPOINTS}/{LAST} keeps the last finite state" if last.exists() else "nothing was saved"
+            )
+            raise NonFiniteLossError(
+                f"{problem or 'another rank holds NaN/inf'}; lower the learning rate, clip gradients or check "
+                f"the data for NaN/inf ({kept})"
+            )
 
     def restore(self, resume: bool | str | os.PathLike[str], epochs: int) -> bool:
         """Continue from a checkpoint when ``resume`` asks; False when there is nothing left to train."""

@@ -89,6 +89,16 @@ def _nan_loss(y_pred: Any, y: Any) -> Any:
     return TF.cross_entropy(y_pred, y) * float("nan")
 
 
+def _nan_from_step_2() -> Callable[[Any, Any], Any]:
+    calls = []
+
+    def loss_fn(y_pred: Any, y: Any) -> Any:
+        calls.append(1)
+        return _nan_loss(y_pred, y) if len(calls) > 1 else y_pred.sum() * 0
+
+    return loss_fn
+
+
 def _corrupt_checkpoint() -> Any:
     from xt_training import load_checkpoint
 
@@ -154,6 +164,17 @@ def _disk_full() -> Any:
         import torch
 
         assert torch.load("full.pt", weights_only=True)["epoch"] == 1, "the previous checkpoint was lost"
+
+
+def _in_use() -> Any:
+    import fcntl
+
+    Path("busy").mkdir()
+    with open("busy/.xt.lock", "w") as lock:  # held as the process of a running run holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        return _train("busy")
 
 
 def _non_pair() -> Any:
@@ -320,6 +341,9 @@ def cases() -> list[Case]:
         Case("non-scalar loss", "F.train(..., loss_fn=nn.CrossEntropyLoss(reduction='none'))",
              _call(_train, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))),
         Case("NaN/inf loss", "F.train(...) with a loss that becomes NaN", _call(_train, loss_fn=_nan_loss)),
+        Case("NaN/inf between logging steps, at a checkpoint (the last finite checkpoint is kept)",
+             "F.train(..., checkpoint_every_n_steps=1) with a loss that becomes NaN in step 2",
+             _call(_train, save_dir="diverged", loss_fn=_nan_from_step_2(), checkpoint_every_n_steps=1)),
         Case("loss that does not fit the outputs", "F.train(..., loss_fn=nn.MSELoss()) of a classifier",
              _call(_train, loss_fn=torch.nn.MSELoss())),
         Case("a class where an instance belongs", "F.train(..., loss_fn=nn.CrossEntropyLoss)",
@@ -368,6 +392,8 @@ def cases() -> list[Case]:
              _cli("test", "received"), cli=True),
         Case("a received run's config.py", "xt test received_py (a run of xt train, its config.py)",
              _cli("test", "received_py"), cli=True),
+        Case("a second run into a directory a running run holds", "F.train('busy', ...) while a run trains in busy",
+             _in_use),
         Case("resume and another run directory", "xt run --resume empty_run --save-dir x",
              _cli("run", "--resume", "empty_run", "--save-dir", "x"), cli=True),
     ]  # fmt: skip
