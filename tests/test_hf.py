@@ -23,6 +23,7 @@ from conftest import overlay_venv
 
 from xt_training import registry
 from xt_training.errors import ConfigError
+from xt_training.runs import export_run
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "xt-hf"
 POSITIVE, NEGATIVE = "good great fun excellent lovely".split(), "bad awful boring terrible dull".split()
@@ -126,6 +127,7 @@ def xt(python: Path, *args: str, cwd: Path, env: dict, code: int = 0) -> subproc
     return out
 
 
+@pytest.mark.slow
 def test_a_tiny_bert_fine_tunes_on_a_csv_and_its_run_predicts_raw_text(hf, python, tmp_path, plugin):
     model_dir, data, env = hf
     xt(
@@ -155,18 +157,28 @@ def test_a_tiny_bert_fine_tunes_on_a_csv_and_its_run_predicts_raw_text(hf, pytho
     reference.load_state_dict(torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"])
     reference.eval()
     tokenizer = AutoTokenizer.from_pretrained(run)
-    inputs = tokenizer((data / "texts.txt").read_text().splitlines(), padding=True, return_tensors="pt")
+    texts, padded = (data / "texts.txt").read_text().splitlines(), {"padding": True, "return_tensors": "pt"}
+    inputs = tokenizer(texts, **padded)
     with torch.no_grad():
         expected = reference(**inputs).logits
         loaded = load_model(run)(**inputs).logits
     torch.testing.assert_close(loaded, expected)
     torch.testing.assert_close(predicted, expected.softmax(1))
+    out = xt(python, "export", "run", "--format", "hf", cwd=tmp_path, env=env)
+    assert out.stdout.strip() == str(Path("run") / "hf")
+    exported = BertForSequenceClassification.from_pretrained(run / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            exported(**AutoTokenizer.from_pretrained(run / "hf")(texts, **padded)).logits, expected
+        )
+    assert exported.config.id2label == {0: "neg", 1: "pos"}
     pretrained = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2).bert.embeddings
     assert not torch.equal(
         pretrained.word_embeddings.weight, reference.bert.embeddings.word_embeddings.weight
     )
 
 
+@pytest.mark.slow
 def test_a_hub_name_that_needs_a_download_is_one_line(hf, python, tmp_path):
     model_dir, data, env = hf
     out = xt(
@@ -212,6 +224,13 @@ def test_each_tasks_loss_is_the_models_own(hf, plugin, task, file, options):
     assert (batch["attention_mask"] == 0).any()  # padded to the batch's longest example
     y_pred, y = built.forward_fn(model, batch)
     torch.testing.assert_close(loss_fn(y_pred, y), model(**batch).loss)
+
+
+def test_export_formats_of_plugins_are_listed_in_the_error(plugin, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"unknown export format 'hff'; choose one of: onnx, pt2, torchscript, hf$"
+    ):
+        export_run(tmp_path, format="hff")
 
 
 def test_bad_options_are_one_line(hf, plugin, tmp_path):

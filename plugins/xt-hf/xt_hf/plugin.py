@@ -47,3 +47,8 @@ def register_metrics(register: Any) -> None:
         description="accuracy over the labelled tokens (token classification)",
         higher_is_better=True,
     )
+
+
+@hookimpl
+def export_formats() -> dict[str, str]:
+    return {"hf": "xt_hf.export:export_hf"}
