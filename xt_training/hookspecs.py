@@ -169,6 +169,18 @@ def register_commands(cli: Any) -> None:
     """
 
 
+@hookspec
+def export_formats() -> dict[str, str]:
+    """Add formats of the plugin's own to ``xt export RUN --format NAME``, beside onnx, pt2 and torchscript.
+
+    :return: ``{name: "module:function"}``. The function is imported only when its format is asked for, and
+        called as ``function(run_dir, output, checkpoint=..., trust=...)``: the run directory (a
+        ``pathlib.Path``), the ``-o`` path or ``None`` for the plugin's default, ``'best'``, ``'last'`` or a
+        checkpoint file, and whether the run directory is trusted (pass it on to ``load_model``). It writes the
+        export and returns its path. xt-hf's ``hf`` writes ``save_pretrained`` directories this way.
+    """
+
+
 @hookspec(firstresult=True)
 def show_directory(path: Any) -> str | None:
     """Describe a directory of the plugin's own kind for ``xt show PATH`` (e.g. a study of ``xt tune``).

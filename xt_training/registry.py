@@ -344,6 +344,21 @@ class Registry:
                     impl.function(**{arg: register for arg in impl.argnames})
         return staged
 
+    def export_formats(self) -> dict[str, str]:
+        """The formats plugins add to ``xt export`` (:func:`~xt_training.hookspecs.export_formats`): name ->
+        ``"module:function"``. Two plugins adding one name is an error naming both."""
+        formats: dict[str, str] = {}
+        owners: dict[str, str] = {}
+        for impl in self.pm.hook.export_formats.get_hookimpls():
+            for name, function in (impl.function() or {}).items():
+                if name in formats:
+                    raise ConfigError(
+                        f"export format {name!r} is added by plugins {owners[name]} and {impl.plugin_name}; "
+                        f"block one with -p no:NAME"
+                    )
+                formats[name], owners[name] = function, impl.plugin_name
+        return formats
+
     def add_commands(self, cli: Any) -> dict[str, str]:
         """Call every plugin's ``register_commands(cli)``; return command name -> the plugin that added it.
 

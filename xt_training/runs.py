@@ -42,7 +42,16 @@ from .config import (
     read_config,
 )
 from .errors import CheckpointError, ConfigError, first_line
-from .exporting import SUFFIXES, ExportResult, OneImage, check_format, export, first_input, writable_output
+from .exporting import (
+    FORMATS,
+    SUFFIXES,
+    ExportResult,
+    OneImage,
+    check_format,
+    export,
+    first_input,
+    writable_output,
+)
 from .files import write_json
 from .predict import predict, predict_forward
 from .preprocessing import normalization_of
@@ -664,7 +673,7 @@ def export_run(
     model_options: Mapping[str, Any] | None = None,
     verify: bool = True,
     trust: bool = False,
-) -> ExportResult:
+) -> ExportResult | Path:
     """Export the model of any run directory, or of a checkpoint file, with :func:`~xt_training.exporting.export`.
 
     ``source`` is a run directory (its model from :func:`load_model`, weights from ``checkpoint``:
@@ -674,8 +683,19 @@ def export_run(
     The data's preprocessing (its normalisation) goes into the exported graph, which then takes raw
     inputs. The default output is ``RUN_DIR/model.onnx`` (``model-last.onnx`` for the last checkpoint),
     or the checkpoint's path with the format's suffix. ``trust``: the run directory may import what its
-    files name (:func:`xt_training.rundir.untrusted`).
+    files name (:func:`xt_training.rundir.untrusted`). A format a plugin adds
+    (:func:`~xt_training.hookspecs.export_formats`) is that plugin's: it returns the path it wrote.
     """
+    if format not in FORMATS:  # a plugin's format (xt-hf's hf), which exports a run directory its own way
+        plugin_formats = registry.current().export_formats()
+        if format not in plugin_formats:
+            raise ConfigError(
+                f"unknown export format {format!r}; choose one of: {', '.join([*FORMATS, *plugin_formats])}"
+            )
+        if not Path(source).is_dir():
+            raise ConfigError(f"--format {format} exports a run directory; '{source}' is not one")
+        export_fn = registry.load_object(plugin_formats[format])
+        return export_fn(Path(source), output, checkpoint=checkpoint or "best", trust=trust)
     check_format(format, verify)
     source = Path(source)
     run_dir: Path | None = None

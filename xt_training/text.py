@@ -42,6 +42,8 @@ class TextCollate:
 
 
 def text_forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
-    """``model(**inputs)`` for ``(inputs, labels)`` batches of tokenizer outputs, or ``inputs`` alone."""
+    """``model(**inputs)`` for ``(inputs, labels)`` batches of tokenizer outputs, or ``inputs`` alone; of a
+    Hugging Face model's output (a ``ModelOutput``), its ``.logits``."""
     inputs, labels = (batch, None) if isinstance(batch, Mapping) else batch
-    return model(**inputs), labels
+    output = model(**inputs)
+    return getattr(output, "logits", output), labels

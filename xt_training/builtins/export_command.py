@@ -44,8 +44,9 @@ def _format_of(fmt: str | None, output: str | None) -> str:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
-    help="onnx (default; needs pip install onnx onnxscript onnxruntime), pt2 (torch.export) or torchscript.",
+    metavar="|".join((*FORMATS, "...")),
+    help="onnx (default; needs pip install onnx onnxscript onnxruntime), pt2 (torch.export), torchscript, or a "
+    "plugin's format (xt-hf: hf).",
 )
 @click.option(
     "-o",
