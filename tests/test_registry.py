@@ -524,24 +524,30 @@ def test_plugin_mistakes_fail_that_plugin_loudly(site, source, error):
     assert "accuracy" in reg.names("metric")
 
 
-def test_a_duplicate_name_is_an_error_naming_both_plugins(site):
+def test_a_duplicate_name_is_an_error_only_where_it_is_used(site):
     source = """
         from xt_training.hookspecs import hookimpl
         @hookimpl
         def register_models(register):
             register("cnn", "somewhere:cnn", description="another cnn")
+            register("own", "somewhere:own")
     """
     install_fake(site, "dup-dist", "dup", "dup_plugin", source, "0.9")
     reg = registry.load(environ={})
     message = (
-        "model 'cnn' is registered by two plugins, 'xt_training.builtins.models' (xt-training "
-        f"{reg.plugins['xt_training.builtins.models'].version}) and 'dup' (dup-dist 0.9); uninstall one, "
-        "or block one with `xt -p no:dup`"
+        "model 'cnn' is registered by 2 plugins, 'xt_training.builtins.models' (xt-training "
+        f"{reg.plugins['xt_training.builtins.models'].version}) and 'dup' (dup-dist 0.9); pick one by its "
+        "plugin (`--model xt-training:cnn` or `--model dup-dist:cnn`), or block one with `xt -p no:dup`"
     )
+    assert reg.conflicts() == [message]
     with pytest.raises(ConfigError) as e:
-        reg.names("model")
+        reg.entry("model", "cnn")
     assert str(e.value) == message
-    assert reg.names("metric")  # other kinds are unaffected
+    assert "cnn" in reg.names("model") and reg.entry("model", "own").plugin == "dup"  # the rest works
+    assert reg.entry("model", "xt-training:cnn").plugin == "xt_training.builtins.models"
+    assert reg.entry("model", "dup:cnn").description == "another cnn"  # the entry-point name picks it too
+    with pytest.raises(ConfigError, match="no plugin 'other' registers model 'cnn'"):
+        reg.entry("model", "other:cnn")
     assert registry.load(["no:dup"], environ={}).entry("model", "cnn").plugin == "xt_training.builtins.models"
 
 

@@ -153,7 +153,7 @@ def complete_names(kind: str) -> Callable[[click.Context, click.Parameter, str],
         key, sep, prefix = incomplete.rpartition("=")
         reg = cli.loaded(ctx)
         return [
-            CompletionItem(f"{key}{sep}{name}", help=reg.table(kind)[name].description)
+            CompletionItem(f"{key}{sep}{name}", help=getattr(reg.find(kind, name), "description", None))
             for name in reg.names(kind)
             if name.startswith(prefix)
         ]
@@ -358,9 +358,10 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
         config["metrics"] = {}
         for spec in p["metrics"]:
             key, _, name = spec.rpartition("=")
-            if (key or name) in config["metrics"]:
-                raise click.UsageError(f"--metric {spec}: {key or name!r} is chosen twice; name one KEY=NAME")
-            config["metrics"][key or name] = {"name": name, "options": {}}
+            key = key or name.rpartition(":")[2]  # `--metric xt-mine:accuracy` is reported as accuracy
+            if key in config["metrics"]:
+                raise click.UsageError(f"--metric {spec}: {key!r} is chosen twice; name one KEY=NAME")
+            config["metrics"][key] = {"name": name, "options": {}}
     for key, options in _item_options(p["metric_opt"], "--metric-opt").items():
         if key not in (config["metrics"] or {}):
             chosen = ", ".join(config["metrics"] or {}) or "none"
@@ -689,14 +690,19 @@ def list_command(kind: str | None, pattern: str, as_json: bool) -> None:
             err=True,
         )
         return
-    width = max((len(e.name) for e in rows), default=0)
+    reg = registry.current()
+    shown = {id(e): registry.qualified(e) if e.name in reg.clashes[e.kind] else e.name for e in rows}
+    width = max(map(len, shown.values()), default=0)
     for k in kinds:
         entries = [e for e in rows if e.kind == k]
         if len(kinds) > 1:
             click.echo(f"{registry.KINDS[k]}:" + ("" if entries else " (none)"))
         for e in entries:
             origin = "" if e.distribution == "xt-training" else f"  [{e.distribution or e.plugin}]"
-            click.echo(f"  {e.name:<{width}}  {e.description}{origin}")
+            click.echo(f"  {shown[id(e)]:<{width}}  {e.description}{origin}")
+    for line in reg.conflicts():
+        if line.split(" ", 1)[0] in kinds:
+            click.echo(f"xt: warning: {line}", err=True)
 
 
 @cli.command("info")
@@ -743,7 +749,7 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     """
     reg = cli.loaded(ctx)
     plugins = list(reg.plugins.values())
-    conflicts = [line for lines in reg.conflicts.values() for line in lines]
+    conflicts = reg.conflicts()
     owners = ctx.find_root().meta["xt.command_owners"]
     commands = {p.name: sorted(n for n, owner in owners.items() if owner == p.name) for p in plugins}
     if as_json:

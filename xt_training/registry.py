@@ -224,7 +224,9 @@ class Registry:
         self.plugins: dict[str, PluginStatus] = {}
         self.problems: list[str] = []  # one line per broken plugin or bad setting
         self._tables: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        self.conflicts: dict[str, list[str]] = {kind: [] for kind in KINDS}
+        #: kind -> name -> the entries of every plugin that registered it, for names registered more than
+        #: once: such a name is an error only where it is used, and ``PLUGIN:NAME`` picks one
+        self.clashes: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         self._packages: set[str] | None = None
 
         plugins = list(plugins)
@@ -322,14 +324,12 @@ class Registry:
         self._add(status, "loaded")
         for kind, entries in staged.items():
             status.registered[kind] = sorted(entries, key=natural_key)
-            table = self._tables[kind]
+            table, clashes = self._tables[kind], self.clashes[kind]
             for name, entry in entries.items():
-                if name in table:
-                    first = table[name]
-                    self.conflicts[kind].append(
-                        f"{kind} '{name}' is registered by two plugins, {first.source} and {entry.source}; "
-                        f"uninstall one, or block one with `xt -p no:{entry.plugin}`"
-                    )
+                if name in clashes:
+                    clashes[name].append(entry)
+                elif name in table:
+                    clashes[name] = [table.pop(name), entry]
                 else:
                     table[name] = entry
 
@@ -365,24 +365,60 @@ class Registry:
 
     # --- names -----------------------------------------------------------------------------------
     def table(self, kind: str) -> dict[str, Entry]:
-        """All entries of a kind by name; raises if two plugins registered the same name."""
-        kind = canonical_kind(kind)
-        if self.conflicts[kind]:
-            raise ConfigError(self.conflicts[kind][0])
-        return self._tables[kind]
+        """The entries of a kind by name, but for the names that several plugins registered (:attr:`clashes`)."""
+        return self._tables[canonical_kind(kind)]
 
     def names(self, kind: str, pattern: str = "*") -> list[str]:
-        """Registered names of ``kind`` matching the fnmatch ``pattern``, in natural order."""
-        return sorted((n for n in self.table(kind) if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
+        """Registered names of ``kind`` matching the fnmatch ``pattern``, in natural order (clashing ones too)."""
+        kind = canonical_kind(kind)
+        found = [*self._tables[kind], *self.clashes[kind]]
+        return sorted((n for n in found if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
+
+    def conflicts(self) -> list[str]:
+        """One line per name that several plugins registered: which ones, and how to pick one."""
+        return [
+            self._clash(kind, name) for kind in KINDS for name in sorted(self.clashes[kind], key=natural_key)
+        ]
+
+    def _clash(self, kind: str, name: str) -> str:
+        entries = self.clashes[kind][name]
+        flag = "--data" if kind == "data" else f"--{kind}"
+        return (
+            f"{kind} '{name}' is registered by {len(entries)} plugins, "
+            f"{', '.join(e.source for e in entries[:-1])} and {entries[-1].source}; pick one by its plugin "
+            f"({' or '.join(f'`{flag} {qualified(e)}`' for e in entries)}), or block one with "
+            f"`xt -p no:{entries[-1].plugin}`"
+        )
+
+    def find(self, kind: str, name: str) -> Entry | None:
+        """The entry of ``name`` or ``PLUGIN:NAME``; None for an unknown or clashing name."""
+        kind = canonical_kind(kind)
+        if not isinstance(name, str):
+            return None
+        owner, sep, bare = name.rpartition(":")
+        if not sep:
+            return self._tables[kind].get(name)
+        candidates = self.clashes[kind].get(bare) or [self._tables[kind].get(bare)]
+        return next((e for e in candidates if e and owner in (e.plugin, e.distribution)), None)
 
     def entry(self, kind: str, name: str) -> Entry:
-        """The entry of ``name``; an unknown name is an error suggesting close matches."""
-        table = self.table(kind)
+        """The entry of ``name``, or ``PLUGIN:NAME`` (a plugin's entry-point or distribution name) where
+        several plugins registered ``name``; an unknown name is an error suggesting close matches."""
         kind = canonical_kind(kind)
-        if isinstance(name, str) and name in table:
-            return table[name]
+        found = self.find(kind, name)
+        if found is not None:
+            return found
+        if isinstance(name, str) and name in self.clashes[kind]:
+            raise ConfigError(self._clash(kind, name))
+        if isinstance(name, str) and ":" in name:
+            owner, _, bare = name.rpartition(":")
+            if bare in self.names(kind):
+                raise ConfigError(
+                    f"{kind} {name!r}: no plugin {owner!r} registers {kind} '{bare}'; see `xt list {KINDS[kind]}`"
+                )
+            name = bare
         plural = KINDS[kind]
-        known = sorted(table, key=natural_key)
+        known = self.names(kind)
         if not known:
             raise ConfigError(f"unknown {kind} {name!r}: no {plural} are registered; see `xt plugins`")
         close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
@@ -507,6 +543,12 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ImportError:  # a parent package is missing
         return False
+
+
+def qualified(entry: Entry) -> str:
+    """``DISTRIBUTION:NAME`` (``PLUGIN:NAME`` for a module without one): the name that picks this entry
+    where several plugins registered its name."""
+    return f"{entry.distribution or entry.plugin}:{entry.name}"
 
 
 def _hook_names() -> list[str]:
@@ -734,8 +776,10 @@ def names(kind: str, pattern: str = "*") -> list[str]:
 
 def entries(kind: str, pattern: str = "*") -> list[Entry]:
     """The entries of :func:`names`: name, plugin, distribution and description of each."""
-    table = current().table(kind)
-    return [table[n] for n in current().names(kind, pattern)]
+    reg = current()
+    kind = canonical_kind(kind)
+    table, clashes = reg.table(kind), reg.clashes[kind]
+    return [e for n in reg.names(kind, pattern) for e in (clashes[n] if n in clashes else [table[n]])]
 
 
 def create(kind: str, name: str, /, **options: Any) -> Any:
