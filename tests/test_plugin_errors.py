@@ -80,3 +80,36 @@ def test_a_name_clash_breaks_only_that_name(tmp_path):
     picked = tmp_path / "picked"
     xt(*RUN, "--metric", "xt-training:accuracy", "--save-dir", str(picked), "-q", cwd=tmp_path, env=env)
     assert '"val/accuracy"' in (picked / "history.json").read_text()
+
+
+SLOW = """
+    import os
+    import time
+
+    import click
+
+    from xt_training import hookimpl
+
+    with open(os.environ["SLOW_MARKER"], "a") as f:
+        f.write("imported\\n")
+    time.sleep(0.7)
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command("slowcmd")
+        def slowcmd():
+            '''A slow plugin's command.'''
+"""
+
+
+def test_a_blocked_plugin_is_not_imported_even_for_help(tmp_path):
+    install(tmp_path / "site", "xt-slow", "slow", "xt_slow", SLOW)
+    marker = tmp_path / "marker"
+    env = env_with(tmp_path / "site", SLOW_MARKER=str(marker))
+    blocked = xt("-p", "no:slow", "--help", cwd=tmp_path, env=env)
+    assert not marker.exists() and "slowcmd" not in blocked.stdout and blocked.stderr == ""
+    typo = xt("-p", "no:slwo", "--help", cwd=tmp_path, env=env)
+    assert (
+        "xt: warning: -p no:slwo: no plugin of that name is installed; did you mean 'no:slow'?" in typo.stderr
+    )
+    assert marker.read_text() == "imported\n" and "slowcmd" in typo.stdout

@@ -43,7 +43,8 @@ class XtGroup(click.Group):
         """The registry of this invocation, loaded with the ``-p`` values on first use."""
         root = ctx.find_root()
         if "xt.registry" not in root.meta:
-            reg = registry.load(root.params.get("plugins") or ())
+            # from the command line itself: `--help` is answered before the -p values are parsed
+            reg = registry.load(root.params.get("plugins") or _plugin_args(getattr(self, "raw_args", ())))
             collector = click.Group()  # plugin commands live per invocation, never on the module-level group
             owners = reg.add_commands(collector)
             commands = {}
@@ -96,6 +97,19 @@ class XtGroup(click.Group):
             click.echo("xt: interrupted", err=True)
             code = 130
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _plugin_args(args: Iterable[str]) -> list[str]:
+    """The values of ``-p`` (``-p NAME``, ``-pNAME``) among the group's options, before the command's name."""
+    values, args = [], iter(args)
+    for arg in args:
+        if arg == "-p":
+            values.append(next(args, ""))
+        elif arg.startswith("-p"):
+            values.append(arg[2:].removeprefix("="))
+        elif arg == "--" or not arg.startswith("-"):  # the command: what follows is its own
+            break
+    return values
 
 
 def _one_line(message: str) -> str:

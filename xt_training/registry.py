@@ -244,6 +244,7 @@ class Registry:
                 self._load(status, lambda m=module: importlib.import_module(m))
 
         found: set[str] = set()  # -p and XT_PLUGINS names that matched an entry point
+        known = set(BUILTIN_PLUGINS)  # every name -p no: can block
         for ep in _entry_points():
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
@@ -251,6 +252,7 @@ class Registry:
                 ep.name, dist_name, dist.version if dist is not None else None, "not loaded"
             )
             aliases = {ep.name, dist_name}
+            known |= aliases
             found |= aliases & {*wanted, *(allowed or ())}
             if aliases & blocked:
                 self._add(status, "blocked")
@@ -274,6 +276,10 @@ class Registry:
             self._load(status, lambda m=name: importlib.import_module(m))
             if status.status == "broken":
                 raise ConfigError(f"-p {name}: plugin {status.source} is broken: {status.error}")
+        for name in sorted(blocked - known):
+            close = difflib.get_close_matches(name, sorted(n for n in known if n), n=1)
+            hint = f"did you mean 'no:{close[0]}'? " if close else ""
+            self.problems.append(f"-p no:{name}: no plugin of that name is installed; {hint}see `xt plugins`")
         for name in sorted((allowed or set()) - found):
             self.problems.append(
                 f"{ALLOW_ENV} names {name!r}, which is not an installed plugin; see `xt plugins`"
