@@ -3,6 +3,7 @@ with plugins fake-installed the way ``pip install`` leaves them (a module and a 
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -113,3 +114,27 @@ def test_a_blocked_plugin_is_not_imported_even_for_help(tmp_path):
         "xt: warning: -p no:slwo: no plugin of that name is installed; did you mean 'no:slow'?" in typo.stderr
     )
     assert marker.read_text() == "imported\n" and "slowcmd" in typo.stdout
+
+
+def test_a_slow_plugin_is_named_and_an_unmarked_hook_is_warned_about(tmp_path):
+    install(tmp_path / "site", "xt-slow", "slow", "xt_slow", SLOW)
+    unmarked = "def register_models(register):\n    register('never', 'torch.nn:Identity')\n"
+    install(tmp_path / "site", "xt-unmarked", "unmarked", "xt_unmarked", unmarked)
+    env = env_with(tmp_path / "site", SLOW_MARKER=str(tmp_path / "marker"))
+    help_ = xt("--help", cwd=tmp_path, env=env)
+    assert len([line for line in help_.stderr.splitlines() if "slow to load" in line]) == 1
+    slow = r"plugins slow to load, which every xt command waits for: 'slow' \(xt-slow 1.0\) \d"
+    assert re.search(slow, help_.stderr)
+    assert "slow to load" not in xt("list", "losses", cwd=tmp_path, env=env).stderr  # --help only
+    assert (
+        "xt: warning: plugin 'unmarked' (xt-unmarked 1.0): register_models (" in help_.stderr
+        and "xt_unmarked.py:1) is named like a hook but not marked @hookimpl" in help_.stderr
+    )
+    timed = xt("plugins", "--timings", cwd=tmp_path, env=env).stdout
+    seconds = float(re.search(r"^slow  xt-slow 1.0  loaded  ([0-9.]+) s$", timed, re.M)[1])
+    assert seconds >= 0.7
+    traced = xt("list", "losses", cwd=tmp_path, env={**env, "XT_TRACE_PLUGINS": "1"}).stderr
+    assert (
+        float(re.search(r"^xt: plugin 'slow' \(xt-slow 1.0\) loaded in ([0-9.]+) s$", traced, re.M)[1]) >= 0.7
+    )
+    assert "plugin 'xt_training.builtins.models' (xt-training" in traced

@@ -57,8 +57,12 @@ class XtGroup(click.Group):
                 else:
                     commands[name] = command
             if not root.resilient_parsing:  # a completion request: warnings would garble the command line
-                for line in reg.problems:
+                for line in [*reg.problems, *_slow_plugins(reg, getattr(self, "raw_args", []))]:
                     click.echo(f"xt: warning: {line}", err=True)
+                if os.environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+                    for p in reg.plugins.values():
+                        if p.seconds is not None:
+                            click.echo(f"xt: plugin {p.source} loaded in {p.seconds:.3f} s", err=True)
             root.meta["xt.registry"], root.meta["xt.commands"] = reg, commands
             root.meta["xt.command_owners"] = {name: owners.get(name) for name in commands}
         return root.meta["xt.registry"]
@@ -97,6 +101,23 @@ class XtGroup(click.Group):
             click.echo("xt: interrupted", err=True)
             code = 130
         sys.exit(code if isinstance(code, int) else 0)
+
+
+#: a plugin whose import takes longer slows every `xt` command down: `xt --help` says so
+SLOW_PLUGIN_SECONDS = 0.5
+TRACE_ENV = "XT_TRACE_PLUGINS"
+
+
+def _slow_plugins(reg: registry.Registry, args: list[str]) -> list[str]:
+    """For ``--help``, a warning naming the plugins slower to load than ``SLOW_PLUGIN_SECONDS``."""
+    slow = [p for p in reg.plugins.values() if not p.builtin and (p.seconds or 0) > SLOW_PLUGIN_SECONDS]
+    if not slow or not {"-h", "--help"} & set(args):
+        return []
+    named = ", ".join(f"{p.source} {p.seconds:.1f} s" for p in slow)
+    return [
+        f"plugins slow to load, which every xt command waits for: {named}; see `xt plugins --timings`, "
+        "block one with `xt -p no:NAME` (a plugin should import its heavy dependencies where they are used)"
+    ]
 
 
 def _plugin_args(args: Iterable[str]) -> list[str]:
@@ -755,11 +776,13 @@ def info_command(kind: str, name: str, as_json: bool) -> None:
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--timings", is_flag=True, help="Show how long each plugin took to load (import and register).")
 @click.pass_context
-def plugins_command(ctx: click.Context, as_json: bool) -> None:
+def plugins_command(ctx: click.Context, as_json: bool, timings: bool) -> None:
     """List plugins and what they registered.
 
-    Each plugin's distribution, version, status, hooks and names; broken ones with their error.
+    Each plugin's distribution, version, status, hooks and names; broken ones with their error. Every
+    xt command loads the plugins: --timings (or XT_TRACE_PLUGINS=1 for any command) shows which are slow.
     """
     reg = cli.loaded(ctx)
     plugins = list(reg.plugins.values())
@@ -767,7 +790,17 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     owners = ctx.find_root().meta["xt.command_owners"]
     commands = {p.name: sorted(n for n, owner in owners.items() if owner == p.name) for p in plugins}
     if as_json:
-        keys = ("name", "distribution", "version", "status", "builtin", "hooks", "registered", "error")
+        keys = (
+            "name",
+            "distribution",
+            "version",
+            "status",
+            "builtin",
+            "hooks",
+            "registered",
+            "error",
+            "seconds",
+        )
         payload = {
             "plugins": [{**{k: getattr(p, k) for k in keys}, "commands": commands[p.name]} for p in plugins],
             "conflicts": conflicts,
@@ -776,7 +809,8 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
         return
     for p in plugins:
         dist = f"{p.distribution} {p.version or ''}".strip() if p.distribution else "(module)"
-        click.echo(f"{p.name}  {dist}  {p.status}" + (f": {p.error}" if p.error else ""))
+        took = f"  {p.seconds:.3f} s" if timings and p.seconds is not None else ""
+        click.echo(f"{p.name}  {dist}  {p.status}{took}" + (f": {p.error}" if p.error else ""))
         if p.hooks:
             click.echo(f"  hooks: {', '.join(p.hooks)}")
         for kind, names in p.registered.items():

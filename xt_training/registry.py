@@ -27,6 +27,7 @@ import inspect
 import os
 import re
 import sys
+import time
 import types
 import typing
 import warnings
@@ -195,6 +196,7 @@ class PluginStatus:
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    seconds: float | None = None  # how long importing it and running its register hooks took
 
     @property
     def source(self) -> str:
@@ -297,6 +299,13 @@ class Registry:
 
     def _load(self, status: PluginStatus, importer: Callable[[], Any]) -> None:
         """Import and register one plugin, then run its register hooks; a failure marks it broken."""
+        start = time.perf_counter()
+        try:
+            self._import_and_register(status, importer)
+        finally:
+            status.seconds = time.perf_counter() - start
+
+    def _import_and_register(self, status: PluginStatus, importer: Callable[[], Any]) -> None:
         try:
             plugin = importer()
         except KeyboardInterrupt:
@@ -320,6 +329,7 @@ class Registry:
                 "(the hooks are documented in xt_training.hookspecs)",
             )
         status.hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+        self._check_unmarked(status, plugin)
         try:
             staged = self._run_register_hooks(status, plugin)
         except KeyboardInterrupt:
@@ -338,6 +348,22 @@ class Registry:
                     clashes[name] = [table.pop(name), entry]
                 else:
                     table[name] = entry
+
+    def _check_unmarked(self, status: PluginStatus, plugin: Any) -> None:
+        """Warn about a function of the plugin module named like a hook but not marked: pluggy ignores it."""
+        for name in _hook_names():
+            function = getattr(plugin, name, None)
+            if (
+                inspect.isfunction(function)
+                and function.__module__ == getattr(plugin, "__name__", None)
+                and not hasattr(function, f"{ENTRY_POINT_GROUP}_impl")
+            ):
+                code = function.__code__
+                self.problems.append(
+                    f"plugin {status.source}: {name} ({code.co_filename}:{code.co_firstlineno}) is named "
+                    "like a hook but not marked @hookimpl, so it is never called; decorate it with "
+                    "`@hookimpl` (from xt_training import hookimpl)"
+                )
 
     def _run_register_hooks(self, status: PluginStatus, plugin: Any) -> dict[str, dict[str, Entry]]:
         staged: dict[str, dict[str, Entry]] = {}
@@ -558,7 +584,7 @@ def qualified(entry: Entry) -> str:
 
 
 def _hook_names() -> list[str]:
-    return [n for n in dir(hookspecs) if n.startswith("register_")]
+    return [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{ENTRY_POINT_GROUP}_spec")]
 
 
 def _one_line(e: BaseException) -> str:
