@@ -29,6 +29,18 @@ MINE = """
         def update(self, y_pred, y):
             return 1 / 0
 
+    class Log:
+        def __init__(self, *, save_dir: str):  # xt passes the run directory: str or Path, as annotated
+            self.save_dir = save_dir
+
+        def end_run(self, status):
+            with open(self.save_dir + "/mine-log.txt", "w") as f:
+                f.write(status)
+
+    @hookimpl
+    def register_loggers(register):
+        register("mine-log", Log)
+
     @hookimpl
     def register_metrics(register):
         register("accuracy", Accuracy, description="mine, clashing with the built-in accuracy")
@@ -74,7 +86,9 @@ def test_a_name_clash_breaks_only_that_name(tmp_path):
     assert "conflict: metric 'accuracy'" in xt("plugins", cwd=tmp_path, env=env).stdout
 
     # a run that does not use the name works; one that does is refused with the way out
-    xt(*RUN, "--metric", "mine-count", "--save-dir", str(tmp_path / "ok"), "-q", cwd=tmp_path, env=env)
+    xt(*RUN, "--metric", "mine-count", "--logger", "mine-log", "--save-dir", str(tmp_path / "ok"), "-q",
+       cwd=tmp_path, env=env)  # fmt: skip
+    assert (tmp_path / "ok" / "mine-log.txt").read_text() == "completed"
     used = xt(*RUN, "--metric", "accuracy", "--save-dir", str(tmp_path / "no"), cwd=tmp_path, env=env, code=2)
     assert used.stderr.startswith("xt: error: metric 'accuracy' is registered by 2 plugins")
     assert "`--metric xt-mine:accuracy`" in used.stderr and len(used.stderr.splitlines()) == 1
@@ -138,3 +152,40 @@ def test_a_slow_plugin_is_named_and_an_unmarked_hook_is_warned_about(tmp_path):
         float(re.search(r"^xt: plugin 'slow' \(xt-slow 1.0\) loaded in ([0-9.]+) s$", traced, re.M)[1]) >= 0.7
     )
     assert "plugin 'xt_training.builtins.models' (xt-training" in traced
+
+
+def test_a_corrupt_image_is_one_line_naming_its_file(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "images" / label / f"{i}.png")
+    corrupt = tmp_path / "images" / "a" / "corrupt.jpg"
+    corrupt.write_bytes(b"not a jpeg")
+    args = ["run", "--model", "mlp", "--data", "image-folder", "--data-opt", f"root={tmp_path / 'images'}"]
+    args += ["--data-opt", "image_size=8", "--data-opt", "batch_size=4", "--data-opt", "val_fraction=0"]
+    for workers in (0, 1):  # raised in the main process, and in a DataLoader worker
+        out = xt(*args, "--data-opt", f"num_workers={workers}", "--save-dir", str(tmp_path / f"r{workers}"),
+                 "-q", cwd=tmp_path, code=2)  # fmt: skip
+        assert out.stderr.splitlines() == [
+            f"xt: error: image '{corrupt}' cannot be read (not an image PIL can read); remove or replace the file"
+        ]
+
+
+def test_an_exception_in_plugin_code_names_its_file_and_line(tmp_path):
+    install(tmp_path / "site", "xt-mine", "mine", "xt_mine", MINE)
+    env = env_with(tmp_path / "site")
+    line = MINE.splitlines().index("            return 1 / 0") + 1  # the file is the dedented MINE
+    args = [*RUN, "--metric", "mine-broken", "-q"]
+    out = xt(*args, "--save-dir", str(tmp_path / "a"), cwd=tmp_path, env=env, code=1)
+    assert out.stderr.splitlines()[-1].startswith(
+        f"xt: error: plugin 'mine' (xt-mine 1.0), xt_mine.py:{line} in update: metric 'mine-broken' (Broken) "
+    )
+    assert "division by zero (the full traceback: `xt --debug ...` or XT_DEBUG=1)" in out.stderr
+    assert "Traceback" not in out.stderr
+    debug = xt("--debug", *args, "--save-dir", str(tmp_path / "b"), cwd=tmp_path, env=env, code=1)
+    assert "Traceback (most recent call last)" in debug.stderr and "ZeroDivisionError" in debug.stderr
+    assert debug.stderr.splitlines()[-1].startswith("xt: error: plugin 'mine' (xt-mine 1.0), xt_mine.py:")
+    same = xt(*args, "--save-dir", str(tmp_path / "c"), cwd=tmp_path, env={**env, "XT_DEBUG": "1"}, code=1)
+    assert f'xt_mine.py", line {line}, in update' in same.stderr

@@ -465,9 +465,9 @@ def test_a_broken_plugin_is_reported_by_name_and_distribution_and_the_others_loa
     install_fake(site, "broken-dist", "broken", "broken_plugin", "import not_a_module_anywhere\n", "0.3")
     install_fake(site, "tiny-models", "tiny", "tiny_plugin", GOOD.format(module="tiny_plugin"))
     reg = registry.load(environ={})
-    assert reg.problems == [
+    assert reg.problems == [  # with the plugin's file and line
         "plugin 'broken' (broken-dist 0.3) failed to load: "
-        "ModuleNotFoundError: No module named 'not_a_module_anywhere'"
+        "ModuleNotFoundError: No module named 'not_a_module_anywhere' (broken_plugin.py:1)"
     ]
     assert reg.plugins["broken"].status == "broken"
     assert "tiny" in reg.names("model") and "cnn" in reg.names("model")
@@ -489,7 +489,9 @@ def test_a_broken_plugin_is_reported_by_name_and_distribution_and_the_others_loa
         ),
         (
             "from xt_training.hookspecs import hookimpl\n@hookimpl\ndef register_models(reg):\n    pass\n",
-            "PluginValidationError",
+            "PluginValidationError: Plugin 'bad' for hook 'register_models'; hookimpl definition: "
+            "register_models(reg); Argument(s) {'reg'} are declared in the hookimpl but can not be found in "
+            "the hookspec",  # pluggy's whole reason, not its first line
         ),
         (
             "from xt_training.hookspecs import hookimpl\n@hookimpl\ndef register_metrics(register):\n"

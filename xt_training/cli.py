@@ -6,8 +6,9 @@ invocation. torch is imported only by the commands that train or evaluate: ``xt 
 ``xt info`` (for string-registered factories: only ``xt info`` imports the factory) and ``xt plugins``
 start fast.
 
-Bad input never shows a traceback: usage errors and xt-training's own errors print one line
-``xt: error: ...`` and exit with status 2; Ctrl-C exits with 130.
+Errors are one line ``xt: error: ...``: bad input (usage errors, xt-training's own errors) exits with
+status 2; an exception raised in user or plugin code names the plugin, file and line and exits with 1
+(``xt --debug`` or ``XT_DEBUG=1`` prints its traceback too); Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import click
 from click.core import ParameterSource
 from click.shell_completion import CompletionItem, get_completion_class
 
-from . import config, registry, report
+from . import config, errors, registry, report
 from ._version import __version__
 from .config import COMPONENTS, SCALARS, default_config, read_config
 from .environment import environment, format_environment
@@ -64,6 +66,7 @@ class XtGroup(click.Group):
                         if p.seconds is not None:
                             click.echo(f"xt: plugin {p.source} loaded in {p.seconds:.3f} s", err=True)
             root.meta["xt.registry"], root.meta["xt.commands"] = reg, commands
+            self.last_registry = reg  # for naming the plugin that raised an error, after the context is gone
             root.meta["xt.command_owners"] = {name: owners.get(name) for name in commands}
         return root.meta["xt.registry"]
 
@@ -79,6 +82,7 @@ class XtGroup(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, *a: Any, **kw: Any) -> Any:
         self.raw_args = list(args) if args is not None else sys.argv[1:]  # for `xt run --nproc N`
+        self.last_registry: registry.Registry | None = None
         if kw.get("standalone_mode", True) is False:
             return super().main(args, prog_name, *a, **kw)
         kw["standalone_mode"] = False
@@ -94,18 +98,44 @@ class XtGroup(click.Group):
         except click.ClickException as e:
             click.echo(f"xt: error: {_one_line(e.format_message())}", err=True)
             code = 2
-        except XtError as e:
-            click.echo(f"xt: error: {_one_line(str(e))}", err=True)
-            code = 2
         except click.Abort:
             click.echo("xt: interrupted", err=True)
             code = 130
+        except Exception as e:
+            code = self.report(e)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def report(self, error: Exception) -> int:
+        """Print ``error`` as one line; return the exit status: 2 for bad input, 1 for a failure in code.
+
+        Bad input is xt-training's own error. An exception raised in user or plugin code (itself, or as
+        the cause of xt-training's error) is named with the plugin, file and line, and ``--debug`` /
+        ``XT_DEBUG=1`` prints the whole traceback before it; it is a failure in code unless that code
+        refused its input (a ValueError or TypeError behind xt-training's error).
+        """
+        cause = error.__cause__ if isinstance(error, XtError) else error
+        where = None
+        if cause is not None and not isinstance(cause, XtError):
+            where = errors.raised_in(cause, _plugin_owners(self.last_registry))
+        if isinstance(error, XtError):
+            message = _one_line(errors.own_message(error))
+        else:
+            where = where or errors.deepest(error)
+            message = f"{type(error).__name__}: {errors.first_line(error)}"
+        debug = _debug(self.raw_args)
+        if debug:
+            traceback.print_exception(error)
+        refused = isinstance(cause, (ValueError, TypeError))
+        failed_in_code = not isinstance(error, XtError) or (where is not None and not refused)
+        hint = " (the full traceback: `xt --debug ...` or XT_DEBUG=1)" if failed_in_code and not debug else ""
+        click.echo(f"xt: error: {f'{where}: ' if where else ''}{message}{hint}", err=True)
+        return 1 if failed_in_code else 2
 
 
 #: a plugin whose import takes longer slows every `xt` command down: `xt --help` says so
 SLOW_PLUGIN_SECONDS = 0.5
 TRACE_ENV = "XT_TRACE_PLUGINS"
+DEBUG_ENV = "XT_DEBUG"
 
 
 def _slow_plugins(reg: registry.Registry, args: list[str]) -> list[str]:
@@ -133,6 +163,27 @@ def _plugin_args(args: Iterable[str]) -> list[str]:
     return values
 
 
+def _debug(args: list[str]) -> bool:
+    """``xt --debug`` or ``XT_DEBUG=1``: errors print their whole traceback."""
+    group_args = args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]
+    return "--debug" in group_args or os.environ.get(DEBUG_ENV, "").strip().lower() not in (
+        "",
+        "0",
+        "false",
+        "no",
+    )
+
+
+def _plugin_owners(reg: registry.Registry | None) -> dict[str, str]:
+    """The top-level module of each installed plugin -> the plugin, as messages name it."""
+    owners: dict[str, str] = {}
+    for status in reg.plugins.values() if reg is not None else ():
+        plugin = reg.pm.get_plugin(status.name)
+        if plugin is not None and not status.builtin:
+            owners[str(getattr(plugin, "__name__", type(plugin).__module__)).split(".")[0]] = status.source
+    return owners
+
+
 def _one_line(message: str) -> str:
     return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
 
@@ -148,9 +199,14 @@ def _one_line(message: str) -> str:
     metavar="NAME",
     help="Load plugin NAME (entry-point, distribution or module name); `-p no:NAME` blocks it.",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="On an error, print the whole traceback before its one-line message (also XT_DEBUG=1).",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="xt-training")
 @click.pass_context
-def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
+def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
     """Train and test PyTorch models; pick models, data, metrics and loggers by name.
 
     \b

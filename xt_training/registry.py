@@ -39,7 +39,7 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
-from .errors import ConfigError, first_line
+from .errors import ConfigError, first_line, line_in
 
 __all__ = [
     "KINDS",
@@ -243,7 +243,7 @@ class Registry:
             if module in blocked:
                 self._add(status, "blocked")
             else:
-                self._load(status, lambda m=module: importlib.import_module(m))
+                self._load(status, lambda m=module: importlib.import_module(m), module)
 
         found: set[str] = set()  # -p and XT_PLUGINS names that matched an entry point
         known = set(BUILTIN_PLUGINS)  # every name -p no: can block
@@ -259,7 +259,7 @@ class Registry:
             if aliases & blocked:
                 self._add(status, "blocked")
             elif aliases & set(wanted) or (autoload and (allowed is None or aliases & allowed)):
-                self._load(status, ep.load)
+                self._load(status, ep.load, ep.module)
                 if status.status == "broken" and aliases & set(wanted):  # asked for by name: must work
                     raise ConfigError(f"-p {ep.name}: plugin {status.source} is broken: {status.error}")
             else:
@@ -275,7 +275,7 @@ class Registry:
                     "see `xt plugins` for the installed ones"
                 )
             status = PluginStatus(name, None, None, "not loaded")
-            self._load(status, lambda m=name: importlib.import_module(m))
+            self._load(status, lambda m=name: importlib.import_module(m), name)
             if status.status == "broken":
                 raise ConfigError(f"-p {name}: plugin {status.source} is broken: {status.error}")
         for name in sorted(blocked - known):
@@ -297,25 +297,26 @@ class Registry:
         self._add(status, "broken")
         self.problems.append(f"plugin {status.source} failed to load: {error}")
 
-    def _load(self, status: PluginStatus, importer: Callable[[], Any]) -> None:
+    def _load(self, status: PluginStatus, importer: Callable[[], Any], module: str) -> None:
         """Import and register one plugin, then run its register hooks; a failure marks it broken."""
         start = time.perf_counter()
         try:
-            self._import_and_register(status, importer)
+            self._import_and_register(status, importer, module)
         finally:
             status.seconds = time.perf_counter() - start
 
-    def _import_and_register(self, status: PluginStatus, importer: Callable[[], Any]) -> None:
+    def _import_and_register(self, status: PluginStatus, importer: Callable[[], Any], module: str) -> None:
         try:
             plugin = importer()
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # sys.exit() in a plugin is a broken plugin too, not the end of xt
-            return self._broken(status, _one_line(e))
+            line = line_in(e, module.split(".")[0])
+            return self._broken(status, _one_line(e) + (f" ({line})" if line else ""))
         try:
             self.pm.register(plugin, name=status.name)
-        except (ValueError, pluggy.PluginValidationError) as e:
-            return self._broken(status, _one_line(e))
+        except (ValueError, pluggy.PluginValidationError) as e:  # pluggy's reason is on its later lines
+            return self._broken(status, f"{type(e).__name__}: " + "; ".join(_lines(e)))
         try:  # a hook name that is not in hookspecs (a misspelling) fails this plugin, loudly
             self.pm.check_pending()
         except pluggy.PluginValidationError:
@@ -474,6 +475,7 @@ class Registry:
         """Build ``name`` with its factory; wrong option names or types are a one-line error."""
         entry = self.entry(kind, name)
         factory = entry.load()
+        options = _paths_as_annotated(options, _type_hints(factory))
         _check_options(entry, factory, options)
         obj = factory(**options)
         if entry.kind == "metric":
@@ -587,6 +589,10 @@ def _hook_names() -> list[str]:
     return [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{ENTRY_POINT_GROUP}_spec")]
 
 
+def _lines(e: BaseException) -> list[str]:
+    return [" ".join(line.split()) for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+
+
 def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
@@ -674,6 +680,25 @@ def _check_options(entry: Entry, factory: Callable[..., Any], options: Mapping[s
     missing = [n for n, p in params.items() if p.default is p.empty and n not in options]
     if missing:
         raise ConfigError(f"{label} needs option {missing[0]!r}; {accepted()}")
+
+
+def _paths_as_annotated(options: Mapping[str, Any], hints: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with a path given as ``str`` where the factory annotates ``Path`` made a ``Path``, and the
+    reverse: the run directory xt passes (a logger's ``save_dir``) fits either annotation a user writes."""
+    converted = dict(options)
+    for key, value in options.items():
+        expected = hints.get(key)
+        if expected is None or _fits(value, expected):
+            continue
+        accepted = typing.get_args(expected) or (expected,)
+        if isinstance(value, os.PathLike) and str in accepted:
+            converted[key] = os.fspath(value)
+        elif isinstance(value, str):
+            path_type = next(
+                (t for t in accepted if isinstance(t, type) and issubclass(t, os.PathLike)), None
+            )
+            converted[key] = value if path_type is None else path_type(value)
+    return converted
 
 
 def _fits(value: Any, expected: Any) -> bool:
