@@ -584,3 +584,29 @@ def test_listing_imports_neither_torch_nor_torchmetrics():
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_path_option_fits_either_annotation(site):
+    """The run directory xt passes a logger (a Path) fits `save_dir: str`, and a str from the command line
+    fits `save_dir: Path`: each as its factory annotates it."""
+    source = """
+        from pathlib import Path
+        from xt_training.hookspecs import hookimpl
+
+        def as_str(*, save_dir: str):
+            return save_dir
+
+        def as_path(*, save_dir: Path | None = None):
+            return save_dir
+
+        @hookimpl
+        def register_loggers(register):
+            register("as-str", as_str)
+            register("as-path", as_path)
+    """
+    (site / "paths_plugin.py").write_text(textwrap.dedent(source))
+    reg = registry.load(["paths_plugin"], environ=NO_AUTOLOAD)
+    assert reg.create("logger", "as-str", save_dir=Path("runs/a")) == "runs/a"
+    assert reg.create("logger", "as-path", save_dir="runs/a") == Path("runs/a")
+    with pytest.raises(ConfigError, match="option save_dir=3 must be str"):
+        reg.create("logger", "as-str", save_dir=3)
