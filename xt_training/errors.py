@@ -94,9 +94,9 @@ def raised_in(error: BaseException, owners: Mapping[str, str] | None = None) -> 
 
 def line_in(error: BaseException, package: str) -> str | None:
     """``xt_mine/plugin.py:3``: the deepest line of the top-level module ``package`` in ``error``'s
-    traceback, or the line a SyntaxError names."""
-    if isinstance(error, SyntaxError) and error.filename:
-        return f"{_relative(error.filename)}:{error.lineno}"
+    traceback; None for a SyntaxError, whose message names its file and line."""
+    if isinstance(error, SyntaxError):
+        return None
     for frame, line in reversed(list(traceback.walk_tb(error.__traceback__))):
         module = str(frame.f_globals.get("__name__", ""))
         if module.split(".")[0] == package:
