@@ -521,7 +521,10 @@ def fake_site(root: Path) -> Path:
 
 
 def test_plugins_add_commands_and_broken_ones_are_reported(tmp_path):
-    env = {**ENV, "PYTHONPATH": str(fake_site(tmp_path / "site"))}
+    env = {
+        **ENV,
+        "PYTHONPATH": ":".join([str(fake_site(tmp_path / "site")), *filter(None, [ENV.get("PYTHONPATH")])]),
+    }
     out = xt("hello", "world", cwd=tmp_path, env=env)
     assert out.stdout == "hello world\n"
     assert "xt: warning: plugin 'broken' (broken-dist 1.0) failed to load: RuntimeError: boom" in out.stderr
@@ -533,7 +536,7 @@ def test_plugins_add_commands_and_broken_ones_are_reported(tmp_path):
     assert re.search(r"^  tiny +does nothing  \[hello-dist\]$", listed.stdout, re.M)
     plugins = json.loads(xt("plugins", "--json", cwd=tmp_path, env=env).stdout)["plugins"]
     status = {p["name"]: (p["status"], p["error"]) for p in plugins}
-    assert status["broken"] == ("broken", "RuntimeError: boom")
+    assert status["broken"] == ("broken", "RuntimeError: boom (broken_plugin.py:1)")  # its file and line
     assert status["hello"] == ("loaded", None)
 
     quiet = xt("-p", "no:broken", "list", "models", cwd=tmp_path, env=env)

@@ -465,9 +465,9 @@ def test_a_broken_plugin_is_reported_by_name_and_distribution_and_the_others_loa
     install_fake(site, "broken-dist", "broken", "broken_plugin", "import not_a_module_anywhere\n", "0.3")
     install_fake(site, "tiny-models", "tiny", "tiny_plugin", GOOD.format(module="tiny_plugin"))
     reg = registry.load(environ={})
-    assert reg.problems == [
+    assert reg.problems == [  # with the plugin's file and line
         "plugin 'broken' (broken-dist 0.3) failed to load: "
-        "ModuleNotFoundError: No module named 'not_a_module_anywhere'"
+        "ModuleNotFoundError: No module named 'not_a_module_anywhere' (broken_plugin.py:1)"
     ]
     assert reg.plugins["broken"].status == "broken"
     assert "tiny" in reg.names("model") and "cnn" in reg.names("model")
@@ -489,7 +489,9 @@ def test_a_broken_plugin_is_reported_by_name_and_distribution_and_the_others_loa
         ),
         (
             "from xt_training.hookspecs import hookimpl\n@hookimpl\ndef register_models(reg):\n    pass\n",
-            "PluginValidationError",
+            "PluginValidationError: Plugin 'bad' for hook 'register_models'; hookimpl definition: "
+            "register_models(reg); Argument(s) {'reg'} are declared in the hookimpl but can not be found in "
+            "the hookspec",  # pluggy's whole reason, not its first line
         ),
         (
             "from xt_training.hookspecs import hookimpl\n@hookimpl\ndef register_metrics(register):\n"
@@ -524,24 +526,30 @@ def test_plugin_mistakes_fail_that_plugin_loudly(site, source, error):
     assert "accuracy" in reg.names("metric")
 
 
-def test_a_duplicate_name_is_an_error_naming_both_plugins(site):
+def test_a_duplicate_name_is_an_error_only_where_it_is_used(site):
     source = """
         from xt_training.hookspecs import hookimpl
         @hookimpl
         def register_models(register):
             register("cnn", "somewhere:cnn", description="another cnn")
+            register("own", "somewhere:own")
     """
     install_fake(site, "dup-dist", "dup", "dup_plugin", source, "0.9")
     reg = registry.load(environ={})
     message = (
-        "model 'cnn' is registered by two plugins, 'xt_training.builtins.models' (xt-training "
-        f"{reg.plugins['xt_training.builtins.models'].version}) and 'dup' (dup-dist 0.9); uninstall one, "
-        "or block one with `xt -p no:dup`"
+        "model 'cnn' is registered by 2 plugins, 'xt_training.builtins.models' (xt-training "
+        f"{reg.plugins['xt_training.builtins.models'].version}) and 'dup' (dup-dist 0.9); pick one by its "
+        "plugin (`--model xt-training:cnn` or `--model dup-dist:cnn`), or block one with `xt -p no:dup`"
     )
+    assert reg.conflicts() == [message]
     with pytest.raises(ConfigError) as e:
-        reg.names("model")
+        reg.entry("model", "cnn")
     assert str(e.value) == message
-    assert reg.names("metric")  # other kinds are unaffected
+    assert "cnn" in reg.names("model") and reg.entry("model", "own").plugin == "dup"  # the rest works
+    assert reg.entry("model", "xt-training:cnn").plugin == "xt_training.builtins.models"
+    assert reg.entry("model", "dup:cnn").description == "another cnn"  # the entry-point name picks it too
+    with pytest.raises(ConfigError, match="no plugin 'other' registers model 'cnn'"):
+        reg.entry("model", "other:cnn")
     assert registry.load(["no:dup"], environ={}).entry("model", "cnn").plugin == "xt_training.builtins.models"
 
 
@@ -576,3 +584,29 @@ def test_listing_imports_neither_torch_nor_torchmetrics():
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_path_option_fits_either_annotation(site):
+    """The run directory xt passes a logger (a Path) fits `save_dir: str`, and a str from the command line
+    fits `save_dir: Path`: each as its factory annotates it."""
+    source = """
+        from pathlib import Path
+        from xt_training.hookspecs import hookimpl
+
+        def as_str(*, save_dir: str):
+            return save_dir
+
+        def as_path(*, save_dir: Path | None = None):
+            return save_dir
+
+        @hookimpl
+        def register_loggers(register):
+            register("as-str", as_str)
+            register("as-path", as_path)
+    """
+    (site / "paths_plugin.py").write_text(textwrap.dedent(source))
+    reg = registry.load(["paths_plugin"], environ=NO_AUTOLOAD)
+    assert reg.create("logger", "as-str", save_dir=Path("runs/a")) == "runs/a"
+    assert reg.create("logger", "as-path", save_dir="runs/a") == Path("runs/a")
+    with pytest.raises(ConfigError, match="option save_dir=3 must be str"):
+        reg.create("logger", "as-str", save_dir=3)

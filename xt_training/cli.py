@@ -6,8 +6,9 @@ invocation. torch is imported only by the commands that train or evaluate: ``xt 
 ``xt info`` (for string-registered factories: only ``xt info`` imports the factory) and ``xt plugins``
 start fast.
 
-Bad input never shows a traceback: usage errors and xt-training's own errors print one line
-``xt: error: ...`` and exit with status 2; Ctrl-C exits with 130.
+Errors are one line ``xt: error: ...``: bad input (usage errors, xt-training's own errors) exits with
+status 2; an exception raised in user or plugin code names the plugin, file and line and exits with 1
+(``xt --debug`` or ``XT_DEBUG=1`` prints its traceback too); Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import click
 from click.core import ParameterSource
 from click.shell_completion import CompletionItem, get_completion_class
 
-from . import config, registry, report
+from . import config, errors, registry, report
 from ._version import __version__
 from .config import COMPONENTS, SCALARS, default_config, read_config
 from .environment import environment, format_environment
@@ -43,7 +45,8 @@ class XtGroup(click.Group):
         """The registry of this invocation, loaded with the ``-p`` values on first use."""
         root = ctx.find_root()
         if "xt.registry" not in root.meta:
-            reg = registry.load(root.params.get("plugins") or ())
+            # from the command line itself: `--help` is answered before the -p values are parsed
+            reg = registry.load(root.params.get("plugins") or _plugin_args(getattr(self, "raw_args", ())))
             collector = click.Group()  # plugin commands live per invocation, never on the module-level group
             owners = reg.add_commands(collector)
             commands = {}
@@ -56,9 +59,14 @@ class XtGroup(click.Group):
                 else:
                     commands[name] = command
             if not root.resilient_parsing:  # a completion request: warnings would garble the command line
-                for line in reg.problems:
+                for line in [*reg.problems, *_slow_plugins(reg, getattr(self, "raw_args", []))]:
                     click.echo(f"xt: warning: {line}", err=True)
+                if os.environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+                    for p in reg.plugins.values():
+                        if p.seconds is not None:
+                            click.echo(f"xt: plugin {p.source} loaded in {p.seconds:.3f} s", err=True)
             root.meta["xt.registry"], root.meta["xt.commands"] = reg, commands
+            self.last_registry = reg  # for naming the plugin that raised an error, after the context is gone
             root.meta["xt.command_owners"] = {name: owners.get(name) for name in commands}
         return root.meta["xt.registry"]
 
@@ -74,6 +82,7 @@ class XtGroup(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, *a: Any, **kw: Any) -> Any:
         self.raw_args = list(args) if args is not None else sys.argv[1:]  # for `xt run --nproc N`
+        self.last_registry: registry.Registry | None = None
         if kw.get("standalone_mode", True) is False:
             return super().main(args, prog_name, *a, **kw)
         kw["standalone_mode"] = False
@@ -89,13 +98,90 @@ class XtGroup(click.Group):
         except click.ClickException as e:
             click.echo(f"xt: error: {_one_line(e.format_message())}", err=True)
             code = 2
-        except XtError as e:
-            click.echo(f"xt: error: {_one_line(str(e))}", err=True)
-            code = 2
         except click.Abort:
             click.echo("xt: interrupted", err=True)
             code = 130
+        except Exception as e:
+            code = self.report(e)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def report(self, error: Exception) -> int:
+        """Print ``error`` as one line; return the exit status: 2 for bad input, 1 for a failure in code.
+
+        Bad input is xt-training's own error. An exception raised in user or plugin code (itself, or as
+        the cause of xt-training's error) is named with the plugin, file and line, and ``--debug`` /
+        ``XT_DEBUG=1`` prints the whole traceback before it; it is a failure in code unless that code
+        refused its input (a ValueError or TypeError behind xt-training's error).
+        """
+        cause = error.__cause__ if isinstance(error, XtError) else error
+        where = None
+        if cause is not None and not isinstance(cause, XtError):
+            where = errors.raised_in(cause, _plugin_owners(self.last_registry))
+        if isinstance(error, XtError):
+            message = _one_line(errors.own_message(error))
+        else:
+            where = where or errors.deepest(error)
+            message = f"{type(error).__name__}: {errors.first_line(error)}"
+        debug = _debug(self.raw_args)
+        if debug:
+            traceback.print_exception(error)
+        refused = isinstance(cause, (ValueError, TypeError))
+        failed_in_code = not isinstance(error, XtError) or (where is not None and not refused)
+        hint = " (the full traceback: `xt --debug ...` or XT_DEBUG=1)" if failed_in_code and not debug else ""
+        click.echo(f"xt: error: {f'{where}: ' if where else ''}{message}{hint}", err=True)
+        return 1 if failed_in_code else 2
+
+
+#: a plugin whose import takes longer slows every `xt` command down: `xt --help` says so
+SLOW_PLUGIN_SECONDS = 0.5
+TRACE_ENV = "XT_TRACE_PLUGINS"
+DEBUG_ENV = "XT_DEBUG"
+
+
+def _slow_plugins(reg: registry.Registry, args: list[str]) -> list[str]:
+    """For ``--help``, a warning naming the plugins slower to load than ``SLOW_PLUGIN_SECONDS``."""
+    slow = [p for p in reg.plugins.values() if not p.builtin and (p.seconds or 0) > SLOW_PLUGIN_SECONDS]
+    if not slow or not {"-h", "--help"} & set(args):
+        return []
+    named = ", ".join(f"{p.source} {p.seconds:.1f} s" for p in slow)
+    return [
+        f"plugins slow to load, which every xt command waits for: {named}; see `xt plugins --timings`, "
+        "block one with `xt -p no:NAME` (a plugin should import its heavy dependencies where they are used)"
+    ]
+
+
+def _plugin_args(args: Iterable[str]) -> list[str]:
+    """The values of ``-p`` (``-p NAME``, ``-pNAME``) among the group's options, before the command's name."""
+    values, args = [], iter(args)
+    for arg in args:
+        if arg == "-p":
+            values.append(next(args, ""))
+        elif arg.startswith("-p"):
+            values.append(arg[2:].removeprefix("="))
+        elif arg == "--" or not arg.startswith("-"):  # the command: what follows is its own
+            break
+    return values
+
+
+def _debug(args: list[str]) -> bool:
+    """``xt --debug`` or ``XT_DEBUG=1``: errors print their whole traceback."""
+    group_args = args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]
+    return "--debug" in group_args or os.environ.get(DEBUG_ENV, "").strip().lower() not in (
+        "",
+        "0",
+        "false",
+        "no",
+    )
+
+
+def _plugin_owners(reg: registry.Registry | None) -> dict[str, str]:
+    """The top-level module of each installed plugin -> the plugin, as messages name it."""
+    owners: dict[str, str] = {}
+    for status in reg.plugins.values() if reg is not None else ():
+        plugin = reg.pm.get_plugin(status.name)
+        if plugin is not None and not status.builtin:
+            owners[str(getattr(plugin, "__name__", type(plugin).__module__)).split(".")[0]] = status.source
+    return owners
 
 
 def _one_line(message: str) -> str:
@@ -113,9 +199,14 @@ def _one_line(message: str) -> str:
     metavar="NAME",
     help="Load plugin NAME (entry-point, distribution or module name); `-p no:NAME` blocks it.",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="On an error, print the whole traceback before its one-line message (also XT_DEBUG=1).",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="xt-training")
 @click.pass_context
-def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
+def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
     """Train and test PyTorch models; pick models, data, metrics and loggers by name.
 
     \b
@@ -153,7 +244,7 @@ def complete_names(kind: str) -> Callable[[click.Context, click.Parameter, str],
         key, sep, prefix = incomplete.rpartition("=")
         reg = cli.loaded(ctx)
         return [
-            CompletionItem(f"{key}{sep}{name}", help=reg.table(kind)[name].description)
+            CompletionItem(f"{key}{sep}{name}", help=getattr(reg.find(kind, name), "description", None))
             for name in reg.names(kind)
             if name.startswith(prefix)
         ]
@@ -358,9 +449,10 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
         config["metrics"] = {}
         for spec in p["metrics"]:
             key, _, name = spec.rpartition("=")
-            if (key or name) in config["metrics"]:
-                raise click.UsageError(f"--metric {spec}: {key or name!r} is chosen twice; name one KEY=NAME")
-            config["metrics"][key or name] = {"name": name, "options": {}}
+            key = key or name.rpartition(":")[2]  # `--metric xt-mine:accuracy` is reported as accuracy
+            if key in config["metrics"]:
+                raise click.UsageError(f"--metric {spec}: {key!r} is chosen twice; name one KEY=NAME")
+            config["metrics"][key] = {"name": name, "options": {}}
     for key, options in _item_options(p["metric_opt"], "--metric-opt").items():
         if key not in (config["metrics"] or {}):
             chosen = ", ".join(config["metrics"] or {}) or "none"
@@ -689,14 +781,19 @@ def list_command(kind: str | None, pattern: str, as_json: bool) -> None:
             err=True,
         )
         return
-    width = max((len(e.name) for e in rows), default=0)
+    reg = registry.current()
+    shown = {id(e): registry.qualified(e) if e.name in reg.clashes[e.kind] else e.name for e in rows}
+    width = max(map(len, shown.values()), default=0)
     for k in kinds:
         entries = [e for e in rows if e.kind == k]
         if len(kinds) > 1:
             click.echo(f"{registry.KINDS[k]}:" + ("" if entries else " (none)"))
         for e in entries:
             origin = "" if e.distribution == "xt-training" else f"  [{e.distribution or e.plugin}]"
-            click.echo(f"  {e.name:<{width}}  {e.description}{origin}")
+            click.echo(f"  {shown[id(e)]:<{width}}  {e.description}{origin}")
+    for line in reg.conflicts():
+        if line.split(" ", 1)[0] in kinds:
+            click.echo(f"xt: warning: {line}", err=True)
 
 
 @cli.command("info")
@@ -735,19 +832,31 @@ def info_command(kind: str, name: str, as_json: bool) -> None:
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--timings", is_flag=True, help="Show how long each plugin took to load (import and register).")
 @click.pass_context
-def plugins_command(ctx: click.Context, as_json: bool) -> None:
+def plugins_command(ctx: click.Context, as_json: bool, timings: bool) -> None:
     """List plugins and what they registered.
 
-    Each plugin's distribution, version, status, hooks and names; broken ones with their error.
+    Each plugin's distribution, version, status, hooks and names; broken ones with their error. Every
+    xt command loads the plugins: --timings (or XT_TRACE_PLUGINS=1 for any command) shows which are slow.
     """
     reg = cli.loaded(ctx)
     plugins = list(reg.plugins.values())
-    conflicts = [line for lines in reg.conflicts.values() for line in lines]
+    conflicts = reg.conflicts()
     owners = ctx.find_root().meta["xt.command_owners"]
     commands = {p.name: sorted(n for n, owner in owners.items() if owner == p.name) for p in plugins}
     if as_json:
-        keys = ("name", "distribution", "version", "status", "builtin", "hooks", "registered", "error")
+        keys = (
+            "name",
+            "distribution",
+            "version",
+            "status",
+            "builtin",
+            "hooks",
+            "registered",
+            "error",
+            "seconds",
+        )
         payload = {
             "plugins": [{**{k: getattr(p, k) for k in keys}, "commands": commands[p.name]} for p in plugins],
             "conflicts": conflicts,
@@ -756,7 +865,8 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
         return
     for p in plugins:
         dist = f"{p.distribution} {p.version or ''}".strip() if p.distribution else "(module)"
-        click.echo(f"{p.name}  {dist}  {p.status}" + (f": {p.error}" if p.error else ""))
+        took = f"  {p.seconds:.3f} s" if timings and p.seconds is not None else ""
+        click.echo(f"{p.name}  {dist}  {p.status}{took}" + (f": {p.error}" if p.error else ""))
         if p.hooks:
             click.echo(f"  hooks: {', '.join(p.hooks)}")
         for kind, names in p.registered.items():

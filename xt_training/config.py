@@ -135,7 +135,7 @@ def read_config(path: str | os.PathLike[str], *, trust: bool = False) -> dict[st
 def _check_received(config: Mapping[str, Any], file: Path) -> None:
     for kind, component in _components(config):
         name, options = component["name"], component["options"]
-        entry = registry.current().table(kind).get(name)  # an unknown name is refused where it is built
+        entry = registry.current().find(kind, name)  # an unknown name is refused where it is built
         for option in entry.metadata.get("imports", ()) if entry else ():
             value = options.get(option)
             if isinstance(value, str) and not registry.known_code(value):

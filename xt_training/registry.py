@@ -27,6 +27,7 @@ import inspect
 import os
 import re
 import sys
+import time
 import types
 import typing
 import warnings
@@ -38,7 +39,7 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
-from .errors import ConfigError, first_line
+from .errors import ConfigError, first_line, line_in
 
 __all__ = [
     "KINDS",
@@ -195,6 +196,7 @@ class PluginStatus:
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    seconds: float | None = None  # how long importing it and running its register hooks took
 
     @property
     def source(self) -> str:
@@ -224,7 +226,9 @@ class Registry:
         self.plugins: dict[str, PluginStatus] = {}
         self.problems: list[str] = []  # one line per broken plugin or bad setting
         self._tables: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        self.conflicts: dict[str, list[str]] = {kind: [] for kind in KINDS}
+        #: kind -> name -> the entries of every plugin that registered it, for names registered more than
+        #: once: such a name is an error only where it is used, and ``PLUGIN:NAME`` picks one
+        self.clashes: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         self._packages: set[str] | None = None
 
         plugins = list(plugins)
@@ -239,9 +243,10 @@ class Registry:
             if module in blocked:
                 self._add(status, "blocked")
             else:
-                self._load(status, lambda m=module: importlib.import_module(m))
+                self._load(status, lambda m=module: importlib.import_module(m), module)
 
         found: set[str] = set()  # -p and XT_PLUGINS names that matched an entry point
+        known = set(BUILTIN_PLUGINS)  # every name -p no: can block
         for ep in _entry_points():
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
@@ -249,11 +254,12 @@ class Registry:
                 ep.name, dist_name, dist.version if dist is not None else None, "not loaded"
             )
             aliases = {ep.name, dist_name}
+            known |= aliases
             found |= aliases & {*wanted, *(allowed or ())}
             if aliases & blocked:
                 self._add(status, "blocked")
             elif aliases & set(wanted) or (autoload and (allowed is None or aliases & allowed)):
-                self._load(status, ep.load)
+                self._load(status, ep.load, ep.module)
                 if status.status == "broken" and aliases & set(wanted):  # asked for by name: must work
                     raise ConfigError(f"-p {ep.name}: plugin {status.source} is broken: {status.error}")
             else:
@@ -269,9 +275,13 @@ class Registry:
                     "see `xt plugins` for the installed ones"
                 )
             status = PluginStatus(name, None, None, "not loaded")
-            self._load(status, lambda m=name: importlib.import_module(m))
+            self._load(status, lambda m=name: importlib.import_module(m), name)
             if status.status == "broken":
                 raise ConfigError(f"-p {name}: plugin {status.source} is broken: {status.error}")
+        for name in sorted(blocked - known):
+            close = difflib.get_close_matches(name, sorted(n for n in known if n), n=1)
+            hint = f"did you mean 'no:{close[0]}'? " if close else ""
+            self.problems.append(f"-p no:{name}: no plugin of that name is installed; {hint}see `xt plugins`")
         for name in sorted((allowed or set()) - found):
             self.problems.append(
                 f"{ALLOW_ENV} names {name!r}, which is not an installed plugin; see `xt plugins`"
@@ -287,18 +297,26 @@ class Registry:
         self._add(status, "broken")
         self.problems.append(f"plugin {status.source} failed to load: {error}")
 
-    def _load(self, status: PluginStatus, importer: Callable[[], Any]) -> None:
+    def _load(self, status: PluginStatus, importer: Callable[[], Any], module: str) -> None:
         """Import and register one plugin, then run its register hooks; a failure marks it broken."""
+        start = time.perf_counter()
+        try:
+            self._import_and_register(status, importer, module)
+        finally:
+            status.seconds = time.perf_counter() - start
+
+    def _import_and_register(self, status: PluginStatus, importer: Callable[[], Any], module: str) -> None:
         try:
             plugin = importer()
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # sys.exit() in a plugin is a broken plugin too, not the end of xt
-            return self._broken(status, _one_line(e))
+            line = line_in(e, module.split(".")[0])
+            return self._broken(status, _one_line(e) + (f" ({line})" if line else ""))
         try:
             self.pm.register(plugin, name=status.name)
-        except (ValueError, pluggy.PluginValidationError) as e:
-            return self._broken(status, _one_line(e))
+        except (ValueError, pluggy.PluginValidationError) as e:  # pluggy's reason is on its later lines
+            return self._broken(status, f"{type(e).__name__}: " + "; ".join(_lines(e)))
         try:  # a hook name that is not in hookspecs (a misspelling) fails this plugin, loudly
             self.pm.check_pending()
         except pluggy.PluginValidationError:
@@ -312,6 +330,7 @@ class Registry:
                 "(the hooks are documented in xt_training.hookspecs)",
             )
         status.hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+        self._check_unmarked(status, plugin)
         try:
             staged = self._run_register_hooks(status, plugin)
         except KeyboardInterrupt:
@@ -322,16 +341,30 @@ class Registry:
         self._add(status, "loaded")
         for kind, entries in staged.items():
             status.registered[kind] = sorted(entries, key=natural_key)
-            table = self._tables[kind]
+            table, clashes = self._tables[kind], self.clashes[kind]
             for name, entry in entries.items():
-                if name in table:
-                    first = table[name]
-                    self.conflicts[kind].append(
-                        f"{kind} '{name}' is registered by two plugins, {first.source} and {entry.source}; "
-                        f"uninstall one, or block one with `xt -p no:{entry.plugin}`"
-                    )
+                if name in clashes:
+                    clashes[name].append(entry)
+                elif name in table:
+                    clashes[name] = [table.pop(name), entry]
                 else:
                     table[name] = entry
+
+    def _check_unmarked(self, status: PluginStatus, plugin: Any) -> None:
+        """Warn about a function of the plugin module named like a hook but not marked: pluggy ignores it."""
+        for name in _hook_names():
+            function = getattr(plugin, name, None)
+            if (
+                inspect.isfunction(function)
+                and function.__module__ == getattr(plugin, "__name__", None)
+                and not hasattr(function, f"{ENTRY_POINT_GROUP}_impl")
+            ):
+                code = function.__code__
+                self.problems.append(
+                    f"plugin {status.source}: {name} ({code.co_filename}:{code.co_firstlineno}) is named "
+                    "like a hook but not marked @hookimpl, so it is never called; decorate it with "
+                    "`@hookimpl` (from xt_training import hookimpl)"
+                )
 
     def _run_register_hooks(self, status: PluginStatus, plugin: Any) -> dict[str, dict[str, Entry]]:
         staged: dict[str, dict[str, Entry]] = {}
@@ -380,24 +413,60 @@ class Registry:
 
     # --- names -----------------------------------------------------------------------------------
     def table(self, kind: str) -> dict[str, Entry]:
-        """All entries of a kind by name; raises if two plugins registered the same name."""
-        kind = canonical_kind(kind)
-        if self.conflicts[kind]:
-            raise ConfigError(self.conflicts[kind][0])
-        return self._tables[kind]
+        """The entries of a kind by name, but for the names that several plugins registered (:attr:`clashes`)."""
+        return self._tables[canonical_kind(kind)]
 
     def names(self, kind: str, pattern: str = "*") -> list[str]:
-        """Registered names of ``kind`` matching the fnmatch ``pattern``, in natural order."""
-        return sorted((n for n in self.table(kind) if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
+        """Registered names of ``kind`` matching the fnmatch ``pattern``, in natural order (clashing ones too)."""
+        kind = canonical_kind(kind)
+        found = [*self._tables[kind], *self.clashes[kind]]
+        return sorted((n for n in found if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
+
+    def conflicts(self) -> list[str]:
+        """One line per name that several plugins registered: which ones, and how to pick one."""
+        return [
+            self._clash(kind, name) for kind in KINDS for name in sorted(self.clashes[kind], key=natural_key)
+        ]
+
+    def _clash(self, kind: str, name: str) -> str:
+        entries = self.clashes[kind][name]
+        flag = "--data" if kind == "data" else f"--{kind}"
+        return (
+            f"{kind} '{name}' is registered by {len(entries)} plugins, "
+            f"{', '.join(e.source for e in entries[:-1])} and {entries[-1].source}; pick one by its plugin "
+            f"({' or '.join(f'`{flag} {qualified(e)}`' for e in entries)}), or block one with "
+            f"`xt -p no:{entries[-1].plugin}`"
+        )
+
+    def find(self, kind: str, name: str) -> Entry | None:
+        """The entry of ``name`` or ``PLUGIN:NAME``; None for an unknown or clashing name."""
+        kind = canonical_kind(kind)
+        if not isinstance(name, str):
+            return None
+        owner, sep, bare = name.rpartition(":")
+        if not sep:
+            return self._tables[kind].get(name)
+        candidates = self.clashes[kind].get(bare) or [self._tables[kind].get(bare)]
+        return next((e for e in candidates if e and owner in (e.plugin, e.distribution)), None)
 
     def entry(self, kind: str, name: str) -> Entry:
-        """The entry of ``name``; an unknown name is an error suggesting close matches."""
-        table = self.table(kind)
+        """The entry of ``name``, or ``PLUGIN:NAME`` (a plugin's entry-point or distribution name) where
+        several plugins registered ``name``; an unknown name is an error suggesting close matches."""
         kind = canonical_kind(kind)
-        if isinstance(name, str) and name in table:
-            return table[name]
+        found = self.find(kind, name)
+        if found is not None:
+            return found
+        if isinstance(name, str) and name in self.clashes[kind]:
+            raise ConfigError(self._clash(kind, name))
+        if isinstance(name, str) and ":" in name:
+            owner, _, bare = name.rpartition(":")
+            if bare in self.names(kind):
+                raise ConfigError(
+                    f"{kind} {name!r}: no plugin {owner!r} registers {kind} '{bare}'; see `xt list {KINDS[kind]}`"
+                )
+            name = bare
         plural = KINDS[kind]
-        known = sorted(table, key=natural_key)
+        known = self.names(kind)
         if not known:
             raise ConfigError(f"unknown {kind} {name!r}: no {plural} are registered; see `xt plugins`")
         close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
@@ -421,6 +490,7 @@ class Registry:
         """Build ``name`` with its factory; wrong option names or types are a one-line error."""
         entry = self.entry(kind, name)
         factory = entry.load()
+        options = _paths_as_annotated(options, _type_hints(factory))
         _check_options(entry, factory, options)
         obj = factory(**options)
         if entry.kind == "metric":
@@ -524,8 +594,18 @@ def _importable(module: str) -> bool:
         return False
 
 
+def qualified(entry: Entry) -> str:
+    """``DISTRIBUTION:NAME`` (``PLUGIN:NAME`` for a module without one): the name that picks this entry
+    where several plugins registered its name."""
+    return f"{entry.distribution or entry.plugin}:{entry.name}"
+
+
 def _hook_names() -> list[str]:
-    return [n for n in dir(hookspecs) if n.startswith("register_")]
+    return [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{ENTRY_POINT_GROUP}_spec")]
+
+
+def _lines(e: BaseException) -> list[str]:
+    return [" ".join(line.split()) for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
 
 
 def _one_line(e: BaseException) -> str:
@@ -615,6 +695,25 @@ def _check_options(entry: Entry, factory: Callable[..., Any], options: Mapping[s
     missing = [n for n, p in params.items() if p.default is p.empty and n not in options]
     if missing:
         raise ConfigError(f"{label} needs option {missing[0]!r}; {accepted()}")
+
+
+def _paths_as_annotated(options: Mapping[str, Any], hints: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with a path given as ``str`` where the factory annotates ``Path`` made a ``Path``, and the
+    reverse: the run directory xt passes (a logger's ``save_dir``) fits either annotation a user writes."""
+    converted = dict(options)
+    for key, value in options.items():
+        expected = hints.get(key)
+        if expected is None or _fits(value, expected):
+            continue
+        accepted = typing.get_args(expected) or (expected,)
+        if isinstance(value, os.PathLike) and str in accepted:
+            converted[key] = os.fspath(value)
+        elif isinstance(value, str):
+            path_type = next(
+                (t for t in accepted if isinstance(t, type) and issubclass(t, os.PathLike)), None
+            )
+            converted[key] = value if path_type is None else path_type(value)
+    return converted
 
 
 def _fits(value: Any, expected: Any) -> bool:
@@ -749,8 +848,10 @@ def names(kind: str, pattern: str = "*") -> list[str]:
 
 def entries(kind: str, pattern: str = "*") -> list[Entry]:
     """The entries of :func:`names`: name, plugin, distribution and description of each."""
-    table = current().table(kind)
-    return [table[n] for n in current().names(kind, pattern)]
+    reg = current()
+    kind = canonical_kind(kind)
+    table, clashes = reg.table(kind), reg.clashes[kind]
+    return [e for n in reg.names(kind, pattern) for e in (clashes[n] if n in clashes else [table[n]])]
 
 
 def create(kind: str, name: str, /, **options: Any) -> Any:

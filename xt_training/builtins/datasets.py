@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .. import distributed
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..preprocessing import normalization_in
 from ..registry import Data
 from . import table
@@ -412,7 +412,7 @@ def folder_data(
 
     def folder(path: Path, transform: Any) -> ImageFolder:
         try:
-            return ImageFolder(str(path), transform=transform)
+            return ImageFolder(str(path), transform=transform, loader=read_image)
         except (FileNotFoundError, RuntimeError) as e:
             raise ConfigError(
                 f"image folder '{path}': {e}; it must hold one folder of images per class"
@@ -463,6 +463,18 @@ def folder_data(
     return Data(loaders, info, **_CLASSIFICATION)
 
 
+def read_image(path: str) -> Any:
+    """The image at ``path`` as an RGB PIL image; one that cannot be read is bad input naming the file."""
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except OSError as e:  # not an image, a truncated file, ...
+        reason = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else first_line(e)
+        raise ConfigError(f"image '{path}' cannot be read ({reason}); remove or replace the file") from None
+
+
 def default_workers() -> int:
     """DataLoader workers that fit this machine: one per core this process may use, less one for the
     training loop itself, shared among the processes of this machine under torchrun, at most 8."""
@@ -495,6 +507,4 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> Any:
-        from torchvision.datasets.folder import default_loader
-
-        return self.transform(default_loader(str(self.files[i])))
+        return self.transform(read_image(str(self.files[i])))
