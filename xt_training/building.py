@@ -21,7 +21,7 @@ from .errors import ConfigError, XtError, first_line
 from .files import jsonable
 from .rundir import absolute_paths, direction
 
-__all__ = ["Built", "build", "seed_everything", "set_num_threads", "test_loaders"]
+__all__ = ["Built", "build", "data_context", "seed_everything", "set_num_threads", "test_loaders"]
 
 
 def set_num_threads(n: int | None) -> None:
@@ -68,6 +68,26 @@ def _check_fit(config: Mapping[str, Any], data: registry.Data) -> None:
             f"'{config['data']['name']}' does not give {'it' if len(missing) == 1 else 'them'} (it gives: "
             f"{', '.join(data.info) or 'nothing'}); pick a model that fits the data, or set them with --model-opt"
         )
+
+
+def data_context(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run tells its data's factory (each value only if the factory has a parameter of its name).
+
+    ``preprocessing``: how the run's model wants its inputs prepared, from the callable its plugin
+    registered with the name as metadata ``preprocessing`` (``register(name, factory, preprocessing=fn)``,
+    ``fn`` or ``"module:attr"``), called with the model's options; a pretrained model's resize, crop, mean
+    and std, which an image folder applies. Nothing when the model declares none or returns None.
+    """
+    model = config.get("model")
+    if not model:  # a run of F.train: no model by name
+        return {}
+    declared = registry.current().entry("model", model["name"]).metadata.get("preprocessing")
+    if declared is None:
+        return {}
+    preprocessing = (registry.load_object(declared) if isinstance(declared, str) else declared)(
+        **model["options"]
+    )
+    return {} if preprocessing is None else {"preprocessing": preprocessing}
 
 
 def make(
@@ -132,7 +152,7 @@ def build(
     seed_everything(config["seed"])
     set_num_threads(config["num_threads"])
     saved: dict[str, Any] = {"format": FORMAT, "xt_training_version": __version__}
-    data, saved["data"] = make("data", config["data"])
+    data, saved["data"] = make("data", config["data"], data_context(config))
     if not isinstance(data, registry.Data):
         raise ConfigError(
             f"data '{config['data']['name']}' returned {type(data).__name__}; a data factory must return "
@@ -140,7 +160,8 @@ def build(
         )
     saved["info"] = {k: v for k, v in data.info.items() if jsonable(v)}
     _check_fit(config, data)
-    model, saved["model"] = make("model", config["model"], data.info)
+    # to be tested, the model gets the run's checkpoint: a factory may skip loading pretrained weights
+    model, saved["model"] = make("model", config["model"], {**data.info, "from_checkpoint": not train})
     loss = config["loss"] or {"name": data.loss or "cross-entropy", "options": {}}
     loss_fn, saved["loss"] = make("loss", loss)
     metrics_config = config["metrics"]

@@ -66,7 +66,17 @@ def register_models(register: Any) -> None:
     A model factory takes keyword options and returns an ``nn.Module``. The CLI passes, when the factory
     has a parameter of that name, the values of the data set's ``info`` (:class:`xt_training.registry.Data`),
     e.g. ``num_classes``, ``in_features``, ``in_channels``, ``image_size``, ``input_size``; user options
-    (``--model-opt k=v``) take precedence. Called once per registry load, in plugin registration order.
+    (``--model-opt k=v``) take precedence. ``from_checkpoint`` is True when the model is built to load a
+    run's checkpoint into (``xt test``, ``xt predict``, ``xt export``, ``load_model``): a pretrained model
+    can skip loading (and downloading) its pretrained weights. Called once per registry load, in plugin
+    registration order.
+
+    A pretrained model that expects its inputs prepared its own way declares it as metadata,
+    ``register(name, factory, preprocessing=fn)`` (``fn`` or ``"module:attr"``): ``fn(**options)``, called
+    with the run's model options, returns None or a dict that the run's data factory receives as its
+    option ``preprocessing`` when it has one; for images ``{'resize', 'crop', 'interpolation', 'mean',
+    'std'}`` (see :func:`xt_training.builtins.datasets.image_preprocessing`), which the image folders
+    apply and record in their ``info``.
     """
 
 
@@ -79,7 +89,8 @@ def register_data(register: Any) -> None:
     A data factory takes keyword options and returns :class:`xt_training.registry.Data`: the loaders by
     split name (``train``, and ``val``/``test`` when available), the facts a model factory needs
     (``info``) and the suggested loss and metrics. The CLI passes ``batch_size`` (``--batch-size``)
-    when the factory accepts it. Data must be generated or read locally: nothing may be downloaded.
+    when the factory accepts it, and ``preprocessing`` when the run's model declares one (see
+    :func:`register_models`). Data must be generated or read locally: nothing may be downloaded.
     """
 
 

@@ -28,7 +28,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed, registry
-from .building import Built, build, make, scheduler_context, seed_everything, spread_over_epochs, test_loaders
+from .building import (
+    Built,
+    build,
+    data_context,
+    make,
+    scheduler_context,
+    seed_everything,
+    spread_over_epochs,
+    test_loaders,
+)
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import (
     CONFIG_FILE,
@@ -401,12 +410,16 @@ def load_model(
 
 
 def _rebuild_model(run_dir: Path, trust: bool) -> nn.Module:
-    """A fresh model of the run: by name from ``config.json``, else by class from ``run.json``."""
+    """A fresh model of the run: by name from ``config.json``, else by class from ``run.json``.
+
+    Its weights come from a checkpoint next, so a factory taking ``from_checkpoint`` gets True: a
+    pretrained model need not load (nor download) its pretrained weights.
+    """
     if (run_dir / CONFIG_FILE).is_file():
         config = read_config(run_dir, trust=trust)
         name, options = config["model"]["name"], config["model"]["options"]
-        from_data = registry.accepts("model", name, config.get("info") or {})
-        return registry.create("model", name, **{**from_data, **options})
+        context = {**(config.get("info") or {}), "from_checkpoint": True}
+        return registry.create("model", name, **{**registry.accepts("model", name, context), **options})
     record = read_run(run_dir).get("model")
     if not record:
         raise ConfigError(
@@ -541,7 +554,10 @@ def predict_run(
                     "predict one of its splits with --split, or name a data set that reads them with --data"
                 )
             options["predict_path"] = str(inputs)
-        built = registry.create_data(name, **options)
+        # the preprocessing the model asks for (a pretrained model's), as when the run trained
+        built = registry.create_data(
+            name, **{**registry.accepts("data", name, data_context(config)), **options}
+        )
         split = split or ("predict" if inputs is not None else "test")
         if split not in built.loaders:
             raise ConfigError(f"data '{name}' has no split {split!r}; splits: {', '.join(built.loaders)}")
@@ -551,12 +567,14 @@ def predict_run(
                     f"data '{name}' gives inputs with {key}={built.info[key]!r}, but the model of '{run_dir}' "
                     f"was trained on {key}={trained_on[key]!r}; predict on inputs of the shape it was trained on"
                 )
-        for key in ("normalization", "table"):
+        for key in ("normalization", "table", "preprocessing"):
             if trained_on.get(key) not in (None, built.info.get(key)):
-                # the data recomputed its preprocessing from its training files, which changed since the run
+                # the data recomputed its preprocessing from its training files (or from the model's plugin:
+                # a pretrained model's resize and mean), which changed since the run
                 raise ConfigError(
                     f"data '{name}' now prepares its inputs otherwise than when '{run_dir}' trained (its {key} "
-                    "differs: the training file changed?); restore the file, or predict with the exported model"
+                    "differs: the training file or the model's plugin changed?); restore them, or predict with "
+                    "the exported model"
                 )
         loader, forward = built.loaders[split], built.forward_fn or predict_forward
     if out.suffix.lower() == ".csv":
@@ -746,7 +764,8 @@ def export_run(
                 f"'{source}' is not inside a run directory (no run files beside its checkpoints/ folder); "
                 "name its model and input: --model NAME [--model-opt KEY=VALUE] --input-shape 1,3,32,32"
             )
-        net = registry.create("model", model, **dict(model_options or {}))
+        options = {**registry.accepts("model", model, {"from_checkpoint": True}), **dict(model_options or {})}
+        net = registry.create("model", model, **options)
         meta, normalization = {"model": model, "model_options": dict(model_options or {})}, None
         epoch = load_checkpoint(ckpt, net).get("epoch")
     meta["checkpoint"] = ckpt.name
@@ -802,7 +821,9 @@ def _run_export_facts(
     meta = _config_metadata(config)
     normalization = (config.get("info") or {}).get("normalization") or normalization
     if x is None:  # the data is built only for its example batch (it may be large, or gone)
-        data = registry.create("data", config["data"]["name"], **config["data"]["options"])
+        name = config["data"]["name"]
+        context = registry.accepts("data", name, data_context(config))  # prepared as when the run trained
+        data = registry.create("data", name, **{**context, **config["data"]["options"]})
         x = first_input(_example_loader(data.loaders))
         normalization = normalization or normalization_of(data.loaders.values())
     return meta, x, normalization

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,15 @@ from ..preprocessing import normalization_in
 from ..registry import Data
 from . import table
 
-__all__ = ["synthetic_classification", "synthetic_images", "synthetic_sequences", "csv_table", "image_folder"]
+__all__ = [
+    "synthetic_classification",
+    "synthetic_images",
+    "synthetic_sequences",
+    "csv_table",
+    "image_folder",
+    "image_preprocessing",
+    "image_transform",
+]
 
 _CLASSIFICATION = {"loss": "cross-entropy", "metrics": ["accuracy"]}
 _REGRESSION = {"loss": "mse", "metrics": ["mse", "mae", "r2"]}
@@ -339,11 +348,90 @@ def csv_table(
     return Data(loaders, info, **kind, notes=[note] if note else [])
 
 
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_PREPROCESSING_KEYS = {"resize", "crop", "interpolation", "mean", "std"}
+
+
+def image_preprocessing(
+    preprocessing: Mapping[str, Any] | None, image_size: int | None, normalize: bool = True
+) -> dict[str, Any]:
+    """How evaluation images are prepared: ``{'resize', 'crop', 'interpolation', 'mean', 'std'}``.
+
+    ``preprocessing`` is what a pretrained model asks for (the ``preprocessing`` its plugin registered
+    with the name, see ``register_models``): the shorter side resized to ``resize`` pixels (or the whole
+    image to ``[height, width]``) with ``interpolation`` (``'bilinear'``, ``'bicubic'``, ...), a square
+    center ``crop``, ``ToTensor`` and ``(x - mean) / std`` per channel. Without one: ``image_size``
+    (default 224) for both resize and crop, bilinear, ImageNet's mean and std. An ``image_size`` other
+    than the model's crop makes the crop that size and scales the resize in the same ratio (rounded
+    down). Without ``normalize``, no mean and std. The result is what ``info['preprocessing']`` records
+    and :func:`image_transform` applies.
+    """
+    if preprocessing is None:
+        size = image_size or 224
+        preprocessing = {
+            "resize": size,
+            "crop": size,
+            "interpolation": "bilinear",
+            "mean": _IMAGENET_MEAN,
+            "std": _IMAGENET_STD,
+        }
+    resize = preprocessing.get("resize") if isinstance(preprocessing, Mapping) else None
+    sides = list(resize) if isinstance(resize, (list, tuple)) else [resize]
+    if (
+        not isinstance(preprocessing, Mapping)
+        or not _PREPROCESSING_KEYS <= set(preprocessing)
+        or not (len(sides) in (1, 2) and all(map(_positive, [*sides, preprocessing["crop"]])))
+    ):
+        raise ConfigError(
+            f"an image preprocessing is a dict of {', '.join(sorted(_PREPROCESSING_KEYS))} (crop a positive "
+            f"integer, resize one or [height, width]), not {preprocessing!r}"
+        )
+    crop = preprocessing["crop"]
+    if image_size is not None and image_size != crop:
+        sides, crop = [side * image_size // crop for side in sides], image_size
+    prepared = {
+        "resize": sides if isinstance(resize, (list, tuple)) else sides[0],
+        "crop": crop,
+        "interpolation": preprocessing["interpolation"],
+    }
+    if normalize:  # lists of floats, as config.json gives them back to xt predict, which compares them
+        prepared.update({key: [float(v) for v in preprocessing[key]] for key in ("mean", "std")})
+    return prepared
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def image_transform(prepared: Mapping[str, Any], *, augment: Sequence[Any] | None = None) -> Any:
+    """The torchvision transform of :func:`image_preprocessing`'s record; ``augment`` (transforms of PIL
+    images: a training augmentation) replaces its resize and center crop."""
+    from torchvision import transforms
+
+    try:
+        interpolation = transforms.InterpolationMode(prepared["interpolation"])
+    except ValueError:
+        modes = ", ".join(m.value for m in transforms.InterpolationMode)
+        raise ConfigError(
+            f"image interpolation {prepared['interpolation']!r} is not one of torchvision's ({modes})"
+        ) from None
+    if augment is None:
+        augment = [
+            transforms.Resize(prepared["resize"], interpolation),
+            transforms.CenterCrop(prepared["crop"]),
+        ]
+    steps = [*augment, transforms.ToTensor()]
+    if "mean" in prepared:
+        steps.append(transforms.Normalize(prepared["mean"], prepared["std"]))
+    return transforms.Compose(steps)
+
+
 def image_folder(
     *,
     root: str,
-    image_size: int = 224,
+    image_size: int | None = None,
     normalize: bool = True,
+    preprocessing: dict[str, Any] | None = None,
     predict_path: str | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
@@ -351,7 +439,7 @@ def image_folder(
     num_workers: int | None = None,
     seed: int = 0,
 ) -> Data:
-    """Images in class folders (torchvision ImageFolder): resized, center-cropped, ImageNet-normalised.
+    """Images in class folders (torchvision ImageFolder): resized, center-cropped, normalised.
 
     ``root`` is either one folder of class folders (split into train/val/test, seeded), or has
     ``train/`` and optionally ``val/`` and ``test/`` folders of class folders. ``predict_path`` is a folder
@@ -359,10 +447,16 @@ def image_folder(
     order of their file names, prepared as the evaluation images are. ``num_workers``: DataLoader worker
     processes decoding the images; None fits the machine (see :func:`default_workers`).
 
+    Images are resized and center-cropped to ``image_size`` (default 224) and ImageNet-normalised, or
+    prepared as a pretrained model asks (``preprocessing``, which ``xt run`` passes from the model's
+    plugin; an ``image_size`` then overrides its crop): see :func:`image_preprocessing`. How they were
+    prepared is recorded in ``info['preprocessing']``.
+
     Args:
         root: a folder of class folders, or of ``train/`` (``val/``, ``test/``) folders of class folders.
-        image_size: the side of the square the images are resized and center-cropped to.
-        normalize: normalise with ImageNet's channel means and standard deviations.
+        image_size: the side of the square the images are center-cropped to (default 224, or the model's).
+        normalize: normalise with ImageNet's (or the pretrained model's) channel means and deviations.
+        preprocessing: how a pretrained model asks its images prepared (``xt run`` passes it).
         predict_path: a folder of images to predict, without class folders.
         val_fraction: the share of the images in the validation split (one folder of class folders).
         test_fraction: the share of the images in the test split (one folder of class folders).
@@ -370,22 +464,20 @@ def image_folder(
         num_workers: DataLoader worker processes decoding images; None fits the machine.
         seed: seeds the split of one folder of class folders.
     """
-    from torchvision import transforms
-
-    steps = [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
-    if normalize:
-        steps.append(transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    prepared = image_preprocessing(preprocessing, image_size, normalize)
+    transform = image_transform(prepared)
     return folder_data(
         root,
-        transforms.Compose(steps),
-        transforms.Compose(steps),
-        image_size=image_size,
+        transform,
+        transform,
+        image_size=prepared["crop"],
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         batch_size=batch_size,
         num_workers=num_workers,
         seed=seed,
         predict_path=predict_path,
+        preprocessing=prepared,
     )
 
 
@@ -401,8 +493,12 @@ def folder_data(
     num_workers: int | None,
     seed: int,
     predict_path: str | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> Data:
-    """Loaders over an image folder with separate training and evaluation transforms (see :func:`image_folder`)."""
+    """Loaders over an image folder with separate training and evaluation transforms (see :func:`image_folder`).
+
+    ``preprocessing``: how the evaluation images are prepared (:func:`image_preprocessing`), for ``info``.
+    """
     from torchvision.datasets import ImageFolder
 
     _check(batch_size, val_fraction, test_fraction)
@@ -460,6 +556,8 @@ def folder_data(
     normalization = normalization_in(eval_transform)
     if normalization is not None:
         info["normalization"] = normalization
+    if preprocessing is not None:  # xt predict checks that its images are prepared so
+        info["preprocessing"] = dict(preprocessing)
     return Data(loaders, info, **_CLASSIFICATION)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from xt_training.builtins.datasets import folder_data
+from xt_training.builtins.datasets import folder_data, image_preprocessing, image_transform
 from xt_training.errors import ConfigError
 from xt_training.registry import Data
 
@@ -61,7 +61,8 @@ def augmented_image_folder(
     preset: Literal[
         "flip", "crop-flip", "autoaugment", "randaugment", "trivialaugment", "augmix"
     ] = "crop-flip",
-    image_size: int = 224,
+    image_size: int | None = None,
+    preprocessing: dict[str, Any] | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     batch_size: int = 32,
@@ -72,29 +73,41 @@ def augmented_image_folder(
 
     Training images get the preset (``crop-flip``: random resized crop and horizontal flip, the ImageNet
     recipe; the others add AutoAugment, RandAugment, TrivialAugmentWide or AugMix after it); evaluation
-    images are resized to ``image_size / 0.875`` and center-cropped. All are ImageNet-normalised.
+    images are resized to ``image_size / 0.875`` and center-cropped to ``image_size`` (default 224). All
+    are ImageNet-normalised. A pretrained model's ``preprocessing`` (``xt run`` passes it) gives the
+    evaluation images its resize and crop, and all of them its interpolation, mean and std.
     """
     from torchvision import transforms as T
 
-    crop = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    if preprocessing is None:
+        size = image_size or 224
+        preprocessing = {
+            "resize": int(size / 0.875),
+            "crop": size,
+            "interpolation": "bilinear",
+            "mean": _MEAN,
+            "std": _STD,
+        }
+    prepared = image_preprocessing(preprocessing, image_size)
+    size, interpolation = prepared["crop"], T.InterpolationMode(prepared["interpolation"])
+    crop = [T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip()]
     policies = {
-        "flip": [T.Resize(image_size), T.CenterCrop(image_size), T.RandomHorizontalFlip()],
+        "flip": [T.Resize(size, interpolation), T.CenterCrop(size), T.RandomHorizontalFlip()],
         "crop-flip": crop,
         "autoaugment": [*crop, T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)],
         "randaugment": [*crop, T.RandAugment()],
         "trivialaugment": [*crop, T.TrivialAugmentWide()],
         "augmix": [*crop, T.AugMix()],
     }
-    tensor = [T.ToTensor(), T.Normalize(_MEAN, _STD)]
-    evaluation = [T.Resize(int(image_size / 0.875)), T.CenterCrop(image_size), *tensor]
     return folder_data(
         root,
-        T.Compose([*policies[preset], *tensor]),
-        T.Compose(evaluation),
-        image_size=image_size,
+        image_transform(prepared, augment=policies[preset]),
+        image_transform(prepared),
+        image_size=size,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         batch_size=batch_size,
         num_workers=num_workers,
         seed=seed,
+        preprocessing=prepared,
     )

@@ -34,9 +34,8 @@ def detection_model(
     """
     if weights is not None or weights_backbone is not None:
         raise ConfigError(
-            f"xt-vision builds {builder} with random weights: pretrained weights would have to be downloaded, "
-            "which it never does; drop weights= and weights_backbone=, then load your own with "
-            "xt_training.load_checkpoint(path, model)"
+            f"xt-vision builds the detection model {builder} with random weights only; drop weights= and "
+            "weights_backbone=, then load your own with xt_training.load_checkpoint(path, model)"
         )
     import torchvision.models.detection
 

@@ -37,13 +37,15 @@ def model_names() -> list[str]:
 @hookimpl
 def register_models(register: Any) -> None:
     from .detection import DETECTION_MODELS, detection_model
-    from .models import torchvision_model
+    from .models import torchvision_model, weights_preprocessing
 
     for name in model_names():
         register(
             name,
             functools.partial(torchvision_model, name),
-            description=f"torchvision {name}, randomly initialised (weights=None)",
+            description=f"torchvision {name}; weights=DEFAULT: pretrained (default: random)",
+            # a pretrained model's images are prepared as its weights' were
+            preprocessing=functools.partial(weights_preprocessing, name),
         )
     for name, builder in DETECTION_MODELS.items():
         register(
