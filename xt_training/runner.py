@@ -158,6 +158,25 @@ class Runner:
             free memory).
         compile: ``torch.compile`` the model for training (under DDP: the DDP-wrapped model).
         channels_last: NHWC memory format for the model and 4-D input batches.
+        callbacks: objects with some of the per-pass and per-step hooks of :mod:`xt_training.callbacks`
+            (``on_pass_start``, ``on_train_batch_end``, ...), called with ``runner.run`` (F.train's
+            :class:`~xt_training.callbacks.Run`; by default the Runner itself). Which callbacks implement
+            which hook is read once per pass: hooks no callback implements cost nothing per step.
+
+    A pass, as pseudocode (``cb`` stands for every callback that implements the hook)::
+
+        cb.on_pass_start(run, name)
+        for step, batch in enumerate(loader, 1):
+            cb.on_train_batch_start(run, batch, step)                  # training only
+            y_pred, y = forward_fn(model, batch); loss = loss_fn(y_pred, y)
+            if training:
+                loss.backward()
+                every accumulate_grad_batches batches:
+                    cb.on_before_optimizer_step(run, optimizer)         # gradients visible (unscaled)
+                    clip gradients; optimizer.step(); optimizer.zero_grad(); per-batch scheduler step
+            cb.on_train_batch_end(run, batch, step, y_pred, loss)      # evaluation: on_validation_batch_end
+            at logging steps: metrics, loggers; every checkpoint_every_n_steps: on_checkpoint()
+        cb.on_pass_end(run, name, values)                              # not when a signal stopped the pass
 
     On CUDA, batches are copied to the GPU on a side stream one step ahead (``pin_memory=True`` in
     the DataLoader makes those copies asynchronous).
@@ -188,6 +207,7 @@ class Runner:
         data_on_device: bool | str = "auto",
         compile: bool = False,
         channels_last: bool = False,
+        callbacks: Iterable[Any] | None = None,
     ):
         if scheduler_step not in ("epoch", "batch", None):
             raise ConfigError(f"scheduler_step must be 'epoch', 'batch' or None, not {scheduler_step!r}")
@@ -271,6 +291,10 @@ class Runner:
         self.stopped = False  # whether the last pass ended early because of stop_requested
         self._pass: dict[str, Any] = {}  # the running training pass, for position()
         self._sharded: dict[tuple[int, bool], Any] = {}
+        check_list("callbacks", callbacks)
+        self.callbacks = list(callbacks or [])
+        self.run: Any = self  # what the callbacks' hooks get first (F.train: its Run)
+        self._before_step: list[Callable[..., Any]] = []  # the pass's on_before_optimizer_step hooks
 
     def __call__(
         self,
@@ -334,6 +358,15 @@ class Runner:
             batches = prefetch_to_cuda(batches, self.device, self.channels_last)
             move = False  # done by the prefetcher
         self._pass = {"buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name}
+        # The callbacks' hooks, looked up once per pass; where none implements one, the loop is as without it.
+        run = self.run
+        for hook in self._hooks("on_pass_start"):
+            hook(run, name)
+        batch_end = self._hooks("on_train_batch_end" if training else "on_validation_batch_end")
+        self._before_step = self._hooks("on_before_optimizer_step") if training else []
+        batch_start = self._hooks("on_train_batch_start") if training else []
+        if batch_start:  # called as each batch is taken: the loop's own path is unchanged
+            batches = _calling_before(batches, batch_start, run, done)
 
         # Read once per pass: the loop body below runs every step, where each lookup counts.
         accumulate = self.accumulate
@@ -347,7 +380,7 @@ class Runner:
         bare_forward = autocast is _NO_OP and not ddp_accumulation
         # The optimizer step inline, where it is just step and zero_grad: a method call and its checks
         # cost about as much as the rest of the loop's bookkeeping.
-        plain_step = training and self._plain_optimizer_step()
+        plain_step = training and self._plain_optimizer_step() and not self._before_step
         losses, sizes, keep_loss = buffers.losses, buffers.sizes, buffers.keep_loss  # appended to in place
         keep_outputs = buffers.keep_outputs
         # Under DDP the ranks must agree to stop, which takes a collective: only at the training pass's
@@ -417,6 +450,9 @@ class Runner:
                         else:  # loss scaling, gradient clipping or a per-batch scheduler
                             self._optimizer_step()
 
+                if batch_end:
+                    for hook in batch_end:
+                        hook(run, batch, step, y_pred, loss)
                 # Per step only a float (CPU) or detached references are kept: no value leaves a GPU here.
                 if loss is not None:
                     losses.append(keep_loss(loss))
@@ -484,6 +520,8 @@ class Runner:
             self._notice_once(key, getattr(metric, "note", None))
         self.loggers.end_pass(name, values)
         self.latest = values
+        for hook in self._hooks("on_pass_end"):
+            hook(run, name, values)
         return buffers.predictions() if return_preds else values
 
     def _notice_once(self, key: str, note: str | None) -> None:
@@ -518,10 +556,17 @@ class Runner:
             and (self.scheduler is None or self.scheduler_step != "batch")
         )
 
+    def _hooks(self, name: str) -> list[Callable[..., Any]]:
+        """The callbacks' methods ``name``, for those that implement it."""
+        return [getattr(cb, name) for cb in self.callbacks if callable(getattr(cb, name, None))]
+
     def _optimizer_step(self) -> None:
-        if self.clip_grad_norm or self.clip_grad_value:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        clipping = self.clip_grad_norm or self.clip_grad_value
+        if self.scaler is not None and (clipping or self._before_step):
+            self.scaler.unscale_(self.optimizer)  # hooks and clipping see the true gradients, not the scaled
+        for hook in self._before_step:
+            hook(self.run, self.optimizer)
+        if clipping:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
@@ -582,6 +627,14 @@ def skip_batches(batches: Any, n: int) -> int:
         if next(batches, _END) is _END:
             raise ConfigError(f"cannot resume at step {n}: the loader has only {i} batches now")
     return n
+
+
+def _calling_before(batches: Iterable[Any], hooks: list[Callable[..., Any]], run: Any, done: int) -> Any:
+    """``batches``, calling ``hook(run, batch, step)`` before each one is handed on."""
+    for step, batch in enumerate(batches, done + 1):
+        for hook in hooks:
+            hook(run, batch, step)
+        yield batch
 
 
 _END = object()

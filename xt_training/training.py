@@ -95,14 +95,18 @@ def train(
 
     The loop, as pseudocode::
 
+        callbacks.on_train_start(run)
         for epoch in 1..epochs:
             model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
-                                                            # checkpoints/last.pt every checkpoint_every_n_steps
+                                                            # checkpoints/last.pt every checkpoint_every_n_steps;
+                                                            # the per-pass and per-step hooks (see Runner)
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
             scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
             history.append(row); loggers.end_epoch(row); callbacks.on_epoch_end(run, row)
             save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; history.json
             stop if a callback set run.should_stop (e.g. EarlyStopping)
+        on an exception: callbacks.on_exception(run, error); save checkpoints/crash.pt; re-raise
+        callbacks.on_train_end(run, status)
 
     Args:
         save_dir: the run directory (:mod:`xt_training.rundir`): ``run.json``, ``history.json`` and
@@ -123,7 +127,8 @@ def train(
             before training, with the number of steps it needs.
         loggers: logger instances or registered names (``'tensorboard'``, ``'csv'``...); the console
             logger is added unless ``quiet`` or one is given.
-        callbacks: objects with ``on_epoch_end(run, row)`` etc., see :mod:`xt_training.callbacks`.
+        callbacks: objects with ``on_epoch_end(run, row)``, ``on_train_batch_end(run, batch, step, y_pred,
+            loss)`` etc., see :mod:`xt_training.callbacks`.
         resume: ``True`` continues the run in ``save_dir`` from ``checkpoints/last.pt`` exactly where it
             stopped (mid-epoch included), or a checkpoint path. A fresh ``save_dir`` starts from scratch;
             a run that has trained all ``epochs`` returns its history (nothing to do); fewer ``epochs``
@@ -164,9 +169,10 @@ def train(
             precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
             checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
-            compile=compile, channels_last=channels_last,
+            compile=compile, channels_last=channels_last, callbacks=callbacks,
         )  # fmt: skip
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
+        runner.run = run
         training = _Training(run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main)
         if not training.restore(resume, epochs):
             return run.history  # a finished run resumed with the same epochs: nothing to do
@@ -189,7 +195,9 @@ def train(
             except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's exit after saving the position
                 status = "interrupted"
                 raise
-            except Exception:
+            except Exception as error:
+                for cb in training.callbacks:
+                    getattr(cb, "on_exception", _noop)(run, error)
                 if main:
                     _save_crash(training.ckpt_dir / CRASH, model, run)
                 raise
