@@ -3,11 +3,15 @@ closure optimizers, the model summary -- each through F.train as a user calls it
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import mlp
+from conftest import mlp, xt
 from torch.utils.data import DataLoader, TensorDataset
 
+from xt_training.errors import ConfigError
 from xt_training.utils import functional as F
 
 
@@ -106,3 +110,89 @@ def test_a_callback_without_step_hooks_leaves_the_loop_as_it_is(tabular):
                     quiet=True, callbacks=[object()])  # fmt: skip
     runner(DataLoader(TensorDataset(*train.dataset.tensors), batch_size=64))
     assert runner._before_step == [] and runner._plain_optimizer_step()
+
+
+class Batches:
+    """Records the inputs of every training and validation batch, per pass."""
+
+    def __init__(self):
+        self.passes: list[tuple[str, list[torch.Tensor]]] = []
+
+    def on_pass_start(self, run, name):
+        self.passes.append((name, []))
+
+    def on_train_batch_end(self, run, batch, step, y_pred, loss):
+        self.passes[-1][1].append(batch[0])
+
+    on_validation_batch_end = on_train_batch_end
+
+
+def test_fast_dev_run_runs_n_batches_of_each_pass_and_writes_nothing(tabular, tmp_path, capsys):
+    train, val, *_ = tabular
+    seen = Batches()
+    model = mlp()
+    save_dir = tmp_path / "run"
+    history = F.train(save_dir, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 5, TF.cross_entropy,
+                      val_loader=val, test_loaders={"test": val}, loggers=["csv", "jsonl"], callbacks=[seen],
+                      fast_dev_run=2)  # fmt: skip
+    assert not save_dir.exists() and list(tmp_path.iterdir()) == []
+    assert [(name, len(b)) for name, b in seen.passes] == [("train", 2), ("val", 2), ("test", 2)]
+    assert len(history) == 1 and "val/loss" in history[0] and "test/loss" in history[0]
+    assert "fast_dev_run: one epoch of 2 batches of each pass; nothing is written" in capsys.readouterr().err
+
+
+def test_limit_batches_count_and_fraction(tabular, tmp_path):
+    train, val, *_ = tabular  # 12 training and 4 validation batches
+    seen = Batches()
+    model = mlp()
+    F.train(tmp_path / "run", train, model, torch.optim.SGD(model.parameters(), lr=0.1), 2, TF.cross_entropy,
+            val_loader=val, callbacks=[seen], quiet=True, limit_train_batches=0.25, limit_val_batches=1)  # fmt: skip
+    assert [(name, len(b)) for name, b in seen.passes] == [("train", 3), ("val", 1)] * 2
+
+
+def test_debugging_options_are_checked_before_training(tabular, tmp_path):
+    train, *_ = tabular
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for kwargs, message in (
+        ({"limit_train_batches": 1.5}, "limit_train_batches=1.5 is a fraction above 1"),
+        ({"limit_train_batches": 0}, "limit_train_batches must be a number of batches"),
+        ({"fast_dev_run": -1}, "fast_dev_run must be True, False or a number of batches"),
+        ({"fast_dev_run": 1, "resume": True}, "fast_dev_run writes no checkpoints"),
+        ({"overfit_batches": 20}, "overfit_batches=20, but train_loader has only 12 batches"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            F.train(tmp_path / "run", train, model, optimizer, 1, TF.cross_entropy, quiet=True, **kwargs)
+
+
+def test_overfit_batches_trains_on_the_same_batches_until_the_loss_is_near_zero(tabular, tmp_path):
+    train, val, *_ = tabular
+    seen = Batches()
+    model = mlp()
+    history = F.train(tmp_path / "run", train, model, torch.optim.Adam(model.parameters(), lr=0.01), 60,
+                      TF.cross_entropy, callbacks=[seen], quiet=True, overfit_batches=2)  # fmt: skip
+    first = seen.passes[0][1]
+    assert len(first) == 2
+    assert all(len(b) == 2 and all(torch.equal(x, y) for x, y in zip(b, first)) for _, b in seen.passes)
+    assert history[0]["train/loss"] > 0.5
+    assert history[-1]["train/loss"] < 0.01
+
+
+TINY = ["--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200"]
+
+
+@pytest.mark.slow
+def test_cli_debugging_flags(tmp_path):
+    """`xt run --fast-dev-run N` writes nothing; the limits and overfit_batches reach F.train and config.json."""
+    out = xt("run", *TINY, "--fast-dev-run", "2", "--logger", "csv", cwd=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert "dry run: every part built, 2 batches of each pass trained; nothing written" in out.stdout
+    bad = xt("run", *TINY, "--limit-train-batches", "1.5", cwd=tmp_path, code=2)
+    assert "'1.5' is neither a number of batches (e.g. 10) nor a fraction in (0, 1]" in bad.stderr
+
+    args = ["--limit-train-batches", "1", "--limit-val-batches", "0.5", "--overfit-batches", "2"]
+    xt("run", *TINY, *args, "--epochs", "3", "--logger", "jsonl", "--save-dir", "run", cwd=tmp_path)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [config[k] for k in ("limit_train_batches", "limit_val_batches", "overfit_batches")] == [1, 0.5, 2]
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in epochs if e["kind"] == "epoch"] == [1, 2, 3]  # one optimizer step an epoch

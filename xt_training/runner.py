@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -90,6 +91,29 @@ def check_list(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, (str, Mapping)) or not isinstance(value, Iterable)):
         example = f"[{value!r}]" if isinstance(value, str) else "[...]"
         raise ConfigError(f"{name} must be a list, e.g. {name}={example}, not {describe(value)}")
+
+
+def batch_limit(option: str, value: int | float | None, loader: Any) -> int | None:
+    """How many batches of ``loader`` a pass limited by ``value`` takes: a count (an int, at least 1) or a
+    fraction of the loader's batches (a float in (0, 1], at least one batch); None: all."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(
+            f"{option} must be a number of batches (e.g. 10) or a fraction of them (e.g. 0.25), not {value!r}"
+        )
+    if isinstance(value, int):
+        return value
+    if value > 1:
+        raise ConfigError(
+            f"{option}={value} is a fraction above 1; give a fraction in (0, 1] or a count, e.g. 10"
+        )
+    length = _length(loader)
+    if length is None:
+        raise ConfigError(
+            f"{option}={value} is a fraction, but the loader has no length (an IterableDataset); give a count"
+        )
+    return max(1, int(length * value))
 
 
 def check_scheduler(scheduler: Any, scheduler_step: str | None) -> None:
@@ -304,12 +328,15 @@ class Runner:
         metrics: Mapping[str, Any] | None = None,
         return_preds: bool = False,
         resume: Mapping[str, Any] | None = None,
+        limit_batches: int | float | None = None,
     ) -> dict[str, Any] | tuple[Any, Any]:
         """One pass over ``loader``; returns ``{'loss': float, metric: value, ...}``.
 
         With ``return_preds=True`` it returns ``(y_pred, y)`` instead: the outputs and targets of the
         whole loader, concatenated in loader order, on the CPU (the values are in ``runner.latest``).
         ``resume`` continues a training pass from a :meth:`position` saved in a checkpoint.
+        ``limit_batches`` ends the pass after that many batches, or that fraction of the loader's (see
+        :func:`batch_limit`).
         """
         training = self.module.training
         # DDP is for training: evaluation shards differ in size, so ranks evaluate the plain module
@@ -335,7 +362,11 @@ class Runner:
         # (a disabled torch.autocast still costs ~2.5 us a step)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _NO_OP
         self.stopped = False
-        tick = self.loggers.start_pass(name, self.epoch, _length(loader))
+        length = _length(loader)
+        limit = batch_limit("limit_batches", limit_batches, loader)
+        tick = self.loggers.start_pass(
+            name, self.epoch, length if limit is None else min(limit, length or limit)
+        )
 
         # Creating the iterator draws from the RNG (the loader's base seed; shuffling); a resumed
         # pass recreates it from the RNG state of the interrupted pass and skips the batches done.
@@ -354,6 +385,8 @@ class Runner:
             done = skip_batches(batches, resume["step"])
             buffers.restore(resume, done)
             restore_rng(resume["rng"], generators)
+        if limit is not None:  # (a debugging run: the loop itself is as without a limit)
+            batches = itertools.islice(batches, max(limit - done, 0))
         if self.device.type == "cuda":
             batches = prefetch_to_cuda(batches, self.device, self.channels_last)
             move = False  # done by the prefetcher

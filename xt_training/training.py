@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
 import os
 import signal
@@ -48,7 +49,7 @@ from .rundir import (
     holds_run,
     remove_run,
 )
-from .runner import Runner, check_instance, check_list, prepare_metrics, step_scheduler
+from .runner import Runner, batch_limit, check_instance, check_list, prepare_metrics, step_scheduler
 from .testing import check_loaders
 
 __all__ = ["train", "refuse_held_run"]
@@ -90,6 +91,10 @@ def train(
     channels_last: bool = False,
     export: str | None = None,
     overwrite: bool = False,
+    limit_train_batches: int | float | None = None,
+    limit_val_batches: int | float | None = None,
+    fast_dev_run: int | bool = False,
+    overfit_batches: int = 0,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
 
@@ -142,6 +147,13 @@ def train(
             the first batch of ``val_loader`` (else ``train_loader``) as the example input; see
             :func:`xt_training.exporting.export_trained`. Checked before training starts.
         overwrite: delete the run that ``save_dir`` holds before training (else such a directory is refused).
+        limit_train_batches, limit_val_batches: debugging: end each training (validation) pass after that
+            many batches (an int), or that fraction of the loader's batches (a float in (0, 1]).
+        fast_dev_run: debugging: ``N`` (``True``: 1) runs one epoch of N batches of each pass (training,
+            validation, tests) and writes nothing: no checkpoints, history, run.json or logs (the
+            console only); ``save_dir`` is not created. Not resumable.
+        overfit_batches: debugging: train on the same first N batches of ``train_loader`` every epoch
+            (taken once, before training), to check that the model can learn them.
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
@@ -154,9 +166,16 @@ def train(
         each logging step).
     """
     passes, monitor, mode = _check_arguments(locals())
-    main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
+    dry = _dry_run_batches(fast_dev_run, resume)
+    limits = {"train": limit_train_batches, "val": limit_val_batches}
+    if dry:  # one epoch of `dry` batches of every pass
+        epochs, handle_signals, limits = 1, False, dict.fromkeys(passes, dry)
+    if overfit_batches:
+        passes["train"] = (_first_batches(train_loader, overfit_batches), passes["train"][1])
+    # under DDP only rank 0 writes; a dry run writes nothing
+    main = (not distributed.init_from_env() or distributed.is_main()) and not dry
     with hold(save_dir, lock=main) as outermost:  # let go however the run ends
-        if outermost:  # else its holder (xt run) has checked the directory and written into it
+        if outermost and not dry:  # else its holder (xt run) has checked the directory and written into it
             fix = "continue it with resume=True, or pass overwrite=True"
             refuse_held_run(save_dir, overwrite, fix, resume=bool(resume))
         save_dir = prepare_dir(save_dir) if main else Path(save_dir)
@@ -165,7 +184,7 @@ def train(
         runner = Runner(
             model, loss_fn, optimizer, scheduler, device=device, forward_fn=forward_fn,
             scheduler_step="batch" if scheduler_step == "batch" else None,  # per-epoch steps happen in _Training
-            log_every_n_steps=log_every_n_steps, loggers=_resolve_loggers(loggers, save_dir, quiet) if main else [],
+            log_every_n_steps=log_every_n_steps, loggers=_resolve_loggers(loggers, save_dir, quiet, main, dry),
             precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
             checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
@@ -173,7 +192,13 @@ def train(
         )  # fmt: skip
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
         runner.run = run
-        training = _Training(run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main)
+        training = _Training(
+            run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main, limits
+        )
+        if dry:
+            runner.loggers.notice(
+                f"fast_dev_run: one epoch of {dry} batch{'es' if dry > 1 else ''} of each pass; nothing is written"
+            )
         if not training.restore(resume, epochs):
             return run.history  # a finished run resumed with the same epochs: nothing to do
         if main:
@@ -269,6 +294,12 @@ def _check_arguments(
             )
     check_list("loggers", args["loggers"])
     check_list("callbacks", args["callbacks"])
+    batch_limit("limit_train_batches", args["limit_train_batches"], args["train_loader"])
+    if args["val_loader"] is not None:
+        batch_limit("limit_val_batches", args["limit_val_batches"], args["val_loader"])
+    overfit = args["overfit_batches"]
+    if isinstance(overfit, bool) or not isinstance(overfit, int) or overfit < 0:
+        raise ConfigError(f"overfit_batches must be a number of batches (e.g. 2; 0: off), not {overfit!r}")
     for name, methods in (("optimizer", ("step", "zero_grad")), ("loss_fn", ("__call__",))):
         if name == "loss_fn" and args[name] is None:  # the model's own loss (see Runner)
             continue
@@ -314,8 +345,10 @@ class _Training:
         scheduler_step: str,
         callbacks: list[Any],
         main: bool,
+        limits: dict[str, int | float | None],
     ):
         self.run, self.runner, self.passes, self.callbacks, self.main = run, runner, passes, callbacks, main
+        self.limits = limits  # per pass: its batches (debugging runs), None: all
         self.scheduler, self.scheduler_step = scheduler, scheduler_step
         self.ckpt_dir = checkpoints_dir(run.save_dir)
         self.generators = [g for loader, _ in passes.values() for g in loader_generators(loader)]
@@ -466,7 +499,9 @@ class _Training:
         )
         run.model.train()
         loader, metrics = self.passes["train"]
-        values = runner(loader, "train", metrics=metrics, resume=position)
+        values = runner(
+            loader, "train", metrics=metrics, resume=position, limit_batches=self.limits.get("train")
+        )
         if runner.stopped:
             self.stop({"phase": "train", "row": self.row, **runner.position()})
         self.row.update({f"train/{k}": v for k, v in values.items()})
@@ -479,7 +514,7 @@ class _Training:
         after_train = {"phase": "eval", "row": dict(row), "rng": capture_rng(self.generators)}
         self.run.model.eval()
         for prefix, (loader, metrics) in list(self.passes.items())[1:]:
-            values = self.runner(loader, prefix, metrics=metrics)
+            values = self.runner(loader, prefix, metrics=metrics, limit_batches=self.limits.get(prefix))
             if self.runner.stopped:
                 self.stop(after_train)
             row.update({f"{prefix}/{k}": v for k, v in values.items()})
@@ -721,6 +756,31 @@ def _restore(
     return state.get("position")
 
 
+def _dry_run_batches(fast_dev_run: int | bool, resume: Any) -> int:
+    """The batches of each pass of a ``fast_dev_run`` (``True``: 1); 0 for a real run."""
+    if isinstance(fast_dev_run, bool):
+        fast_dev_run = int(fast_dev_run)
+    if not isinstance(fast_dev_run, int) or fast_dev_run < 0:
+        raise ConfigError(
+            f"fast_dev_run must be True, False or a number of batches (e.g. 2), not {fast_dev_run!r}"
+        )
+    if fast_dev_run and resume:
+        raise ConfigError(
+            "fast_dev_run writes no checkpoints, so there is nothing to resume; leave out resume"
+        )
+    return fast_dev_run
+
+
+def _first_batches(loader: Iterable[Any], n: int) -> list[Any]:
+    """The first ``n`` batches of ``loader``, kept: ``overfit_batches`` trains on them every epoch."""
+    batches = list(itertools.islice(loader, n))
+    if len(batches) < n:
+        raise ConfigError(
+            f"overfit_batches={n}, but train_loader has only {len(batches)} batches; give at most that"
+        )
+    return batches
+
+
 def _save_crash(path: Path, model: torch.nn.Module, run: Run) -> None:
     """On an exception, keep the weights for inspection (never over last.pt/best.pt); the caller re-raises."""
     try:
@@ -751,8 +811,17 @@ def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
             signal.signal(sig, old)
 
 
-def _resolve_loggers(loggers: Iterable[Any] | None, save_dir: Path, quiet: bool) -> list[Any]:
-    """Logger instances from instances or built-in names, the notes file, and the default console logger."""
+def _resolve_loggers(
+    loggers: Iterable[Any] | None, save_dir: Path, quiet: bool, main: bool, dry: int
+) -> list[Any]:
+    """Logger instances from instances or built-in names, the notes file, and the default console logger.
+
+    Under DDP the ranks other than 0 log nothing; a dry run (``fast_dev_run``) the console only.
+    """
+    if dry:
+        return default_loggers([], quiet)
+    if not main:
+        return []
     resolved = [create_logger(lg, save_dir) if isinstance(lg, str) else lg for lg in loggers or []]
     return default_loggers([*resolved, _Notes(save_dir)], quiet)
 
