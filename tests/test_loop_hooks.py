@@ -196,3 +196,41 @@ def test_cli_debugging_flags(tmp_path):
     assert [config[k] for k in ("limit_train_batches", "limit_val_batches", "overfit_batches")] == [1, 0.5, 2]
     epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in epochs if e["kind"] == "epoch"] == [1, 2, 3]  # one optimizer step an epoch
+
+
+def test_lbfgs_fits_a_linear_regression_through_f_train(tmp_path):
+    """LBFGS.step() requires a closure: the loop passes one that recomputes the forward and loss."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=g)
+    y = x @ torch.tensor([[1.5], [-2.0], [0.5]]) + 0.3 + 0.1 * torch.randn(256, 1, generator=g)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=50, line_search_fn="strong_wolfe")
+    loader = DataLoader(TensorDataset(x, y), batch_size=256)
+    history = F.train(tmp_path / "run", loader, model, optimizer, 2, TF.mse_loss, quiet=True)
+    # the least-squares solution, by torch.linalg
+    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(256, 1)], 1), y).solution.squeeze(1)
+    assert torch.allclose(model.weight.detach().squeeze(0), solution[:3], atol=1e-4)
+    assert torch.allclose(model.bias.detach(), solution[3:], atol=1e-4)
+    best = TF.mse_loss(torch.cat([x, torch.ones(256, 1)], 1) @ solution[:, None], y).item()
+    assert history[-1]["train/loss"] == pytest.approx(best, rel=1e-4)  # epoch 2's forward: at the optimum
+
+
+def test_an_optimizer_without_state_dict_is_refused_before_training(tabular, tmp_path):
+    class Plain:  # steps and zeroes, but checkpoints could not save it
+        def __init__(self, params):
+            self.params = list(params)
+
+        def step(self):
+            pass
+
+        def zero_grad(self):
+            pass
+
+    train, *_ = tabular
+    model = mlp()
+    with pytest.raises(ConfigError, match="optimizer must have step, zero_grad, state_dict, load_state_dict"
+                       r" \(checkpoints save its state, resume restores it\); Plain has no state_dict, "
+                       "load_state_dict"):  # fmt: skip
+        F.train(tmp_path / "run", train, model, Plain(model.parameters()), 1, TF.cross_entropy, quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import math
 import time
@@ -145,7 +146,9 @@ class Runner:
             evaluation then may report no loss, training needs one. The pass's ``loss`` is its mean per
             example: batch means weighted by batch size, or, for a loss whose ``reduction`` is ``'sum'``,
             the batch sums added and divided by the examples.
-        optimizer: required to train.
+        optimizer: required to train. One whose ``step()`` requires a closure (``torch.optim.LBFGS``) gets one
+            that recomputes the batch's forward, loss and backward (as Lightning passes); the loop's own
+            forward and backward of the batch still give the values it reports.
         scheduler: a torch LR scheduler, stepped as ``scheduler_step`` says.
         batch_metrics: ``{name: metric}`` computed on every pass (see :mod:`xt_training.metrics`);
             a call can override them with ``metrics=``.
@@ -250,6 +253,15 @@ class Runner:
         check_instance("loss_fn", loss_fn)
         check_instance("optimizer", optimizer)
         check_scheduler(scheduler, scheduler_step)
+        # LBFGS re-evaluates the loss several times a step: its step() takes a closure that recomputes it
+        self.needs_closure = optimizer is not None and _needs_closure(optimizer)
+        if self.needs_closure and (
+            accumulate_grad_batches > 1 or clip_grad_norm or clip_grad_value or precision == "16-mixed"
+        ):
+            raise ConfigError(
+                f"{type(optimizer).__name__}.step() takes a closure that recomputes the loss, which works without "
+                "gradient accumulation, clipping and precision='16-mixed'; leave those out, or use another optimizer"
+            )
         if nonfinite_loss not in ("raise", "skip"):
             raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', not {nonfinite_loss!r}")
         if precision not in _PRECISIONS:
@@ -480,8 +492,8 @@ class Runner:
                             optimizer.step()
                             optimizer.zero_grad()
                             self.global_step += 1
-                        else:  # loss scaling, gradient clipping or a per-batch scheduler
-                            self._optimizer_step()
+                        else:  # loss scaling, clipping, a per-batch scheduler, hooks or a closure
+                            self._optimizer_step(batch)
 
                 if batch_end:
                     for hook in batch_end:
@@ -587,13 +599,14 @@ class Runner:
             not clipping
             and self.scaler is None
             and (self.scheduler is None or self.scheduler_step != "batch")
+            and not self.needs_closure
         )
 
     def _hooks(self, name: str) -> list[Callable[..., Any]]:
         """The callbacks' methods ``name``, for those that implement it."""
         return [getattr(cb, name) for cb in self.callbacks if callable(getattr(cb, name, None))]
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, batch: Any = None) -> None:
         clipping = self.clip_grad_norm or self.clip_grad_value
         if self.scaler is not None and (clipping or self._before_step):
             self.scaler.unscale_(self.optimizer)  # hooks and clipping see the true gradients, not the scaled
@@ -605,7 +618,9 @@ class Runner:
                 torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
             if self.clip_grad_value:
                 torch.nn.utils.clip_grad_value_(params, self.clip_grad_value)
-        if self.scaler is None:
+        if self.needs_closure:
+            self.optimizer.step(self._closure(batch))
+        elif self.scaler is None:
             self.optimizer.step()
         else:
             self.scaler.step(self.optimizer)
@@ -614,6 +629,21 @@ class Runner:
         if self.scheduler is not None and self.scheduler_step == "batch":
             self.scheduler.step()
         self.global_step += 1
+
+    def _closure(self, batch: Any) -> Callable[[], torch.Tensor]:
+        """For an optimizer that evaluates the loss itself: the batch's forward, loss and backward."""
+        model, forward_fn, loss_fn, optimizer = self.model, self.forward_fn, self.loss_fn, self.optimizer
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _NO_OP
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            with autocast:
+                y_pred, y = forward_fn(model, batch)
+                loss = loss_fn(y_pred, y)
+            loss.backward()
+            return loss
+
+        return closure
 
     def position(self) -> dict[str, Any]:
         """Where the running training pass is: enough to resume it exactly (see ``resume``).
@@ -692,6 +722,15 @@ def step_scheduler(scheduler: Any, value: float | None) -> None:
         scheduler.step(value)
     else:
         scheduler.step()
+
+
+def _needs_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` requires a closure (LBFGS), not merely accepts one (SGD, Adam)."""
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):  # a builtin or a C extension without a signature
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 def _failed_in(error: Exception, fn: Any) -> bool:

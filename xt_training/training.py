@@ -300,12 +300,18 @@ def _check_arguments(
     overfit = args["overfit_batches"]
     if isinstance(overfit, bool) or not isinstance(overfit, int) or overfit < 0:
         raise ConfigError(f"overfit_batches must be a number of batches (e.g. 2; 0: off), not {overfit!r}")
-    for name, methods in (("optimizer", ("step", "zero_grad")), ("loss_fn", ("__call__",))):
+    # a duck-typed optimizer without state_dict would fail at the first checkpoint, after a whole epoch
+    optimizer_methods = ("step", "zero_grad", "state_dict", "load_state_dict")
+    for name, methods in (("optimizer", optimizer_methods), ("loss_fn", ("__call__",))):
         if name == "loss_fn" and args[name] is None:  # the model's own loss (see Runner)
             continue
         check_instance(name, args[name])
-        if not all(hasattr(args[name], m) for m in methods):
-            raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(args[name]).__name__}")
+        missing = [m for m in methods if not hasattr(args[name], m)]
+        if missing:
+            why = " (checkpoints save its state, resume restores it)" if name == "optimizer" else ""
+            raise ConfigError(
+                f"{name} must have {', '.join(methods)}{why}; {type(args[name]).__name__} has no {', '.join(missing)}"
+            )
     if args["export"] is not None:
         # an unknown format or a missing onnx extra fails now, not after training
         check_format(args["export"])
