@@ -234,3 +234,23 @@ def test_an_optimizer_without_state_dict_is_refused_before_training(tabular, tmp
                        "load_state_dict"):  # fmt: skip
         F.train(tmp_path / "run", train, model, Plain(model.parameters()), 1, TF.cross_entropy, quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_model_summary_on_the_console_and_in_run_json(tabular, tmp_path, capsys):
+    train, val, *_ = tabular
+    model = mlp()  # 16*32+32 + 32*3+3 = 643 parameters
+    model[0].bias.requires_grad_(False)
+    F.train(tmp_path / "run", train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, TF.cross_entropy,
+            val_loader=val)  # fmt: skip
+    line = ("model: Sequential, 643 parameters (611 trainable), 0.00 MB; "
+            "first batch: input Tensor(32, 16) float32 -> output Tensor(32, 3) float32")  # fmt: skip
+    assert line in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())["summary"]
+    assert summary == {"class": "Sequential", "parameters": 643, "trainable": 611, "size_mb": 0.002,
+                       "input": "Tensor(32, 16) float32", "output": "Tensor(32, 3) float32"}  # fmt: skip
+    assert not model._forward_hooks  # the summary's hook is gone
+
+    F.train(tmp_path / "quiet", train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, TF.cross_entropy,
+            quiet=True)  # fmt: skip
+    assert "model:" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "quiet" / "run.json").read_text())["summary"]["parameters"] == 643

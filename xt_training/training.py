@@ -101,6 +101,8 @@ def train(
     The loop, as pseudocode::
 
         callbacks.on_train_start(run)
+        at the first forward: print the model summary (parameters, size, the first batch's input and
+                              output shapes; quiet hides it) and record it in run.json's "summary"
         for epoch in 1..epochs:
             model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
                                                             # checkpoints/last.pt every checkpoint_every_n_steps;
@@ -166,6 +168,7 @@ def train(
         each logging step).
     """
     passes, monitor, mode = _check_arguments(locals())
+    callbacks = list(callbacks or [])  # the Runner and _Training share them (a generator would run out)
     dry = _dry_run_batches(fast_dev_run, resume)
     limits = {"train": limit_train_batches, "val": limit_val_batches}
     if dry:  # one epoch of `dry` batches of every pass
@@ -192,9 +195,7 @@ def train(
         )  # fmt: skip
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
         runner.run = run
-        training = _Training(
-            run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main, limits
-        )
+        training = _Training(run, runner, passes, scheduler, scheduler_step, callbacks, main, limits)
         if dry:
             runner.loggers.notice(
                 f"fast_dev_run: one epoch of {dry} batch{'es' if dry > 1 else ''} of each pass; nothing is written"
@@ -203,6 +204,7 @@ def train(
             return run.history  # a finished run resumed with the same epochs: nothing to do
         if main:
             training.record(train_loader, loss_fn, epochs)
+        training.summarize(compiled=compile)
         status = "failed"
         with _stop_on_signals(runner, enabled=handle_signals) as training.received:
             try:
@@ -366,6 +368,7 @@ class _Training:
         self.normalization: dict[str, list[float]] | None = None
         self.recorded: dict[str, Any] | None = None  # run.json as written, its status updated at the end
         self.row: dict[str, Any] = {}
+        self.summary_hook: Any = None  # removes the model summary's forward hook (see summarize)
         # what the model holds as NaN/inf by design (an attention mask of -inf): the checks before a save allow it
         self.nonfinite_at_start = set(nonfinite(unwrap_model(run.model).state_dict()))
         runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
@@ -490,6 +493,41 @@ class _Training:
         write_json(run.save_dir / RUN_FILE, record)
         self.recorded = record
 
+    def summarize(self, compiled: bool) -> None:
+        """The model summary: its parameters and size, and the input and output shapes of its first forward.
+
+        Those are read by a forward hook that removes itself at that first call (a compiled model gets no
+        hook: removing it would make torch.compile compile again), so the run's batches and random draws
+        are the same as without it.
+        """
+        model = unwrap_model(self.run.model)
+        summary = model_summary(model)
+        if self.recorded is not None:
+            self.recorded["summary"] = summary
+        if compiled:
+            self.tell_summary(summary)
+            return
+
+        def first_forward(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            self.summary_hook.remove()
+            inputs = args[0] if len(args) == 1 and not kwargs else (*args, kwargs) if kwargs else args
+            summary.update(input=describe(inputs), output=describe(output))
+            self.tell_summary(summary)
+
+        self.summary_hook = model.register_forward_hook(first_forward, with_kwargs=True)
+
+    def tell_summary(self, summary: dict[str, Any]) -> None:
+        """Show the summary (the console and notes.txt) and write it into run.json."""
+        line = (
+            f"model: {summary['class']}, {summary['parameters']:,} parameters ({summary['trainable']:,} "
+            f"trainable), {summary['size_mb']:.2f} MB"
+        )
+        if "input" in summary:
+            line += f"; first batch: input {summary['input']} -> output {summary['output']}"
+        self.runner.loggers.notice(line)
+        if self.recorded is not None:
+            write_json(self.run.save_dir / RUN_FILE, self.recorded, self.background)
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """The training pass of ``epoch`` (or the rest of it, resumed); its row of the history so far."""
         run, runner, optimizer = self.run, self.runner, self.run.optimizer
@@ -577,6 +615,10 @@ class _Training:
 
     def close(self, status: str | None) -> None:
         """Finish the writes; tell callbacks, loggers and run.json how the run ended (``None``: it never started)."""
+        if (
+            self.summary_hook is not None
+        ):  # a run that ended before its first forward leaves the model as it was
+            self.summary_hook.remove()
         if status is not None and self.recorded is not None:
             ended = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_json(
@@ -591,6 +633,18 @@ class _Training:
                 getattr(cb, "on_train_end", _noop)(self.run, status)
             self.runner.loggers.end_run(status)
         self.runner.loggers.close()
+
+
+def model_summary(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's class, its parameters (all and trainable) and the megabytes of its parameters and buffers."""
+    params = list(model.parameters())
+    size = sum(t.numel() * t.element_size() for t in (*params, *model.buffers()))
+    return {
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "size_mb": round(size / 2**20, 3),
+    }
 
 
 def model_record(model: torch.nn.Module) -> dict[str, Any]:
