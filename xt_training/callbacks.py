@@ -3,14 +3,26 @@
 A callback is any object with some of these methods (each optional, no base class)::
 
     on_train_start(run)            after set-up (and after a resume restored the state)
+    on_pass_start(run, name)       before each training, validation and test pass ('train', 'val', 'test'...),
+                                   e.g. to reset a carried hidden state; a resumed pass starts again too
+    on_train_batch_start(run, batch, step)     before each training batch's forward
+    on_before_optimizer_step(run, optimizer)   after backward, before clipping and the optimizer step:
+                                   the gradients are in the parameters' .grad (unscaled under 16-mixed)
+    on_train_batch_end(run, batch, step, y_pred, loss)       after each training batch (and its step)
+    on_validation_batch_end(run, batch, step, y_pred, loss)  after each batch of a validation or test pass
+    on_pass_end(run, name, values) after each pass that ran to its end, with the pass's values
     on_epoch_end(run, row)         after each epoch's passes and the loggers' end_epoch, with the epoch's
                                    history row (what it prints follows the epoch's table);
                                    set ``run.should_stop = True`` to end training after this epoch
+    on_exception(run, error)       training failed with ``error`` (before crash.pt is saved and it is re-raised)
     on_train_end(run, status)      'completed', 'stopped', 'failed' or 'interrupted'
     state_dict() / load_state_dict(state)   saved in checkpoints, restored on resume
 
 ``run`` is the :class:`Run` of F.train: model, optimizer, history, save_dir, epoch, global_step,
-monitor/mode/best, should_stop.
+monitor/mode/best, should_stop. Which callbacks implement a per-pass or per-step hook is read once per
+pass: a hook that none implements costs nothing per step. ``batch`` is as the loop holds it (on the device
+on a GPU), ``step`` counts the pass's batches from 1, ``loss`` is the batch's loss tensor (None where an
+evaluation reports none); batches left out by ``nonfinite_loss='skip'`` get no batch-end hook.
 """
 
 from __future__ import annotations

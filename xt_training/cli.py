@@ -325,6 +325,27 @@ trust_option = click.option(
 
 # --- xt run -----------------------------------------------------------------------------------------------
 _DEFAULTS = default_config()
+
+
+class _BatchLimit(click.ParamType):
+    """A number of batches (``10``) or a fraction of them (``0.25``), as F.train's ``limit_*_batches``."""
+
+    name = "N|FRACTION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | float:
+        if isinstance(value, (int, float)):  # a default, or a value from a saved configuration
+            return value
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if 0 < number <= 1:
+            return number
+        self.fail(f"{value!r} is neither a number of batches (e.g. 10) nor a fraction in (0, 1] (e.g. 0.25)")
+
+
 _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--config",
@@ -402,6 +423,15 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--export", type=click.Choice(["onnx", "pt2", "torchscript"]),
         help="Export the best model once training ends (verified against the eager model).",
+    ),
+    click.option(
+        "--limit-train-batches", type=_BatchLimit(),
+        help="Debugging: end each training pass after N batches (an integer) or that fraction of them (0.25).",
+    ),
+    click.option("--limit-val-batches", type=_BatchLimit(), help="Debugging: the same for validation passes."),
+    click.option(
+        "--overfit-batches", type=click.IntRange(min=0), default=_DEFAULTS["overfit_batches"],
+        help="Debugging: train on the same first N training batches every epoch (can the model learn them?).",
     ),
 ]  # fmt: skip
 
@@ -505,6 +535,10 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     help="Build everything and train one batch of each pass (train, val, test) in a temporary directory; "
     "write nothing.",
 )  # fmt: skip
+@click.option(
+    "--fast-dev-run", type=click.IntRange(min=1), metavar="N",
+    help="As --dry-run, with N batches of each pass.",
+)  # fmt: skip
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -515,6 +549,7 @@ def run_command(
     nproc: int,
     print_config: bool,
     dry_run: bool,
+    fast_dev_run: int | None,
     **_: Any,
 ) -> None:
     """Train a model on a data set, both picked by name.
@@ -534,12 +569,15 @@ def run_command(
     if print_config:
         click.echo(json.dumps(runs.resolved_config(run), indent=2))
         return
-    if dry_run:
+    if dry_run or fast_dev_run:
+        flag = "--dry-run" if dry_run else "--fast-dev-run"
         if resume or nproc > 1:
-            raise click.UsageError("--dry-run checks a new run in one process: drop --resume and --nproc")
-        runs.dry_run(run, save_dir, quiet=quiet)
+            raise click.UsageError(f"{flag} checks a new run in one process: drop --resume and --nproc")
+        batches = fast_dev_run or 1
+        runs.dry_run(run, save_dir, quiet=quiet, batches=batches)
         if not quiet:
-            click.echo("dry run: every part built, one batch of each pass trained; nothing written")
+            what = "one batch" if batches == 1 else f"{batches} batches"
+            click.echo(f"dry run: every part built, {what} of each pass trained; nothing written")
         return
     if nproc > 1 and "RANK" not in os.environ:
         # checked once here, rather than by every process torchrun starts

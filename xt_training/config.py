@@ -14,7 +14,8 @@
      "epochs": 10, "seed": 0, "device": null, "monitor": null, "mode": null, "log_every_n_steps": 50,
      "precision": "32", "accumulate_grad_batches": 1, "clip_grad_norm": null, "clip_grad_value": null,
      "checkpoint_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
-     "channels_last": false, "export": null,              # the arguments of F.train of the same names
+     "channels_last": false, "export": null, "limit_train_batches": null, "limit_val_batches": null,
+     "overfit_batches": 0,                                # the arguments of F.train of the same names
      "num_threads": null}                                 # torch.set_num_threads before the run; null: torch's
 
 The saved file also records, per component, ``resolved`` (every option the factory was called with,
@@ -61,6 +62,9 @@ SCALARS = {
     "compile": bool,
     "channels_last": bool,
     "export": (str, type(None)),
+    "limit_train_batches": (int, float, type(None)),
+    "limit_val_batches": (int, float, type(None)),
+    "overfit_batches": int,
     "num_threads": (int, type(None)),
 }
 #: the SCALARS passed to F.train under the same name
@@ -98,6 +102,9 @@ def default_config() -> dict[str, Any]:
         "compile": False,
         "channels_last": False,
         "export": None,
+        "limit_train_batches": None,
+        "limit_val_batches": None,
+        "overfit_batches": 0,
         "num_threads": None,
     }
 

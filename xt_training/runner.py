@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -92,6 +94,29 @@ def check_list(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a list, e.g. {name}={example}, not {describe(value)}")
 
 
+def batch_limit(option: str, value: int | float | None, loader: Any) -> int | None:
+    """How many batches of ``loader`` a pass limited by ``value`` takes: a count (an int, at least 1) or a
+    fraction of the loader's batches (a float in (0, 1], at least one batch); None: all."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(
+            f"{option} must be a number of batches (e.g. 10) or a fraction of them (e.g. 0.25), not {value!r}"
+        )
+    if isinstance(value, int):
+        return value
+    if value > 1:
+        raise ConfigError(
+            f"{option}={value} is a fraction above 1; give a fraction in (0, 1] or a count, e.g. 10"
+        )
+    length = _length(loader)
+    if length is None:
+        raise ConfigError(
+            f"{option}={value} is a fraction, but the loader has no length (an IterableDataset); give a count"
+        )
+    return max(1, int(length * value))
+
+
 def check_scheduler(scheduler: Any, scheduler_step: str | None) -> None:
     """A scheduler that cannot be stepped as asked would fail after a pass of training."""
     if scheduler is None:
@@ -121,7 +146,9 @@ class Runner:
             evaluation then may report no loss, training needs one. The pass's ``loss`` is its mean per
             example: batch means weighted by batch size, or, for a loss whose ``reduction`` is ``'sum'``,
             the batch sums added and divided by the examples.
-        optimizer: required to train.
+        optimizer: required to train. One whose ``step()`` requires a closure (``torch.optim.LBFGS``) gets one
+            that recomputes the batch's forward, loss and backward (as Lightning passes); the loop's own
+            forward and backward of the batch still give the values it reports.
         scheduler: a torch LR scheduler, stepped as ``scheduler_step`` says.
         batch_metrics: ``{name: metric}`` computed on every pass (see :mod:`xt_training.metrics`);
             a call can override them with ``metrics=``.
@@ -158,6 +185,25 @@ class Runner:
             free memory).
         compile: ``torch.compile`` the model for training (under DDP: the DDP-wrapped model).
         channels_last: NHWC memory format for the model and 4-D input batches.
+        callbacks: objects with some of the per-pass and per-step hooks of :mod:`xt_training.callbacks`
+            (``on_pass_start``, ``on_train_batch_end``, ...), called with ``runner.run`` (F.train's
+            :class:`~xt_training.callbacks.Run`; by default the Runner itself). Which callbacks implement
+            which hook is read once per pass: hooks no callback implements cost nothing per step.
+
+    A pass, as pseudocode (``cb`` stands for every callback that implements the hook)::
+
+        cb.on_pass_start(run, name)
+        for step, batch in enumerate(loader, 1):
+            cb.on_train_batch_start(run, batch, step)                  # training only
+            y_pred, y = forward_fn(model, batch); loss = loss_fn(y_pred, y)
+            if training:
+                loss.backward()
+                every accumulate_grad_batches batches:
+                    cb.on_before_optimizer_step(run, optimizer)         # gradients visible (unscaled)
+                    clip gradients; optimizer.step(); optimizer.zero_grad(); per-batch scheduler step
+            cb.on_train_batch_end(run, batch, step, y_pred, loss)      # evaluation: on_validation_batch_end
+            at logging steps: metrics, loggers; every checkpoint_every_n_steps: on_checkpoint()
+        cb.on_pass_end(run, name, values)                              # not when a signal stopped the pass
 
     On CUDA, batches are copied to the GPU on a side stream one step ahead (``pin_memory=True`` in
     the DataLoader makes those copies asynchronous).
@@ -188,6 +234,7 @@ class Runner:
         data_on_device: bool | str = "auto",
         compile: bool = False,
         channels_last: bool = False,
+        callbacks: Iterable[Any] | None = None,
     ):
         if scheduler_step not in ("epoch", "batch", None):
             raise ConfigError(f"scheduler_step must be 'epoch', 'batch' or None, not {scheduler_step!r}")
@@ -206,6 +253,15 @@ class Runner:
         check_instance("loss_fn", loss_fn)
         check_instance("optimizer", optimizer)
         check_scheduler(scheduler, scheduler_step)
+        # LBFGS re-evaluates the loss several times a step: its step() takes a closure that recomputes it
+        self.needs_closure = optimizer is not None and _needs_closure(optimizer)
+        if self.needs_closure and (
+            accumulate_grad_batches > 1 or clip_grad_norm or clip_grad_value or precision == "16-mixed"
+        ):
+            raise ConfigError(
+                f"{type(optimizer).__name__}.step() takes a closure that recomputes the loss, which works without "
+                "gradient accumulation, clipping and precision='16-mixed'; leave those out, or use another optimizer"
+            )
         if nonfinite_loss not in ("raise", "skip"):
             raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', not {nonfinite_loss!r}")
         if precision not in _PRECISIONS:
@@ -271,6 +327,10 @@ class Runner:
         self.stopped = False  # whether the last pass ended early because of stop_requested
         self._pass: dict[str, Any] = {}  # the running training pass, for position()
         self._sharded: dict[tuple[int, bool], Any] = {}
+        check_list("callbacks", callbacks)
+        self.callbacks = list(callbacks or [])
+        self.run: Any = self  # what the callbacks' hooks get first (F.train: its Run)
+        self._before_step: list[Callable[..., Any]] = []  # the pass's on_before_optimizer_step hooks
 
     def __call__(
         self,
@@ -280,12 +340,15 @@ class Runner:
         metrics: Mapping[str, Any] | None = None,
         return_preds: bool = False,
         resume: Mapping[str, Any] | None = None,
+        limit_batches: int | float | None = None,
     ) -> dict[str, Any] | tuple[Any, Any]:
         """One pass over ``loader``; returns ``{'loss': float, metric: value, ...}``.
 
         With ``return_preds=True`` it returns ``(y_pred, y)`` instead: the outputs and targets of the
         whole loader, concatenated in loader order, on the CPU (the values are in ``runner.latest``).
         ``resume`` continues a training pass from a :meth:`position` saved in a checkpoint.
+        ``limit_batches`` ends the pass after that many batches, or that fraction of the loader's (see
+        :func:`batch_limit`).
         """
         training = self.module.training
         # DDP is for training: evaluation shards differ in size, so ranks evaluate the plain module
@@ -311,7 +374,11 @@ class Runner:
         # (a disabled torch.autocast still costs ~2.5 us a step)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _NO_OP
         self.stopped = False
-        tick = self.loggers.start_pass(name, self.epoch, _length(loader))
+        length = _length(loader)
+        limit = batch_limit("limit_batches", limit_batches, loader)
+        tick = self.loggers.start_pass(
+            name, self.epoch, length if limit is None else min(limit, length or limit)
+        )
 
         # Creating the iterator draws from the RNG (the loader's base seed; shuffling); a resumed
         # pass recreates it from the RNG state of the interrupted pass and skips the batches done.
@@ -330,10 +397,21 @@ class Runner:
             done = skip_batches(batches, resume["step"])
             buffers.restore(resume, done)
             restore_rng(resume["rng"], generators)
+        if limit is not None:  # (a debugging run: the loop itself is as without a limit)
+            batches = itertools.islice(batches, max(limit - done, 0))
         if self.device.type == "cuda":
             batches = prefetch_to_cuda(batches, self.device, self.channels_last)
             move = False  # done by the prefetcher
         self._pass = {"buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name}
+        # The callbacks' hooks, looked up once per pass; where none implements one, the loop is as without it.
+        run = self.run
+        for hook in self._hooks("on_pass_start"):
+            hook(run, name)
+        batch_end = self._hooks("on_train_batch_end" if training else "on_validation_batch_end")
+        self._before_step = self._hooks("on_before_optimizer_step") if training else []
+        batch_start = self._hooks("on_train_batch_start") if training else []
+        if batch_start:  # called as each batch is taken: the loop's own path is unchanged
+            batches = _calling_before(batches, batch_start, run, done)
 
         # Read once per pass: the loop body below runs every step, where each lookup counts.
         accumulate = self.accumulate
@@ -347,7 +425,7 @@ class Runner:
         bare_forward = autocast is _NO_OP and not ddp_accumulation
         # The optimizer step inline, where it is just step and zero_grad: a method call and its checks
         # cost about as much as the rest of the loop's bookkeeping.
-        plain_step = training and self._plain_optimizer_step()
+        plain_step = training and self._plain_optimizer_step() and not self._before_step
         losses, sizes, keep_loss = buffers.losses, buffers.sizes, buffers.keep_loss  # appended to in place
         keep_outputs = buffers.keep_outputs
         # Under DDP the ranks must agree to stop, which takes a collective: only at the training pass's
@@ -414,9 +492,12 @@ class Runner:
                             optimizer.step()
                             optimizer.zero_grad()
                             self.global_step += 1
-                        else:  # loss scaling, gradient clipping or a per-batch scheduler
-                            self._optimizer_step()
+                        else:  # loss scaling, clipping, a per-batch scheduler, hooks or a closure
+                            self._optimizer_step(batch)
 
+                if batch_end:
+                    for hook in batch_end:
+                        hook(run, batch, step, y_pred, loss)
                 # Per step only a float (CPU) or detached references are kept: no value leaves a GPU here.
                 if loss is not None:
                     losses.append(keep_loss(loss))
@@ -484,6 +565,8 @@ class Runner:
             self._notice_once(key, getattr(metric, "note", None))
         self.loggers.end_pass(name, values)
         self.latest = values
+        for hook in self._hooks("on_pass_end"):
+            hook(run, name, values)
         return buffers.predictions() if return_preds else values
 
     def _notice_once(self, key: str, note: str | None) -> None:
@@ -516,18 +599,28 @@ class Runner:
             not clipping
             and self.scaler is None
             and (self.scheduler is None or self.scheduler_step != "batch")
+            and not self.needs_closure
         )
 
-    def _optimizer_step(self) -> None:
-        if self.clip_grad_norm or self.clip_grad_value:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+    def _hooks(self, name: str) -> list[Callable[..., Any]]:
+        """The callbacks' methods ``name``, for those that implement it."""
+        return [getattr(cb, name) for cb in self.callbacks if callable(getattr(cb, name, None))]
+
+    def _optimizer_step(self, batch: Any = None) -> None:
+        clipping = self.clip_grad_norm or self.clip_grad_value
+        if self.scaler is not None and (clipping or self._before_step):
+            self.scaler.unscale_(self.optimizer)  # hooks and clipping see the true gradients, not the scaled
+        for hook in self._before_step:
+            hook(self.run, self.optimizer)
+        if clipping:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
             if self.clip_grad_value:
                 torch.nn.utils.clip_grad_value_(params, self.clip_grad_value)
-        if self.scaler is None:
+        if self.needs_closure:
+            self.optimizer.step(self._closure(batch))
+        elif self.scaler is None:
             self.optimizer.step()
         else:
             self.scaler.step(self.optimizer)
@@ -536,6 +629,21 @@ class Runner:
         if self.scheduler is not None and self.scheduler_step == "batch":
             self.scheduler.step()
         self.global_step += 1
+
+    def _closure(self, batch: Any) -> Callable[[], torch.Tensor]:
+        """For an optimizer that evaluates the loss itself: the batch's forward, loss and backward."""
+        model, forward_fn, loss_fn, optimizer = self.model, self.forward_fn, self.loss_fn, self.optimizer
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _NO_OP
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            with autocast:
+                y_pred, y = forward_fn(model, batch)
+                loss = loss_fn(y_pred, y)
+            loss.backward()
+            return loss
+
+        return closure
 
     def position(self) -> dict[str, Any]:
         """Where the running training pass is: enough to resume it exactly (see ``resume``).
@@ -584,6 +692,14 @@ def skip_batches(batches: Any, n: int) -> int:
     return n
 
 
+def _calling_before(batches: Iterable[Any], hooks: list[Callable[..., Any]], run: Any, done: int) -> Any:
+    """``batches``, calling ``hook(run, batch, step)`` before each one is handed on."""
+    for step, batch in enumerate(batches, done + 1):
+        for hook in hooks:
+            hook(run, batch, step)
+        yield batch
+
+
 _END = object()
 _NO_OP = contextlib.nullcontext()
 
@@ -606,6 +722,15 @@ def step_scheduler(scheduler: Any, value: float | None) -> None:
         scheduler.step(value)
     else:
         scheduler.step()
+
+
+def _needs_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` requires a closure (LBFGS), not merely accepts one (SGD, Adam)."""
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):  # a builtin or a C extension without a signature
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 def _failed_in(error: Exception, fn: Any) -> bool:

@@ -191,9 +191,13 @@ def resolved_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def dry_run(
-    config: Mapping[str, Any], save_dir: str | os.PathLike[str] | None = None, *, quiet: bool = False
+    config: Mapping[str, Any],
+    save_dir: str | os.PathLike[str] | None = None,
+    *,
+    quiet: bool = False,
+    batches: int = 1,
 ) -> list[dict[str, Any]]:
-    """Build everything ``config`` names and train one epoch of one batch per pass; return its history.
+    """Build everything ``config`` names and train one epoch of ``batches`` batches per pass; return its history.
 
     A check, before a long run, that every part fits the others (the model the data, the loss the model's
     outputs, the metrics and callbacks the values, the export the model). It trains in a temporary
@@ -204,7 +208,7 @@ def dry_run(
         refuse_held_run(Path(save_dir), False, HELD_RUN_FIX)
     config = {**checked_run(config), "epochs": 1}
     with tempfile.TemporaryDirectory(prefix="xt-dry-run-") as directory:
-        return train(config, directory, quiet=quiet, max_batches=1)[1]
+        return train(config, directory, quiet=quiet, max_batches=batches)[1]
 
 
 class _FirstBatches:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
 import os
 import signal
@@ -48,7 +49,7 @@ from .rundir import (
     holds_run,
     remove_run,
 )
-from .runner import Runner, check_instance, check_list, prepare_metrics, step_scheduler
+from .runner import Runner, batch_limit, check_instance, check_list, prepare_metrics, step_scheduler
 from .testing import check_loaders
 
 __all__ = ["train", "refuse_held_run"]
@@ -90,19 +91,29 @@ def train(
     channels_last: bool = False,
     export: str | None = None,
     overwrite: bool = False,
+    limit_train_batches: int | float | None = None,
+    limit_val_batches: int | float | None = None,
+    fast_dev_run: int | bool = False,
+    overfit_batches: int = 0,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
 
     The loop, as pseudocode::
 
+        callbacks.on_train_start(run)
+        at the first forward: print the model summary (parameters, size, the first batch's input and
+                              output shapes; quiet hides it) and record it in run.json's "summary"
         for epoch in 1..epochs:
             model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
-                                                            # checkpoints/last.pt every checkpoint_every_n_steps
+                                                            # checkpoints/last.pt every checkpoint_every_n_steps;
+                                                            # the per-pass and per-step hooks (see Runner)
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
             scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
             history.append(row); loggers.end_epoch(row); callbacks.on_epoch_end(run, row)
             save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; history.json
             stop if a callback set run.should_stop (e.g. EarlyStopping)
+        on an exception: callbacks.on_exception(run, error); save checkpoints/crash.pt; re-raise
+        callbacks.on_train_end(run, status)
 
     Args:
         save_dir: the run directory (:mod:`xt_training.rundir`): ``run.json``, ``history.json`` and
@@ -123,7 +134,8 @@ def train(
             before training, with the number of steps it needs.
         loggers: logger instances or registered names (``'tensorboard'``, ``'csv'``...); the console
             logger is added unless ``quiet`` or one is given.
-        callbacks: objects with ``on_epoch_end(run, row)`` etc., see :mod:`xt_training.callbacks`.
+        callbacks: objects with ``on_epoch_end(run, row)``, ``on_train_batch_end(run, batch, step, y_pred,
+            loss)`` etc., see :mod:`xt_training.callbacks`.
         resume: ``True`` continues the run in ``save_dir`` from ``checkpoints/last.pt`` exactly where it
             stopped (mid-epoch included), or a checkpoint path. A fresh ``save_dir`` starts from scratch;
             a run that has trained all ``epochs`` returns its history (nothing to do); fewer ``epochs``
@@ -137,6 +149,13 @@ def train(
             the first batch of ``val_loader`` (else ``train_loader``) as the example input; see
             :func:`xt_training.exporting.export_trained`. Checked before training starts.
         overwrite: delete the run that ``save_dir`` holds before training (else such a directory is refused).
+        limit_train_batches, limit_val_batches: debugging: end each training (validation) pass after that
+            many batches (an int), or that fraction of the loader's batches (a float in (0, 1]).
+        fast_dev_run: debugging: ``N`` (``True``: 1) runs one epoch of N batches of each pass (training,
+            validation, tests) and writes nothing: no checkpoints, history, run.json or logs (the
+            console only); ``save_dir`` is not created. Not resumable.
+        overfit_batches: debugging: train on the same first N batches of ``train_loader`` every epoch
+            (taken once, before training), to check that the model can learn them.
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
@@ -149,9 +168,17 @@ def train(
         each logging step).
     """
     passes, monitor, mode = _check_arguments(locals())
-    main = not distributed.init_from_env() or distributed.is_main()  # under DDP only rank 0 writes
+    callbacks = list(callbacks or [])  # the Runner and _Training share them (a generator would run out)
+    dry = _dry_run_batches(fast_dev_run, resume)
+    limits = {"train": limit_train_batches, "val": limit_val_batches}
+    if dry:  # one epoch of `dry` batches of every pass
+        epochs, handle_signals, limits = 1, False, dict.fromkeys(passes, dry)
+    if overfit_batches:
+        passes["train"] = (_first_batches(train_loader, overfit_batches), passes["train"][1])
+    # under DDP only rank 0 writes; a dry run writes nothing
+    main = (not distributed.init_from_env() or distributed.is_main()) and not dry
     with hold(save_dir, lock=main) as outermost:  # let go however the run ends
-        if outermost:  # else its holder (xt run) has checked the directory and written into it
+        if outermost and not dry:  # else its holder (xt run) has checked the directory and written into it
             fix = "continue it with resume=True, or pass overwrite=True"
             refuse_held_run(save_dir, overwrite, fix, resume=bool(resume))
         save_dir = prepare_dir(save_dir) if main else Path(save_dir)
@@ -160,18 +187,24 @@ def train(
         runner = Runner(
             model, loss_fn, optimizer, scheduler, device=device, forward_fn=forward_fn,
             scheduler_step="batch" if scheduler_step == "batch" else None,  # per-epoch steps happen in _Training
-            log_every_n_steps=log_every_n_steps, loggers=_resolve_loggers(loggers, save_dir, quiet) if main else [],
+            log_every_n_steps=log_every_n_steps, loggers=_resolve_loggers(loggers, save_dir, quiet, main, dry),
             precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
             checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
-            compile=compile, channels_last=channels_last,
+            compile=compile, channels_last=channels_last, callbacks=callbacks,
         )  # fmt: skip
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
-        training = _Training(run, runner, passes, scheduler, scheduler_step, list(callbacks or []), main)
+        runner.run = run
+        training = _Training(run, runner, passes, scheduler, scheduler_step, callbacks, main, limits)
+        if dry:
+            runner.loggers.notice(
+                f"fast_dev_run: one epoch of {dry} batch{'es' if dry > 1 else ''} of each pass; nothing is written"
+            )
         if not training.restore(resume, epochs):
             return run.history  # a finished run resumed with the same epochs: nothing to do
         if main:
             training.record(train_loader, loss_fn, epochs)
+        training.summarize(compiled=compile)
         status = "failed"
         with _stop_on_signals(runner, enabled=handle_signals) as training.received:
             try:
@@ -189,7 +222,9 @@ def train(
             except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's exit after saving the position
                 status = "interrupted"
                 raise
-            except Exception:
+            except Exception as error:
+                for cb in training.callbacks:
+                    getattr(cb, "on_exception", _noop)(run, error)
                 if main:
                     _save_crash(training.ckpt_dir / CRASH, model, run)
                 raise
@@ -261,12 +296,24 @@ def _check_arguments(
             )
     check_list("loggers", args["loggers"])
     check_list("callbacks", args["callbacks"])
-    for name, methods in (("optimizer", ("step", "zero_grad")), ("loss_fn", ("__call__",))):
+    batch_limit("limit_train_batches", args["limit_train_batches"], args["train_loader"])
+    if args["val_loader"] is not None:
+        batch_limit("limit_val_batches", args["limit_val_batches"], args["val_loader"])
+    overfit = args["overfit_batches"]
+    if isinstance(overfit, bool) or not isinstance(overfit, int) or overfit < 0:
+        raise ConfigError(f"overfit_batches must be a number of batches (e.g. 2; 0: off), not {overfit!r}")
+    # a duck-typed optimizer without state_dict would fail at the first checkpoint, after a whole epoch
+    optimizer_methods = ("step", "zero_grad", "state_dict", "load_state_dict")
+    for name, methods in (("optimizer", optimizer_methods), ("loss_fn", ("__call__",))):
         if name == "loss_fn" and args[name] is None:  # the model's own loss (see Runner)
             continue
         check_instance(name, args[name])
-        if not all(hasattr(args[name], m) for m in methods):
-            raise ConfigError(f"{name} must have {' and '.join(methods)}; got {type(args[name]).__name__}")
+        missing = [m for m in methods if not hasattr(args[name], m)]
+        if missing:
+            why = " (checkpoints save its state, resume restores it)" if name == "optimizer" else ""
+            raise ConfigError(
+                f"{name} must have {', '.join(methods)}{why}; {type(args[name]).__name__} has no {', '.join(missing)}"
+            )
     if args["export"] is not None:
         # an unknown format or a missing onnx extra fails now, not after training
         check_format(args["export"])
@@ -306,8 +353,10 @@ class _Training:
         scheduler_step: str,
         callbacks: list[Any],
         main: bool,
+        limits: dict[str, int | float | None],
     ):
         self.run, self.runner, self.passes, self.callbacks, self.main = run, runner, passes, callbacks, main
+        self.limits = limits  # per pass: its batches (debugging runs), None: all
         self.scheduler, self.scheduler_step = scheduler, scheduler_step
         self.ckpt_dir = checkpoints_dir(run.save_dir)
         self.generators = [g for loader, _ in passes.values() for g in loader_generators(loader)]
@@ -319,6 +368,7 @@ class _Training:
         self.normalization: dict[str, list[float]] | None = None
         self.recorded: dict[str, Any] | None = None  # run.json as written, its status updated at the end
         self.row: dict[str, Any] = {}
+        self.summary_hook: Any = None  # removes the model summary's forward hook (see summarize)
         # what the model holds as NaN/inf by design (an attention mask of -inf): the checks before a save allow it
         self.nonfinite_at_start = set(nonfinite(unwrap_model(run.model).state_dict()))
         runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
@@ -443,6 +493,41 @@ class _Training:
         write_json(run.save_dir / RUN_FILE, record)
         self.recorded = record
 
+    def summarize(self, compiled: bool) -> None:
+        """The model summary: its parameters and size, and the input and output shapes of its first forward.
+
+        Those are read by a forward hook that removes itself at that first call (a compiled model gets no
+        hook: removing it would make torch.compile compile again), so the run's batches and random draws
+        are the same as without it.
+        """
+        model = unwrap_model(self.run.model)
+        summary = model_summary(model)
+        if self.recorded is not None:
+            self.recorded["summary"] = summary
+        if compiled:
+            self.tell_summary(summary)
+            return
+
+        def first_forward(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            self.summary_hook.remove()
+            inputs = args[0] if len(args) == 1 and not kwargs else (*args, kwargs) if kwargs else args
+            summary.update(input=describe(inputs), output=describe(output))
+            self.tell_summary(summary)
+
+        self.summary_hook = model.register_forward_hook(first_forward, with_kwargs=True)
+
+    def tell_summary(self, summary: dict[str, Any]) -> None:
+        """Show the summary (the console and notes.txt) and write it into run.json."""
+        line = (
+            f"model: {summary['class']}, {summary['parameters']:,} parameters ({summary['trainable']:,} "
+            f"trainable), {summary['size_mb']:.2f} MB"
+        )
+        if "input" in summary:
+            line += f"; first batch: input {summary['input']} -> output {summary['output']}"
+        self.runner.loggers.notice(line)
+        if self.recorded is not None:
+            write_json(self.run.save_dir / RUN_FILE, self.recorded, self.background)
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """The training pass of ``epoch`` (or the rest of it, resumed); its row of the history so far."""
         run, runner, optimizer = self.run, self.runner, self.run.optimizer
@@ -458,7 +543,9 @@ class _Training:
         )
         run.model.train()
         loader, metrics = self.passes["train"]
-        values = runner(loader, "train", metrics=metrics, resume=position)
+        values = runner(
+            loader, "train", metrics=metrics, resume=position, limit_batches=self.limits.get("train")
+        )
         if runner.stopped:
             self.stop({"phase": "train", "row": self.row, **runner.position()})
         self.row.update({f"train/{k}": v for k, v in values.items()})
@@ -471,7 +558,7 @@ class _Training:
         after_train = {"phase": "eval", "row": dict(row), "rng": capture_rng(self.generators)}
         self.run.model.eval()
         for prefix, (loader, metrics) in list(self.passes.items())[1:]:
-            values = self.runner(loader, prefix, metrics=metrics)
+            values = self.runner(loader, prefix, metrics=metrics, limit_batches=self.limits.get(prefix))
             if self.runner.stopped:
                 self.stop(after_train)
             row.update({f"{prefix}/{k}": v for k, v in values.items()})
@@ -528,6 +615,10 @@ class _Training:
 
     def close(self, status: str | None) -> None:
         """Finish the writes; tell callbacks, loggers and run.json how the run ended (``None``: it never started)."""
+        if (
+            self.summary_hook is not None
+        ):  # a run that ended before its first forward leaves the model as it was
+            self.summary_hook.remove()
         if status is not None and self.recorded is not None:
             ended = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_json(
@@ -542,6 +633,18 @@ class _Training:
                 getattr(cb, "on_train_end", _noop)(self.run, status)
             self.runner.loggers.end_run(status)
         self.runner.loggers.close()
+
+
+def model_summary(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's class, its parameters (all and trainable) and the megabytes of its parameters and buffers."""
+    params = list(model.parameters())
+    size = sum(t.numel() * t.element_size() for t in (*params, *model.buffers()))
+    return {
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "size_mb": round(size / 2**20, 3),
+    }
 
 
 def model_record(model: torch.nn.Module) -> dict[str, Any]:
@@ -713,6 +816,31 @@ def _restore(
     return state.get("position")
 
 
+def _dry_run_batches(fast_dev_run: int | bool, resume: Any) -> int:
+    """The batches of each pass of a ``fast_dev_run`` (``True``: 1); 0 for a real run."""
+    if isinstance(fast_dev_run, bool):
+        fast_dev_run = int(fast_dev_run)
+    if not isinstance(fast_dev_run, int) or fast_dev_run < 0:
+        raise ConfigError(
+            f"fast_dev_run must be True, False or a number of batches (e.g. 2), not {fast_dev_run!r}"
+        )
+    if fast_dev_run and resume:
+        raise ConfigError(
+            "fast_dev_run writes no checkpoints, so there is nothing to resume; leave out resume"
+        )
+    return fast_dev_run
+
+
+def _first_batches(loader: Iterable[Any], n: int) -> list[Any]:
+    """The first ``n`` batches of ``loader``, kept: ``overfit_batches`` trains on them every epoch."""
+    batches = list(itertools.islice(loader, n))
+    if len(batches) < n:
+        raise ConfigError(
+            f"overfit_batches={n}, but train_loader has only {len(batches)} batches; give at most that"
+        )
+    return batches
+
+
 def _save_crash(path: Path, model: torch.nn.Module, run: Run) -> None:
     """On an exception, keep the weights for inspection (never over last.pt/best.pt); the caller re-raises."""
     try:
@@ -743,8 +871,17 @@ def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
             signal.signal(sig, old)
 
 
-def _resolve_loggers(loggers: Iterable[Any] | None, save_dir: Path, quiet: bool) -> list[Any]:
-    """Logger instances from instances or built-in names, the notes file, and the default console logger."""
+def _resolve_loggers(
+    loggers: Iterable[Any] | None, save_dir: Path, quiet: bool, main: bool, dry: int
+) -> list[Any]:
+    """Logger instances from instances or built-in names, the notes file, and the default console logger.
+
+    Under DDP the ranks other than 0 log nothing; a dry run (``fast_dev_run``) the console only.
+    """
+    if dry:
+        return default_loggers([], quiet)
+    if not main:
+        return []
     resolved = [create_logger(lg, save_dir) if isinstance(lg, str) else lg for lg in loggers or []]
     return default_loggers([*resolved, _Notes(save_dir)], quiet)
 
