@@ -154,6 +154,43 @@ def test_benchmark_results_and_registered_names_are_on_their_pages(site):
     assert "ece" in names and "xt-calibration" in names  # a repository plugin's names, labelled
 
 
+@pytest.mark.slow
+def test_generated_parts_of_the_pages_are_current():
+    """The committed text between ``<!-- xt:KIND -->`` and ``<!-- /xt:KIND -->`` is what the code generates now:
+    a change to a command, a hook, a name, an error message, an example, a docstring or the benchmark
+    results must come with the pages regenerated, or the plain-markdown pages (GitHub) drift from the code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "docs/_hooks/xt_docs.py", "--check"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+
+def github_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a markdown page: each heading's text lower-cased, without punctuation but
+    ``-`` and ``_``, spaces as ``-``, a repeated one suffixed ``-1``, ``-2``...; and ``<a id=...>`` anchors."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)  # no headings in code blocks
+    anchors, seen = set(re.findall(r'<a id="([^"]+)"', text)), {}
+    for heading in re.findall(r"^#{1,6} (.+?)#*$", text, re.M):
+        visible = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip()  # a link's text
+        slug = re.sub(r"[^\w\- ]", "", visible.lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_every_link_into_a_page_finds_its_anchor_as_plain_markdown():
+    """mkdocs checks the site's anchors; these are GitHub's, where the pages are read as plain markdown."""
+    dead = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*\.md|)#([^)\s]+)\)", page.read_text()):
+            file = (page.parent / target).resolve() if target else page
+            if not file.is_file() or anchor not in github_anchors(file):
+                dead.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
+    assert not dead, "links whose anchor the page does not have on GitHub:\n" + "\n".join(dead)
+
+
 # --- README ---------------------------------------------------------------------------------------------------------
 def readme() -> str:
     return (ROOT / "README.md").read_text()
