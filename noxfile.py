@@ -24,8 +24,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site into site/ in strict mode: broken links, missing anchors, unknown API
-    references and pages outside the navigation fail. Needs the docs extra (in dev)."""
+    """Regenerate the pages' generated parts (docs/_hooks/xt_docs.py), then build the documentation site into
+    site/ in strict mode: broken links, missing anchors, unknown API references and pages outside the
+    navigation fail. Needs the docs extra (in dev)."""
+    session.run("python", "docs/_hooks/xt_docs.py")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
 
 

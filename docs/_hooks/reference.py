@@ -115,12 +115,10 @@ def cli_reference() -> str:
     )
     parts = [
         "| command | what it does | from |\n|---|---|---|\n" + listing,
-        "## `xt` {#xt}\n\n```text\n" + _global_help(top) + "\n```",
+        "## `xt`\n\n```text\n" + _global_help(top) + "\n```",
     ]
     for name, (command, origin) in commands.items():
-        parts.append(
-            f"## `xt {name}` {{#xt-{name}}}\n\n*{origin}*\n\n```text\n{_help(command, ['xt', name])}\n```"
-        )
+        parts.append(f"## `xt {name}`\n\n*{origin}*\n\n```text\n{_help(command, ['xt', name])}\n```")
     return "\n\n".join(parts)
 
 
@@ -169,12 +167,20 @@ def rst_to_markdown(text: str) -> str:
                 block.append(lines[i])
                 i += 1
             code = textwrap.dedent("\n".join(block)).strip("\n")
-            language = "toml" if code.lstrip().startswith("[") else "python"
+            language = "toml" if code.lstrip().startswith("[") else "python" if _parses(code) else "text"
             out += ["", f"```{language}", code, "```", ""]
             continue
         out.append(line)
         i += 1
     return "\n".join(out)
+
+
+def _parses(code: str) -> bool:
+    try:
+        compile(code, "<docstring>", "exec")
+    except SyntaxError:
+        return False
+    return True
 
 
 def parse_hook_doc(doc: str) -> tuple[str, dict[str, str], str | None, str]:
@@ -228,7 +234,7 @@ def hook_reference() -> str:
         signature = inspect.signature(fn)
         args = ", ".join(signature.parameters)
         spec = fn.xt_training_spec
-        section = [f"### `{name}({args})` {{#{name}}}", "", rst_to_markdown(summary), ""]
+        section = [f"### `{name}`", "", f"`{name}({args})`: {rst_to_markdown(summary)}", ""]
         if spec.get("firstresult"):
             section += ["*firstresult: the first plugin that returns something other than `None` wins.*", ""]
         section += ["| parameter | description |", "|---|---|"]
@@ -282,5 +288,5 @@ def names_reference() -> str:
                     ]
                     continue
                 rows.append(f"| {names} | {_cell(description)} | {_cell(options) or '-'} | {origin} |")
-            parts.append(f"## {plural.capitalize()} {{#{plural}}}\n\n" + "\n".join(rows))
+            parts.append(f"## {plural.capitalize()}\n\n" + "\n".join(rows))
     return "\n\n".join(parts)
