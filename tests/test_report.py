@@ -178,3 +178,18 @@ def test_plot_needs_a_completed_epoch(tmp_path):
     (tmp_path / "history.json").write_text("[]")
     with pytest.raises(ConfigError, match="no completed epoch yet"):
         report.plot(tmp_path)
+
+
+def test_the_best_epoch_follows_the_runs_recorded_direction_never_a_guess(tmp_path):
+    # a run.json without 'mode' (written before it was recorded) but with the metrics' directions
+    (tmp_path / "history.json").write_text(
+        json.dumps([{"epoch": 1, "val/brier": 0.6}, {"epoch": 2, "val/brier": 0.5}])
+    )
+    (tmp_path / "run.json").write_text(
+        json.dumps({"format": 1, "monitor": "val/brier", "directions": {"val/brier": "min"}})
+    )
+    assert report.summary(tmp_path)["best"] == {"epoch": 2, "value": 0.5}
+    # no direction recorded for a value that is not a loss: no best epoch rather than a guess
+    (tmp_path / "run.json").write_text(json.dumps({"format": 1, "monitor": "val/brier"}))
+    assert report.summary(tmp_path)["best"] is None
+    assert "val/brier" in report.show(tmp_path)

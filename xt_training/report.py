@@ -46,9 +46,15 @@ def summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     monitor = record.get("monitor") or (config or {}).get("monitor")
     if monitor is None:  # F.train's default
         monitor = "val/loss" if any("val/loss" in row for row in history) else "train/loss"
-    mode = record.get("mode") or (config or {}).get("mode") or direction(monitor)
+    # the run's own record of which way the value improves; a name alone says it only for a loss
+    mode = (
+        record.get("mode")
+        or (config or {}).get("mode")
+        or (record.get("directions") or {}).get(monitor)
+        or direction(monitor, {})
+    )
     best = None
-    for row in history:
+    for row in history if mode is not None else ():
         value = row.get(monitor)
         if is_scalar(value) and not math.isnan(value):
             if best is None or (value < best["value"] if mode == "min" else value > best["value"]):
