@@ -401,6 +401,10 @@ def test_a_run_that_never_completed_a_step_is_replaced_by_the_corrected_command(
            "--epochs", "1", "-q", "--save-dir"]  # fmt: skip
     failed = _xt(*run, "f", "--loss", "bce-with-logits", cwd=tmp_path)  # fails in its first batch
     assert failed.returncode == 2 and (tmp_path / "f" / "checkpoints" / "crash.pt").exists()
+    # a check from outside the lock deletes nothing (such a run may be starting): only the run that holds it
+    checked = _xt(*run, "f", "--dry-run", cwd=tmp_path)
+    assert checked.returncode == 0 and "never completed a step" not in checked.stdout, checked.stderr
+    assert (tmp_path / "f" / "checkpoints" / "crash.pt").exists()
     fixed = _xt(*run, "f", cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.splitlines()[0] == (

@@ -133,6 +133,11 @@ def hold(path: str | os.PathLike[str], lock: bool = True) -> Iterator[bool]:
                 folder.rmdir()
 
 
+def holding(path: str | os.PathLike[str]) -> bool:
+    """Whether this process holds the run directory ``path`` (:func:`hold`)."""
+    return os.path.realpath(path) in _held
+
+
 def _lock(path: Path) -> int | None:
     """Lock ``path/.xt.lock`` (made if missing) for this process, or refuse in one line naming the holder."""
     prepare_dir(path)

@@ -46,6 +46,7 @@ from .rundir import (
     checkpoints_dir,
     direction,
     hold,
+    holding,
     holds_run,
     remove_run,
 )
@@ -246,8 +247,10 @@ def refuse_held_run(
     Called by the holder of the directory (:func:`~xt_training.rundir.hold`) before it writes there. With
     ``overwrite`` the run's files are deleted first (:func:`~xt_training.rundir.remove_run`: never other
     files the directory holds); with ``resume`` the run goes on. A run that never completed a step (it
-    failed in its first batch, or was killed before) is no run to protect or resume: its files are
-    deleted, saying so. Rank 0's view decides on every rank, though rank 0 may write before the others look.
+    failed in its first batch, or was killed before) is no run to protect or resume: the holder deletes
+    its files, saying so (a check from outside -- a dry run, the launcher of ``xt run --nproc`` -- deletes
+    nothing: such a run may be starting now). Rank 0's view decides on every rank, though rank 0 may
+    write before the others look.
     """
     save_dir = Path(save_dir)
     held = distributed.from_rank_0(holds_run(save_dir))
@@ -259,7 +262,7 @@ def refuse_held_run(
         return
     if held:
         remove_run(save_dir)
-    elif (save_dir / RUN_FILE).is_file():  # written by F.train before its first step: a run started here
+    elif (save_dir / RUN_FILE).is_file() and holding(save_dir):  # F.train writes it before its first step
         removed = remove_run(save_dir)
         print(
             f"'{save_dir}' held a run that never completed a step; its files ({', '.join(removed)}) are "
