@@ -85,3 +85,8 @@ def overlay_venv(venv: Path, hide: str | tuple[str, ...] = ()) -> tuple[Path, Pa
         base = visible
     (site / "_xt_base.pth").write_text(f"import site; site.addsitedir({str(base)!r})\n")
     return python, site
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The valgrind runs (minutes each) last: a `make test` shows the rest of the suite's result first."""
+    items.sort(key=lambda item: "cachegrind" in item.name)  # stable: the rest keep their order
