@@ -27,6 +27,21 @@ def xt(*args: str, cwd: Path, env: dict | None = None, code: int = 0) -> subproc
     return out
 
 
+def xt_reporting_imports(*args: str, env: dict, cwd: Path) -> tuple[str, list[str]]:
+    """The real ``xt`` (its ``main``, in a fresh interpreter): its stdout, and which heavy modules it imported."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('imported:', sorted(m for m in ('torch', 'torchmetrics', 'torchvision')"
+        " if m in sys.modules), file=sys.stderr))\n"
+        "from xt_training.cli import main\nmain(sys.argv[1:])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout, out.stderr.strip().splitlines()[-1].removeprefix("imported: ")
+
+
 @pytest.fixture
 def fresh_registry():
     """The registry built anew for the test and after it (tests that install or block plugins)."""

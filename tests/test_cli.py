@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import ENV, xt
+from conftest import ENV, xt, xt_reporting_imports
 
 from xt_training import registry
 from xt_training.cli import cli
@@ -37,17 +37,8 @@ def read(path: Path):
 # --- start-up ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "metrics"], ["plugins"], ["run", "--help"]])
 def test_help_list_and_plugins_do_not_import_torch(args, tmp_path):
-    code = (
-        "import atexit, sys\n"
-        "atexit.register(lambda: print('imported:', sorted(m for m in ('torch', 'torchmetrics', 'torchvision')"
-        " if m in sys.modules), file=sys.stderr))\n"
-        "from xt_training.cli import main\nmain(sys.argv[1:])\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=tmp_path
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.strip().endswith("imported: []"), out.stderr
+    _, imported = xt_reporting_imports(*args, env=ENV, cwd=tmp_path)
+    assert imported == "[]", imported
 
 
 # --- xt run ---------------------------------------------------------------------------------------------------

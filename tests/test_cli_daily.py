@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import platform
 import re
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, xt
+from conftest import ENV, xt, xt_reporting_imports
 
 from xt_training import registry, runs
 from xt_training.config import default_config
@@ -26,21 +24,6 @@ TINY = ["--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
-
-
-def xt_reporting_imports(*args: str, env: dict, cwd: Path) -> tuple[str, list[str]]:
-    """The real ``xt`` (its ``main``, in a fresh interpreter): its stdout, and which heavy modules it imported."""
-    code = (
-        "import atexit, sys\n"
-        "atexit.register(lambda: print('imported:', sorted(m for m in ('torch', 'torchmetrics', 'torchvision')"
-        " if m in sys.modules), file=sys.stderr))\n"
-        "from xt_training.cli import main\nmain(sys.argv[1:])\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout, out.stderr.strip().splitlines()[-1].removeprefix("imported: ")
 
 
 # --- xt run --print-config / --dry-run ---------------------------------------------------------------------

@@ -417,7 +417,8 @@ def test_detection_by_name_data_forward_fn_loss_and_vision_model(vision, tmp_pat
     assert runs[0]["train/loss"] > 0 and math.isnan(runs[0]["train/map"]) and 0 <= runs[0]["val/map"] <= 1
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
     with pytest.raises(
-        ConfigError, match="xt-vision builds the detection model fasterrcnn_mobilenet_v3_large_320_fpn with random weights"
+        ConfigError,
+        match="xt-vision builds the detection model fasterrcnn_mobilenet_v3_large_320_fpn with random weights",
     ):
         registry.create_model("fasterrcnn-mobilenet", weights_backbone="DEFAULT")
 

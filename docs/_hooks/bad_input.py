@@ -172,7 +172,9 @@ def _in_use() -> Any:
     Path("busy").mkdir()
     with open("busy/.xt.lock", "w") as lock:  # held as the process of a running run holds it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.write("4242\n")  # the holder's pid as it writes it; fixed, so that the committed table stays current
+        lock.write(
+            "4242\n"
+        )  # the holder's pid as it writes it; fixed, so that the committed table stays current
         lock.flush()
         return _train("busy")
 
