@@ -11,13 +11,18 @@ runs); different code moves the memory layout, which moves the miss counts by a 
 (~1%): the instruction and misprediction differences are the sharper ones.
 
 Each variant runs twice, for ``--steps A,B`` steps; per-step counts are the difference divided by
-``B - A``, so the imports and the set-up cancel out. The simulated last-level cache has the size of the
-L2 of this machine's CPU (512 KiB): its misses are the ones that go to the L3 or memory. On this
-hardware the extra misses and mispredictions of the loop cost more than its extra instructions.
+``B - A``, so the imports and the set-up cancel out. They are done once: one process under valgrind
+imports and sets up, then forks a process per variant and run length, and cachegrind counts each of
+those from the state they share (a forked process starts with its parent's counts). The imports are
+most of a process's time under valgrind (``import torch`` alone takes minutes); the loops take seconds.
+The simulated last-level cache has the size of the L2 of this machine's CPU (512 KiB): its misses are
+the ones that go to the L3 or memory. On this hardware the extra misses and mispredictions of the loop
+cost more than its extra instructions.
 
 ``--compare DIR`` adds the Runner of the ``xt_training`` package in DIR (a patched copy); ``--variants runner``
 counts only the default Runner beside plain (two runs fewer). Needs valgrind
-(``apt install valgrind``); each run takes a minute or two (the process runs ~50x slower), two at a time.
+(``apt install valgrind``); the imports take a few minutes under it (the process runs ~50x slower), once
+per xt_training copy counted, and the forked runs then share the cores.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,34 +53,67 @@ L2 = "--LL=524288,8,64"  # 512 KiB, 8-way, 64-byte lines
 LOOPS = {"runner": "Runner", "runner_no_fast_path": "Runner, fast_path=False"}
 
 
-def child(variant: str, steps: int) -> None:
-    """The measured process: set-up, then ``steps`` steps of the plain loop or of a Runner pass.
+def child(variants: list[str], runs: list[int]) -> None:
+    """The measured process: the imports and the set-up, then one forked process per variant and run length.
 
-    ``runner`` iterates with the Runner's defaults (the fast path fetches the map-style batches without
-    the DataLoader iterator's bookkeeping); ``runner_no_fast_path`` iterates the DataLoader itself, as
-    ``plain`` does: the loop's own cost.
+    Each forked process runs ``steps`` steps of the plain loop or of a Runner pass and leaves by
+    ``os._exit`` (the counts stop at the loop's end, not after the interpreter's teardown); cachegrind
+    writes its counts to a log file of its own (``--log-file=DIR/%p``). ``runner`` iterates with the
+    Runner's defaults (the fast path fetches the map-style batches without the DataLoader iterator's
+    bookkeeping); ``runner_no_fast_path`` iterates the DataLoader itself, as ``plain`` does: the loop's own
+    cost. Every data set is made here, before the forks: its size, which grows with the run length, is
+    part of what the runs share, not of the per-step counts.
     """
     sys.path.insert(0, str(HERE))
     from cases import make_setup, plain
 
-    s = make_setup("map", steps, 1, Path(tempfile.mkdtemp()))
     from xt_training import Runner
 
-    runner = Runner(
-        s.model.train(), s.loss_fn, s.optimizer, quiet=True, fast_path=variant != "runner_no_fast_path"
-    )  # built in every variant: only the loop differs
+    def run(variant: str, steps: int) -> int:
+        s = setups[steps]
+        try:
+            if variant == "plain":
+                plain(s)  # the harness's hand-written loop (its clock reads cancel out with the set-up)
+            else:
+                fast_path = variant != "runner_no_fast_path"
+                Runner(s.model.train(), s.loss_fn, s.optimizer, quiet=True, fast_path=fast_path)(s.loader)
+        except BaseException:
+            traceback.print_exc()
+            return 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return 0
+
+    setups = {steps: make_setup("map", steps, 1, Path(tempfile.mkdtemp())) for steps in runs}
     print("XT_TRAINING", Path(sys.modules["xt_training"].__file__).parent, flush=True)  # which copy ran
     # The objects made so far (imports, set-up) leave the garbage collector's view: a full collection
     # over them, which one run may hit and another not, would swamp the per-step counts.
     gc.freeze()
-    if variant == "plain":
-        plain(s)  # the harness's hand-written loop (its clock reads cancel out with the set-up)
-    else:
-        runner(s.loader)
+    # Forked back to back, so that each process starts from nearly the same counts (a loop turn apart,
+    # the same for every variant); printed only after the last fork.
+    forked = []
+    for variant in variants:
+        for steps in runs:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(run(variant, steps))
+            forked.append((pid, variant, steps))
+    failed = []
+    for pid, variant, steps in forked:
+        print("COUNTED", pid, variant, steps, flush=True)
+        if os.waitpid(pid, 0)[1] != 0:
+            failed.append(f"{variant} ({steps} steps)")
+    if failed:
+        print(f"failed under valgrind: {', '.join(failed)} (the traceback is above)", file=sys.stderr)
+    sys.stderr.flush()
+    # Not the interpreter's teardown: natively a quarter of the time `import torch` takes, and as slow
+    # under valgrind as the rest.
+    os._exit(1 if failed else 0)
 
 
 def parse(summary: str) -> dict[str, int]:
-    """The event totals from cachegrind's summary (its stderr)."""
+    """The event totals from cachegrind's summary (its log)."""
     counts = {}
     for name, pattern in EVENTS.items():
         found = re.search(pattern + r":\s+([\d,]+)", summary)
@@ -84,22 +123,29 @@ def parse(summary: str) -> dict[str, int]:
     return counts
 
 
-def count(variant: str, steps: int, tree: Path | None) -> dict[str, int]:
+def count(variants: list[str], runs: list[int], tree: Path | None) -> dict[tuple[str, int], dict[str, int]]:
+    """The event totals of every (variant, run length): one process under valgrind and its forks."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     if tree is not None:  # imported before the installed xt_training
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
-    cmd = [
-        "valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", L2,
-        "--cachegrind-out-file=/dev/null",
-        sys.executable, str(Path(__file__).resolve()), "--child", variant, str(steps),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    if proc.returncode != 0:
-        raise SystemExit(f"{variant} ({steps} steps) failed under valgrind:\n{proc.stderr[-3000:]}")
-    ran = proc.stdout.split("XT_TRAINING ", 1)[-1].strip()
-    if tree is not None and not Path(ran).is_relative_to(tree):
-        raise SystemExit(f"--compare {tree}: the run imported the xt_training in {ran} instead")
-    return parse(proc.stderr)
+    with tempfile.TemporaryDirectory(prefix="xt-cachegrind-") as logs:
+        cmd = [
+            "valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", L2,
+            "--cachegrind-out-file=/dev/null", f"--log-file={logs}/%p",
+            sys.executable, str(Path(__file__).resolve()), "--child", ",".join(variants), ",".join(map(str, runs)),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        what = f"{', '.join(variants)}{f' of {tree}' if tree else ''}"
+        if proc.returncode != 0:
+            logs_tail = "".join(p.read_text()[-1000:] for p in Path(logs).iterdir())
+            raise SystemExit(f"{what} failed under valgrind:\n{proc.stderr[-3000:]}\n{logs_tail}")
+        ran = proc.stdout.split("XT_TRAINING ", 1)[-1].splitlines()[0].strip()
+        if tree is not None and not Path(ran).is_relative_to(tree):
+            raise SystemExit(f"--compare {tree}: the run imported the xt_training in {ran} instead")
+        counted = re.findall(r"^COUNTED (\d+) (\w+) (\d+)$", proc.stdout, re.MULTILINE)
+        return {
+            (variant, int(steps)): parse((Path(logs) / pid).read_text()) for pid, variant, steps in counted
+        }
 
 
 def per_step(few: dict[str, int], many: dict[str, int], steps: int) -> dict[str, float]:
@@ -134,10 +180,10 @@ def main() -> None:
         default=",".join(LOOPS),
         help=f"the Runner variants counted beside plain, from {', '.join(LOOPS)} (default: all)",
     )
-    p.add_argument("--child", nargs=2, metavar=("VARIANT", "STEPS"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=2, metavar=("VARIANTS", "RUNS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]))
+        child(args.child[0].split(","), [int(n) for n in args.child[1].split(",")])
         return
     parts = args.steps.split(",")
     if len(parts) != 2 or not all(n.isdigit() for n in parts) or not 0 < int(parts[0]) < int(parts[1]):
@@ -159,15 +205,19 @@ def main() -> None:
         raise SystemExit(
             "valgrind is not installed (e.g. apt install valgrind); it runs the counted processes"
         )
-    variants = {"plain": ("plain", None)}  # name: (loop, xt_training tree)
-    variants.update({LOOPS[v]: (v, None) for v in chosen})
+    trees = {None: ["plain", *chosen]}  # the loops counted with each xt_training copy (None: installed)
     if args.compare is not None:
-        variants[f"Runner of {args.compare}"] = ("runner", args.compare.resolve())
-    jobs = [(name, n) for name in variants for n in (few, many)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        totals = pool.map(lambda job: count(variants[job[0]][0], job[1], variants[job[0]][1]), jobs)
-        done = dict(zip(jobs, totals))
-    results = {name: per_step(done[name, few], done[name, many], many - few) for name in variants}
+        trees[args.compare.resolve()] = ["runner"]
+    with ThreadPoolExecutor(max_workers=len(trees)) as pool:
+        done = dict(zip(trees, pool.map(lambda tree: count(trees[tree], [few, many], tree), trees)))
+    names = {"plain": "plain", **LOOPS}
+    results = {
+        names[loop] if tree is None else f"Runner of {args.compare}": per_step(
+            done[tree][loop, few], done[tree][loop, many], many - few
+        )
+        for tree, loops in trees.items()
+        for loop in loops
+    }
     print(f"## Counted per step (cachegrind; {few} and {many} steps; L2 {L2.split('=')[1]})\n")
     print(report(results))
 

@@ -182,10 +182,10 @@ CACHEGRIND = ROOT / "benchmarks" / "cachegrind_loop.py"
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_cachegrind_counts_the_loops_per_step():
-    # two short runs per loop under valgrind (a minute or two: the imports dominate), per-step counts,
-    # the Runner beside plain (only the default Runner: each run costs CI two minutes of a core).
-    # Ten steps apart: a rare one-off of a few million instructions in one run (seen once, on a CI
-    # machine, with one step apart) must not flip a difference's sign.
+    # two short runs per loop under valgrind, per-step counts, the Runner beside plain (only the default
+    # Runner). The imports dominate (~4 minutes of a core under valgrind): the tool does them once and
+    # forks the four runs. Ten steps apart: a rare one-off of a few million instructions in one run
+    # (seen once, on a CI machine, with one step apart) must not flip a difference's sign.
     proc = subprocess.run(
         [sys.executable, str(CACHEGRIND), "--steps", "2,12", "--variants", "runner"],
         capture_output=True,
