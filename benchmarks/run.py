@@ -4,7 +4,9 @@ Usage::
 
     python benchmarks/run.py                  # 5 interleaved rounds, 3000 steps; writes benchmarks/RESULTS.md
     python benchmarks/run.py --only 'map/*'   # a subset (ids as printed: map/plain, tensor/xt_defaults, ...)
-    python benchmarks/run.py --quick --output /tmp/r.md   # one tiny round of everything (the smoke test)
+    python benchmarks/run.py --quick --output /tmp/r.md   # one tiny round of everything
+    python benchmarks/run.py --quick --jobs 2 --output /tmp/r.md   # the same, two cases at a time (the
+                                              # smoke test: timings that compete for cores mean nothing)
     python benchmarks/run.py --only 'gpu/*' --rounds 3 --no-startup --no-memory   # the GPU group alone:
                                               # writes benchmarks/RESULTS-GPU.md (skipped without CUDA)
 
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -185,12 +188,18 @@ def select(groups: list[Group], only: str, compare: Path | None = None) -> list[
 
 
 def run_groups(
-    groups: list[Group], only: str, rounds: int, steps: int, tmp: Path, compare: Path | None = None
+    groups: list[Group],
+    only: str,
+    rounds: int,
+    steps: int,
+    tmp: Path,
+    compare: Path | None = None,
+    jobs: int = 1,
 ) -> dict[str, Outcome]:
     """Every selected case once per round, rounds interleaved, the order rotated from round to round.
 
     With ``compare``, every xt-training case also runs with that tree's package, as ``case@B``.
-    A group's own ``steps`` overrides ``steps``.
+    A group's own ``steps`` overrides ``steps``. ``jobs`` cases run at a time (printed in order).
     """
     selected = select(groups, only, compare)
     data = {f"{g.name}/{c}{b}": g.data for g in groups for c in g.cases for b in ("", COMPARED)}
@@ -198,40 +207,48 @@ def run_groups(
         f"{g.name}/{c}{b}": g.steps or steps for g in groups for c in g.cases for b in ("", COMPARED)
     }
     outcomes = {i: Outcome() for i in selected}
-    for r in range(rounds):
-        k = r % len(selected) if selected else 0
-        for run_id in selected[k:] + selected[:k]:
-            out = outcomes[run_id]
-            if out.skipped or out.failed:
-                continue
-            workdir = tmp / f"{run_id.replace('/', '-').replace('@', '-')}-{r}"
-            case = run_id.split("/")[1].removesuffix(COMPARED)
-            tree = compare if run_id.endswith(COMPARED) else None
-            kind, value = run_case(case, data[run_id], group_steps[run_id], workdir, tree)
-            shutil.rmtree(workdir, ignore_errors=True)
-            if kind == "skip":
-                out.skipped = value
-                print(f"round {r + 1}/{rounds}  {run_id:<22} skipped: {value}", flush=True)
-                continue
-            if (
-                kind == "result"
-                and tree is not None
-                and not value.get("xt_training", "").startswith(str(tree))
-            ):
-                kind, value = "fail", f"imported xt_training from {value.get('xt_training')}, not from {tree}"
-            if kind == "fail":
-                out.failed = value
-                print(f"round {r + 1}/{rounds}  {run_id:<22} FAILED: {value}", flush=True)
-                continue
-            per_1000 = value["seconds"] / value["steps"] * 1000
-            out.seconds.append(per_1000)
-            out.cpu.append(value["cpu_seconds"] / value["steps"] * 1000)
-            out.result = out.result or value
-            shown = "  ".join(f"{k} {v:.6f}" for k, v in value.items() if k in ("loss", "acc", "auc"))
-            print(
-                f"round {r + 1}/{rounds}  {run_id:<22} {per_1000:.4f} s/1000 steps (CPU {out.cpu[-1]:.4f})  {shown}",
-                flush=True,
-            )
+
+    def run_one(run_id: str, r: int) -> tuple[str, Any]:
+        workdir = tmp / f"{run_id.replace('/', '-').replace('@', '-')}-{r}"
+        case = run_id.split("/")[1].removesuffix(COMPARED)
+        tree = compare if run_id.endswith(COMPARED) else None
+        kind, value = run_case(case, data[run_id], group_steps[run_id], workdir, tree)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return kind, value
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for r in range(rounds):
+            k = r % len(selected) if selected else 0
+            ids = [i for i in selected[k:] + selected[:k] if not (outcomes[i].skipped or outcomes[i].failed)]
+            for run_id, (kind, value) in zip(ids, pool.map(run_one, ids, [r] * len(ids))):
+                out = outcomes[run_id]
+                tree = compare if run_id.endswith(COMPARED) else None
+                if kind == "skip":
+                    out.skipped = value
+                    print(f"round {r + 1}/{rounds}  {run_id:<22} skipped: {value}", flush=True)
+                    continue
+                if (
+                    kind == "result"
+                    and tree is not None
+                    and not value.get("xt_training", "").startswith(str(tree))
+                ):
+                    kind, value = (
+                        "fail",
+                        f"imported xt_training from {value.get('xt_training')}, not from {tree}",
+                    )
+                if kind == "fail":
+                    out.failed = value
+                    print(f"round {r + 1}/{rounds}  {run_id:<22} FAILED: {value}", flush=True)
+                    continue
+                per_1000 = value["seconds"] / value["steps"] * 1000
+                out.seconds.append(per_1000)
+                out.cpu.append(value["cpu_seconds"] / value["steps"] * 1000)
+                out.result = out.result or value
+                shown = "  ".join(f"{k} {v:.6f}" for k, v in value.items() if k in ("loss", "acc", "auc"))
+                print(
+                    f"round {r + 1}/{rounds}  {run_id:<22} {per_1000:.4f} s/1000 steps (CPU {out.cpu[-1]:.4f})  {shown}",
+                    flush=True,
+                )
     return outcomes
 
 
@@ -545,6 +562,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also run every xt-training case with the xt_training package in DIR (e.g. a patched copy), "
         "interleaved, as case@B",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run this many cases at a time (default 1); more only to check that they run: their timings "
+        "then compete for the cores",
+    )
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
     p.add_argument("--no-memory", action="store_true", help="skip the memory case")
     p.add_argument("--quick", action="store_true", help="one round of 60 steps: checks that everything runs")
@@ -564,6 +588,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.output = HERE / ("RESULTS-GPU.md" if gpu_only else "RESULTS.md")
     if args.rounds < 1 or args.steps < 3 or args.gpu_steps < 3:
         p.error("--rounds must be at least 1, --steps and --gpu-steps at least 3")
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
     if args.compare is not None:
         if not (args.compare / "xt_training" / "__init__.py").is_file():
             p.error(
@@ -579,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[list[str]] = [["## Speed", ""]]
     groups = [dataclasses.replace(g, steps=args.gpu_steps) if g.data == "gpu" else g for g in GROUPS]
     with tempfile.TemporaryDirectory(prefix="xt-bench-") as tmp:
-        outcomes = run_groups(groups, args.only, args.rounds, args.steps, Path(tmp), args.compare)
+        outcomes = run_groups(groups, args.only, args.rounds, args.steps, Path(tmp), args.compare, args.jobs)
         ran = [g for g in groups if any(k.startswith(g.name + "/") for k in outcomes)]
         sections += [group_table(g, outcomes) for g in ran]
         data = {g.data for g in ran} | ({"map"} if not (args.no_startup and args.no_memory) else set())

@@ -41,7 +41,7 @@ def load_harness():
 def test_quick_round_of_every_case(tmp_path):
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--output", str(out)],
+        [sys.executable, str(RUN), "--quick", "--jobs", "2", "--output", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -81,6 +81,8 @@ def test_bad_options_name_the_problem():
         [sys.executable, str(RUN), "--rounds", "0"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 2 and "--rounds must be at least 1" in proc.stderr
+    proc = subprocess.run([sys.executable, str(RUN), "--jobs", "0"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "--jobs must be at least 1" in proc.stderr
     cases = ROOT / "benchmarks" / "cases.py"
     proc = subprocess.run(
         [sys.executable, str(cases), "nonsense", "map", "60", "/tmp"],
@@ -121,7 +123,7 @@ def run_gpu_group(tmp_path, gpu_on_cpu: bool, only: str = "gpu/*") -> tuple[subp
     if gpu_on_cpu:
         env["XT_BENCH_GPU_ON_CPU"] = "1"
     out = tmp_path / "RESULTS-GPU.md"
-    argv = ["--only", only, "--rounds", "1", "--gpu-steps", "6", "--no-startup", "--no-memory"]
+    argv = ["--only", only, "--rounds", "1", "--gpu-steps", "6", "--jobs", "2", "--no-startup", "--no-memory"]
     proc = subprocess.run(
         [sys.executable, str(RUN), *argv, "--output", str(out)],
         capture_output=True,
