@@ -185,15 +185,6 @@ def test_torchrun_xt_run_writes_one_run_directory(tmp_path):
     assert read(run / "config.json")["model"]["name"] == "mlp" and len(read(run / "history.json")) == 2
 
 
-@pytest.mark.slow
-def test_nproc_passes_options_that_torchrun_would_take_for_its_own(tmp_path):
-    # torchrun's parser took --monitor for an abbreviation of its --monitor-interval
-    xt("run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200", "--epochs",
-       "1", "--nproc", "2", "--monitor=val/accuracy", "-q", "--save-dir", "r", cwd=tmp_path)  # fmt: skip
-    assert read(tmp_path / "r" / "config.json")["monitor"] == "val/accuracy"
-    assert len(read(tmp_path / "r" / "history.json")) == 1
-
-
 TINY = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200", "-q"]
 
 

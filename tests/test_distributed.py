@@ -198,13 +198,15 @@ def test_training_loaders_are_sharded_without_changing_a_single_process_run(tmp_
 def test_xt_run_nproc_2_end_to_end(tmp_path):
     xt = Path(sys.executable).with_name("xt")
     run_dir = tmp_path / "run"
+    # --monitor=...: torchrun's parser took it for an abbreviation of its --monitor-interval
     result = subprocess.run(
         [str(xt), "run", "--model", "mlp", "--data", "synthetic-classification", "--epochs", "2",
-         "--metric", "accuracy", "--nproc", "2", "--save-dir", str(run_dir)],
+         "--metric", "accuracy", "--nproc", "2", "--monitor=val/accuracy", "--save-dir", str(run_dir)],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run completed") == 1, "only rank 0 prints"
+    assert json.loads((run_dir / "config.json").read_text())["monitor"] == "val/accuracy"
     history = json.loads((run_dir / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
