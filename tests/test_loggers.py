@@ -526,3 +526,57 @@ def test_loggers_by_registered_name(tmp_path):
             quiet=True, loggers=["tensorboard", "csv", "jsonl"])  # fmt: skip
     assert (tmp_path / "metrics.csv").exists() and (tmp_path / "metrics.jsonl").exists()
     assert "epoch/train/loss" in events(tmp_path / "tensorboard").Tags()["scalars"]
+
+
+# --- a failing logger --------------------------------------------------------------------------------
+
+FAILING_AT = [
+    "start_run", "start_pass", "per-step call", "update_pass", "log_metrics", "end_pass", "end_epoch",
+    "notice", "flush", "end_run", "close",
+]  # fmt: skip
+
+
+class FailingLogger:
+    """Records its calls; raises in ``method`` (``'per-step call'``: in the callable start_pass returns)."""
+
+    def __init__(self, method: str):
+        self.method, self.calls = method, []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.method:
+            raise OSError(f"tracker gone during {name}\nsecond line of the error")
+
+    def start_pass(self, name, epoch, total):
+        self._call("start_pass")
+        return lambda: self._call("per-step call")
+
+    def __getattr__(self, name):
+        if name not in FAILING_AT:
+            raise AttributeError(name)
+        return lambda *args: self._call(name)
+
+
+@pytest.mark.parametrize("method", FAILING_AT)
+def test_a_failing_logger_is_reported_once_and_dropped_and_the_run_completes(tmp_path, capsys, method):
+    train, held_out = loaders()
+    net = model()
+    failing = FailingLogger(method)
+    history = F.train(
+        tmp_path, train, net, torch.optim.SGD(net.parameters(), lr=0.1), 2, nn.CrossEntropyLoss(),
+        val_loader=held_out, log_every_n_steps=LOG_EVERY, loggers=[failing, JSONLLogger(save_dir=tmp_path)],
+        quiet=True,
+    )  # fmt: skip
+    assert [row["epoch"] for row in history] == [1, 2]
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert [row["val/loss"] for row in saved] == [row["val/loss"] for row in history]
+    assert all((tmp_path / "checkpoints" / name).is_file() for name in ("best.pt", "last.pt"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]  # the other logger kept logging
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert warnings == [
+        f"warning: logger FailingLogger failed in {method if method != 'per-step call' else 'its per-step call'} "
+        f"(OSError: tracker gone during {method}); it is dropped and the run goes on without it"
+    ]
+    assert failing.calls[-1] == method  # not called again once it failed
