@@ -65,7 +65,13 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(workdir) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    """The default store's client. Whoever touches the store first makes its tables and MLflow's default
+    artifact root, ``./mlruns`` of the working directory at that moment: the working directory of the runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+        client.search_experiments()
+    return client
 
 
 def run(

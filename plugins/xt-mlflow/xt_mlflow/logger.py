@@ -14,9 +14,10 @@ What it records, with the names of the history (the TensorBoard logger uses the 
   checkpoint's weights in MLflow's format (artifact ``model``: ``mlflow.pytorch.load_model('runs:/ID/model')``);
   the status: FINISHED, FAILED, or KILLED for an interrupted (resumable) run.
 
-**Speed.** At a logging step the loop only appends the values to a queue. A thread of the logger sends
-what is queued in one request every ``flush_secs`` and when a checkpoint is written, so the store's latency
-never reaches the loop. The end of the run waits (at most ``close_timeout``) for the queue, then sends the files.
+**Speed.** At a logging step the loop only appends the values to a queue. A thread of the logger makes the
+MLflow run, then sends what is queued in one request every ``flush_secs`` and when a checkpoint is written,
+so the store's latency never reaches the loop. At the end of the run the thread sends what is queued, the
+files and the status, and the loop waits for it (at most ``close_timeout``).
 
 **Resume.** The MLflow run's id is kept in ``RUN_DIR/mlflow.json``; a resumed run (``xt run --resume``,
 ``F.train(..., resume=True)``) continues that MLflow run when it logs to the same store. MLflow cannot change
@@ -81,7 +82,8 @@ class MLflowLogger:
             ``model`` when given.
         model: the trained model, for ``log_model`` where ``load_model`` cannot rebuild it.
         flush_secs: how often the queued values are sent (also at every checkpoint and at the end).
-        close_timeout: how long the end of the run waits for the store to take the queued values.
+        close_timeout: how long the end of the run waits for the store to take the queued values, the
+            files and the status (a checkpoint of gigabytes on a slow link may need more, or ``log_checkpoint=False``).
     """
 
     def __init__(
@@ -97,7 +99,7 @@ class MLflowLogger:
         log_model: bool = False,
         model: Any = None,
         flush_secs: float = 5.0,
-        close_timeout: float = 120.0,
+        close_timeout: float = 600.0,
     ):
         if save_dir is None:
             raise ConfigError(
@@ -131,6 +133,7 @@ class MLflowLogger:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._error: Exception | None = None  # the sender's failure, raised at the loop's next call
+        self._status: str | None = None  # how the run ended, once end_run is called
 
     def _experiment(self, name: str) -> str:
         """The id of experiment ``name``, created when missing (by this or, at the same moment, another process)."""
@@ -158,6 +161,14 @@ class MLflowLogger:
     # --- the logger contract ------------------------------------------------------------------------
 
     def start_run(self, config: dict[str, Any]) -> None:
+        """Start the sender thread; it makes the MLflow run first, so the loop does not wait for the store."""
+        self._thread = threading.Thread(
+            target=self._send_loop, args=(dict(config),), name="xt-mlflow", daemon=True
+        )
+        self._thread.start()
+
+    def _open(self, config: dict[str, Any]) -> None:
+        """Make the MLflow run, or continue the one a resumed run records; its parameters go first."""
         params = _params(config, self.save_dir)
         run_id = self._previous_run() if config.get("resumed") else None
         if run_id is not None:  # continue it: MLflow parameters cannot change, only new ones are logged
@@ -177,15 +188,12 @@ class MLflowLogger:
             run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
             write_json(self.save_dir / RECORD, self._record(run_id))
         self.run_id = run_id
-        self._queue.append(("params", params))
-        self._thread = threading.Thread(target=self._send_loop, name="xt-mlflow", daemon=True)
-        self._thread.start()
+        self._queue.appendleft(("params", params))  # before the values the loop queued meanwhile
 
     def log_metrics(self, values: dict[str, Any], step: int) -> None:
         self._check()
-        self._queue.append(
-            ("metrics", values, step, int(time.time() * 1000))
-        )  # the loop makes a new dict each time
+        # kept as it is: the loop makes a new dict at each logging step
+        self._queue.append(("metrics", values, step, int(time.time() * 1000)))
 
     def end_epoch(self, epoch: int, values: dict[str, Any], step: int) -> None:
         self._check()
@@ -198,11 +206,38 @@ class MLflowLogger:
         self._wake.set()
 
     def end_run(self, status: str) -> None:
+        """The sender thread sends what is queued, the files and the status; wait for it (``close_timeout``)."""
+        self._status = status
         self._stop()
         self._check()
-        if self.run_id is None:
-            return
-        failed = None  # the run gets its status even when sending its files fails (then reported)
+
+    def close(self) -> None:
+        self._stop()
+        self._check()
+
+    # --- sending ------------------------------------------------------------------------------------
+
+    def _send_loop(self, config: dict[str, Any]) -> None:
+        """The sender thread: the MLflow run (:meth:`_open`), then what is queued, every ``flush_secs`` or when
+        woken; at the stop, after the last values, the end of the run (:meth:`_finish`). It ends at the first
+        failure, kept for :meth:`_check`."""
+        try:
+            self._open(config)
+            while True:
+                self._wake.wait(self.flush_secs)
+                self._wake.clear()
+                stopping = self._stopping  # read before sending: what is queued before the stop is sent
+                self._send()
+                if stopping:
+                    break
+            if self._status is not None:
+                self._finish(self._status)
+        except Exception as e:
+            self._error = e
+
+    def _finish(self, status: str) -> None:
+        """The run's files (and model), then its status: set even when sending the files failed (then raised)."""
+        failed = None
         try:
             if self.log_artifacts:
                 for path, folder in self._files():
@@ -216,26 +251,6 @@ class MLflowLogger:
             self.client.set_terminated(self.parent_id, "FINISHED")
         if failed is not None:
             raise failed
-
-    def close(self) -> None:
-        self._stop()
-        self._check()
-
-    # --- sending ------------------------------------------------------------------------------------
-
-    def _send_loop(self) -> None:
-        """The sender thread: what is queued, every ``flush_secs`` or when woken; it ends at the first failure."""
-        while True:
-            self._wake.wait(self.flush_secs)
-            self._wake.clear()
-            stopping = self._stopping  # read before sending: what is queued before the stop is sent
-            try:
-                self._send()
-            except Exception as e:
-                self._error = e
-                return
-            if stopping:
-                return
 
     def _send(self) -> None:
         from mlflow.entities import Metric, Param
@@ -269,7 +284,7 @@ class MLflowLogger:
         if thread.is_alive():  # a daemon: it does not keep the process alive
             raise TimeoutError(
                 f"the MLflow tracking store {self.tracking_uri} took more than close_timeout={self.close_timeout:g} s "
-                "to take the last values; they are lost"
+                "to take the run's last values and files; what it has not taken is lost"
             )
 
     def _files(self) -> Iterator[tuple[Path, str | None]]:
