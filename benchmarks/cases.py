@@ -235,6 +235,45 @@ def xt_logging(s: Setup) -> Timing:
     return _train_logged(s, {"acc": metrics.Accuracy(), "f1": metrics.F1(), "eps": metrics.EPS()})
 
 
+def xt_mlflow(s: Setup) -> Timing:
+    """xt_logging with the MLflow logger (plugins/xt-mlflow) instead of TensorBoard's: SQLite store, files
+    and ``best.pt`` sent at the end. The store is made before the clock starts (its tables, once per benchmark)."""
+    from xt_training import metrics
+    from xt_training.loggers.console import ConsoleLogger
+    from xt_training.utils import functional as F
+
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise Skip("mlflow is not installed (pip install ./plugins/xt-mlflow)") from None
+    try:
+        from xt_mlflow import MLflowLogger
+    except ImportError:  # not installed: this checkout's copy
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "xt-mlflow"))
+        from xt_mlflow import MLflowLogger
+    run_dir = s.run_dir()
+    # The store is shared by the rounds (its tables are made once) and its artifacts, MLflow's ./mlruns of
+    # the directory where the store is made, go beside it rather than into the checkout.
+    os.chdir(s.workdir.parent)
+    loggers = [
+        ConsoleLogger(progress=True),
+        MLflowLogger(save_dir=run_dir, tracking_uri="sqlite:///mlflow.db"),
+    ]
+    eval_metrics = {"acc": metrics.Accuracy(), "f1": metrics.F1(), "eps": metrics.EPS()}
+    return timed(
+        lambda: F.train(
+            run_dir,
+            s.loader,
+            s.model,
+            s.optimizer,
+            s.epochs,
+            s.loss_fn,
+            eval_metrics=eval_metrics,
+            loggers=loggers,
+        )
+    )
+
+
 def plain_metrics(s: Setup) -> Timing:
     """The hand-written loop computing xt_full's metrics over each epoch with torchmetrics (updated every
     step, computed at the end of the epoch): the same work as xt_full, written by hand."""
@@ -608,6 +647,7 @@ TRAIN_CASES: dict[str, Callable[[Setup], Timing]] = {
         xt_defaults,
         xt_no_fast_path,
         xt_logging,
+        xt_mlflow,
         xt_full,
         ignite,
         lightning,

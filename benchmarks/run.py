@@ -81,11 +81,12 @@ GROUPS = [
             "xt_defaults",
             "xt_no_fast_path",
             "xt_logging",
+            "xt_mlflow",
             "xt_full",
             "ignite",
             "lightning",
         ],
-        {"xt_defaults": "<= 1.03", "xt_logging": "<= 1.05"},
+        {"xt_defaults": "<= 1.03", "xt_logging": "<= 1.05", "xt_mlflow": "<= xt_logging"},
         same_work={"xt_full": "plain_metrics"},
     ),
     Group(
@@ -137,6 +138,9 @@ CASE_NOTES = {
     "xt_no_fast_path": "the same with `fast_path=False`: the DataLoader's own iterator (on map data the fast "
     "path calls the dataset and `collate_fn` as it does, without its per-batch bookkeeping)",
     "xt_logging": "`F.train`, progress bar, `TensorBoardLogger`, Accuracy + F1 + EPS on the training pass",
+    "xt_mlflow": "xt_logging with xt-mlflow's `MLflowLogger` instead of `TensorBoardLogger` (SQLite store, made "
+    "before the clock starts): values queued per logging step and sent by its thread; the timed call includes "
+    "the end of the run, which waits while the last values, the run's files and its status are sent",
     "xt_full": "`F.train`, progress bar, `TensorBoardLogger`, Accuracy + ROC_AUC + F1 on the training pass",
     "ignite": "Ignite `create_supervised_trainer`, defaults",
     "lightning": "Lightning `Trainer` defaults (progress bar, logger, checkpoints), `self.log` of the loss",

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
-OPTIONAL = {"ignite", "lightning"}  # benchmark-only extras: skipped with a note when not installed
+OPTIONAL = {"ignite", "lightning", "xt_mlflow"}  # optional packages: skipped with a note when not installed
 GPU_CASES = ["plain", "xt_defaults", "xt_fast", "xt_runner"]
 
 

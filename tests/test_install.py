@@ -53,7 +53,7 @@ def test_each_install_line_installs_this_project_offline(tmp_path: Path) -> None
         ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".nox"),
     )  # fmt: skip
     python, site = overlay_venv(
-        tmp_path / "venv", hide=("xt_training", "xt_vision", "xt_timm", "xt_calibration", "xt_optuna")
+        tmp_path / "venv", hide=("xt_training", "xt_vision", "xt_timm", "xt_calibration", "xt_optuna", "xt_mlflow")
     )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "--python", str(python)]
     for args, comment in install_lines():
@@ -72,7 +72,7 @@ def test_each_install_line_installs_this_project_offline(tmp_path: Path) -> None
     listed = subprocess.run(
         [python.parent / "xt", "plugins"], cwd=tmp_path, env=ENV, capture_output=True, text=True
     )
-    for plugin in ("xt-vision", "xt-timm", "xt-calibration", "xt-optuna"):
+    for plugin in ("xt-vision", "xt-timm", "xt-calibration", "xt-optuna", "xt-mlflow"):
         assert plugin in listed.stdout, listed.stdout + listed.stderr
     where = subprocess.run(
         [python, "-c", "import xt_training; print(xt_training.__file__)"], cwd=tmp_path, env=ENV,

@@ -57,7 +57,7 @@ LOCK_FILE = ".xt.lock"
 RUN_FILES = (
     RUN_FILE, HISTORY_FILE, CONFIG_FILE, CONFIG_PY, CHECKPOINTS, NOTES_FILE, "test_results.json", "results.pt",
     "metrics.csv", "metrics.jsonl", "tensorboard", "curves.png", "lr_find.png",
-    "tokenizer_config.json", "vocab.json", "model.*", "model-*.*",
+    "tokenizer_config.json", "vocab.json", "model.*", "model-*.*", "mlflow.json",
 )  # fmt: skip
 
 
