@@ -130,9 +130,11 @@ def lr_find(
     state and learning rates, and Python's, NumPy's, torch's and the loader's random number generators
     are as they were before, bit for bit, whether the test ended or failed.
 
+    ``train_loader``, ``model``, ``optimizer``, ``loss_fn``, ``device``, ``forward_fn``, ``precision``,
+    ``clip_grad_norm`` and ``clip_grad_value`` are as for ``F.train`` (dict batches and the model's own loss
+    included).
+
     Args:
-        train_loader, model, optimizer, loss_fn, device, forward_fn, precision, clip_grad_norm,
-            clip_grad_value: as for ``F.train`` (dict batches and the model's own loss included).
         min_lr, max_lr: the range of learning rates, ``0 < min_lr < max_lr``.
         num_steps: the steps of the test (at least 2).
         early_stop_threshold: stop once the smoothed loss exceeds this multiple of its best; ``None``: never.
