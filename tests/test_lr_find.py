@@ -256,3 +256,22 @@ def test_xt_lr_find_bad_input_is_one_line(tmp_path, flags, message):
     out = xt("lr-find", "--model", "mlp", "--data", "synthetic-regression", *flags, cwd=tmp_path, code=2)
     assert out.stderr.startswith("xt: error: ") and message in out.stderr and out.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # refused before anything was built or written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_on_the_cpu_tested_on_cuda_comes_back_to_the_cpu_unchanged():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 16, generator=g), torch.randint(0, 3, (96,), generator=g)
+    generator = torch.Generator().manual_seed(1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=generator)
+    torch.manual_seed(0)
+    model = _Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.cuda.init()  # its RNG is saved and restored too (dropout draws from it on the GPU)
+    before, cuda_rng = _state(model, optimizer, generator), torch.cuda.get_rng_state()
+    result = F.lr_find(
+        loader, model, optimizer, nn.CrossEntropyLoss(), device="cuda", num_steps=20, quiet=True
+    )
+    assert len(result.lrs) == 20
+    _assert_same(before, _state(model, optimizer, generator))  # on the CPU again, bit for bit
+    assert torch.equal(cuda_rng, torch.cuda.get_rng_state())

@@ -153,8 +153,9 @@ def lr_find(
         save_dir = prepare_dir(save_dir)
     saved = _Saved(model, optimizer)
     rng, generators = None, loader_generators(train_loader)
-    test = _RangeTest(optimizer, min_lr, max_lr, num_steps, early_stop_threshold, beta)
     try:
+        # (it sets the first lr: inside the try, to be undone whatever fails next)
+        test = _RangeTest(optimizer, min_lr, max_lr, num_steps, early_stop_threshold, beta)
         # no loggers: the loop's own output (progress, a summary line per pass over a short loader) would
         # tell nothing here, where the curve is the result
         runner = Runner(
