@@ -24,7 +24,7 @@ LAYERS: dict[str, list[str]] = {
     "engine": [
         *("batch", "rng", "fastpath", "distributed", "metric_contract", "metrics", "loggers", "loggers.*"),
         *("callbacks", "checkpoint", "runner", "training", "testing", "predict", "exporting", "text"),
-        *("preprocessing", "utils", "utils.functional"),
+        *("preprocessing", "lr_find", "utils", "utils.functional"),
     ],
     # runs by name: the registry, config files, building a run from names, reports, the built-in components
     "runs by name": [

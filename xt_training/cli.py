@@ -631,6 +631,46 @@ def _is_main() -> bool:
     return distributed.is_main()
 
 
+# --- xt lr-find --------------------------------------------------------------------------------------------
+@cli.command("lr-find")
+@run_options
+@click.option(
+    "--save-dir", type=click.Path(file_okay=False),
+    help="Directory for lr_find.json (the curve) and lr_find.png (its plot); default runs/lr-find-MODEL-DATA-TIME.",
+)  # fmt: skip
+@click.option("--min-lr", type=float, default=1e-7, show_default=True, help="The test's first learning rate.")
+@click.option("--max-lr", type=float, default=10.0, show_default=True, help="The test's last learning rate.")
+@click.option(
+    "--num-steps", type=int, default=100, show_default=True,
+    help="Training steps of the test, one batch each (the loader is gone through again as often as needed).",
+)  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No console output (the files are written).")
+@click.pass_context
+def lr_find_command(
+    ctx: click.Context,
+    save_dir: str | None,
+    min_lr: float,
+    max_lr: float,
+    num_steps: int,
+    quiet: bool,
+    **_: Any,
+) -> None:
+    """Suggest a learning rate: the range test of Smith 2017, as Lightning's lr_find.
+
+    \b
+    Example: xt lr-find --model mlp --data synthetic-classification --optimizer sgd --save-dir runs/lr
+
+    The model, data, loss and optimizer are built as `xt run` builds them (the same options); the model
+    trains NUM_STEPS batches while the learning rate grows exponentially from MIN_LR to MAX_LR, stopping
+    early once the smoothed loss diverges. It prints the suggestion (where the smoothed loss falls fastest)
+    and writes the curve and its plot (the plot needs matplotlib). Nothing is trained for good.
+    """
+    from . import runs  # lazy: imports torch
+
+    run = run_config(ctx)
+    runs.lr_find(run, save_dir, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, quiet=quiet)
+
+
 # --- xt train / xt test / xt template ------------------------------------------------------------------------
 @cli.command("train")
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))

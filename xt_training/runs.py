@@ -62,6 +62,7 @@ from .exporting import (
     writable_output,
 )
 from .files import write_json
+from .lr_find import LRFindResult, check_range
 from .predict import predict, predict_forward
 from .preprocessing import normalization_of
 from .rundir import (
@@ -209,6 +210,38 @@ def dry_run(
     config = {**checked_run(config), "epochs": 1}
     with tempfile.TemporaryDirectory(prefix="xt-dry-run-") as directory:
         return train(config, directory, quiet=quiet, max_batches=batches)[1]
+
+
+def lr_find(
+    config: Mapping[str, Any],
+    save_dir: str | os.PathLike[str] | None = None,
+    *,
+    quiet: bool = False,
+    **options: Any,
+) -> tuple[Path, LRFindResult]:
+    """Build the model, data, loss and optimizer ``config`` names and run :func:`F.lr_find
+    <xt_training.lr_find.lr_find>` on the training split (``xt lr-find``); the directory of its files, and its result.
+
+    ``options`` are F.lr_find's (``min_lr``, ``max_lr``, ``num_steps``...); the device, precision and
+    gradient clipping are the configuration's. Its scheduler, metrics, loggers, callbacks and epochs play
+    no part. The default ``save_dir`` is ``runs/lr-find-<model>-<data>-<time>``.
+    """
+    config = checked_run(config)
+    check_range(**{k: options[k] for k in ("min_lr", "max_lr", "num_steps") if k in options})
+    if config["accumulate_grad_batches"] != 1:  # the rate of a step of N batches: not this test's steps
+        raise ConfigError(
+            "the range test steps the optimizer after every batch; drop --accumulate-grad-batches, or test "
+            "with a batch size N times larger (--batch-size)"
+        )
+    if save_dir is None:
+        save_dir = default_save_dir("lr-find", config["model"]["name"], config["data"]["name"])
+    built = build({**config, "scheduler": None, "metrics": {}, "loggers": [], "callbacks": []})
+    result = F.lr_find(
+        built.data.loaders["train"], built.model, built.optimizer, built.loss_fn, config["device"],
+        forward_fn=built.data.forward_fn, precision=config["precision"], clip_grad_norm=config["clip_grad_norm"],
+        clip_grad_value=config["clip_grad_value"], save_dir=save_dir, quiet=quiet, **options,
+    )  # fmt: skip
+    return Path(save_dir), result
 
 
 class _FirstBatches:
