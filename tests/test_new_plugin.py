@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ENV, overlay_venv, xt
 
 
@@ -38,5 +37,8 @@ def test_new_plugin_refuses_a_bad_name_and_an_existing_directory(tmp_path):
     )
     (tmp_path / "xt-tools").mkdir()
     proc = xt("new", "plugin", "xt-tools", cwd=tmp_path, code=2)
-    assert proc.stderr.strip() == "xt: error: xt-tools exists: choose another NAME, or another directory with --dir"
+    assert (
+        proc.stderr.strip()
+        == "xt: error: xt-tools exists: choose another NAME, or another directory with --dir"
+    )
     assert list((tmp_path / "xt-tools").iterdir()) == []

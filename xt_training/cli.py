@@ -810,7 +810,9 @@ def new_plugin_command(name: str, parent: str) -> None:
     all named NAME-..., and its tests run each through the real `xt`.
     """
     target = scaffold.new_plugin(name, parent)
-    click.echo(f"wrote {target}/: a model, data, a metric, a logger, a callback and a command ({target}/README.md)")
+    click.echo(
+        f"wrote {target}/: a model, data, a metric, a logger, a callback and a command ({target}/README.md)"
+    )
     click.echo(f"install and test it: pip install -e '{target}[test]' && pytest {target}")
 
 
