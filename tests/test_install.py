@@ -79,3 +79,7 @@ def test_each_install_line_installs_this_project_offline(tmp_path: Path) -> None
         capture_output=True, text=True,
     )  # fmt: skip
     assert Path(where.stdout.strip()).is_relative_to(site), where.stdout  # installed, not the checkout's
+    # the plugin template is package data: an installed xt-training (not a checkout) writes a whole plugin
+    subprocess.run([python.parent / "xt", "new", "plugin", "probe"], cwd=tmp_path, env=ENV, check=True)
+    written = {p.relative_to(tmp_path / "xt-probe").as_posix() for p in (tmp_path / "xt-probe").rglob("*.*")}
+    assert {"pyproject.toml", "tests/test_plugin.py", "xt_probe/plugin.py", "xt_probe/models.py"} <= written

@@ -34,6 +34,7 @@ LAYERS: dict[str, list[str]] = {
         "runs",
         "report",
         "environment",
+        "scaffold",
         "builtins",
         "builtins.*",
     ],
@@ -93,6 +94,8 @@ def check(root: Path) -> list[str]:
     """The offences against the layers of the package in directory ``root``, one line each."""
     files = {}  # module name -> path
     for path in sorted(root.rglob("*.py")):
+        if "templates" in path.relative_to(root).parts:
+            continue  # package data, not modules: the files `xt new plugin` copies into a plugin of its own
         parts = [root.name, *path.relative_to(root).with_suffix("").parts]
         files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     modules, where = set(files), {m: path.relative_to(root.parent).as_posix() for m, path in files.items()}

@@ -28,7 +28,7 @@ import click
 from click.core import ParameterSource
 from click.shell_completion import CompletionItem, get_completion_class
 
-from . import config, errors, registry, report
+from . import config, errors, registry, report, scaffold
 from ._version import __version__
 from .config import COMPONENTS, SCALARS, default_config, read_config
 from .environment import environment, format_environment
@@ -832,6 +832,28 @@ def template_command(directory: str, force: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(TEMPLATE.format(name=target))
     click.echo(f"wrote {target}; train it with: xt train {target}")
+
+
+@cli.group("new")
+def new_group() -> None:
+    """Write a new project part from a template."""
+
+
+@new_group.command("plugin")
+@click.argument("name")
+@click.option("--dir", "parent", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where the plugin's directory xt-NAME is made.")  # fmt: skip
+def new_plugin_command(name: str, parent: str) -> None:
+    """Write a working plugin package, xt-NAME, with one of each kind and its tests.
+
+    It registers a model, a data set, a metric (with its direction), a logger, a callback and a command,
+    all named NAME-..., and its tests run each through the real `xt`.
+    """
+    target = scaffold.new_plugin(name, parent)
+    click.echo(
+        f"wrote {target}/: a model, data, a metric, a logger, a callback and a command ({target}/README.md)"
+    )
+    click.echo(f"install and test it: pip install -e '{target}[test]' && pytest {target}")
 
 
 # --- xt list / xt info / xt plugins ---------------------------------------------------------------------------
