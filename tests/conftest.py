@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -107,42 +105,3 @@ def overlay_venv(venv: Path, hide: str | tuple[str, ...] = ()) -> tuple[Path, Pa
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The valgrind runs (minutes each) last: a `make test` shows the rest of the suite's result first."""
     items.sort(key=lambda item: "cachegrind" in item.name)  # stable: the rest keep their order
-
-
-# A test marked ``background(argv, **popen_options)`` gets its process started when collection ends, and
-# the finished process from the fixture ``background``. The cachegrind check is one process on one core
-# for ~4 minutes: started first and waited for last, it runs on one core while the suite uses the other.
-BACKGROUND = pytest.StashKey[tuple]()
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly:
-        return
-    for item in session.items:
-        marker = item.get_closest_marker("background")
-        if marker is not None:
-            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # pipes could fill up
-            proc = subprocess.Popen(marker.args[0], stdout=out, stderr=err, text=True, start_new_session=True,
-                                    **marker.kwargs)  # fmt: skip
-            item.stash[BACKGROUND] = proc, out, err
-
-
-@pytest.fixture
-def background(request: pytest.FixtureRequest) -> subprocess.CompletedProcess:
-    """The test's ``background`` process, waited for (at most 15 minutes more), with its output."""
-    proc, out, err = request.node.stash[BACKGROUND]
-    try:
-        proc.wait(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    out.seek(0)
-    err.seek(0)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """A background process whose test did not wait for it (-x, Ctrl-C, a skip) ends with its children."""
-    for item in getattr(session, "items", []):
-        if BACKGROUND in item.stash and item.stash[BACKGROUND][0].poll() is None:
-            os.killpg(item.stash[BACKGROUND][0].pid, signal.SIGKILL)

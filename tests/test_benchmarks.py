@@ -183,16 +183,16 @@ CACHEGRIND = ROOT / "benchmarks" / "cachegrind_loop.py"
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
-@pytest.mark.background(
-    [sys.executable, str(CACHEGRIND), "--steps", "2,12", "--variants", "runner"], cwd=ROOT
-)
-def test_cachegrind_counts_the_loops_per_step(background):
+def test_cachegrind_counts_the_loops_per_step():
     # two short runs per loop under valgrind, per-step counts, the Runner beside plain (only the default
     # Runner). The imports dominate (~4 minutes of a core under valgrind): the tool does them once and
-    # forks the four runs, and the process starts with the session (conftest.py: background) beside the
-    # rest of the suite. Ten steps apart: a rare one-off of a few million instructions in one run (seen
+    # forks the four runs; `make test` runs the suite on two workers, so the other goes on meanwhile. Ten
+    # steps apart: a rare one-off of a few million instructions in one run (seen
     # once, on a CI machine, with one step apart) must not flip a difference's sign.
-    proc = background
+    proc = subprocess.run(
+        [sys.executable, str(CACHEGRIND), "--steps", "2,12", "--variants", "runner"],
+        capture_output=True, text=True, cwd=ROOT, timeout=1200,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = {
         line.split("|")[1].strip(): line.split("|")[2:-1]
