@@ -131,13 +131,14 @@ def xt(python: Path, *args: str, cwd: Path, env: dict, code: int = 0) -> subproc
 def test_a_tiny_bert_fine_tunes_on_a_csv_and_its_run_predicts_raw_text(hf, python, tmp_path, plugin):
     model_dir, data, env = hf
     xt(
-        python, "run", "--model", "hf", "--data", "hf-dataset", "--data-opt", f"train_file={data / 'train.csv'}",
+        python, "run", "--model", f"hf:{model_dir}", "--data", "hf-dataset", "--data-opt", f"train_file={data / 'train.csv'}",
         "--data-opt", "label=sentiment", "--data-opt", f"tokenizer={model_dir}", "--batch-size", "16",
         "--epochs", "8", "--lr", "0.003", "-q", "--save-dir", "run", cwd=tmp_path, env=env,
     )  # fmt: skip
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["source"] == "xt-hf 0.1.0" and config["info"]["classes"] == ["neg", "pos"]
+    assert config["model"]["name"] == "hf" and config["model"]["options"]["name"] == str(model_dir)  # hf:DIR
     history = json.loads((run / "history.json").read_text())
     assert history[-1]["train/loss"] < history[0]["train/loss"] - 0.2
     assert max(epoch["val/accuracy"] for epoch in history) >= 0.8  # the sentiment words are learnt
@@ -182,7 +183,7 @@ def test_a_tiny_bert_fine_tunes_on_a_csv_and_its_run_predicts_raw_text(hf, pytho
 def test_a_hub_name_that_needs_a_download_is_one_line(hf, python, tmp_path):
     model_dir, data, env = hf
     out = xt(
-        python, "run", "--model", "hf", "--model-opt", "name=bert-base-uncased", "--data", "hf-dataset",
+        python, "run", "--model", "hf:bert-base-uncased", "--data", "hf-dataset",
         "--data-opt", f"train_file={data / 'train.csv'}", "--data-opt", "label=sentiment",
         "--data-opt", f"tokenizer={model_dir}", "-q", cwd=tmp_path, env=env, code=2,
     )  # fmt: skip

@@ -233,6 +233,49 @@ def test_a_plugin_metric_without_a_direction_makes_the_run_ask_for_mode(tmp_path
         plugins.create("metric", "peak-odd")
 
 
+ZOO_PLUGIN = """
+from torch import nn
+
+from xt_training.hookspecs import hookimpl
+
+
+def zoo(name: str, num_classes: int = 2):
+    return nn.Linear({"small": 4, "large": 8}[name], num_classes)
+
+
+@hookimpl
+def register_models(register):
+    register("zoo", zoo, description="a model by name", argument="name")
+    register("plain", zoo, description="no short form")
+"""
+
+
+def test_name_colon_value_sets_the_option_the_name_registered_as_its_argument(tmp_path, monkeypatch):
+    (tmp_path / "zoo_plugin.py").write_text(ZOO_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = registry.load(["zoo_plugin"], environ={"XT_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert plugins.split("model", "zoo:large", {"num_classes": 3}) == (
+        "zoo",
+        {"num_classes": 3, "name": "large"},
+    )
+    assert plugins.create("model", "zoo:large", num_classes=3).weight.shape == (3, 8)
+    assert plugins.accepts("model", "zoo:large", {"num_classes": 3, "image_size": 32}) == {"num_classes": 3}
+    assert plugins.split("model", "zoo_plugin:zoo") == ("zoo_plugin:zoo", {})  # PLUGIN:NAME keeps its meaning
+    assert plugins.split("model", "plain:small") == ("plain:small", {})  # registered without an argument
+    with pytest.raises(ConfigError, match="unknown model 'small'"):  # read as PLUGIN:NAME, plugin 'plain'
+        plugins.create("model", "plain:small")
+    with pytest.raises(ConfigError, match=r"'zoo:large' sets its option name='large', and the options set "):
+        plugins.create("model", "zoo:large", name="small")
+
+    # from the command line the run records the long form, so it is rebuilt as it was named
+    env = importing_from(tmp_path)
+    xt("-p", "zoo_plugin", "run", "--model", "zoo:small", "--data", "synthetic-classification", "--data-opt",
+       "n_features=4", "--data-opt", "n_samples=200", "--epochs", "1", "-q", "--save-dir", "r", cwd=tmp_path,
+       env=env)  # fmt: skip
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["model"]["name"] == "zoo" and config["model"]["options"] == {"name": "small"}
+
+
 # --- pip install for real ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_pip_install_list_run_and_uninstall_the_plugins(tmp_path):

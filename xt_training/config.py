@@ -218,6 +218,10 @@ def checked_run(config: Mapping[str, Any]) -> dict[str, Any]:
         if config[kind] is None:
             raise ConfigError(f"no {kind} is chosen; pick one with --{kind} NAME (`xt list {plural}`)")
     for kind, component in _components(config):
+        # `--model hf:NAME` is recorded as the model hf with its option name=NAME: the run rebuilds it as named
+        component["name"], component["options"] = registry.current().split(
+            kind, component["name"], component["options"]
+        )
         registry.current().entry(kind, component["name"])  # an unknown name: "did you mean ...?"
     return config
 

@@ -34,6 +34,9 @@ description=None, **metadata)``:
   every kind reads ``imports``, the names of the options whose values are ``"module:attr"`` paths the factory
   imports (metric ``mean``'s ``fn``): a run directory's ``config.json`` may set them to other modules than
   those of installed plugins only when trusted (``--trust``).
+  ``argument``: the option that ``NAME:VALUE`` sets, a short form for the name of a thing the factory
+  loads (xt-hf registers ``hf`` with ``argument='name'``: ``--model hf:bert-base-uncased`` is ``--model hf
+  --model-opt name=bert-base-uncased``).
 
 Option names are the factory's keyword parameters; their annotations are checked, so a wrong option
 name or type gives a one-line error listing what the factory accepts. Where the CLI knows a value a

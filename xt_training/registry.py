@@ -478,6 +478,25 @@ class Registry:
             hint = f"there are {len(known)} {plural};"
         raise ConfigError(f"unknown {kind} {name!r}; {hint} see `xt list {plural}`")
 
+    def split(
+        self, kind: str, name: str, options: Mapping[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """``NAME:VALUE``, where NAME was registered with ``argument=OPTION``, is NAME with its option
+        ``OPTION=VALUE`` (xt-hf's ``hf:bert-base-uncased`` is ``hf`` with ``name='bert-base-uncased'``);
+        returns the name and ``options`` with that option added. Any other name comes back as it is."""
+        head, sep, value = name.partition(":") if isinstance(name, str) else ("", "", "")
+        entry = self.find(kind, head) if sep and value and self.find(kind, name) is None else None
+        option = entry.metadata.get("argument") if entry is not None else None
+        options = dict(options or {})
+        if option is None:
+            return name, options
+        if option in options and options[option] != value:
+            raise ConfigError(
+                f"{kind} {name!r} sets its option {option}={value!r}, and the options set {option}="
+                f"{options[option]!r}: give it once"
+            )
+        return head, {**options, option: value}
+
     def packages(self) -> set[str]:
         """The top-level packages of the registered names' factories (``xt_training``, ``torch``, plugins')."""
         if self._packages is None:
@@ -487,7 +506,9 @@ class Registry:
         return self._packages
 
     def create(self, kind: str, name: str, /, **options: Any) -> Any:
-        """Build ``name`` with its factory; wrong option names or types are a one-line error."""
+        """Build ``name`` (or ``NAME:VALUE``, see :meth:`split`) with its factory; wrong option names or
+        types are a one-line error."""
+        name, options = self.split(kind, name, options)
         entry = self.entry(kind, name)
         factory = entry.load()
         options = _paths_as_annotated(options, _type_hints(factory))
@@ -503,7 +524,7 @@ class Registry:
         The CLI uses it to hand context (the data's ``num_classes``, a scheduler's ``optimizer``) only to
         factories that ask for it.
         """
-        params = self.entry(kind, name).parameters()
+        params = self.entry(kind, self.split(kind, name)[0]).parameters()
         return {k: v for k, v in values.items() if k in params}
 
     def info(self, kind: str, name: str) -> dict[str, Any]:
@@ -513,7 +534,7 @@ class Registry:
         'options': {option: {'default', 'type', 'required', 'description'}}, 'any_option', 'metadata'}``;
         each option's description comes from the factory's docstring (:func:`option_docs`).
         """
-        entry = self.entry(kind, name)
+        entry = self.entry(kind, self.split(kind, name)[0])
         factory = entry.load()
         hints = _type_hints(factory)
         docs = option_docs(factory)

@@ -13,6 +13,7 @@ def register_models(register: Any) -> None:
         "hf",
         "xt_hf.models:hf_model",
         description="a Hugging Face transformers model by hub name or directory (name=, task=)",
+        argument="name",  # hf:bert-base-uncased is hf with name='bert-base-uncased'
     )
 
 
