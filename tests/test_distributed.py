@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, make_classification
+from conftest import ENV, XT, make_classification
 from test_registry import write_image_folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -261,3 +261,39 @@ def test_a_bad_distributed_environment_is_one_line_and_a_missing_peer_a_bounded_
     assert time.monotonic() - start < 60, (
         "the lone ranks waited XT_RENDEZVOUS_TIMEOUT, not torch's 30 minutes"
     )
+
+
+@pytest.mark.slow
+def test_two_machines_through_xt_run_nnodes_write_one_run_directory(tmp_path):
+    """Two "machines" on 127.0.0.1, 2 processes each, meet at torchrun's c10d rendezvous: 4 ranks, one run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=1000",
+           "--epochs", "2", "--metric", "accuracy", "--save-dir", "run", "--nproc", "2", "--nnodes", "2",
+           f"--rdzv-endpoint=127.0.0.1:{port}"]  # fmt: skip
+    machines = [
+        subprocess.Popen([XT, *run], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        outputs = [m.communicate(timeout=240) for m in machines]
+    finally:
+        for m in machines:
+            m.kill()
+    for m, (_, stderr) in zip(machines, outputs):
+        assert m.returncode == 0, stderr[-3000:]
+    assert sum(out.count("run completed") for out, _ in outputs) == 1, "only rank 0 of the 4 prints"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    # 700 training examples over 4 ranks: 175 each, in 3 batches of 64
+    assert state["global_step"] == 2 * 3
+    # the metrics synced over 4 ranks are those of one process on the same weights
+    tested = subprocess.run([XT, "test", "run", "--checkpoint", "last", "--split", "val", "--json"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    one_process = json.loads(tested.stdout)["val"]
+    for key in ("loss", "accuracy"):
+        assert history[-1][f"val/{key}"] == pytest.approx(one_process[key], rel=1e-6), key
