@@ -1,4 +1,5 @@
-"""Distributed data parallel on torch.distributed, started by ``torchrun`` (or ``xt run --nproc N``).
+"""Distributed data parallel on torch.distributed, started by ``torchrun`` (or ``xt run --nproc N``), or
+by SLURM's ``srun`` (:mod:`xt_training.slurm` gives its tasks torchrun's variables).
 
 Under torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the Runner initialises the process group
 (NCCL on CUDA, gloo on CPU), uses the rank's local device, wraps the model in
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
+from . import slurm
 from .errors import ConfigError, first_line
 
 #: how long a process waits for the others to join, in seconds (default 300); torch's own wait is 30
@@ -81,6 +83,8 @@ def init_from_env() -> bool:
     """
     if active():
         return True
+    from_slurm = slurm.torchrun_variables()
+    os.environ.update(from_slurm)  # a task that srun started: what torchrun would have set, from SLURM's
     world = env_int("WORLD_SIZE", 1, 1)
     if world == 1 or "RANK" not in os.environ:
         return False
@@ -99,10 +103,16 @@ def init_from_env() -> bool:
         with _stderr_held():
             store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=wait)))
     except dist.DistError as e:
+        fix = (
+            "start every task with srun (SLURM_PROCID and SLURM_NTASKS gave RANK and WORLD_SIZE), "
+            "or name the job 'interactive' to start the processes another way"
+            if from_slurm
+            else f"start every rank (torchrun does), {SINGLE}"
+        )
         raise ConfigError(
             f"RANK={rank} of WORLD_SIZE={world} could not join the others at MASTER_ADDR="
             f"{os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']} within "
-            f"{RENDEZVOUS_TIMEOUT_ENV}={wait} s ({first_line(e)}); start every rank (torchrun does), {SINGLE}"
+            f"{RENDEZVOUS_TIMEOUT_ENV}={wait} s ({first_line(e)}); {fix}"
         ) from None
     store.set_timeout(default_pg_timeout)  # only joining is bounded so; a slow rank 0 later is no failure
     backend = "nccl" if torch.cuda.is_available() else "gloo"
