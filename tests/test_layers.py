@@ -22,7 +22,7 @@ LAYERS: dict[str, list[str]] = {
     "foundations": ["_version", "errors", "files", "rundir", "hookspecs", "slurm"],
     # the training loop on plain objects: batches, metrics, loggers, callbacks, checkpoints, the Runner
     "engine": [
-        *("batch", "rng", "fastpath", "distributed", "metric_contract", "metrics", "loggers", "loggers.*"),
+        *("devices", "batch", "rng", "fastpath", "distributed", "metric_contract", "metrics", "loggers", "loggers.*"),
         *("callbacks", "checkpoint", "runner", "training", "testing", "predict", "exporting", "text"),
         *("preprocessing", "utils", "utils.functional"),
     ],

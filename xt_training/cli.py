@@ -380,7 +380,7 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--callback-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of callback NAME."),
     click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (the data option batch_size)."),
-    click.option("--device", help="cpu, cuda, cuda:1, ...; default: CUDA when available."),
+    click.option("--device", help="cpu, cuda, cuda:1, mps, ...; default: the accelerator, if any (CUDA, XPU, MPS...)."),
     click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seeds Python, NumPy and torch."),
     click.option("--monitor", help="Value deciding the best checkpoint, e.g. val/accuracy; default val/loss."),
     click.option("--mode", type=click.Choice(["min", "max"]), help="Whether --monitor improves downwards or upwards; default: its metric's direction."),
