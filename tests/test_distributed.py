@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from conftest import ENV, XT, make_classification
@@ -297,3 +298,25 @@ def test_two_machines_through_xt_run_nnodes_write_one_run_directory(tmp_path):
     one_process = json.loads(tested.stdout)["val"]
     for key in ("loss", "accuracy"):
         assert history[-1][f"val/{key}"] == pytest.approx(one_process[key], rel=1e-6), key
+
+
+def test_xt_run_nnodes_starts_torchrun_for_several_machines():
+    from xt_training.cli import TORCHRUN, _torchrun
+
+    assert _torchrun(1, 1, None, None) == []
+    assert _torchrun(4, 1, None, None) == [*TORCHRUN, "--standalone", "--nproc-per-node=4"]
+    assert _torchrun(8, 2, "10.0.0.1:29500", None) == [
+        *TORCHRUN, "--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500"
+    ]  # fmt: skip
+    assert _torchrun(8, 2, "10.0.0.1:29500", 1) == [
+        *TORCHRUN, "--nnodes=2", "--nproc-per-node=8", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29500"
+    ]  # fmt: skip
+    bad = {
+        (2, None, None): "--nnodes 2 needs --rdzv-endpoint HOST:PORT, where the machines meet",
+        (2, "10.0.0.1", None): "--rdzv-endpoint '10.0.0.1' must be HOST:PORT, e.g. 10.0.0.1:29500",
+        (2, "h:1", 2): "--node-rank 2 must be below --nnodes 2",
+        (1, None, 0): "--rdzv-endpoint and --node-rank join machines: add --nnodes N (N > 1)",
+    }
+    for (nnodes, endpoint, node_rank), message in bad.items():
+        with pytest.raises(click.UsageError, match=re.escape(message)):
+            _torchrun(2, nnodes, endpoint, node_rank)

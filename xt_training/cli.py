@@ -642,9 +642,9 @@ def _torchrun(nproc: int, nnodes: int, endpoint: str | None, node_rank: int | No
         if endpoint is not None or node_rank is not None:
             raise click.UsageError("--rdzv-endpoint and --node-rank join machines: add --nnodes N (N > 1)")
         return [] if nproc == 1 else [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}"]
-    host, _, port = (endpoint or "").rpartition(":")
     if endpoint is None:
         raise click.UsageError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT, where the machines meet")
+    host, _, port = endpoint.rpartition(":")
     if not host or not port.isdigit():
         raise click.UsageError(f"--rdzv-endpoint {endpoint!r} must be HOST:PORT, e.g. 10.0.0.1:29500")
     launch = [*TORCHRUN, f"--nnodes={nnodes}", f"--nproc-per-node={nproc}"]

@@ -4,8 +4,8 @@ As Lightning's ``SLURMEnvironment`` does, a process is a task of a SLURM job whe
 and the job is not named ``bash`` or ``interactive`` (an interactive allocation: name it so to start the
 processes another way, with torchrun say). Its rank, world size and local rank are then ``SLURM_PROCID``,
 ``SLURM_NTASKS`` and ``SLURM_LOCALID``; rank 0 listens on the first host of ``SLURM_JOB_NODELIST``, at
-``MASTER_PORT`` when that is set, else at 15000 plus the last four digits of ``SLURM_JOB_ID`` (the same for
-every task of a job, without a word between them). torchrun's own variables, where set, win.
+``MASTER_PORT`` when that is set, else at 15000 plus the last four digits of ``SLURM_JOB_ID`` (which every
+task of the job works out alike, unasked). torchrun's own variables, where set, win.
 
 ``sbatch --signal=USR1@90`` asks SLURM to send SIGUSR1 to every task 90 s before the time limit; the loop
 then saves ``checkpoints/last.pt`` where it is, rank 0 runs ``scontrol requeue JOB_ID``, and the tasks
