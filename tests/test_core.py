@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from xt_training import Runner, load_checkpoint, metrics
+from xt_training.devices import accelerator
 from xt_training.errors import BatchError, CheckpointError, ConfigError, LossError, NonFiniteLossError
 from xt_training.utils import functional as F
 
@@ -452,10 +453,15 @@ def test_a_loss_that_does_not_fit_the_outputs_names_both(tabular, tmp_path):
         train_with(tmp_path, tabular[0], model=mlp(features=5))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+@pytest.mark.skipif(accelerator() is not None, reason="checks the error without an accelerator")
 def test_a_cuda_device_without_a_gpu_is_a_config_error(tabular, tmp_path):
-    with pytest.raises(ConfigError, match=r"device 'cuda' is not available: torch .* finds no CUDA GPU here"):
+    with pytest.raises(ConfigError, match=r"device 'cuda' is not available: torch .* finds no cuda device here; use "
+                       r"device 'cpu', or leave the device out \(here: cpu\)"):  # fmt: skip
         train_with(tmp_path, tabular[0], device="cuda")
+    with pytest.raises(
+        ConfigError, match=r"device 'mps:0' is not available: torch .* finds no mps device here"
+    ):
+        train_with(tmp_path, tabular[0], device="mps:0")
 
 
 def test_every_batch_skipped_is_an_error(tabular, tmp_path):

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from xt_training import metrics
-from xt_training.batch import prefetch_to_cuda
+from xt_training.batch import prefetch_to_device
 from xt_training.utils import functional as F
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -113,7 +113,7 @@ def test_the_guard_catches_a_sync():
 def test_prefetch_gives_the_batches_in_order_on_the_gpu():
     x, y = data(300)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, pin_memory=True)
-    got = list(prefetch_to_cuda(iter(loader), torch.device("cuda")))
+    got = list(prefetch_to_device(iter(loader), torch.device("cuda")))
     assert len(got) == len(loader)
     for (gx, gy), (cx, cy) in zip(got, loader):
         assert gx.is_cuda and torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy)

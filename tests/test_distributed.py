@@ -11,9 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import click
 import pytest
 import torch
-from conftest import ENV, make_classification
+from conftest import ENV, XT, make_classification
 from test_registry import write_image_folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -261,3 +262,61 @@ def test_a_bad_distributed_environment_is_one_line_and_a_missing_peer_a_bounded_
     assert time.monotonic() - start < 60, (
         "the lone ranks waited XT_RENDEZVOUS_TIMEOUT, not torch's 30 minutes"
     )
+
+
+@pytest.mark.slow
+def test_two_machines_through_xt_run_nnodes_write_one_run_directory(tmp_path):
+    """Two "machines" on 127.0.0.1, 2 processes each, meet at torchrun's c10d rendezvous: 4 ranks, one run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=1000",
+           "--epochs", "2", "--metric", "accuracy", "--save-dir", "run", "--nproc", "2", "--nnodes", "2",
+           f"--rdzv-endpoint=127.0.0.1:{port}"]  # fmt: skip
+    machines = [
+        subprocess.Popen([XT, *run], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        outputs = [m.communicate(timeout=240) for m in machines]
+    finally:
+        for m in machines:
+            m.kill()
+    for m, (_, stderr) in zip(machines, outputs):
+        assert m.returncode == 0, stderr[-3000:]
+    assert sum(out.count("run completed") for out, _ in outputs) == 1, "only rank 0 of the 4 prints"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    # 700 training examples over 4 ranks: 175 each, in 3 batches of 64
+    assert state["global_step"] == 2 * 3
+    # the metrics synced over 4 ranks are those of one process on the same weights
+    tested = subprocess.run([XT, "test", "run", "--checkpoint", "last", "--split", "val", "--json"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    one_process = json.loads(tested.stdout)["val"]
+    for key in ("loss", "accuracy"):
+        assert history[-1][f"val/{key}"] == pytest.approx(one_process[key], rel=1e-6), key
+
+
+def test_xt_run_nnodes_starts_torchrun_for_several_machines():
+    from xt_training.cli import TORCHRUN, _torchrun
+
+    assert _torchrun(1, 1, None, None) == []
+    assert _torchrun(4, 1, None, None) == [*TORCHRUN, "--standalone", "--nproc-per-node=4"]
+    assert _torchrun(8, 2, "10.0.0.1:29500", None) == [
+        *TORCHRUN, "--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500"
+    ]  # fmt: skip
+    assert _torchrun(8, 2, "10.0.0.1:29500", 1) == [
+        *TORCHRUN, "--nnodes=2", "--nproc-per-node=8", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29500"
+    ]  # fmt: skip
+    bad = {
+        (2, None, None): "--nnodes 2 needs --rdzv-endpoint HOST:PORT, where the machines meet",
+        (2, "10.0.0.1", None): "--rdzv-endpoint '10.0.0.1' must be HOST:PORT, e.g. 10.0.0.1:29500",
+        (2, "h:1", 2): "--node-rank 2 must be below --nnodes 2",
+        (1, None, 0): "--rdzv-endpoint and --node-rank join machines: add --nnodes N (N > 1)",
+    }
+    for (nnodes, endpoint, node_rank), message in bad.items():
+        with pytest.raises(click.UsageError, match=re.escape(message)):
+            _torchrun(2, nnodes, endpoint, node_rank)

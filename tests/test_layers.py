@@ -19,10 +19,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xt_training"
 # A name ending in ".*" stands for every submodule; an exact name wins over a ".*".
 LAYERS: dict[str, list[str]] = {
     # the ground: version, error types, file and run-directory helpers, plugin hook specs; no torch at import
-    "foundations": ["_version", "errors", "files", "rundir", "hookspecs"],
+    "foundations": ["_version", "errors", "files", "rundir", "hookspecs", "slurm"],
     # the training loop on plain objects: batches, metrics, loggers, callbacks, checkpoints, the Runner
     "engine": [
-        *("batch", "rng", "fastpath", "distributed", "metric_contract", "metrics", "loggers", "loggers.*"),
+        *("devices", "batch", "rng", "fastpath", "distributed", "metric_contract", "metrics", "loggers", "loggers.*"),
         *("callbacks", "checkpoint", "runner", "training", "testing", "predict", "exporting", "text"),
         *("preprocessing", "lr_find", "utils", "utils.functional"),
     ],

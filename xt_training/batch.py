@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .devices import streams
 from .errors import BatchError
 
 
@@ -65,21 +66,23 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False, channe
     return map_tensors(move, obj)
 
 
-def prefetch_to_cuda(
+def prefetch_to_device(
     batches: Iterator[Any], device: torch.device, channels_last: bool = False
 ) -> Iterator[Any]:
-    """Yield the batches already on the GPU: batch i+1 is copied on a side stream while step i runs.
+    """Yield the batches already on ``device`` (CUDA, XPU: see :func:`~xt_training.devices.streams`): batch
+    i+1 is copied on a side stream while step i runs.
 
     The copies overlap with compute when the loader pins its memory (``pin_memory=True``).
     """
-    stream = torch.cuda.Stream(device)
-    current = torch.cuda.current_stream(device)
+    module = streams(device)  # torch.cuda, torch.xpu...
+    stream = module.Stream(device)
+    current = module.current_stream(device)
 
     def load() -> Any:
         batch = next(batches, _END)
         if batch is _END:
             return _END
-        with torch.cuda.stream(stream):
+        with module.stream(stream):
             return to_device(batch, device, non_blocking=True, channels_last=channels_last)
 
     upcoming = load()

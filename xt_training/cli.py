@@ -380,7 +380,7 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--callback-opt", multiple=True, metavar="NAME.OPT=VALUE", help="Option of callback NAME."),
     click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (the data option batch_size)."),
-    click.option("--device", help="cpu, cuda, cuda:1, ...; default: CUDA when available."),
+    click.option("--device", help="cpu, cuda, cuda:1, mps, ...; default: the accelerator, if any (CUDA, XPU, MPS...)."),
     click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seeds Python, NumPy and torch."),
     click.option("--monitor", help="Value deciding the best checkpoint, e.g. val/accuracy; default val/loss."),
     click.option("--mode", type=click.Choice(["min", "max"]), help="Whether --monitor improves downwards or upwards; default: its metric's direction."),
@@ -526,6 +526,20 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     help="Train with N local processes (DDP through torch.distributed.run; gloo on CPU, NCCL on GPUs).",
 )  # fmt: skip
 @click.option(
+    "--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Machines of the job, each starting --nproc processes: run the same command on every machine, "
+    "with --rdzv-endpoint.",
+)  # fmt: skip
+@click.option(
+    "--rdzv-endpoint", metavar="HOST:PORT",
+    help="With --nnodes: where the machines meet (torchrun's c10d rendezvous): a host all of them reach, a free port.",
+)  # fmt: skip
+@click.option(
+    "--node-rank", type=click.IntRange(min=0),
+    help="With --nnodes: this machine's number, 0 to nnodes-1 (torchrun's static rendezvous at --rdzv-endpoint): "
+    "machine 0 holds rank 0, which writes the run directory. Default: ranks as the machines join.",
+)  # fmt: skip
+@click.option(
     "--print-config", is_flag=True,
     help="Print the configuration as config.json would hold it (every part built, every default filled in); "
     "train nothing, write nothing.",
@@ -547,6 +561,9 @@ def run_command(
     overwrite: bool,
     quiet: bool,
     nproc: int,
+    nnodes: int,
+    rdzv_endpoint: str | None,
+    node_rank: int | None,
     print_config: bool,
     dry_run: bool,
     fast_dev_run: int | None,
@@ -571,24 +588,29 @@ def run_command(
         return
     if dry_run or fast_dev_run:
         flag = "--dry-run" if dry_run else "--fast-dev-run"
-        if resume or nproc > 1:
-            raise click.UsageError(f"{flag} checks a new run in one process: drop --resume and --nproc")
+        if resume or nproc > 1 or nnodes > 1:
+            raise click.UsageError(
+                f"{flag} checks a new run in one process: drop --resume, --nproc and --nnodes"
+            )
         batches = fast_dev_run or 1
         runs.dry_run(run, save_dir, quiet=quiet, batches=batches)
         if not quiet:
             what = "one batch" if batches == 1 else f"{batches} batches"
             click.echo(f"dry run: every part built, {what} of each pass trained; nothing written")
         return
-    if nproc > 1 and "RANK" not in os.environ:
-        # checked once here, rather than by every process torchrun starts
+    launch = _torchrun(nproc, nnodes, rdzv_endpoint, node_rank)
+    if launch and "RANK" not in os.environ:
+        # checked once here, rather than by every process torchrun starts (on every machine: no rank
+        # trains before all machines have joined)
         config.checked_run(run)
         if save_dir is not None and not overwrite:
             runs.refuse_held_run(Path(save_dir), False, runs.HELD_RUN_FIX)
-        # torchrun's own entry point starts the processes; each runs this command without --nproc. The
-        # "--" ends torchrun's options: its parser would otherwise take xt's --monitor for an
-        # abbreviation of its --monitor-interval
-        args = _without_option(cli.raw_args, "--nproc")
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        # torchrun's own entry point starts the processes; each runs this command without the launch
+        # options. The "--" ends torchrun's options: its parser would otherwise take xt's --monitor for
+        # an abbreviation of its --monitor-interval
+        args = cli.raw_args
+        for option in ("--nproc", "--nnodes", "--rdzv-endpoint", "--node-rank"):
+            args = _without_option(args, option)
         sys.exit(subprocess.call([*launch, "-m", "--", "xt_training", *args]))
     run_dir, _history = runs.train(
         run, resume or save_dir, resume=bool(resume), overwrite=overwrite, quiet=quiet
@@ -609,6 +631,28 @@ def _finish_distributed() -> None:
     if distributed.active():
         distributed.shutdown()  # flushes stdout/stderr
         os._exit(0)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _torchrun(nproc: int, nnodes: int, endpoint: str | None, node_rank: int | None) -> list[str]:
+    """The torchrun command line that starts ``xt run --nproc ... --nnodes ...`` (none for one process)."""
+    if nnodes == 1:
+        if endpoint is not None or node_rank is not None:
+            raise click.UsageError("--rdzv-endpoint and --node-rank join machines: add --nnodes N (N > 1)")
+        return [] if nproc == 1 else [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}"]
+    if endpoint is None:
+        raise click.UsageError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT, where the machines meet")
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.UsageError(f"--rdzv-endpoint {endpoint!r} must be HOST:PORT, e.g. 10.0.0.1:29500")
+    launch = [*TORCHRUN, f"--nnodes={nnodes}", f"--nproc-per-node={nproc}"]
+    if node_rank is None:  # ranks follow the order of joining; any machine may hold rank 0
+        return [*launch, "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
+    if node_rank >= nnodes:
+        raise click.UsageError(f"--node-rank {node_rank} must be below --nnodes {nnodes}")
+    return [*launch, f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}"]
 
 
 def _without_option(args: list[str], option: str) -> list[str]:

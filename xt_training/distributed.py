@@ -1,7 +1,8 @@
-"""Distributed data parallel on torch.distributed, started by ``torchrun`` (or ``xt run --nproc N``).
+"""Distributed data parallel on torch.distributed, started by ``torchrun`` (or ``xt run --nproc N``), or
+by SLURM's ``srun`` (:mod:`xt_training.slurm` gives its tasks torchrun's variables).
 
 Under torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the Runner initialises the process group
-(NCCL on CUDA, gloo on CPU), uses the rank's local device, wraps the model in
+(NCCL on CUDA, XCCL on XPU, gloo on the CPU: :func:`backend_for`), uses the rank's local device, wraps the model in
 ``DistributedDataParallel`` for training, and gives loaders without a distributed sampler one:
 
 - training loaders a ``DistributedSampler`` (shuffled when the loader shuffled; ``set_epoch`` each
@@ -29,6 +30,8 @@ import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
+from . import slurm
+from .devices import accelerator, device_count
 from .errors import ConfigError, first_line
 
 #: how long a process waits for the others to join, in seconds (default 300); torch's own wait is 30
@@ -81,6 +84,8 @@ def init_from_env() -> bool:
     """
     if active():
         return True
+    from_slurm = slurm.torchrun_variables()
+    os.environ.update(from_slurm)  # a task that srun started: what torchrun would have set, from SLURM's
     world = env_int("WORLD_SIZE", 1, 1)
     if world == 1 or "RANK" not in os.environ:
         return False
@@ -93,22 +98,27 @@ def init_from_env() -> bool:
             f"(or `xt run --nproc N`), {SINGLE}"
         )
     env_int("MASTER_PORT", 0, 1, 2**16 - 1)
-    local_rank = env_int("LOCAL_RANK", 0, 0)
+    device = local_device()
     wait = env_int(RENDEZVOUS_TIMEOUT_ENV, 300, 1)
     try:
         with _stderr_held():
             store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=wait)))
     except dist.DistError as e:
+        fix = (
+            "start every task with srun (SLURM_PROCID and SLURM_NTASKS gave RANK and WORLD_SIZE), "
+            "or name the job 'interactive' to start the processes another way"
+            if from_slurm
+            else f"start every rank (torchrun does), {SINGLE}"
+        )
         raise ConfigError(
             f"RANK={rank} of WORLD_SIZE={world} could not join the others at MASTER_ADDR="
             f"{os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']} within "
-            f"{RENDEZVOUS_TIMEOUT_ENV}={wait} s ({first_line(e)}); start every rank (torchrun does), {SINGLE}"
+            f"{RENDEZVOUS_TIMEOUT_ENV}={wait} s ({first_line(e)}); {fix}"
         ) from None
     store.set_timeout(default_pg_timeout)  # only joining is bounded so; a slow rank 0 later is no failure
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    if device.type != "cpu":
+        torch.get_device_module(device.type).set_device(device)
+    dist.init_process_group(backend_for(device.type), store=store, rank=rank, world_size=world)
     # Tear the group down before the interpreter does, all ranks together: a rank whose peer has
     # already closed its connections, or whose gloo threads outlive it, aborts ("terminate called").
     sys.excepthook = _note_failure(sys.excepthook)
@@ -162,11 +172,26 @@ def shutdown() -> None:
     dist.destroy_process_group()
 
 
+def backend_for(device_type: str) -> str:
+    """The process group's backend for tensors on ``device_type``: torch's default, nccl for CUDA (and ROCm),
+    xccl for XPU, gloo for the CPU; gloo also where torch.distributed has none of its own (MPS)."""
+    return dist.Backend.default_device_backend_map.get(device_type, "gloo")
+
+
 def local_device() -> torch.device:
-    """This rank's device: its local GPU under torchrun, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", env_int("LOCAL_RANK", 0, 0))
-    return torch.device("cpu")
+    """This rank's device: the accelerator's ``LOCAL_RANK``-th device under torchrun (the only one, where the
+    rank sees one: ``srun --gpus-per-task=1``), else the CPU -- also on an accelerator whose tensors only
+    gloo would take, which takes CPU ones (MPS)."""
+    local_rank, found = env_int("LOCAL_RANK", 0, 0), accelerator()
+    if found is None or backend_for(found.type) == "gloo":
+        return torch.device("cpu")
+    count = device_count(found.type)
+    if count > 1 and local_rank >= count:
+        raise ConfigError(
+            f"LOCAL_RANK={local_rank} has no {found.type} device of its own: torch finds {count} here; start "
+            f"at most {count} processes on this machine"
+        )
+    return torch.device(found.type, local_rank if count > 1 else 0)
 
 
 def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -174,7 +199,7 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     if isinstance(model, DistributedDataParallel):
         return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type != "cpu" else None)
 
 
 class ShardSampler(Sampler[int]):

@@ -44,6 +44,7 @@ from torch.autograd.profiler import record_function
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import collate_tensor_fn, default_collate, default_collate_fn_map
 
+from .devices import streams
 from .errors import ConfigError
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
     "fast_batches",
 ]
 
-# data_on_device="auto" copies the tensors to a CUDA device when they take at most this fraction of its
+# data_on_device="auto" copies the tensors to a CUDA (or XPU) device when they take at most this fraction of its
 # free memory, leaving the rest to the model, its activations and the optimizer state.
 DATA_ON_DEVICE_FRACTION = 0.25
 
@@ -78,7 +79,7 @@ def fast_batches(
             dataset's tensors are copied there once (the copy is kept while the tensors live, and renewed
             if they are modified) and every batch is gathered on the device, with no per-step copy.
         data_on_device: ``True`` (copy to any device other than the CPU), ``False`` (gather where the
-            tensors are), ``'auto'`` (copy to a CUDA device when the tensors take at most
+            tensors are), ``'auto'`` (copy to a CUDA or XPU device when the tensors take at most
             ``DATA_ON_DEVICE_FRACTION`` of its free memory).
 
     Create it once per pass: it reads the dataset's tensors and subset indices when it is created.
@@ -223,7 +224,8 @@ class GatherIterator(FastIterator):
             self._lent = [t._version for t in self._sources]
             return [t[first : last + 1].contiguous() for t in self._sources]
         # Advanced indexing (not index_select) reads negative indices as the dataset's t[i] does.
-        if self._sources[0].is_cuda:  # data on the GPU (a source on another device gets the CPU indices)
+        # data on the GPU, XPU (a source on another device gets the CPU indices)
+        if streams(self._sources[0].device) is not None:
             on_gpu = _to_gpu(idx, self._sources[0].device)
             return [t[on_gpu if t.device == on_gpu.device else idx].contiguous() for t in self._sources]
         return [t[idx].contiguous() for t in self._sources]
@@ -320,11 +322,12 @@ def _copy_to_device(
         return False
     if data_on_device is True:
         return True
-    if device.type != "cuda":
+    module = streams(device)  # torch.cuda, torch.xpu: they tell the free memory
+    if module is None or not hasattr(module, "mem_get_info"):
         return False
     if all((device, id(t)) in _device_copies for t in tensors):  # copied by an earlier pass
         return True
-    free, _ = torch.cuda.mem_get_info(device)
+    free, _ = module.mem_get_info(device)
     return sum(t.numel() * t.element_size() for t in tensors) <= DATA_ON_DEVICE_FRACTION * free
 
 

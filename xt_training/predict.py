@@ -37,6 +37,7 @@ from .batch import (
     to_device,
 )
 from .checkpoint import load_checkpoint
+from .devices import streams
 from .errors import BatchError, ConfigError, XtError, first_line
 from .fastpath import check_data_on_device, fast_batches
 from .files import check_writable, temporary_beside
@@ -106,7 +107,7 @@ def predict(
     dev = resolve_device(device)
     model = model.to(dev)
     forward = predict_forward if forward_fn is None else checked_forward(forward_fn)
-    non_blocking = dev.type == "cuda"
+    non_blocking = streams(dev) is not None  # pinned memory copies to CUDA, XPU asynchronously
     was_training = model.training
     model.eval()
     try:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .devices import accelerator
+
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
     """The torch.Generators a DataLoader draws from (its own, its sampler's, its batch sampler's)."""
@@ -27,14 +29,20 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 def capture_rng(generators: list[torch.Generator] = ()) -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's global RNGs (CPU and CUDA) and of ``generators``."""
+    """The states of Python's, NumPy's and torch's global RNGs (the CPU's and the accelerator's: CUDA, XPU,
+    MPS) and of ``generators``."""
     state: dict[str, Any] = {
         "python": _python_state(),
         "torch": torch.get_rng_state(),
         "generators": [g.get_state() for g in generators],
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    found = accelerator()
+    module = None if found is None else torch.get_device_module(found.type)
+    # an accelerator that has not started has drawn nothing (and asking for its state would start it)
+    if module is not None and getattr(module, "is_initialized", lambda: True)():
+        # every device's state (MPS has one device)
+        get_all = getattr(module, "get_rng_state_all", None)
+        state[found.type] = get_all() if get_all else [module.get_rng_state()]
     try:
         import numpy as np
     except ImportError:
@@ -51,8 +59,13 @@ def restore_rng(state: dict[str, Any], generators: list[torch.Generator] = ()) -
     torch.set_rng_state(state["torch"])
     for g, s in zip(generators, state.get("generators", [])):
         g.set_state(s)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    found = accelerator()
+    if found is not None and found.type in state:
+        module = torch.get_device_module(found.type)
+        if hasattr(module, "set_rng_state_all"):
+            module.set_rng_state_all(state[found.type])
+        else:
+            module.set_rng_state(state[found.type][0])
     if "numpy" in state:
         import numpy as np
 

@@ -26,10 +26,11 @@ from .batch import (
     leading_size,
     logits,
     map_tensors,
-    prefetch_to_cuda,
+    prefetch_to_device,
     smaller_batch,
     to_device,
 )
+from .devices import default_device, device_count, streams
 from .errors import BatchError, ConfigError, LossError, MetricError, NonFiniteLossError, XtError, first_line
 from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup, default_loggers
@@ -51,20 +52,21 @@ _CHEAP_COMPUTE_S = 0.5e-3
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch.device; ``None`` means CUDA when available, else the CPU."""
+    """``device`` as a torch.device; ``None`` means the accelerator (CUDA, XPU, MPS...) when there is one, else
+    the CPU."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"invalid device {device!r}: {e}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
-    if resolved.type == "cuda":  # else the first .to(device) fails with a driver error deep in torch
-        count = torch.cuda.device_count()
+    if resolved.type != "cpu":  # else the first .to(device) fails with a driver error deep in torch
+        count = device_count(resolved.type)
         if (resolved.index or 0) >= count:
-            found = f"{count} CUDA GPU{'s' if count != 1 else ''}" if count else "no CUDA GPU"
+            found = f"{count or 'no'} {resolved.type} device{'s' if count > 1 else ''}"
             raise ConfigError(
                 f"device {str(resolved)!r} is not available: torch {torch.__version__} finds {found} here; "
-                "use device 'cpu', or leave the device out (CUDA when available)"
+                f"use device 'cpu', or leave the device out (here: {default_device()})"
             )
     return resolved
 
@@ -152,7 +154,7 @@ class Runner:
         scheduler: a torch LR scheduler, stepped as ``scheduler_step`` says.
         batch_metrics: ``{name: metric}`` computed on every pass (see :mod:`xt_training.metrics`);
             a call can override them with ``metrics=``.
-        device: default CUDA when available, else CPU.
+        device: default: the accelerator when there is one (CUDA, XPU, MPS...), else the CPU.
         forward_fn: ``forward_fn(model, batch) -> (y_pred, y)``, how a batch (already on the device)
             is fed to the model; default: ``x, y = batch; return model(x), y``, and dict batches by their
             keys (see :func:`xt_training.batch.forward_output`).
@@ -180,7 +182,7 @@ class Runner:
             datasets in a single-process DataLoader without the DataLoader iterator's per-batch
             bookkeeping; exactly the DataLoader's batches and random draws either way. Other loaders are
             iterated as usual. See :mod:`xt_training.fastpath`.
-        data_on_device: with the fast path on CUDA, copy the dataset's tensors to the GPU once and gather
+        data_on_device: with the fast path on CUDA (or XPU), copy the dataset's tensors to the GPU once and gather
             batches there: ``True``, ``False`` or ``'auto'`` (when they take at most a quarter of its
             free memory).
         compile: ``torch.compile`` the model for training (under DDP: the DDP-wrapped model).
@@ -273,6 +275,20 @@ class Runner:
             self.device = distributed.local_device()
         else:
             self.device = resolve_device(device)
+        if _PRECISIONS[precision] is not None and not torch.amp.is_autocast_available(self.device.type):
+            raise ConfigError(
+                f"precision={precision!r} needs autocast, which torch {torch.__version__} does not have for "
+                f"{self.device.type} devices; use precision='32', or another device"
+            )
+        if (
+            self.distributed
+            and self.device.type != "cpu"
+            and distributed.backend_for(self.device.type) == "gloo"
+        ):
+            raise ConfigError(
+                f"device {str(self.device)!r} under torchrun: torch.distributed has no backend for {self.device.type} "
+                "tensors (gloo takes CPU ones); leave the device out (the CPU then), or train in one process"
+            )
         self.module = model.to(self.device)  # the plain model: evaluation passes use it directly
         if channels_last:  # NHWC: faster convolutions on tensor cores and many CPUs
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -368,7 +384,8 @@ class Runner:
             distributed=self.distributed,
             summed=self.summed_loss,
         )
-        non_blocking = self.device.type == "cuda"  # copies overlap with compute where memory is pinned
+        prefetch = streams(self.device) is not None  # CUDA, XPU: batches copied on a side stream
+        non_blocking = prefetch  # copies overlap with compute where memory is pinned
         # a CPU run uses the batches as the loader yields them
         move = self.device.type != "cpu" or self.channels_last
         # (a disabled torch.autocast still costs ~2.5 us a step)
@@ -399,8 +416,8 @@ class Runner:
             restore_rng(resume["rng"], generators)
         if limit is not None:  # (a debugging run: the loop itself is as without a limit)
             batches = itertools.islice(batches, max(limit - done, 0))
-        if self.device.type == "cuda":
-            batches = prefetch_to_cuda(batches, self.device, self.channels_last)
+        if prefetch:
+            batches = prefetch_to_device(batches, self.device, self.channels_last)
             move = False  # done by the prefetcher
         self._pass = {"buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name}
         # The callbacks' hooks, looked up once per pass; where none implements one, the loop is as without it.

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import distributed, registry
+from . import distributed, registry, slurm
 from .building import (
     Built,
     build,
@@ -133,11 +133,8 @@ def train(
     config = checked_run(config)
     distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
     main = distributed.is_main()
-    if save_dir is None:  # rank 0's clock names the directory of all ranks
-        save_dir = distributed.from_rank_0(
-            default_save_dir(config["model"]["name"], config["data"]["name"]) if main else None
-        )
-    save_dir = Path(save_dir)
+    save_dir = Path(save_dir or _default_dir(config["model"]["name"], config["data"]["name"]))
+    resume = resume or slurm.restarted()  # a requeued SLURM job goes on where it stopped
     with hold(save_dir, lock=main):  # made now; if nothing is written into it, it goes again
         if resume and not distributed.from_rank_0(holds_run(save_dir)):
             resume = False  # it never completed a step: nothing to resume (refuse_held_run says so)
@@ -181,6 +178,15 @@ def train(
         if resume and main:  # only once F.train accepted the configuration as the same run, possibly extended
             write_json(save_dir / CONFIG_FILE, saved)
     return save_dir, history
+
+
+def _default_dir(*parts: str) -> Path:
+    """``runs/<parts>-<time>``, named by rank 0's clock for all ranks; in a SLURM job ``runs/<parts>-slurm<JOB_ID>``,
+    which the requeued job finds again."""
+    job = slurm.job_id()
+    if job is not None:
+        return Path("runs") / "-".join([*parts, f"slurm{job}"])
+    return distributed.from_rank_0(default_save_dir(*parts) if distributed.is_main() else None)
 
 
 def resolved_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -378,11 +384,7 @@ def train_config_file(
     if quiet:
         kwargs["quiet"] = True
     distributed.init_from_env()  # under torchrun: every rank runs this; rank 0 writes
-    save_dir = save_dir or namespace.get("save_dir")
-    if save_dir is None:  # rank 0's clock names the directory of all ranks
-        save_dir = distributed.from_rank_0(
-            default_save_dir(Path(path).stem) if distributed.is_main() else None
-        )
+    save_dir = save_dir or namespace.get("save_dir") or _default_dir(Path(path).stem)
     main = distributed.is_main()
     with hold(save_dir, lock=main):
         fix = "set resume = True in the config file, choose another --save-dir, or pass --overwrite"

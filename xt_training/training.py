@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.utils.serialization  # noqa: F401 - torch.save imports it at its first call (~3 ms): paid here, not in the run
 
-from . import distributed
+from . import distributed, slurm
 from ._version import __version__
 from .batch import describe
 from .callbacks import Run
@@ -144,7 +144,11 @@ def train(
         checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
         handle_signals: on SIGTERM or Ctrl-C, finish the current step (with ``accumulate_grad_batches``: the
             current accumulation group), write ``last.pt`` and stop:
-            SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``.
+            SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``. In a
+            SLURM batch job SIGUSR1 (``sbatch --signal=USR1@90``) does what SIGTERM does after rank 0 has
+            requeued the job (``scontrol requeue``); when SLURM starts it again (``SLURM_RESTART_COUNT``
+            1 or more) the run resumes from ``save_dir`` whatever ``resume`` says: see
+            :mod:`xt_training.slurm`.
         export: ``'onnx'``, ``'pt2'`` or ``'torchscript'``: once training ends, export the best model to
             ``save_dir/model.onnx`` (``.pt2``, ``.torchscript.pt``), verified against the eager model, with
             the first batch of ``val_loader`` (else ``train_loader``) as the example input; see
@@ -178,6 +182,8 @@ def train(
         passes["train"] = (_first_batches(train_loader, overfit_batches), passes["train"][1])
     # under DDP only rank 0 writes; a dry run writes nothing
     main = (not distributed.init_from_env() or distributed.is_main()) and not dry
+    if not dry and slurm.restarted() and distributed.from_rank_0(holds_run(save_dir)):
+        resume = True  # a requeued SLURM job goes on from its last.pt, exactly where it stopped
     with hold(save_dir, lock=main) as outermost:  # let go however the run ends
         if outermost and not dry:  # else its holder (xt run) has checked the directory and written into it
             fix = "continue it with resume=True, or pass overwrite=True"
@@ -254,7 +260,7 @@ def refuse_held_run(
     """
     save_dir = Path(save_dir)
     held = distributed.from_rank_0(holds_run(save_dir))
-    if held and resume:
+    if held and (resume or slurm.restarted()):  # a requeued SLURM job goes on: F.train resumes it
         return
     if held and not overwrite:
         raise ConfigError(f"'{save_dir}' already holds a run; {fix.format(dir=save_dir)}")
@@ -602,12 +608,20 @@ class _Training:
         # under DDP another rank may have got the signal
         sig = self.received[0] if self.received else "SIGTERM"
         run_dir = self.run.save_dir
-        how = (
+        how = "resume with " + (
             f"`xt run --resume {run_dir}`"
             if (run_dir / CONFIG_FILE).is_file()
             else "F.train(..., resume=True)"
         )
-        print(f"stopped by {sig}: state saved to {self.ckpt_dir / LAST}; resume with {how}", flush=True)
+        # SLURM's warning before the time limit, to any rank: every rank takes part in deciding
+        requeue = slurm.job_id() is not None and distributed.any_rank(
+            slurm.REQUEUE_SIGNAL.name in self.received, self.runner.device
+        )
+        if requeue:
+            sig = slurm.REQUEUE_SIGNAL.name
+            how = slurm.requeue() if self.main else ""
+        if how:
+            print(f"stopped by {sig}: state saved to {self.ckpt_dir / LAST}; {how}", flush=True)
         if sig == "SIGINT":
             raise KeyboardInterrupt
         raise SystemExit(0)
@@ -855,7 +869,8 @@ def _save_crash(path: Path, model: torch.nn.Module, run: Run) -> None:
 
 @contextlib.contextmanager
 def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
-    """SIGTERM/SIGINT ask the runner to stop after the current step; a second Ctrl-C stops at once."""
+    """SIGTERM/SIGINT (and SLURM's SIGUSR1) ask the runner to stop after the current step; a second Ctrl-C
+    stops at once."""
     received: list[str] = []
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield received
@@ -866,7 +881,11 @@ def _stop_on_signals(runner: Runner, enabled: bool) -> Iterator[list[str]]:
         runner.stop_requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = [signal.SIGTERM, signal.SIGINT]
+    # SLURM's warning before the time limit (sbatch --signal=USR1@90), unless the program handles it itself
+    if slurm.job_id() is not None and signal.getsignal(slurm.REQUEUE_SIGNAL) in (signal.SIG_DFL, None):
+        signals.append(slurm.REQUEUE_SIGNAL)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield received
     finally:

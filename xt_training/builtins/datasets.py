@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .. import distributed
+from ..devices import default_device, streams
 from ..errors import ConfigError, first_line
 from ..preprocessing import normalization_in
 from ..registry import Data
@@ -522,7 +523,7 @@ def folder_data(
         "batch_size": batch_size,
         "num_workers": workers,
         "persistent_workers": workers > 0,
-        "pin_memory": torch.cuda.is_available(),
+        "pin_memory": streams(default_device()) is not None,  # CUDA, XPU
     }
     if (base / "train").is_dir():
         train = folder(base / "train", train_transform)

@@ -40,7 +40,7 @@ from ..hookspecs import hookimpl
     help="best, last, or a checkpoint file.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the inputs.")
-@click.option("--device", help="cpu, cuda, ...; default: the run's device, else CUDA when available.")
+@click.option("--device", help="cpu, cuda, ...; default: the run's device, else the accelerator, if any.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing.")
 @trust_option
 def predict_command(
