@@ -40,11 +40,11 @@ _RECORDED = ("model", "loss", "input", "normalization", "monitor", "mode", "epoc
 def summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """How a run went, from its files: ``xt show --json`` and each row of ``xt runs --json``.
 
-    ``{'run', 'status', 'epochs', 'epochs_planned', 'monitor', 'mode', 'best': {'epoch', 'value'} | None
-    (and 'step' for a validation inside an epoch), 'best_values' (the history row of the best value),
-    'checkpoints': {'best', 'last'} (paths, None when missing), 'kept_checkpoints' (the paths of the
-    others, :func:`~xt_training.rundir.kept_checkpoints`), 'created', 'ended', 'seconds', 'history',
-    'configuration'}``. ``epochs`` counts the completed epochs (not the validations inside them).
+    ``{'run', 'status', 'epochs', 'epochs_planned', 'monitor', 'mode', 'best': {'epoch', 'value'} | None,
+    'best_values' (the history row of the best value), 'checkpoints': {'best', 'last'} (paths, None when
+    missing), 'kept_checkpoints' (the paths of the others), 'created', 'ended', 'seconds', 'history',
+    'configuration'}``. ``best`` of a validation inside an epoch (``val_every_n_steps``) has its
+    ``'step'`` too; ``epochs`` counts the completed epochs, not those validations.
     ``status`` is what ``run.json`` recorded (``'running'`` until the run ends, then ``'completed'``,
     ``'stopped'``, ``'failed'`` or ``'interrupted'``; a killed run stays ``'running'``), None for a run
     written before run.json said it. ``configuration`` is ``config.json``, else what ``run.json`` recorded.
