@@ -195,7 +195,8 @@ def train(
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
         Test loader ``'test'`` reports as ``test/...``, any other name ``n`` as ``test.n/...``; ``lr`` is
         the first param group's learning rate at the start of the epoch (the loggers get every group's at
-        each logging step).
+        each logging step). With ``val_every_n_steps``, the validations inside an epoch are rows too, before
+        the epoch's: ``{'epoch': 1, 'step': 7, 'val/loss': ...}`` (the rows with a ``step``).
     """
     passes, monitor, mode = _check_arguments(locals())
     callbacks = list(callbacks or [])  # the Runner and _Training share them (a generator would run out)
@@ -679,10 +680,13 @@ class _Training:
         validates and saves the same weights anyway.
         """
         run, runner, step = self.run, self.runner, self.runner.global_step
+        validate, keep = _due(self.val_every, step), self.kept.every(run.epoch, step, epoch_end=False)
+        if not (validate or keep or _due(self.checkpoint_every, step)):  # (the steps' intervals differ)
+            return False
         position = {"phase": "train", "row": self.row, **runner.position()}
-        at_end = position["step"] == self.pass_end
-        keep = [] if at_end else self.kept.every(run.epoch, step, epoch_end=False)
-        if _due(self.val_every, step) and not at_end:
+        if position["step"] == self.pass_end:
+            validate, keep = False, []
+        if validate:
             return self.validate_within(keep)
         if keep or _due(self.checkpoint_every, step):
             self.save(position, keep)
@@ -989,7 +993,7 @@ def _restore(
     scheduler: Any,
     config: dict[str, Any],
     generators: list[Any],
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """Load a checkpoint for ``resume`` into the run; return the checkpoint (its ``position`` inside an
     interrupted epoch, if any)."""
     state = read_checkpoint(path)
