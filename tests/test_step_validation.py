@@ -242,3 +242,17 @@ def test_bad_options(tmp_path, options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, nn.CrossEntropyLoss(),
                 quiet=True, **options)  # fmt: skip
+
+
+def test_a_validation_without_the_monitored_value_says_so(tmp_path):
+    train, val = loaders()
+    model = net()
+
+    def loss_fn(y_pred, y):  # none in evaluation, as a detection model's
+        return nn.functional.cross_entropy(y_pred, y) if y_pred.requires_grad else None
+
+    with pytest.raises(
+        ConfigError, match=r"^monitor 'val/loss' was not reported in epoch 1, step 5: a loss_fn"
+    ):
+        F.train(tmp_path, train, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, loss_fn, val_loader=val,
+                val_every_n_steps=5, quiet=True)  # fmt: skip

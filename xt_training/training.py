@@ -651,11 +651,7 @@ class _Training:
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Scheduler, history, loggers, callbacks, then last.pt (best.pt when the monitored value improved)."""
         run, runner = self.run, self.runner
-        if run.monitor not in row:
-            raise ConfigError(
-                f"monitor {run.monitor!r} was not reported in epoch {run.epoch}: a loss_fn that returns None in "
-                "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
-            )
+        self.check_reported(row)
         if self.scheduler is not None and self.scheduler_step == "epoch":
             step_scheduler(self.scheduler, row[run.monitor])
         run.history.append(row)
@@ -670,6 +666,16 @@ class _Training:
         # alone would wait for the others in its next collective for ever
         run.should_stop = distributed.any_rank(run.should_stop, runner.device)
         self.checkpoint(row, None, self.kept.every(run.epoch, run.global_step, epoch_end=True), improved)
+
+    def check_reported(self, row: dict[str, Any]) -> None:
+        """The monitored value must be in an evaluation's row: it decides best.pt."""
+        run = self.run
+        if run.monitor not in row:
+            where = f"epoch {run.epoch}" + (f", step {row['step']}" if "step" in row else "")
+            raise ConfigError(
+                f"monitor {run.monitor!r} was not reported in {where}: a loss_fn that returns None in "
+                "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
+            )
 
     def at_step(self) -> bool:
         """What is due at this optimizer step of a training pass (the Runner calls it every few steps): a
@@ -703,6 +709,7 @@ class _Training:
         step = run.global_step = runner.global_step
         values = {f"val/{k}": v for k, v in values.items()}
         row = {"epoch": run.epoch, "step": step, **values}
+        self.check_reported(row)
         run.history.append(row)
         improved = _improves(row[run.monitor], run.best, run.mode)
         run.best = row[run.monitor] if improved else run.best
