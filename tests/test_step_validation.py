@@ -40,7 +40,7 @@ def test_validation_every_7_steps_selects_the_best_checkpoint_among_them(tmp_pat
     # gradient descent up to step 21, ascent after it: the best validation is the one at step 21, inside epoch 2
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 21 else -1.0)
     history = F.train(tmp_path, train, model, opt, 3, nn.CrossEntropyLoss(), val_loader=val, scheduler=sched,
-                      scheduler_step="batch", val_every_n_steps=7, quiet=True)  # fmt: skip
+                      scheduler_step="batch", val_every_n_steps=7, loggers=["jsonl"], quiet=True)  # fmt: skip
     # every 7 steps, besides each epoch's end; the epoch rows follow the validations inside them
     assert [(row["epoch"], row.get("step")) for row in history] == [
         (1, 7), (1, 14), (1, None), (2, 21), (2, 28), (2, None), (3, 35), (3, 42), (3, None)
@@ -58,6 +58,11 @@ def test_validation_every_7_steps_selects_the_best_checkpoint_among_them(tmp_pat
         F.test({"val": val}, model, nn.CrossEntropyLoss(), quiet=True)["val"]["loss"] == best_row["val/loss"]
     )
     assert json.loads((tmp_path / "history.json").read_text()) == history
+    # the loggers get each validation at its step
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [
+        (r["epoch"], r["step"], r["val/loss"]) for r in logged if r["kind"] == "step" and "val/loss" in r
+    ] == [(row["epoch"], row["step"], row["val/loss"]) for row in history if "step" in row]
 
 
 def test_the_epochs_values_are_as_without_the_validations_inside(tmp_path):
