@@ -161,7 +161,8 @@ def test_info_shows_each_options_description(tmp_path):
     assert re.search(r"\n    lr .*\n +learning rate \(default: 1e-3\)\n", sgd)
     described = json.loads(xt("info", "callback", "early-stopping", "--json", cwd=tmp_path).stdout)
     assert (
-        described["options"]["patience"]["description"] == "epochs without improvement before the run stops."
+        described["options"]["patience"]["description"]
+        == "evaluations without improvement before the run stops."
     )
 
 

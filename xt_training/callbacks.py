@@ -11,6 +11,9 @@ A callback is any object with some of these methods (each optional, no base clas
     on_train_batch_end(run, batch, step, y_pred, loss)       after each training batch (and its step)
     on_validation_batch_end(run, batch, step, y_pred, loss)  after each batch of a validation or test pass
     on_pass_end(run, name, values) after each pass that ran to its end, with the pass's values
+    on_mid_epoch_validation(run, row)  after each validation of ``val_every_n_steps`` (between two optimizer
+                                   steps), with its history row ``{'epoch', 'step', 'val/...'}``;
+                                   set ``run.should_stop = True`` to end training there
     on_epoch_end(run, row)         after each epoch's passes and the loggers' end_epoch, with the epoch's
                                    history row (what it prints follows the epoch's table);
                                    set ``run.should_stop = True`` to end training after this epoch
@@ -56,10 +59,13 @@ class Run:
 
 
 class EarlyStopping:
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` evaluations.
+
+    The evaluations are the epochs, and with ``val_every_n_steps`` also the validations inside them (of a
+    ``val/`` value: the others are measured once per epoch), as Lightning's counts validation checks.
 
     Args:
-        patience: epochs without improvement before the run stops.
+        patience: evaluations without improvement before the run stops.
         min_delta: the least change that counts as an improvement.
         monitor: a history name such as ``'val/loss'``; default: the run's monitored value.
         mode: ``'min'`` or ``'max'``; default: the run's mode.
@@ -81,12 +87,19 @@ class EarlyStopping:
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
         monitor = self.monitor or run.monitor
-        mode = self.mode or run.mode
         if monitor not in row:
             raise ConfigError(
                 f"EarlyStopping: {monitor!r} is not in the history; choose one of: {', '.join(row)}"
             )
-        value = row[monitor]
+        self._judge(run, row[monitor], monitor, "epochs")
+
+    def on_mid_epoch_validation(self, run: Run, row: dict[str, Any]) -> None:
+        monitor = self.monitor or run.monitor
+        if monitor in row:  # a value of another pass is judged at the epoch's end
+            self._judge(run, row[monitor], monitor, "evaluations")
+
+    def _judge(self, run: Run, value: float, monitor: str, what: str) -> None:
+        mode = self.mode or run.mode
         better = not math.isnan(value) and (
             self.best is None
             or (value < self.best - self.min_delta if mode == "min" else value > self.best + self.min_delta)
@@ -97,7 +110,7 @@ class EarlyStopping:
             self.bad_epochs += 1
         if self.bad_epochs >= self.patience:
             run.should_stop = True
-            print(f"early stopping: {monitor} has not improved for {self.patience} epochs (best {self.best})")
+            print(f"early stopping: {monitor} has not improved for {self.patience} {what} (best {self.best})")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs}

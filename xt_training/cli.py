@@ -403,6 +403,23 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="Also write checkpoints/last.pt every N optimizer steps (for exact mid-epoch resume).",
     ),
     click.option(
+        "--val-every", "val_every_n_steps", type=click.IntRange(min=1),
+        help="Also validate every N optimizer steps (besides each epoch's end); best.pt, --save-top-k and "
+        "early stopping count these validations.",
+    ),
+    click.option(
+        "--save-top-k", type=click.IntRange(min=0), default=_DEFAULTS["save_top_k"], show_default=True,
+        help="Keep the K best checkpoints by --monitor: checkpoints/epoch=E-step=S-MONITOR=VALUE.pt.",
+    ),
+    click.option(
+        "--save-every-epochs", "save_every_n_epochs", type=click.IntRange(min=1),
+        help="Keep a checkpoint every N epochs: checkpoints/epoch=E-step=S.pt.",
+    ),
+    click.option(
+        "--save-every", "save_every_n_steps", type=click.IntRange(min=1),
+        help="Keep a checkpoint every N optimizer steps: checkpoints/epoch=E-step=S.pt.",
+    ),
+    click.option(
         "--nonfinite-loss", type=click.Choice(["raise", "skip"]), default=_DEFAULTS["nonfinite_loss"], show_default=True,
         help="A NaN/inf loss stops the run (raise), or its batch is left out (skip: a host read per step).",
     ),
@@ -517,7 +534,8 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     "--resume",
     type=click.Path(exists=True, file_okay=False),
     help="Continue the run in this directory where it stopped; --epochs, --device, --num-threads, --logger, "
-    "--checkpoint-every and --export may change, other options must be the run's.",
+    "--checkpoint-every, --save-top-k, --save-every(-epochs) and --export may change, other options must be "
+    "the run's.",
 )
 @click.option("--overwrite", is_flag=True, help="Delete the run that --save-dir holds before training.")
 @click.option("-q", "--quiet", is_flag=True, help="No console output.")

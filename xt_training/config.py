@@ -13,7 +13,8 @@
      "callbacks": [{"name": "early-stopping", "options": {"patience": 3}}],
      "epochs": 10, "seed": 0, "device": null, "monitor": null, "mode": null, "log_every_n_steps": 50,
      "precision": "32", "accumulate_grad_batches": 1, "clip_grad_norm": null, "clip_grad_value": null,
-     "checkpoint_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
+     "checkpoint_every_n_steps": null, "val_every_n_steps": null, "save_top_k": 0, "save_every_n_epochs": null,
+     "save_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
      "channels_last": false, "export": null, "limit_train_batches": null, "limit_val_batches": null,
      "overfit_batches": 0,                                # the arguments of F.train of the same names
      "num_threads": null}                                 # torch.set_num_threads before the run; null: torch's
@@ -57,6 +58,10 @@ SCALARS = {
     "clip_grad_norm": (int, float, type(None)),
     "clip_grad_value": (int, float, type(None)),
     "checkpoint_every_n_steps": (int, type(None)),
+    "val_every_n_steps": (int, type(None)),
+    "save_top_k": int,
+    "save_every_n_epochs": (int, type(None)),
+    "save_every_n_steps": (int, type(None)),
     "nonfinite_loss": str,
     "fast_path": bool,
     "compile": bool,
@@ -97,6 +102,10 @@ def default_config() -> dict[str, Any]:
         "clip_grad_norm": None,
         "clip_grad_value": None,
         "checkpoint_every_n_steps": None,
+        "val_every_n_steps": None,
+        "save_top_k": 0,
+        "save_every_n_epochs": None,
+        "save_every_n_steps": None,
         "nonfinite_loss": "raise",
         "fast_path": True,
         "compile": False,
@@ -242,6 +251,9 @@ RESUME_MAY_CHANGE = (
     "num_threads",  # speed only
     "loggers",  # they only record; one added records from the resumed point on
     "checkpoint_every_n_steps",  # how often last.pt is written
+    "save_top_k",  # which checkpoints are kept: a smaller k drops the worst at the next evaluation
+    "save_every_n_epochs",
+    "save_every_n_steps",
     "export",  # what is done with the best model once training ends
 )
 

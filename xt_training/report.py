@@ -19,7 +19,17 @@ from typing import Any
 
 from .errors import ConfigError
 from .loggers.console import format_duration, format_value, is_scalar
-from .rundir import BEST, CHECKPOINTS, CONFIG_FILE, HISTORY_FILE, LAST, RUN_FILE, direction, is_run_dir
+from .rundir import (
+    BEST,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LAST,
+    RUN_FILE,
+    direction,
+    is_run_dir,
+    kept_checkpoints,
+)
 
 __all__ = ["summary", "show", "find_runs", "runs", "RUNS_COLUMNS", "runs_table", "compare", "plot"]
 
@@ -31,11 +41,13 @@ def summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """How a run went, from its files: ``xt show --json`` and each row of ``xt runs --json``.
 
     ``{'run', 'status', 'epochs', 'epochs_planned', 'monitor', 'mode', 'best': {'epoch', 'value'} | None,
-    'best_values' (the history row of the best epoch), 'checkpoints': {'best', 'last'} (paths, None when
-    missing), 'created', 'ended', 'seconds', 'history', 'configuration'}``. ``status`` is what
-    ``run.json`` recorded (``'running'`` until the run ends, then ``'completed'``, ``'stopped'``,
-    ``'failed'`` or ``'interrupted'``; a killed run stays ``'running'``), None for a run written before
-    run.json said it. ``configuration`` is ``config.json``, else what ``run.json`` recorded.
+    'best_values' (the history row of the best value), 'checkpoints': {'best', 'last'} (paths, None when
+    missing), 'kept_checkpoints' (the paths of the others), 'created', 'ended', 'seconds', 'history',
+    'configuration'}``. ``best`` of a validation inside an epoch (``val_every_n_steps``) has its
+    ``'step'`` too; ``epochs`` counts the completed epochs, not those validations.
+    ``status`` is what ``run.json`` recorded (``'running'`` until the run ends, then ``'completed'``,
+    ``'stopped'``, ``'failed'`` or ``'interrupted'``; a killed run stays ``'running'``), None for a run
+    written before run.json said it. ``configuration`` is ``config.json``, else what ``run.json`` recorded.
     """
     run = _run_dir(run_dir)
     history = _history(run) if (run / HISTORY_FILE).exists() else []
@@ -53,12 +65,15 @@ def summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         or (record.get("directions") or {}).get(monitor)
         or direction(monitor, {})
     )
-    best = None
+    best, best_row = None, None
     for row in history if mode is not None else ():
         value = row.get(monitor)
         if is_scalar(value) and not math.isnan(value):
             if best is None or (value < best["value"] if mode == "min" else value > best["value"]):
-                best = {"epoch": row["epoch"], "value": value}
+                # a validation inside an epoch (val_every_n_steps) is at a step of it
+                best, best_row = {"epoch": row["epoch"], "value": value}, row
+                if "step" in row:
+                    best["step"] = row["step"]
     checkpoints = {name: run / CHECKPOINTS / file for name, file in (("best", BEST), ("last", LAST))}
     if config is None:  # a run of F.train or xt train: what it recorded of itself
         config = {k: record[k] for k in _RECORDED if k in record}
@@ -67,13 +82,14 @@ def summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {
         "run": str(run),
         "status": record.get("status"),
-        "epochs": len(history),
+        "epochs": sum("step" not in row for row in history),
         "epochs_planned": record.get("epochs") or (config or {}).get("epochs"),
         "monitor": monitor,
         "mode": mode,
         "best": best,
-        "best_values": next((row for row in history if best and row["epoch"] == best["epoch"]), None),
+        "best_values": best_row,
         "checkpoints": {k: str(path) if path.is_file() else None for k, path in checkpoints.items()},
+        "kept_checkpoints": [str(path) for path in kept_checkpoints(run)],
         "created": created,
         "ended": ended,
         "seconds": _seconds(created, ended),
@@ -105,14 +121,17 @@ def show(run_dir: str | os.PathLike[str]) -> str:
     parts = [f"run {run}  ({_status(info)})"]
     best = info["best"]
     if best is not None:
-        parts.append(
-            f"best: {info['monitor']} {format_value(best['value'])} ({info['mode']}) at epoch {best['epoch']}"
-        )
+        at = f"epoch {best['epoch']}" + (f", step {best['step']}" if "step" in best else "")
+        parts.append(f"best: {info['monitor']} {format_value(best['value'])} ({info['mode']}) at {at}")
     else:
         parts.append(f"best: none ({info['monitor']} has no value yet)")
     checkpoints = [f"{name} {path}" for name, path in info["checkpoints"].items() if path]
     parts.append(f"checkpoints: {', '.join(checkpoints) or 'none'}")
-    epochs = f"{len(history)} epoch" + ("" if len(history) == 1 else "s")
+    if info["kept_checkpoints"]:
+        parts.append(f"kept: {', '.join(Path(path).name for path in info['kept_checkpoints'])}")
+    epochs = f"{info['epochs']} epoch" + ("" if info["epochs"] == 1 else "s")
+    within = len(history) - info["epochs"]  # validations inside epochs (val_every_n_steps)
+    epochs += f" and {within} validation{'s' if within != 1 else ''} inside them" if within else ""
     parts.append(f"\nhistory ({HISTORY_FILE}, {epochs}):")
     parts.append(_history_table(history) if history else "  no completed epoch yet")
     skipped = [k for k in dict.fromkeys(k for row in history for k in row) if _non_scalar(history, k)]
@@ -302,6 +321,7 @@ def plot(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
     if not history:
         raise ConfigError(f"{run / HISTORY_FILE} has no completed epoch yet; plot once an epoch has finished")
 
+    history = [row for row in history if "step" not in row]  # validations inside epochs have no place on it
     panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for row in history:
         for key, value in row.items():

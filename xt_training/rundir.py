@@ -5,8 +5,10 @@ A run directory, whoever made it (``F.train``, ``xt run``, ``xt train CONFIG.py`
     run.json            what the run is: the model's class and constructor arguments, the input's shape,
                         the preprocessing, the monitored value and its direction, each value's direction;
                         its status ('running', at the end 'completed', 'stopped', 'failed', 'interrupted')
-    history.json        one row per completed epoch
-    checkpoints/        last.pt (every epoch, and mid-epoch), best.pt (the best monitored value)
+    history.json        one row per completed epoch; with val_every_n_steps also one per validation inside
+                        an epoch, before the epoch's row: {'epoch': 2, 'step': 140, 'val/loss': ...}
+    checkpoints/        last.pt (every epoch, and mid-epoch), best.pt (the best monitored value), and the kept
+                        ones: epoch=E-step=S-MONITOR=VALUE.pt (save_top_k), epoch=E-step=S.pt (save_every_n_*)
     config.json         runs built by names (``xt run``): the resolved configuration, rebuilt by the tools
     config.py           runs of ``xt train CONFIG.py``: a copy of the config file
     notes.txt           the loop's notices; the loggers' files beside them
@@ -22,6 +24,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -47,6 +50,9 @@ LAST = "last.pt"  # the whole state: every epoch, and mid-epoch every checkpoint
 BEST = "best.pt"  # a second name of the last.pt of the epoch whose monitored value was the best
 CRASH = "crash.pt"  # the weights at an exception, for inspection (never resumed from)
 CHECKPOINT_NAMES = ("best", "last")
+#: the checkpoints kept besides last.pt and best.pt: ``epoch=3-step=120-val_loss=0.1234.pt`` (the top k by the
+#: monitored value) and ``epoch=3-step=120.pt`` (every N epochs or steps)
+KEPT_CHECKPOINT = re.compile(r"epoch=\d+-step=(?P<step>\d+)(?P<value>-.+=.+)?\.pt")
 #: how to accept what only a trusted run directory may ask for (see :func:`untrusted`)
 TRUST_FIX = "if you trust where the run came from, pass --trust (Python: trust=True)"
 LOCK_FILE = ".xt.lock"
@@ -177,6 +183,17 @@ def _remove_temporaries(path: Path) -> None:
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / CHECKPOINTS
+
+
+def kept_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoints the run in ``run_dir`` keeps besides last.pt and best.pt (:data:`KEPT_CHECKPOINT`),
+    in the order of their steps."""
+    found = [
+        (m, p)
+        for p in checkpoints_dir(run_dir).glob("epoch=*.pt")
+        if (m := KEPT_CHECKPOINT.fullmatch(p.name))
+    ]
+    return [p for m, p in sorted(found, key=lambda mp: (int(mp[0]["step"]), mp[1].name))]
 
 
 def holds_run(path: str | os.PathLike[str]) -> bool:

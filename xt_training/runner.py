@@ -175,8 +175,9 @@ class Runner:
             batches takes ceil(B / N) optimizer steps: the last B % N batches step too, their gradients
             summed over fewer batches (each loss still divided by N).
         clip_grad_norm, clip_grad_value: gradient clipping before each optimizer step.
-        checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps
-            (F.train writes a resumable mid-epoch checkpoint there).
+        checkpoint_every_n_steps, on_checkpoint: call ``on_checkpoint()`` every N optimizer steps (F.train
+            writes a resumable mid-epoch checkpoint there, or validates); a true result ends the pass there,
+            as a stop request does.
         fast_path: take batches of a TensorDataset loader straight from its tensors (one gather or slice
             per tensor instead of per-sample indexing and stacking), and fetch those of other map-style
             datasets in a single-process DataLoader without the DataLoader iterator's per-batch
@@ -347,6 +348,7 @@ class Runner:
         self.callbacks = list(callbacks or [])
         self.run: Any = self  # what the callbacks' hooks get first (F.train: its Run)
         self._before_step: list[Callable[..., Any]] = []  # the pass's on_before_optimizer_step hooks
+        self._within = False  # whether the pass runs inside a training pass (see evaluate_within)
 
     def __call__(
         self,
@@ -447,7 +449,8 @@ class Runner:
         keep_outputs = buffers.keep_outputs
         # Under DDP the ranks must agree to stop, which takes a collective: only at the training pass's
         # logging steps, where every rank is at the same step (evaluation shards may differ by a batch).
-        alone, agree_to_stop = not self.distributed, self.distributed and training
+        # A pass inside a training pass (evaluate_within) runs to its end: the training pass stops after it.
+        alone, agree_to_stop = not self.distributed and not self._within, self.distributed and training
         # A stop inside an accumulation group goes on to the group's optimizer step: its partial gradients are
         # in no checkpoint (under DDP each rank's own), so a resume from inside the group would not be exact.
         stop_every, stopping = accumulate if training else 1, False
@@ -544,7 +547,8 @@ class Runner:
                     buffers.flush_outputs()  # bounds the memory of the buffered outputs
                 if checkpoint_every and step % accumulate == 0 and self.global_step % checkpoint_every == 0:
                     self._pass.update(step=step, skipped=skipped)  # for position()
-                    self.on_checkpoint()
+                    if self.on_checkpoint():  # F.train: a validation stopped the run (early stopping)
+                        self.stop_requested = stopping = True
                 if (alone and self.stop_requested) or (
                     agree_to_stop and (stopping or log_step and self._any_stop())
                 ):
@@ -585,6 +589,39 @@ class Runner:
         for hook in self._hooks("on_pass_end"):
             hook(run, name, values)
         return buffers.predictions() if return_preds else values
+
+    def evaluate_within(
+        self,
+        loader: Iterable[Any],
+        name: str,
+        *,
+        metrics: Mapping[str, Any],
+        limit_batches: int | float | None,
+    ) -> dict[str, Any]:
+        """An evaluation pass from inside a training pass (F.train's ``val_every_n_steps``); its values.
+
+        The training pass goes on afterwards as it was (its position, its hooks, the model in training
+        mode). The loggers see no pass (the caller logs the values); a stop requested meanwhile ends the
+        training pass once this one has finished.
+        """
+        kept = self._pass, self._before_step, self.latest, self.loggers
+        self.module.eval()
+        self.loggers, self._within = LoggerGroup(), True
+        try:
+            return self(loader, name, metrics=metrics, limit_batches=limit_batches)
+        finally:
+            self.module.train()
+            self._pass, self._before_step, self.latest, self.loggers = kept
+            self._within = False
+
+    def pass_batches(self, loader: Iterable[Any], limit_batches: int | float | None = None) -> int | None:
+        """The batches of a training pass over ``loader`` (under DDP, of this rank's shard), at most
+        ``limit_batches`` (see :func:`batch_limit`); None when unknown (a loader without a length)."""
+        loader = self._shard(loader, True) if self.distributed else loader
+        known = [
+            n for n in (_length(loader), batch_limit("limit_batches", limit_batches, loader)) if n is not None
+        ]
+        return min(known) if known else None
 
     def _notice_once(self, key: str, note: str | None) -> None:
         """Show ``key: note`` in the console and ``notes.txt``, once a run."""

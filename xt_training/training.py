@@ -8,6 +8,7 @@ the Runner's.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import itertools
 import math
@@ -32,6 +33,7 @@ from .exporting import check_format, export_trained
 from .files import BackgroundWriter, atomic_link, jsonable, prepare_dir, write_json
 from .loggers import create as create_logger
 from .loggers import default_loggers
+from .loggers.console import format_value, format_values
 from .preprocessing import normalization_of
 from .rng import capture_rng, loader_generators, restore_rng
 from .rundir import (
@@ -40,6 +42,7 @@ from .rundir import (
     CONFIG_FILE,
     CRASH,
     HISTORY_FILE,
+    KEPT_CHECKPOINT,
     LAST,
     NOTES_FILE,
     RUN_FILE,
@@ -80,6 +83,10 @@ def train(
     quiet: bool = False,
     resume: bool | str | os.PathLike[str] = False,
     checkpoint_every_n_steps: int | None = None,
+    val_every_n_steps: int | None = None,
+    save_top_k: int = 0,
+    save_every_n_epochs: int | None = None,
+    save_every_n_steps: int | None = None,
     precision: str = "32",
     nonfinite_loss: str = "raise",
     accumulate_grad_batches: int = 1,
@@ -107,11 +114,17 @@ def train(
         for epoch in 1..epochs:
             model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
                                                             # checkpoints/last.pt every checkpoint_every_n_steps;
-                                                            # the per-pass and per-step hooks (see Runner)
+                                                            # the per-pass and per-step hooks (see Runner);
+                every val_every_n_steps optimizer steps:    # (but at the pass's last batch: the epoch's own)
+                    model.eval(); runner(val_loader, 'val'); model.train()
+                    history.append(row with its step); loggers.log_metrics(values, step)
+                    callbacks.on_mid_epoch_validation(run, row)
+                    save checkpoints/last.pt, best.pt, the top k; stop here if a callback set run.should_stop
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
             scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
             history.append(row); loggers.end_epoch(row); callbacks.on_epoch_end(run, row)
-            save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; history.json
+            save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; the kept
+                 checkpoints (save_top_k, save_every_n_epochs, save_every_n_steps); history.json
             stop if a callback set run.should_stop (e.g. EarlyStopping)
         on an exception: callbacks.on_exception(run, error); save checkpoints/crash.pt; re-raise
         callbacks.on_train_end(run, status)
@@ -142,6 +155,22 @@ def train(
             a run that has trained all ``epochs`` returns its history (nothing to do); fewer ``epochs``
             than it has trained are a ``ConfigError``.
         checkpoint_every_n_steps: also write ``last.pt`` every N optimizer steps (mid-epoch).
+        val_every_n_steps: also validate every N optimizer steps, counted over the whole run (N may exceed an
+            epoch), besides the validation at each epoch's end (unlike Lightning's ``val_check_interval=N``,
+            which replaces it): one due at a training pass's last batch is the epoch's own. Each such
+            validation is a row of the history, ``{'epoch': 2, 'step': 140, 'val/loss': ...}`` (in the epoch
+            it happened in, before that epoch's row), logged with ``log_metrics(values, step)``; it writes
+            ``last.pt``, competes for ``best.pt`` and the top k, and callbacks' ``on_mid_epoch_validation(run,
+            row)`` may stop the run there (:class:`~xt_training.callbacks.EarlyStopping` counts these
+            validations). Needs a ``val_loader`` and a monitored ``val/`` value; validation pass metrics
+            that are also training metrics are copied for it, so the epoch's training values stay whole.
+        save_top_k: keep the k best checkpoints by the monitored value, besides ``best.pt``:
+            ``checkpoints/epoch=3-step=120-val_loss=0.1234.pt`` (epoch, optimizer steps, monitored value);
+            a better one replaces the worst. 0: none.
+        save_every_n_epochs, save_every_n_steps: keep a checkpoint every N epochs (at the epoch's end), or
+            every N optimizer steps: ``checkpoints/epoch=3-step=120.pt``. Unlike ``last.pt``
+            (``checkpoint_every_n_steps``), which the next save replaces, kept checkpoints stay; each is
+            a whole resumable state, a second name of the ``last.pt`` of its moment.
         handle_signals: on SIGTERM or Ctrl-C, finish the current step (with ``accumulate_grad_batches``: the
             current accumulation group), write ``last.pt`` and stop:
             SIGTERM raises ``SystemExit(0)`` (preemption), Ctrl-C re-raises ``KeyboardInterrupt``. In a
@@ -170,7 +199,8 @@ def train(
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
         Test loader ``'test'`` reports as ``test/...``, any other name ``n`` as ``test.n/...``; ``lr`` is
         the first param group's learning rate at the start of the epoch (the loggers get every group's at
-        each logging step).
+        each logging step). With ``val_every_n_steps``, the validations inside an epoch are rows too, before
+        the epoch's: ``{'epoch': 1, 'step': 7, 'val/loss': ...}`` (the rows with a ``step``).
     """
     passes, monitor, mode = _check_arguments(locals())
     callbacks = list(callbacks or [])  # the Runner and _Training share them (a generator would run out)
@@ -202,7 +232,13 @@ def train(
         )  # fmt: skip
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
         runner.run = run
-        training = _Training(run, runner, passes, scheduler, scheduler_step, callbacks, main, limits)
+        kept = _Kept(
+            checkpoints_dir(save_dir), monitor, mode, save_top_k, save_every_n_epochs, save_every_n_steps
+        )
+        training = _Training(
+            run, runner, passes, scheduler, scheduler_step, callbacks, main, limits, kept,
+            checkpoint_every=checkpoint_every_n_steps, val_every=val_every_n_steps,
+        )  # fmt: skip
         if dry:
             runner.loggers.notice(
                 f"fast_dev_run: one epoch of {dry} batch{'es' if dry > 1 else ''} of each pass; nothing is written"
@@ -217,8 +253,9 @@ def train(
             try:
                 for epoch in range(run.epoch + 1, epochs + 1):
                     row = training.train_epoch(epoch)
-                    training.evaluate(row)
-                    training.end_epoch(row)
+                    if not run.should_stop:  # else a validation inside the epoch stopped the run
+                        training.evaluate(row)
+                        training.end_epoch(row)
                     if run.should_stop:
                         break
                     # a stop that came between passes (or under DDP)
@@ -308,6 +345,17 @@ def _check_arguments(
     batch_limit("limit_train_batches", args["limit_train_batches"], args["train_loader"])
     if args["val_loader"] is not None:
         batch_limit("limit_val_batches", args["limit_val_batches"], args["val_loader"])
+    for option in ("val_every_n_steps", "save_every_n_epochs", "save_every_n_steps"):
+        value = args[option]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{option} must be a positive integer (or None: never), not {value!r}")
+    top_k = args["save_top_k"]
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"save_top_k must be a number of checkpoints (e.g. 3; 0: none), not {top_k!r}")
+    if args["val_every_n_steps"] and args["val_loader"] is None:
+        raise ConfigError(
+            "val_every_n_steps validates on val_loader, which is not given; pass val_loader=..."
+        )
     overfit = args["overfit_batches"]
     if isinstance(overfit, bool) or not isinstance(overfit, int) or overfit < 0:
         raise ConfigError(f"overfit_batches must be a number of batches (e.g. 2; 0: off), not {overfit!r}")
@@ -340,6 +388,11 @@ def _check_arguments(
         {_test_prefix(n): (loader, eval_metrics) for n, loader in check_loaders(args["test_loaders"]).items()}
     )
     monitor, mode = _check_monitor(args["monitor"], args["mode"], passes)
+    if args["val_every_n_steps"] and not monitor.startswith("val/"):
+        raise ConfigError(
+            f"val_every_n_steps validates on val_loader, but the monitored value {monitor!r} is not one of its "
+            "values, so these validations could not decide best.pt; monitor one, e.g. monitor='val/loss'"
+        )
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     # a plateau scheduler of the other mode would cut the learning rate at every improvement
     if plateau and args["scheduler_step"] == "epoch" and scheduler.mode != mode:
@@ -363,13 +416,16 @@ class _Training:
         callbacks: list[Any],
         main: bool,
         limits: dict[str, int | float | None],
+        kept: _Kept,
+        checkpoint_every: int | None,
+        val_every: int | None,
     ):
         self.run, self.runner, self.passes, self.callbacks, self.main = run, runner, passes, callbacks, main
         self.limits = limits  # per pass: its batches (debugging runs), None: all
         self.scheduler, self.scheduler_step = scheduler, scheduler_step
         self.ckpt_dir = checkpoints_dir(run.save_dir)
         self.generators = [g for loader, _ in passes.values() for g in loader_generators(loader)]
-        self.config = _run_config(passes["train"][0], run, runner.loss_fn, scheduler)
+        self.config = _run_config(passes["train"][0], run, runner.loss_fn, scheduler, val_every)
         # checkpoints and history.json are written on a background thread: the loop does not wait for the disk
         self.background = BackgroundWriter() if main else None
         self.position: dict[str, Any] | None = None  # where a resumed epoch goes on
@@ -380,23 +436,43 @@ class _Training:
         self.summary_hook: Any = None  # removes the model summary's forward hook (see summarize)
         # what the model holds as NaN/inf by design (an attention mask of -inf): the checks before a save allow it
         self.nonfinite_at_start = set(nonfinite(unwrap_model(run.model).state_dict()))
-        runner.on_checkpoint = lambda: self.save({"phase": "train", "row": self.row, **runner.position()})
+        self.kept, self.checkpoint_every, self.val_every = kept, checkpoint_every, val_every
+        self.pass_end: int | None = None  # the batches of the running training pass, where known
+        # the Runner calls at_step every that many optimizer steps, and at_step sees what is due
+        steps = [n for n in (checkpoint_every, val_every, kept.every_n_steps) if n]
+        runner.checkpoint_every_n_steps = math.gcd(*steps) if steps else None
+        runner.on_checkpoint = self.at_step
+        if val_every:  # metric objects that a training pass holds too: the validation inside it gets copies
+            trained = [id(m) for m in passes["train"][1].values()]
+            self.val_metrics = {
+                k: copy.deepcopy(m) if id(m) in trained else m for k, m in passes["val"][1].items()
+            }
 
-    def save(self, position: dict[str, Any] | None = None) -> None:
-        """Write ``last.pt``: the whole state, and ``position`` inside an epoch (None: at its end)."""
+    def save(self, position: dict[str, Any] | None = None, keep: list[str] | None = None) -> None:
+        """Write ``last.pt``: the whole state, and ``position`` inside an epoch (None: at its end).
+
+        ``keep`` names files of ``checkpoints/`` that keep this state too (:class:`_Kept`): it is written to
+        the first, and ``last.pt`` is made a second name of it after the others, so that a kill in between
+        leaves kept files the ``last.pt`` resumed from does not list (a resume removes them), never a
+        listed one that is missing.
+        """
         self.check_finite(position)
         if not self.main:
             return
         run, runner = self.run, self.runner
         runner.loggers.flush()  # what was logged up to the checkpoint survives a kill after it
+        keep = keep or []
+        target = self.ckpt_dir / (keep[0] if keep else LAST)
         save_checkpoint(
-            self.ckpt_dir / LAST, run.model, run.optimizer, self.scheduler, background=self.background,
+            target, run.model, run.optimizer, self.scheduler, background=self.background,
             scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
             epoch=run.epoch if position is None else run.epoch - 1,  # the last completed epoch
             global_step=runner.global_step, history=run.history, monitor=run.monitor, mode=run.mode,
             best=run.best, callbacks=[getattr(cb, "state_dict", dict)() for cb in self.callbacks],
-            config=self.config, position=position, rng=capture_rng(self.generators),
+            config=self.config, position=position, rng=capture_rng(self.generators), top_k=self.kept.best,
         )  # fmt: skip
+        for name in [*keep[1:], LAST] if keep else []:
+            self.background.submit(atomic_link, target, self.ckpt_dir / name)
 
     def check_finite(self, position: dict[str, Any] | None) -> None:
         """Refuse to save NaN/inf losses or state over the last good ``last.pt``: no resume could go on from it.
@@ -435,9 +511,11 @@ class _Training:
         run, runner, last = self.run, self.runner, self.ckpt_dir / LAST
         if resume and (resume is not True or last.exists()):
             path = Path(resume) if resume is not True else last
-            self.position = _restore(
-                path, run, runner, self.callbacks, self.scheduler, self.config, self.generators
-            )
+            state = _restore(path, run, runner, self.callbacks, self.scheduler, self.config, self.generators)
+            self.position = state.get("position")
+            self.kept.best = list(state.get("top_k") or [])
+            if self.main:
+                self.kept.tidy(run.global_step)
         start = run.epoch + 1
         # resumed with no more epochs than it has: a finished run is complete (a no-op: retried jobs stay
         # idempotent), fewer epochs than it trained are a mistake
@@ -552,10 +630,13 @@ class _Training:
         )
         run.model.train()
         loader, metrics = self.passes["train"]
+        self.pass_end = runner.pass_batches(loader, self.limits.get("train"))
         values = runner(
             loader, "train", metrics=metrics, resume=position, limit_batches=self.limits.get("train")
         )
         if runner.stopped:
+            if run.should_stop:  # a validation inside the pass stopped the run, and saved its position
+                return self.row
             self.stop({"phase": "train", "row": self.row, **runner.position()})
         self.row.update({f"train/{k}": v for k, v in values.items()})
         return self.row
@@ -576,11 +657,7 @@ class _Training:
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Scheduler, history, loggers, callbacks, then last.pt (best.pt when the monitored value improved)."""
         run, runner = self.run, self.runner
-        if run.monitor not in row:
-            raise ConfigError(
-                f"monitor {run.monitor!r} was not reported in epoch {run.epoch}: a loss_fn that returns None in "
-                "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
-            )
+        self.check_reported(row)
         if self.scheduler is not None and self.scheduler_step == "epoch":
             step_scheduler(self.scheduler, row[run.monitor])
         run.history.append(row)
@@ -594,10 +671,76 @@ class _Training:
         # one rank's callback (a time budget, a file it reads) stops every rank: one that trained on
         # alone would wait for the others in its next collective for ever
         run.should_stop = distributed.any_rank(run.should_stop, runner.device)
-        self.save()
+        self.checkpoint(row, None, self.kept.every(run.epoch, run.global_step, epoch_end=True), improved)
+
+    def check_reported(self, row: dict[str, Any]) -> None:
+        """The monitored value must be in an evaluation's row: it decides best.pt."""
+        run = self.run
+        if run.monitor not in row:
+            where = f"epoch {run.epoch}" + (f", step {row['step']}" if "step" in row else "")
+            raise ConfigError(
+                f"monitor {run.monitor!r} was not reported in {where}: a loss_fn that returns None in "
+                "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
+            )
+
+    def at_step(self) -> bool:
+        """What is due at this optimizer step of a training pass (the Runner calls it every few steps): a
+        validation (``val_every_n_steps``), a kept checkpoint (``save_every_n_steps``), ``last.pt``
+        (``checkpoint_every_n_steps``). True ends the pass: a callback stopped the run at the validation.
+
+        A validation or kept checkpoint due at the pass's last batch is left to the epoch's end, which
+        validates and saves the same weights anyway.
+        """
+        run, runner, step = self.run, self.runner, self.runner.global_step
+        validate, keep = _due(self.val_every, step), self.kept.every(run.epoch, step, epoch_end=False)
+        if not (validate or keep or _due(self.checkpoint_every, step)):  # (the steps' intervals differ)
+            return False
+        position = {"phase": "train", "row": self.row, **runner.position()}
+        if position["step"] == self.pass_end:
+            validate, keep = False, []
+        if validate:
+            return self.validate_within(keep)
+        if keep or _due(self.checkpoint_every, step):
+            self.save(position, keep)
+        return False
+
+    def validate_within(self, keep: list[str]) -> bool:
+        """A validation between two optimizer steps: its history row, loggers, callbacks and checkpoints;
+        whether a callback stopped the run."""
+        run, runner = self.run, self.runner
+        loader = self.passes["val"][0]
+        values = runner.evaluate_within(
+            loader, "val", metrics=self.val_metrics, limit_batches=self.limits.get("val")
+        )
+        step = run.global_step = runner.global_step
+        values = {f"val/{k}": v for k, v in values.items()}
+        row = {"epoch": run.epoch, "step": step, **values}
+        self.check_reported(row)
+        run.history.append(row)
+        improved = _improves(row[run.monitor], run.best, run.mode)
+        run.best = row[run.monitor] if improved else run.best
+        runner.loggers.log_metrics(values, step)
+        runner.loggers.notice(f"epoch {run.epoch}, step {step}: {format_values(values)}")
+        for cb in self.callbacks:
+            getattr(cb, "on_mid_epoch_validation", _noop)(run, row)
+        run.should_stop = distributed.any_rank(run.should_stop, runner.device)
+        # the position after the validation, which drew from the random number generators (its loader's iterator)
+        self.checkpoint(row, {"phase": "train", "row": self.row, **runner.position()}, keep, improved)
+        return run.should_stop
+
+    def checkpoint(
+        self, row: dict[str, Any], position: dict[str, Any] | None, keep: list[str], improved: bool
+    ) -> None:
+        """After an evaluation: ``last.pt`` (as the top k's and ``keep``'s file where due), ``best.pt``
+        where the monitored value improved, and ``history.json``."""
+        run = self.run
+        top, pushed_out = self.kept.rank(row[run.monitor], run.epoch, run.global_step)
+        self.save(position, [*top, *keep])
         if self.main:
             if improved:  # the same state as last.pt: a second name, not a second write
                 self.background.submit(atomic_link, self.ckpt_dir / LAST, self.ckpt_dir / BEST)
+            for name in pushed_out:
+                self.background.submit(_remove, self.ckpt_dir / name)
             write_json(run.save_dir / HISTORY_FILE, run.history, self.background)
 
     def stop(self, position: dict[str, Any] | None) -> None:
@@ -718,8 +861,12 @@ def _direction(name: str, passes: dict[str, tuple[Iterable[Any], dict[str, Any]]
     return direction(name, passes.get(name.split("/")[0], (None, {}))[1])
 
 
-def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any) -> dict[str, Any]:
-    """What identifies a run, for loggers' hyper-parameters and the resume check (epochs may change)."""
+def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any, val_every: int | None) -> dict[str, Any]:
+    """What identifies a run, for loggers' hyper-parameters and the resume check (epochs may change).
+
+    ``val_every_n_steps`` is part of it: each validation draws from the random number generators (its
+    loader's iterator), so the training after it depends on where the validations came.
+    """
     return {
         "model": type(run.model).__name__,
         "parameters": sum(p.numel() for p in run.model.parameters()),
@@ -729,6 +876,7 @@ def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any) -> dict[str
         "scheduler": type(scheduler).__name__ if scheduler is not None else None,
         "batch_size": getattr(loader, "batch_size", None),
         "monitor": run.monitor,
+        "val_every_n_steps": val_every,
     }
 
 
@@ -792,6 +940,66 @@ def _check_monitor(
     return monitor, mode
 
 
+class _Kept:
+    """The checkpoints kept besides ``last.pt`` and ``best.pt``, each a second name of a ``last.pt``.
+
+    The ``top_k`` best evaluations by the monitored value, ``epoch=3-step=120-val_loss=0.1234.pt``, and
+    one every ``every_n_epochs`` epochs or ``every_n_steps`` optimizer steps, ``epoch=3-step=120.pt``
+    (``epoch``: the epoch the state is in, or at the end of). The top k and their values are part of the
+    state: a resume goes on ranking where the checkpoint it resumes from left off.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        monitor: str,
+        mode: str,
+        top_k: int,
+        every_n_epochs: int | None,
+        every_n_steps: int | None,
+    ):
+        self.folder, self.monitor, self.mode = folder, monitor, mode
+        self.top_k, self.every_n_epochs, self.every_n_steps = top_k, every_n_epochs, every_n_steps
+        self.best: list[dict[str, Any]] = []  # the top k, best first: {'file': name, 'value': float}
+
+    def every(self, epoch: int, step: int, epoch_end: bool) -> list[str]:
+        """The file that keeps the state at ``epoch``/``step`` if one is due ([] if not)."""
+        due = _due(self.every_n_steps, step) or (epoch_end and _due(self.every_n_epochs, epoch))
+        return [f"epoch={epoch}-step={step}.pt"] if due else []
+
+    def rank(self, value: Any, epoch: int, step: int) -> tuple[list[str], list[str]]:
+        """Rank an evaluation's monitored ``value`` among the top k: the file that keeps its state ([] if it
+        is not among them), and the files it pushes out of them."""
+        if not self.top_k or not _improves(value, None, self.mode):  # not a number, or NaN
+            return [], []
+        name = f"epoch={epoch}-step={step}-{self.monitor.replace('/', '_')}={format_value(value)}.pt"
+        # a stable sort: of equal values, the earlier evaluation stays
+        ranked = sorted(
+            [*self.best, {"file": name, "value": value}], key=lambda e: e["value"], reverse=self.mode == "max"
+        )
+        self.best = ranked[: self.top_k]
+        kept = [name] if any(e["file"] == name for e in self.best) else []
+        return kept, [e["file"] for e in ranked[self.top_k :] if e["file"] != name]
+
+    def tidy(self, step: int) -> None:
+        """On a resume at optimizer step ``step``: remove the kept files its checkpoint does not know of --
+        of later steps (the resumed run writes them again) and pushed out of the top k -- which a kill
+        between a save and its bookkeeping leaves."""
+        top = {e["file"] for e in self.best}
+        for path in self.folder.glob("epoch=*.pt"):
+            match = KEPT_CHECKPOINT.fullmatch(path.name)
+            if match and (int(match["step"]) > step or (match["value"] and path.name not in top)):
+                path.unlink(missing_ok=True)
+
+
+def _due(every: int | None, count: int) -> bool:
+    return bool(every) and count % every == 0
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 def _improves(value: Any, best: float | None, mode: str) -> bool:
     if not isinstance(value, (int, float)) or math.isnan(value):
         return False
@@ -806,8 +1014,9 @@ def _restore(
     scheduler: Any,
     config: dict[str, Any],
     generators: list[Any],
-) -> dict[str, Any] | None:
-    """Load a checkpoint for ``resume``; return the position inside an interrupted epoch, if any."""
+) -> dict[str, Any]:
+    """Load a checkpoint for ``resume`` into the run; return the checkpoint (its ``position`` inside an
+    interrupted epoch, if any)."""
     state = read_checkpoint(path)
     saved = state.get("config") or {}
     differ = [
@@ -830,7 +1039,7 @@ def _restore(
     run.global_step = runner.global_step = state.get("global_step", 0)
     if state.get("rng"):
         restore_rng(state["rng"], generators)
-    return state.get("position")
+    return state
 
 
 def _dry_run_batches(fast_dev_run: int | bool, resume: Any) -> int:

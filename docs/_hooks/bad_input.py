@@ -346,6 +346,8 @@ def cases() -> list[Case]:
         Case("NaN/inf between logging steps, at a checkpoint (the last finite checkpoint is kept)",
              "F.train(..., checkpoint_every_n_steps=1) with a loss that becomes NaN in step 2",
              _call(_train, save_dir="diverged", loss_fn=_nan_from_step_2(), checkpoint_every_n_steps=1)),
+        Case("validation every N steps without a validation loader", "F.train(..., val_every_n_steps=100)",
+             _call(_train, val_every_n_steps=100)),
         Case("loss that does not fit the outputs", "F.train(..., loss_fn=nn.MSELoss()) of a classifier",
              _call(_train, loss_fn=torch.nn.MSELoss())),
         Case("a class where an instance belongs", "F.train(..., loss_fn=nn.CrossEntropyLoss)",

@@ -9,6 +9,8 @@ logger implements only what it needs (no base class to inherit). The loop calls 
             tick = start_pass(name, epoch, total)   may return a callable, called once per step
             update_pass(name, values)               at logging steps: running values of this pass
             log_metrics({'train/loss': ...}, step)  at logging steps of training passes
+            log_metrics({'val/loss': ...}, step)    with val_every_n_steps: each validation inside a
+                                                    training pass (a pass the loggers see no start/end of)
             end_pass(name, values)                  exact values of the whole pass
         end_epoch(epoch, values, step)     all values of the epoch, as in the history ('val/acc', ...)
     flush()                                before each checkpoint: make what was logged so far durable

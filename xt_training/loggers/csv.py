@@ -3,7 +3,8 @@
 Columns: ``kind``, ``epoch``, ``step``, ``time``, then one column per value name in the order the names
 first appeared (``train/loss``, ``train/acc``, ``lr``, ``val/loss``, ...). A ``step`` row holds the
 running values of the training pass at a logging step (``step`` counts optimizer steps) and the learning
-rate of every param group then (``lr``, ``lr/1``, ...); an ``epoch`` row is the epoch's row of the history:
+rate of every param group then (``lr``, ``lr/1``, ...), or the values of a validation inside the epoch
+(``val_every_n_steps``); an ``epoch`` row is the epoch's row of the history:
 exact values of every loader, and ``lr`` as param group 0's at the start of the epoch. Cells a row has no value for
 are empty. Non-scalar metrics (confusion matrices) are left out: ``metrics.jsonl`` keeps them.
 

@@ -6,7 +6,8 @@ Two kinds of rows, told apart by ``kind``::
     {"kind": "epoch", "epoch": 1, "step": 125, "time": ..., "lr": 0.1, "train/loss": 0.52, "val/acc": 0.8}
 
 A ``step`` row holds the running values of the training pass at a logging step (``step`` counts
-optimizer steps) and the learning rate of every param group then (``lr``, ``lr/1``, ...); an ``epoch`` row
+optimizer steps) and the learning rate of every param group then (``lr``, ``lr/1``, ...), or the values of
+a validation inside the epoch (``val_every_n_steps``: ``val/loss``, ...); an ``epoch`` row
 is the epoch's row of the history (``lr``: param group 0's at the epoch's start; exact values of every loader,
 non-scalar metrics such as confusion matrices included as nested lists), plus ``kind``, ``step`` and
 ``time`` (Unix seconds). Floats are written as ``json.dumps`` writes them, like ``history.json``
