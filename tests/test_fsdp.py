@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import xt
 from test_distributed import succeeded, torchrun
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -247,3 +248,16 @@ def test_fsdp_options_that_cannot_apply_are_one_line_errors(tmp_path, options, m
         F.train(tmp_path / "run", loader, m, torch.optim.SGD(m.parameters(), lr=0.1), 1, nn.CrossEntropyLoss(),
                 quiet=True, **options)  # fmt: skip
     assert not (tmp_path / "run").exists(), "refused before anything is written"
+
+
+def test_xt_run_takes_the_fsdp_options_into_its_configuration(tmp_path):
+    base = ["run", "--model", "mlp", "--data", "synthetic-classification", "--epochs", "1"]
+    out = xt(
+        *base, "--strategy", "fsdp", "--shard", "Linear", "--cpu-offload", "--print-config", cwd=tmp_path
+    )
+    config = json.loads(out.stdout)
+    assert (config["strategy"], config["shard"], config["cpu_offload"]) == ("fsdp", ["Linear"], True)
+    refused = xt(*base, "--strategy", "fsdp", "-q", "--save-dir", "run", cwd=tmp_path, code=2)
+    assert refused.stderr.startswith(
+        "xt: error: strategy='fsdp' shards the model over the processes torchrun"
+    )
