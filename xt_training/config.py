@@ -14,7 +14,8 @@
      "epochs": 10, "seed": 0, "device": null, "monitor": null, "mode": null, "log_every_n_steps": 50,
      "precision": "32", "accumulate_grad_batches": 1, "clip_grad_norm": null, "clip_grad_value": null,
      "checkpoint_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
-     "channels_last": false, "strategy": "ddp", "shard": null, "cpu_offload": false, "export": null, "limit_train_batches": null, "limit_val_batches": null,
+     "channels_last": false, "strategy": "ddp", "shard": null, "cpu_offload": false, "export": null,
+     "limit_train_batches": null, "limit_val_batches": null,
      "overfit_batches": 0,                                # the arguments of F.train of the same names
      "num_threads": null}                                 # torch.set_num_threads before the run; null: torch's
 
