@@ -124,6 +124,10 @@ def test_fsdp_trains_as_one_process_does_and_its_run_loads_in_one_process(tmp_pa
         CheckpointError, match="is a sharded checkpoint .* the same weights in one file are in"
     ):
         load_checkpoint(out / "checkpoints" / "last.dcp", plain)
+    # last.pt has no optimizer state or position: a resume without strategy='fsdp' is refused, not inexact
+    with pytest.raises(ConfigError, match="holds the weights of a run of strategy='fsdp', whose state is in"):
+        F.train(out, DataLoader(TensorDataset(x, y), batch_size=16), m, torch.optim.SGD(m.parameters(), lr=0.1), 4,
+                nn.CrossEntropyLoss(), resume=True, quiet=True)  # fmt: skip
 
 
 KILL_AND_RESUME = """

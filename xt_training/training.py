@@ -180,8 +180,8 @@ def train(
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
-    ``compile``, ``channels_last``, ``strategy``, ``shard`` and ``cpu_offload`` are the :class:`~xt_training.Runner`'s.
-    Under ``strategy='fsdp'`` every rank writes its shard of the state to ``checkpoints/last.dcp``
+    ``compile``, ``channels_last``, ``strategy``, ``shard`` and ``cpu_offload`` are the
+    :class:`~xt_training.Runner`'s. Under ``strategy='fsdp'`` every rank writes its shard of the state to ``checkpoints/last.dcp``
     (resume reads it, also on another number of ranks), and rank 0 the whole model's weights to
     ``checkpoints/last.pt`` (and ``best.pt``) for the tools that load a run in one process.
 
@@ -439,7 +439,7 @@ class _Training:
         weights = fsdp.full_model_state(unwrap_model(run.model))  # every rank gathers, rank 0 keeps them
         if self.main:  # the plain weights for the tools, which load a run in one process
             keep = ("epoch", "global_step", "history", "monitor", "mode", "best", "config")
-            plain = {"model": weights, **{k: state[k] for k in keep}}
+            plain = {"model": weights, **{k: state[k] for k in keep}, "sharded": LAST_SHARDED}
             write_checkpoint(self.ckpt_dir / LAST, plain, self.background)
 
     def check_finite(self, position: dict[str, Any] | None) -> None:
@@ -478,6 +478,11 @@ class _Training:
     def restore(self, resume: bool | str | os.PathLike[str], epochs: int) -> bool:
         """Continue from a checkpoint when ``resume`` asks; False when there is nothing left to train."""
         run, runner, last = self.run, self.runner, self.last
+        if resume is True and self.sharded and not last.exists() and (self.ckpt_dir / LAST).exists():
+            raise ConfigError(
+                f"the run in {run.save_dir} has no sharded checkpoint ({CHECKPOINTS}/{LAST_SHARDED}) to resume "
+                "with strategy='fsdp'; resume it with the strategy it was trained with"
+            )
         if resume and (resume is not True or last.exists()):
             path = Path(resume) if resume is not True else last
             self.position = _restore(
@@ -852,6 +857,13 @@ def _restore(
         state, ranks = fsdp.read_rank_state(path)
     else:
         state = read_checkpoint(path)
+        if state.get(
+            "sharded"
+        ):  # the whole weights of a sharded run, without its optimizer state and position
+            raise ConfigError(
+                f"'{path}' holds the weights of a run of strategy='fsdp', whose state is in "
+                f"{path.with_name(state['sharded'])}; resume it with strategy='fsdp'"
+            )
     saved = state.get("config") or {}
     differ = [
         f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in config.items() if k in saved and saved[k] != v
