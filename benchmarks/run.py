@@ -24,6 +24,9 @@ CUDA GPU, ``--gpu-steps`` steps; without CUDA its cases are skipped with the rea
 within ``Group.tolerance``, not bit for bit (bf16, nondeterministic cuDNN kernels). A run of only
 ``gpu/*`` cases writes ``benchmarks/RESULTS-GPU.md`` by default, leaving the CPU tables of
 ``RESULTS.md`` alone.
+
+``benchmarks/fsdp.py`` (FSDP against DDP on 2 processes; minutes) writes a section of its own into
+``RESULTS.md``, which this script keeps when it rewrites the file.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import fnmatch
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -544,6 +548,14 @@ def report(
     return "\n".join(head + [line for section in sections for line in section]) + "\n"
 
 
+def other_sections(path: Path) -> str:
+    """The ``## `` sections of ``path`` that another script wrote (``benchmarks/fsdp.py``'s): kept as they were."""
+    if not path.exists():
+        return ""
+    parts = re.split(r"(?m)^(?=## )", path.read_text())[1:]
+    return "".join("\n" + part.rstrip("\n") + "\n" for part in parts if not part.startswith("## Speed"))
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
@@ -622,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, commit, load, sections, data)
     print("\n" + text)
     if args.output is not None:
-        args.output.write_text(text)
+        args.output.write_text(text + other_sections(args.output))
         print(f"written to {args.output}")
     failed = [i for i, o in outcomes.items() if o.failed] + (["memory"] if memory[0] == "fail" else [])
     if failed:

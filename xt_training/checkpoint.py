@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ def nonfinite(state: Any) -> list[str]:
 
 def _tensors(obj: Any, prefix: str) -> Any:
     if isinstance(obj, torch.Tensor):
-        yield prefix, obj
+        # a DTensor (FSDP's shards): this rank's part; every rank checks its own
+        yield prefix, obj.to_local() if hasattr(obj, "to_local") else obj
     elif isinstance(obj, dict):
         for k, v in obj.items():
             yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
@@ -65,6 +67,17 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def model_class(model: torch.nn.Module) -> type:
+    """The class of the plain model inside the wrappers: ``fully_shard`` (FSDP2) makes a module an instance of
+    a class ``FSDP<Name>`` that it derives from ``FSDPModule`` and the module's own class."""
+    model = unwrap_model(model)
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # imported where a model was sharded
+    if fsdp is not None and isinstance(model, fsdp.FSDPModule):
+        mro = type(model).__mro__
+        return mro[mro.index(fsdp.FSDPModule) + 1]
+    return type(model)
 
 
 def save_checkpoint(
@@ -86,9 +99,16 @@ def save_checkpoint(
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "xt_training_version": __version__,
         **extra,
     }
+    write_checkpoint(path, state, background)
+
+
+def write_checkpoint(
+    path: str | os.PathLike[str], state: dict[str, Any], background: BackgroundWriter | None = None
+) -> None:
+    """Write the checkpoint ``state`` (with the version of xt-training) atomically, as :func:`save_checkpoint`."""
+    state = {**state, "xt_training_version": __version__}
     if background is not None:
         background.wait()
         if tensor_bytes(state) <= _BACKGROUND_MAX_BYTES:
@@ -106,6 +126,11 @@ _TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint file with ``weights_only=True``: arbitrary pickled objects are refused."""
     path = Path(path)
+    if (path / ".metadata").is_file():
+        raise CheckpointError(
+            f"'{path}' is a sharded checkpoint (strategy='fsdp'), which loads into a sharded model under "
+            f"torchrun; the same weights in one file are in {path.with_suffix('.pt')}"
+        )
     if not path.is_file():
         where = path.parent
         others = sorted(p.name for p in where.glob("*.pt")) if where.is_dir() else []

@@ -438,6 +438,20 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="CPU threads of torch's operators (torch.set_num_threads); default: torch's, one per core.",
     ),
     click.option(
+        "--strategy", type=click.Choice(["ddp", "fsdp"]), default=_DEFAULTS["strategy"], show_default=True,
+        help="With --nproc N (or under torchrun): a whole model per process (ddp), or each process keeps a shard "
+        "of the parameters, gradients and optimizer state (fsdp: FSDP2's fully_shard).",
+    ),
+    click.option(
+        "--shard", multiple=True, metavar="CLASS",
+        help="With --strategy fsdp: shard the model's modules of this class (e.g. TransformerEncoderLayer; "
+        "repeatable) as units; default: every module with more than 1 M parameters.",
+    ),
+    click.option(
+        "--cpu-offload", is_flag=True, default=_DEFAULTS["cpu_offload"],
+        help="With --strategy fsdp: keep the sharded parameters, gradients and optimizer step on the CPU.",
+    ),
+    click.option(
         "--export", type=click.Choice(["onnx", "pt2", "torchscript"]),
         help="Export the best model once training ends (verified against the eager model).",
     ),
@@ -522,6 +536,8 @@ def run_config(ctx: click.Context, base: str | None = None) -> dict[str, Any]:
     for key in SCALARS:
         if given(key) or not base:
             config[key] = p[key]
+    if isinstance(config["shard"], tuple):  # --shard given or not (multiple: a tuple)
+        config["shard"] = list(config["shard"]) or None
     return config
 
 

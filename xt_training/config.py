@@ -15,7 +15,8 @@
      "precision": "32", "accumulate_grad_batches": 1, "clip_grad_norm": null, "clip_grad_value": null,
      "checkpoint_every_n_steps": null, "val_every_n_steps": null, "save_top_k": 0, "save_every_n_epochs": null,
      "save_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
-     "channels_last": false, "export": null, "limit_train_batches": null, "limit_val_batches": null,
+     "channels_last": false, "strategy": "ddp", "shard": null, "cpu_offload": false, "export": null,
+     "limit_train_batches": null, "limit_val_batches": null,
      "overfit_batches": 0,                                # the arguments of F.train of the same names
      "num_threads": null}                                 # torch.set_num_threads before the run; null: torch's
 
@@ -66,6 +67,9 @@ SCALARS = {
     "fast_path": bool,
     "compile": bool,
     "channels_last": bool,
+    "strategy": str,
+    "shard": (list, type(None)),
+    "cpu_offload": bool,
     "export": (str, type(None)),
     "limit_train_batches": (int, float, type(None)),
     "limit_val_batches": (int, float, type(None)),
@@ -110,6 +114,9 @@ def default_config() -> dict[str, Any]:
         "fast_path": True,
         "compile": False,
         "channels_last": False,
+        "strategy": "ddp",
+        "shard": None,  # strategy='fsdp': the module class names sharded as units; None: the default units
+        "cpu_offload": False,
         "export": None,
         "limit_train_batches": None,
         "limit_val_batches": None,

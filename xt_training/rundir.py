@@ -8,7 +8,8 @@ A run directory, whoever made it (``F.train``, ``xt run``, ``xt train CONFIG.py`
     history.json        one row per completed epoch; with val_every_n_steps also one per validation inside
                         an epoch, before the epoch's row: {'epoch': 2, 'step': 140, 'val/loss': ...}
     checkpoints/        last.pt (every epoch, and mid-epoch), best.pt (the best monitored value), and the kept
-                        ones: epoch=E-step=S-MONITOR=VALUE.pt (save_top_k), epoch=E-step=S.pt (save_every_n_*)
+                        ones: epoch=E-step=S-MONITOR=VALUE.pt (save_top_k), epoch=E-step=S.pt (save_every_n_*);
+                        strategy='fsdp' also last.dcp (every rank's shard of the state: what resume reads)
     config.json         runs built by names (``xt run``): the resolved configuration, rebuilt by the tools
     config.py           runs of ``xt train CONFIG.py``: a copy of the config file
     notes.txt           the loop's notices; the loggers' files beside them
@@ -48,6 +49,8 @@ NOTES_FILE = "notes.txt"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"  # the whole state: every epoch, and mid-epoch every checkpoint_every_n_steps
 BEST = "best.pt"  # a second name of the last.pt of the epoch whose monitored value was the best
+#: strategy='fsdp': a link to the directory of the last sharded checkpoint (last.pt holds its weights whole)
+LAST_SHARDED = "last.dcp"
 CRASH = "crash.pt"  # the weights at an exception, for inspection (never resumed from)
 CHECKPOINT_NAMES = ("best", "last")
 #: the checkpoints kept besides last.pt and best.pt: ``epoch=3-step=120-val_loss=0.1234.pt`` (the top k by the
@@ -203,7 +206,8 @@ def holds_run(path: str | os.PathLike[str]) -> bool:
     fit) leaves nothing worth keeping: the same command may run there again.
     """
     path = Path(path)
-    return (path / HISTORY_FILE).exists() or (path / CHECKPOINTS / LAST).exists()
+    checkpoints = path / CHECKPOINTS
+    return (path / HISTORY_FILE).exists() or any((checkpoints / n).exists() for n in (LAST, LAST_SHARDED))
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:

@@ -119,6 +119,22 @@ def batch_limit(option: str, value: int | float | None, loader: Any) -> int | No
     return max(1, int(length * value))
 
 
+def check_strategy(strategy: Any, shard: Any, cpu_offload: Any, distributed: bool) -> bool:
+    """Whether ``strategy`` asks for FSDP; a ConfigError for a strategy, or options of it, that cannot apply."""
+    if strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"strategy must be 'ddp' or 'fsdp', not {strategy!r}")
+    if not isinstance(cpu_offload, bool):
+        raise ConfigError(f"cpu_offload must be True or False, not {cpu_offload!r}")
+    if strategy == "ddp" and (shard is not None or cpu_offload):
+        raise ConfigError("shard and cpu_offload are options of strategy='fsdp'; pass it, or leave them out")
+    if strategy == "fsdp" and not distributed:
+        raise ConfigError(
+            "strategy='fsdp' shards the model over the processes torchrun starts, and this is one process; "
+            "start it with torchrun --nproc-per-node N (xt run --nproc N), or leave out strategy"
+        )
+    return strategy == "fsdp"
+
+
 def check_scheduler(scheduler: Any, scheduler_step: str | None) -> None:
     """A scheduler that cannot be stepped as asked would fail after a pass of training."""
     if scheduler is None:
@@ -188,6 +204,15 @@ class Runner:
             free memory).
         compile: ``torch.compile`` the model for training (under DDP: the DDP-wrapped model).
         channels_last: NHWC memory format for the model and 4-D input batches.
+        strategy: under torchrun, how the ranks share the training: ``'ddp'`` (default:
+            ``DistributedDataParallel``, a whole model per rank) or ``'fsdp'`` (FSDP2's ``fully_shard``: each
+            rank keeps a shard of the parameters, gradients and optimizer state; see :mod:`xt_training.fsdp`).
+            Evaluation passes under ``'fsdp'`` run the sharded model too.
+        shard: with ``strategy='fsdp'``, the module classes (or class names) whose instances are sharded
+            as units before the root, e.g. ``[nn.TransformerEncoderLayer]``; default: every module with
+            more than 1 M parameters of its own (:func:`xt_training.fsdp.default_units`).
+        cpu_offload: with ``strategy='fsdp'``, keep the sharded parameters, gradients and optimizer step on
+            the CPU (FSDP's ``CPUOffloadPolicy``): less GPU memory, slower steps.
         callbacks: objects with some of the per-pass and per-step hooks of :mod:`xt_training.callbacks`
             (``on_pass_start``, ``on_train_batch_end``, ...), called with ``runner.run`` (F.train's
             :class:`~xt_training.callbacks.Run`; by default the Runner itself). Which callbacks implement
@@ -237,6 +262,9 @@ class Runner:
         data_on_device: bool | str = "auto",
         compile: bool = False,
         channels_last: bool = False,
+        strategy: str = "ddp",
+        shard: Iterable[type | str] | None = None,
+        cpu_offload: bool = False,
         callbacks: Iterable[Any] | None = None,
     ):
         if scheduler_step not in ("epoch", "batch", None):
@@ -272,6 +300,7 @@ class Runner:
                 f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, not {precision!r}"
             )
         self.distributed = distributed.init_from_env()  # under torchrun: one rank of a process group
+        self.fsdp = check_strategy(strategy, shard, cpu_offload, self.distributed) and optimizer is not None
         if self.distributed and device is None:
             self.device = distributed.local_device()
         else:
@@ -290,15 +319,27 @@ class Runner:
                 f"device {str(self.device)!r} under torchrun: torch.distributed has no backend for {self.device.type} "
                 "tensors (gloo takes CPU ones); leave the device out (the CPU then), or train in one process"
             )
-        self.module = model.to(self.device)  # the plain model: evaluation passes use it directly
+        # the plain model: evaluation passes use it directly (under FSDP, fully_shard moves it to the device)
+        self.module = model if self.fsdp else model.to(self.device)
         if channels_last:  # NHWC: faster convolutions on tensor cores and many CPUs
             self.module = self.module.to(memory_format=torch.channels_last)
-        # training passes go through DistributedDataParallel, which all-reduces the gradients
-        self.model = (
-            distributed.wrap_model(self.module, self.device)
-            if self.distributed and optimizer
-            else self.module
-        )
+        if self.fsdp:  # sharded in place: the module is the sharded model, for evaluation passes too
+            from . import fsdp  # lazy: torch.distributed.fsdp and .checkpoint take ~1 s to import
+
+            self.model = fsdp.shard_model(
+                self.module,
+                self.device,
+                fsdp.check_shard(shard),
+                _PRECISIONS[precision],
+                cpu_offload,
+                optimizer,
+            )
+        else:  # training passes go through DistributedDataParallel, which all-reduces the gradients
+            self.model = (
+                distributed.wrap_model(self.module, self.device)
+                if self.distributed and optimizer
+                else self.module
+            )
         if compile:
             self.model = torch.compile(self.model)
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
@@ -322,9 +363,14 @@ class Runner:
         self.precision = precision
         self.channels_last = channels_last
         self.nonfinite_loss = nonfinite_loss
-        self.amp_dtype = _PRECISIONS[precision]
+        # (under FSDP its MixedPrecisionPolicy casts the parameters instead of autocast)
+        self.amp_dtype = None if self.fsdp else _PRECISIONS[precision]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16-mixed" else None
+        self.scaler = None
+        if precision == "16-mixed":
+            self.scaler = (
+                fsdp.grad_scaler(self.device) if self.fsdp else torch.amp.GradScaler(self.device.type)
+            )
         self.accumulate = accumulate_grad_batches
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
@@ -398,6 +444,11 @@ class Runner:
         tick = self.loggers.start_pass(
             name, self.epoch, length if limit is None else min(limit, length or limit)
         )
+        forwards = 0  # under FSDP: the forward passes of the rank with the most evaluation batches
+        if self.fsdp and not training:
+            from . import fsdp  # lazy: imported by __init__ already
+
+            forwards = fsdp.evaluation_forwards(length, limit, self.device)
 
         # Creating the iterator draws from the RNG (the loader's base seed; shuffling); a resumed
         # pass recreates it from the RNG state of the interrupted pass and skips the batches done.
@@ -434,7 +485,8 @@ class Runner:
 
         # Read once per pass: the loop body below runs every step, where each lookup counts.
         accumulate = self.accumulate
-        ddp_accumulation = self.distributed and training and accumulate > 1
+        # (FSDP accumulates the sharded gradients: a no_sync would hold whole, unsharded ones)
+        ddp_accumulation = self.distributed and not self.fsdp and training and accumulate > 1
         skip_nonfinite = training and self.nonfinite_loss == "skip"
         log_every = self.log_every_n_steps
         checkpoint_every = (self.checkpoint_every_n_steps or 0) if training and self.on_checkpoint else 0
@@ -560,6 +612,10 @@ class Runner:
 
         if self.stopped:  # buffers stay unflushed: position() saves them as they are
             return {}
+        if step and forwards > step:  # FSDP gathers parameters in each forward, with every rank
+            with torch.no_grad():
+                for _ in range(forwards - step):
+                    forward_fn(model, batch)  # the outputs are dropped: every example counts once
         if step == 0:
             raise ConfigError(f"loader '{name}' yielded no batches; check the dataset size and drop_last")
         if skip_nonfinite and skipped == step:

@@ -27,7 +27,15 @@ from . import distributed, slurm
 from ._version import __version__
 from .batch import describe
 from .callbacks import Run
-from .checkpoint import load_checkpoint, nonfinite, read_checkpoint, save_checkpoint, unwrap_model
+from .checkpoint import (
+    load_checkpoint,
+    model_class,
+    nonfinite,
+    read_checkpoint,
+    save_checkpoint,
+    unwrap_model,
+    write_checkpoint,
+)
 from .errors import ConfigError, NonFiniteLossError
 from .exporting import check_format, export_trained
 from .files import BackgroundWriter, atomic_link, jsonable, prepare_dir, write_json
@@ -44,6 +52,7 @@ from .rundir import (
     HISTORY_FILE,
     KEPT_CHECKPOINT,
     LAST,
+    LAST_SHARDED,
     NOTES_FILE,
     RUN_FILE,
     checkpoints_dir,
@@ -53,7 +62,15 @@ from .rundir import (
     holds_run,
     remove_run,
 )
-from .runner import Runner, batch_limit, check_instance, check_list, prepare_metrics, step_scheduler
+from .runner import (
+    Runner,
+    batch_limit,
+    check_instance,
+    check_list,
+    check_strategy,
+    prepare_metrics,
+    step_scheduler,
+)
 from .testing import check_loaders
 
 __all__ = ["train", "refuse_held_run"]
@@ -97,6 +114,9 @@ def train(
     data_on_device: bool | str = "auto",
     compile: bool = False,
     channels_last: bool = False,
+    strategy: str = "ddp",
+    shard: Iterable[type | str] | None = None,
+    cpu_offload: bool = False,
     export: str | None = None,
     overwrite: bool = False,
     limit_train_batches: int | float | None = None,
@@ -193,7 +213,10 @@ def train(
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
-    ``compile`` and ``channels_last`` are the :class:`~xt_training.Runner`'s.
+    ``compile``, ``channels_last``, ``strategy``, ``shard`` and ``cpu_offload`` are the
+    :class:`~xt_training.Runner`'s. Under ``strategy='fsdp'`` every rank writes its shard of the state to ``checkpoints/last.dcp``
+    (resume reads it, also on another number of ranks), and rank 0 the whole model's weights to
+    ``checkpoints/last.pt`` (and ``best.pt``) for the tools that load a run in one process.
 
     Returns:
         The history: one dict per epoch, e.g. ``{'epoch': 1, 'train/loss': ..., 'val/acc': ..., 'lr': ...}``.
@@ -228,7 +251,8 @@ def train(
             precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
             checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
-            compile=compile, channels_last=channels_last, callbacks=callbacks,
+            compile=compile, channels_last=channels_last, strategy=strategy, shard=shard, cpu_offload=cpu_offload,
+            callbacks=callbacks,
         )  # fmt: skip
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
         runner.run = run
@@ -237,7 +261,7 @@ def train(
         )
         training = _Training(
             run, runner, passes, scheduler, scheduler_step, callbacks, main, limits, kept,
-            checkpoint_every=checkpoint_every_n_steps, val_every=val_every_n_steps,
+            checkpoint_every=checkpoint_every_n_steps, val_every=val_every_n_steps, sharded=runner.fsdp and not dry,
         )  # fmt: skip
         if dry:
             runner.loggers.notice(
@@ -269,7 +293,7 @@ def train(
             except Exception as error:
                 for cb in training.callbacks:
                     getattr(cb, "on_exception", _noop)(run, error)
-                if main:
+                if main and not sharded:  # (sharded, the weights are whole on no rank)
                     _save_crash(training.ckpt_dir / CRASH, model, run)
                 raise
             finally:  # never `return` here: that would swallow the exception
@@ -340,6 +364,7 @@ def _check_arguments(
             raise ConfigError(
                 f"{name} must be a loader that yields batches (a DataLoader), not {describe(loader)}"
             )
+    check_strategy(args["strategy"], args["shard"], args["cpu_offload"], distributed.init_from_env())
     check_list("loggers", args["loggers"])
     check_list("callbacks", args["callbacks"])
     batch_limit("limit_train_batches", args["limit_train_batches"], args["train_loader"])
@@ -374,6 +399,11 @@ def _check_arguments(
     if args["export"] is not None:
         # an unknown format or a missing onnx extra fails now, not after training
         check_format(args["export"])
+        if args["strategy"] == "fsdp":
+            raise ConfigError(
+                "export= exports the trained model in rank 0 alone, which strategy='fsdp' shards over every "
+                "rank; export the run after training, in one process: xt export RUN_DIR"
+            )
         if forward_fn is not None:
             raise ConfigError(
                 "export= takes its example input from (x, y) batches, which forward_fn replaces; call "
@@ -419,11 +449,15 @@ class _Training:
         kept: _Kept,
         checkpoint_every: int | None,
         val_every: int | None,
+        sharded: bool,
     ):
         self.run, self.runner, self.passes, self.callbacks, self.main = run, runner, passes, callbacks, main
+        # strategy='fsdp': every rank writes its shard of the state to last.dcp, rank 0 the whole weights to last.pt
+        self.sharded = sharded
         self.limits = limits  # per pass: its batches (debugging runs), None: all
         self.scheduler, self.scheduler_step = scheduler, scheduler_step
         self.ckpt_dir = checkpoints_dir(run.save_dir)
+        self.last = self.ckpt_dir / (LAST_SHARDED if sharded else LAST)  # what resume reads
         self.generators = [g for loader, _ in passes.values() for g in loader_generators(loader)]
         self.config = _run_config(passes["train"][0], run, runner.loss_fn, scheduler, val_every)
         # checkpoints and history.json are written on a background thread: the loop does not wait for the disk
@@ -457,20 +491,37 @@ class _Training:
         listed one that is missing.
         """
         self.check_finite(position)
-        if not self.main:
+        if not self.main and not self.sharded:
             return
         run, runner = self.run, self.runner
         runner.loggers.flush()  # what was logged up to the checkpoint survives a kill after it
         keep = keep or []
-        target = self.ckpt_dir / (keep[0] if keep else LAST)
-        save_checkpoint(
-            target, run.model, run.optimizer, self.scheduler, background=self.background,
+        state = dict(
             scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
             epoch=run.epoch if position is None else run.epoch - 1,  # the last completed epoch
             global_step=runner.global_step, history=run.history, monitor=run.monitor, mode=run.mode,
             best=run.best, callbacks=[getattr(cb, "state_dict", dict)() for cb in self.callbacks],
             config=self.config, position=position, rng=capture_rng(self.generators), top_k=self.kept.best,
         )  # fmt: skip
+        target = self.ckpt_dir / (keep[0] if keep else LAST)
+        if not self.sharded:
+            save_checkpoint(
+                target, run.model, run.optimizer, self.scheduler, background=self.background, **state
+            )
+        else:
+            from . import fsdp  # lazy: the Runner imported it to shard the model
+
+            scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
+            fsdp.save_sharded(
+                self.last, unwrap_model(run.model), run.optimizer, {**state, "scheduler": scheduler}
+            )
+            weights = fsdp.full_model_state(unwrap_model(run.model))  # every rank gathers, rank 0 keeps them
+            if not self.main:
+                return
+            # the plain weights for the tools, which load a run in one process (kept files hold them too)
+            fields = ("epoch", "global_step", "history", "monitor", "mode", "best", "config")
+            plain = {"model": weights, **{k: state[k] for k in fields}, "sharded": LAST_SHARDED}
+            write_checkpoint(target, plain, self.background)
         for name in [*keep[1:], LAST] if keep else []:
             self.background.submit(atomic_link, target, self.ckpt_dir / name)
 
@@ -497,9 +548,10 @@ class _Training:
                 problem = f"the state became NaN/inf at epoch {run.epoch}{where} ({', '.join(bad[:3])})"
         if distributed.any_rank(problem is not None, self.runner.device):
             self.wait()  # for the last checkpoint's write
-            last = self.ckpt_dir / LAST
             kept = (
-                f"{CHECKPOINTS}/{LAST} keeps the last finite state" if last.exists() else "nothing was saved"
+                f"{CHECKPOINTS}/{self.last.name} keeps the last finite state"
+                if self.last.exists()
+                else "nothing was saved"
             )
             raise NonFiniteLossError(
                 f"{problem or 'another rank holds NaN/inf'}; lower the learning rate, clip gradients or check "
@@ -508,10 +560,17 @@ class _Training:
 
     def restore(self, resume: bool | str | os.PathLike[str], epochs: int) -> bool:
         """Continue from a checkpoint when ``resume`` asks; False when there is nothing left to train."""
-        run, runner, last = self.run, self.runner, self.ckpt_dir / LAST
+        run, runner, last = self.run, self.runner, self.last
+        if resume is True and self.sharded and not last.exists() and (self.ckpt_dir / LAST).exists():
+            raise ConfigError(
+                f"the run in {run.save_dir} has no sharded checkpoint ({CHECKPOINTS}/{LAST_SHARDED}) to resume "
+                "with strategy='fsdp'; resume it with the strategy it was trained with"
+            )
         if resume and (resume is not True or last.exists()):
             path = Path(resume) if resume is not True else last
-            state = _restore(path, run, runner, self.callbacks, self.scheduler, self.config, self.generators)
+            state = _restore(
+                path, run, runner, self.callbacks, self.scheduler, self.config, self.generators, self.sharded
+            )
             self.position = state.get("position")
             self.kept.best = list(state.get("top_k") or [])
             if self.main:
@@ -764,7 +823,7 @@ class _Training:
             sig = slurm.REQUEUE_SIGNAL.name
             how = slurm.requeue() if self.main else ""
         if how:
-            print(f"stopped by {sig}: state saved to {self.ckpt_dir / LAST}; {how}", flush=True)
+            print(f"stopped by {sig}: state saved to {self.last}; {how}", flush=True)
         if sig == "SIGINT":
             raise KeyboardInterrupt
         raise SystemExit(0)
@@ -800,7 +859,7 @@ def model_summary(model: torch.nn.Module) -> dict[str, Any]:
     params = list(model.parameters())
     size = sum(t.numel() * t.element_size() for t in (*params, *model.buffers()))
     return {
-        "class": type(model).__name__,
+        "class": model_class(model).__name__,
         "parameters": sum(p.numel() for p in params),
         "trainable": sum(p.numel() for p in params if p.requires_grad),
         "size_mb": round(size / 2**20, 3),
@@ -817,7 +876,7 @@ def model_record(model: torch.nn.Module) -> dict[str, Any]:
     rebuilt, the same weights). Else ``init`` is None, ``missing`` names the arguments not kept, and the
     model must be passed to ``load_model``.
     """
-    cls = type(model)
+    cls = model_class(model)
     init: dict[str, Any] = {}
     missing: list[str] = []
     try:
@@ -868,7 +927,7 @@ def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any, val_every: 
     loader's iterator), so the training after it depends on where the validations came.
     """
     return {
-        "model": type(run.model).__name__,
+        "model": model_class(run.model).__name__,
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "optimizer": type(run.optimizer).__name__,
         "lr": run.optimizer.param_groups[0].get("lr"),
@@ -1014,10 +1073,23 @@ def _restore(
     scheduler: Any,
     config: dict[str, Any],
     generators: list[Any],
+    sharded: bool,
 ) -> dict[str, Any]:
     """Load a checkpoint for ``resume`` into the run; return the checkpoint (its ``position`` inside an
     interrupted epoch, if any)."""
-    state = read_checkpoint(path)
+    if sharded:
+        from . import fsdp  # lazy: the Runner imported it to shard the model
+
+        state, ranks = fsdp.read_rank_state(path)
+    else:
+        state = read_checkpoint(path)
+        if state.get(
+            "sharded"
+        ):  # the whole weights of a sharded run, without its optimizer state and position
+            raise ConfigError(
+                f"'{path}' holds the weights of a run of strategy='fsdp', whose state is in "
+                f"{path.with_name(state['sharded'])}; resume it with strategy='fsdp'"
+            )
     saved = state.get("config") or {}
     differ = [
         f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in config.items() if k in saved and saved[k] != v
@@ -1027,7 +1099,20 @@ def _restore(
             f"cannot resume from '{path}': the run differs from the one that wrote it ({'; '.join(differ)}); "
             "use the same configuration or a new save_dir"
         )
-    load_checkpoint(path, run.model, run.optimizer, scheduler)
+    if sharded:
+        fsdp.load_sharded(path, unwrap_model(run.model), run.optimizer)
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if ranks != distributed.world_size():  # rank 0's state: its position and RNG are of its shard only
+            epoch = state.get("epoch", 0) + 1
+            runner.loggers.notice(
+                f"'{path}' was written by {ranks} ranks and this run has {distributed.world_size()}: the weights, "
+                "optimizer, scheduler and history go on; the data's shards and the random state start afresh"
+                + (f", and epoch {epoch} from its start" if state.get("position") else "")
+            )
+            state = {k: v for k, v in state.items() if k not in ("position", "rng")}
+    else:
+        load_checkpoint(path, run.model, run.optimizer, scheduler)
     if runner.scaler is not None and state.get("scaler"):
         runner.scaler.load_state_dict(state["scaler"])
     for cb, cb_state in zip(callbacks, state.get("callbacks") or []):
