@@ -293,7 +293,7 @@ def train(
             except Exception as error:
                 for cb in training.callbacks:
                     getattr(cb, "on_exception", _noop)(run, error)
-                if main and not sharded:  # (sharded, the weights are whole on no rank)
+                if main and not training.sharded:  # (sharded, the weights are whole on no rank)
                     _save_crash(training.ckpt_dir / CRASH, model, run)
                 raise
             finally:  # never `return` here: that would swallow the exception
