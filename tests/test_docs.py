@@ -44,7 +44,7 @@ def site(tmp_path_factory):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-5000:]
     return out
@@ -169,7 +169,7 @@ def test_generated_parts_of_the_pages_are_current():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, "docs/_hooks/xt_docs.py", "--check"],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
 
@@ -245,7 +245,7 @@ def run_page(page: Path, workdir: Path, site: Path) -> tuple[subprocess.Complete
     }
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("doc_blocks.py")), ".blocks.json"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=2400,
     )  # fmt: skip
     outputs = re.split(rf"^{SEPARATOR} \d+\n", proc.stdout, flags=re.M)[1:]
     return proc, outputs
