@@ -83,10 +83,18 @@ class Averaging:
         self.model = unwrap_model(model)
         self.swa_start = swa_start
         self.swa_scheduler: SWALR | None = None
+        self.ema_groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         if ema_decay is not None:
             self.config: dict[str, Any] = {"ema_decay": ema_decay}
             multi_avg_fn = get_ema_multi_avg_fn(ema_decay)
             self.averaged = AveragedModel(self.model, multi_avg_fn=multi_avg_fn, use_buffers=True)
+            # the tensors update_parameters averages, grouped by device and dtype as it groups them, once
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+            for averaged, current in zip(_tensors(self.averaged.module), _tensors(self.model), strict=True):
+                pair = groups.setdefault((averaged.device, averaged.dtype), ([], []))
+                pair[0].append(averaged.detach())
+                pair[1].append(current.detach())
+            self.ema_groups = list(groups.values())
         else:
             self.config = {"swa_start": swa_start, "swa_lr": swa_lr}
             self.averaged = AveragedModel(self.model)
@@ -99,8 +107,19 @@ class Averaging:
         return int(self.averaged.n_averaged)
 
     def update(self) -> None:
-        """Average in the model's weights as they are now."""
-        self.averaged.update_parameters(self.model)
+        """Average in the model's weights as they are now.
+
+        That is ``AveragedModel.update_parameters``, but for an EMA step after the first, which applies the
+        same averaging function to the same groups of tensors, gathered once: ``update_parameters`` gathers
+        them again at every call and copies the count to the device, which on a GPU waits for the step's
+        kernels to finish (a host-device synchronisation per optimizer step).
+        """
+        if self.ema_groups and self.count:
+            for averaged, current in self.ema_groups:
+                self.averaged.multi_avg_fn(averaged, current, self.averaged.n_averaged)  # (EMA ignores it)
+            self.averaged.n_averaged += 1
+        else:
+            self.averaged.update_parameters(self.model)
 
     def swa(self, epoch: int) -> bool:
         """Whether SWA averages after the training pass of ``epoch``, and SWALR sets its learning rate."""

@@ -492,7 +492,7 @@ class _Training:
             checkpoint = _restore(path, self)
             self.position = checkpoint.get("position")
             # a pass resumed from its middle: the states again, over what its on_pass_start hooks did
-            states = {key: checkpoint.get(key) for key in ("callbacks", "state")}
+            states = copy.deepcopy({key: checkpoint.get(key) for key in ("callbacks", "state")})
             runner.on_resume = lambda: _load_states(self, states)
         self.epochs = epochs
         start = run.epoch + 1
