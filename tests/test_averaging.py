@@ -59,7 +59,7 @@ def test_ema_weights_equal_a_hand_computed_ema(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     torch.manual_seed(1)
     history = F.train(tmp_path, train, model, optimizer, epochs, nn.CrossEntropyLoss(), val, ema_decay=decay,
-                      quiet=True)  # fmt: skip
+                      export="pt2", quiet=True)  # fmt: skip
 
     # the same steps by hand: the EMA of every float parameter and buffer, after every optimizer step
     reference = bn_model()
@@ -88,6 +88,14 @@ def test_ema_weights_equal_a_hand_computed_ema(tmp_path):
     assert not torch.allclose(ema["1.running_var"], reference[1].running_var, atol=1e-3)
     # validation evaluated the EMA (its BatchNorm statistics included)
     assert [row["val/loss"] for row in history] == pytest.approx(losses, rel=1e-5)
+    # best.pt and the export hold the EMA of the best epoch, not the trained weights
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert not torch.equal(best["model"]["0.weight"], best["averaging"]["raw"]["0.weight"])
+    best_model = bn_model().eval()
+    best_model.load_state_dict(best["model"])
+    x = val.dataset.tensors[0]
+    exported = torch.export.load(tmp_path / "model.pt2").module()
+    torch.testing.assert_close(exported(x), best_model(x))
 
 
 def test_swa_averages_each_epoch_and_updates_the_batchnorm_statistics(tmp_path):
