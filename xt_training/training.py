@@ -183,7 +183,7 @@ def train(
             holder of a carried hidden state, a data sampler's position...), saved in every checkpoint and
             restored on resume, as the callbacks' states are: in a pass resumed from its middle, after the
             callbacks' ``on_pass_start`` (which may reset them). Their states must hold tensors and plain data
-            (checkpoints are loaded with ``weights_only=True``).
+            (checkpoints are loaded with ``weights_only=True``); under DDP, checkpoints hold rank 0's.
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
