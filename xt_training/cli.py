@@ -464,6 +464,17 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         "--overfit-batches", type=click.IntRange(min=0), default=_DEFAULTS["overfit_batches"],
         help="Debugging: train on the same first N training batches every epoch (can the model learn them?).",
     ),
+    click.option(
+        "--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="Keep an exponential moving average of the weights (e.g. 0.999), updated after every optimizer "
+        "step; evaluation, the checkpoints and --export use it.",
+    ),
+    click.option(
+        "--swa-start", type=click.IntRange(min=1), metavar="EPOCH",
+        help="Stochastic weight averaging from this epoch on (needs --swa-lr); evaluation, the checkpoints and "
+        "--export use the average.",
+    ),
+    click.option("--swa-lr", type=click.FloatRange(0, min_open=True), help="The learning rate of SWA (SWALR's)."),
 ]  # fmt: skip
 
 

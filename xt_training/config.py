@@ -17,7 +17,7 @@
      "save_every_n_steps": null, "nonfinite_loss": "raise", "fast_path": true, "compile": false,
      "channels_last": false, "strategy": "ddp", "shard": null, "cpu_offload": false, "export": null,
      "limit_train_batches": null, "limit_val_batches": null,
-     "overfit_batches": 0,                                # the arguments of F.train of the same names
+     "overfit_batches": 0, "ema_decay": null, "swa_start": null, "swa_lr": null,  # the arguments of F.train
      "num_threads": null}                                 # torch.set_num_threads before the run; null: torch's
 
 The saved file also records, per component, ``resolved`` (every option the factory was called with,
@@ -74,6 +74,9 @@ SCALARS = {
     "limit_train_batches": (int, float, type(None)),
     "limit_val_batches": (int, float, type(None)),
     "overfit_batches": int,
+    "ema_decay": (int, float, type(None)),
+    "swa_start": (int, type(None)),
+    "swa_lr": (int, float, type(None)),
     "num_threads": (int, type(None)),
 }
 #: the SCALARS passed to F.train under the same name
@@ -121,6 +124,9 @@ def default_config() -> dict[str, Any]:
         "limit_train_batches": None,
         "limit_val_batches": None,
         "overfit_batches": 0,
+        "ema_decay": None,
+        "swa_start": None,
+        "swa_lr": None,
         "num_threads": None,
     }
 

@@ -221,6 +221,7 @@ class Runner:
     A pass, as pseudocode (``cb`` stands for every callback that implements the hook)::
 
         cb.on_pass_start(run, name)
+        on_resume()                                                    # a resumed pass: F.train's states back
         for step, batch in enumerate(loader, 1):
             cb.on_train_batch_start(run, batch, step)                  # training only
             y_pred, y = forward_fn(model, batch); loss = loss_fn(y_pred, y)
@@ -229,6 +230,7 @@ class Runner:
                 every accumulate_grad_batches batches:
                     cb.on_before_optimizer_step(run, optimizer)         # gradients visible (unscaled)
                     clip gradients; optimizer.step(); optimizer.zero_grad(); per-batch scheduler step
+                    after_step()                                        # F.train's EMA of the weights
             cb.on_train_batch_end(run, batch, step, y_pred, loss)      # evaluation: on_validation_batch_end
             at logging steps: metrics, loggers; every checkpoint_every_n_steps: on_checkpoint()
         cb.on_pass_end(run, name, values)                              # not when a signal stopped the pass
@@ -395,6 +397,10 @@ class Runner:
         self.run: Any = self  # what the callbacks' hooks get first (F.train: its Run)
         self._before_step: list[Callable[..., Any]] = []  # the pass's on_before_optimizer_step hooks
         self._within = False  # whether the pass runs inside a training pass (see evaluate_within)
+        self.after_step: Callable[[], Any] | None = None  # called after every optimizer step (F.train's EMA)
+        # called in a resumed training pass after the on_pass_start hooks: F.train puts back the states of
+        # the checkpoint, which the hooks may have reset (a carried hidden state)
+        self.on_resume: Callable[[], Any] | None = None
 
     def __call__(
         self,
@@ -477,6 +483,8 @@ class Runner:
         run = self.run
         for hook in self._hooks("on_pass_start"):
             hook(run, name)
+        if resume is not None and self.on_resume is not None:
+            self.on_resume()
         batch_end = self._hooks("on_train_batch_end" if training else "on_validation_batch_end")
         self._before_step = self._hooks("on_before_optimizer_step") if training else []
         batch_start = self._hooks("on_train_batch_start") if training else []
@@ -710,6 +718,7 @@ class Runner:
             and self.scaler is None
             and (self.scheduler is None or self.scheduler_step != "batch")
             and not self.needs_closure
+            and self.after_step is None
         )
 
     def _hooks(self, name: str) -> list[Callable[..., Any]]:
@@ -739,6 +748,8 @@ class Runner:
         if self.scheduler is not None and self.scheduler_step == "batch":
             self.scheduler.step()
         self.global_step += 1
+        if self.after_step is not None:
+            self.after_step()
 
     def _closure(self, batch: Any) -> Callable[[], torch.Tensor]:
         """For an optimizer that evaluates the loss itself: the batch's forward, loss and backward."""

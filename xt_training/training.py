@@ -25,6 +25,7 @@ import torch.utils.serialization  # noqa: F401 - torch.save imports it at its fi
 
 from . import distributed, slurm
 from ._version import __version__
+from .averaging import Averaging, check_averaging
 from .batch import describe
 from .callbacks import Run
 from .checkpoint import (
@@ -123,6 +124,10 @@ def train(
     limit_val_batches: int | float | None = None,
     fast_dev_run: int | bool = False,
     overfit_batches: int = 0,
+    ema_decay: float | None = None,
+    swa_start: int | None = None,
+    swa_lr: float | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs; validate and test after each; save checkpoints and history.
 
@@ -140,12 +145,17 @@ def train(
                     history.append(row with its step); loggers.log_metrics(values, step)
                     callbacks.on_mid_epoch_validation(run, row)
                     save checkpoints/last.pt, best.pt, the top k; stop here if a callback set run.should_stop
-            model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
-            scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value)
+                                                            # ema_decay: the EMA after every optimizer step
+            if epoch >= swa_start: average the weights; in the last epoch, update_bn for the average
+            model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders; on the
+                                                            # averaged weights where there are any
+            scheduler.step()                                # per epoch (ReduceLROnPlateau: monitored value);
+                                                            # from epoch swa_start: SWALR's step instead
             history.append(row); loggers.end_epoch(row); callbacks.on_epoch_end(run, row)
             save checkpoints/last.pt; checkpoints/best.pt if the monitored value improved; the kept
                  checkpoints (save_top_k, save_every_n_epochs, save_every_n_steps); history.json
             stop if a callback set run.should_stop (e.g. EarlyStopping)
+        ema_decay or swa_start: the model gets the averaged weights
         on an exception: callbacks.on_exception(run, error); save checkpoints/crash.pt; re-raise
         callbacks.on_train_end(run, status)
 
@@ -210,6 +220,22 @@ def train(
             console only); ``save_dir`` is not created. Not resumable.
         overfit_batches: debugging: train on the same first N batches of ``train_loader`` every epoch
             (taken once, before training), to check that the model can learn them.
+        ema_decay: keep an exponential moving average of the weights, ``d`` in (0, 1), e.g. 0.999
+            (:class:`torch.optim.swa_utils.AveragedModel` with ``get_ema_multi_avg_fn(d)`` and
+            ``use_buffers=True``: BatchNorm's statistics are averaged too), updated after every optimizer step.
+        swa_start, swa_lr: stochastic weight averaging: from epoch ``swa_start`` (counted from 1) on, the weights
+            after each epoch's training pass are averaged (equally) and ``SWALR(optimizer, swa_lr)`` sets the
+            learning rate instead of ``scheduler``; after the last epoch's training pass, ``update_bn``
+            computes BatchNorm's statistics for the averaged weights over ``train_loader``.
+            With either averaging, the validation and test passes evaluate the averaged weights (once there
+            are any), checkpoints save them as ``model`` (so ``best.pt``, ``xt test`` and ``export`` use them)
+            and the trained weights as ``averaging['raw']`` for resume, and the model holds the averaged
+            weights when training ends. See :mod:`xt_training.averaging`.
+        state: ``{name: object}``: your own objects with ``state_dict()`` and ``load_state_dict(state)`` (a
+            holder of a carried hidden state, a data sampler's position...), saved in every checkpoint and
+            restored on resume, as the callbacks' states are: in a pass resumed from its middle, after the
+            callbacks' ``on_pass_start`` (which may reset them). Their states must hold tensors and plain data
+            (checkpoints are loaded with ``weights_only=True``); under DDP, checkpoints hold rank 0's.
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
@@ -259,9 +285,20 @@ def train(
         kept = _Kept(
             checkpoints_dir(save_dir), monitor, mode, save_top_k, save_every_n_epochs, save_every_n_steps
         )
+        averaging = (
+            Averaging(model, optimizer, ema_decay, swa_start, swa_lr)
+            if ema_decay is not None or swa_start is not None
+            else None
+        )
+        if averaging is not None and runner.fsdp:
+            raise ConfigError(
+                "weight averaging (ema_decay, swa_start) does not work with strategy='fsdp' yet: its averaged "
+                "copy would be whole on every rank; train without it, or with strategy='ddp'"
+            )
         training = _Training(
             run, runner, passes, scheduler, scheduler_step, callbacks, main, limits, kept,
             checkpoint_every=checkpoint_every_n_steps, val_every=val_every_n_steps, sharded=runner.fsdp and not dry,
+            averaging=averaging, state=state,
         )  # fmt: skip
         if dry:
             runner.loggers.notice(
@@ -367,6 +404,8 @@ def _check_arguments(
     check_strategy(args["strategy"], args["shard"], args["cpu_offload"], distributed.init_from_env())
     check_list("loggers", args["loggers"])
     check_list("callbacks", args["callbacks"])
+    check_averaging(args["ema_decay"], args["swa_start"], args["swa_lr"], epochs)
+    _check_state(args["state"])
     batch_limit("limit_train_batches", args["limit_train_batches"], args["train_loader"])
     if args["val_loader"] is not None:
         batch_limit("limit_val_batches", args["limit_val_batches"], args["val_loader"])
@@ -450,16 +489,26 @@ class _Training:
         checkpoint_every: int | None,
         val_every: int | None,
         sharded: bool,
+        averaging: Averaging | None = None,
+        state: Mapping[str, Any] | None = None,
     ):
         self.run, self.runner, self.passes, self.callbacks, self.main = run, runner, passes, callbacks, main
         # strategy='fsdp': every rank writes its shard of the state to last.dcp, rank 0 the whole weights to last.pt
         self.sharded = sharded
         self.limits = limits  # per pass: its batches (debugging runs), None: all
         self.scheduler, self.scheduler_step = scheduler, scheduler_step
+        self.averaging = averaging
+        # F.train's state=: your objects, checkpointed as the callbacks' states are
+        self.state = dict(state or {})
+        self.epochs = 0  # the run's last epoch (restore sets it)
         self.ckpt_dir = checkpoints_dir(run.save_dir)
         self.last = self.ckpt_dir / (LAST_SHARDED if sharded else LAST)  # what resume reads
         self.generators = [g for loader, _ in passes.values() for g in loader_generators(loader)]
         self.config = _run_config(passes["train"][0], run, runner.loss_fn, scheduler, val_every)
+        if averaging is not None:
+            self.config.update(averaging.config)
+            if averaging.swa_start is None:  # EMA: after every optimizer step
+                runner.after_step = averaging.update
         # checkpoints and history.json are written on a background thread: the loop does not wait for the disk
         self.background = BackgroundWriter() if main else None
         self.position: dict[str, Any] | None = None  # where a resumed epoch goes on
@@ -482,32 +531,41 @@ class _Training:
                 k: copy.deepcopy(m) if id(m) in trained else m for k, m in passes["val"][1].items()
             }
 
-    def save(self, position: dict[str, Any] | None = None, keep: list[str] | None = None) -> None:
+    def save(
+        self,
+        position: dict[str, Any] | None = None,
+        keep: list[str] | None = None,
+        states: dict[str, Any] | None = None,
+    ) -> None:
         """Write ``last.pt``: the whole state, and ``position`` inside an epoch (None: at its end).
 
         ``keep`` names files of ``checkpoints/`` that keep this state too (:class:`_Kept`): it is written to
         the first, and ``last.pt`` is made a second name of it after the others, so that a kill in between
         leaves kept files the ``last.pt`` resumed from does not list (a resume removes them), never a
         listed one that is missing.
+
+        ``states``: the callbacks' and ``state=``'s states to save, if not those of now (see :meth:`evaluate`).
+        With weight averaging, ``model`` is the averaged weights (what evaluation uses), and the trained ones
+        are in ``averaging``.
         """
         self.check_finite(position)
         if not self.main and not self.sharded:
             return
-        run, runner = self.run, self.runner
+        run, runner, averaging = self.run, self.runner, self.averaging
         runner.loggers.flush()  # what was logged up to the checkpoint survives a kill after it
         keep = keep or []
         state = dict(
             scaler=runner.scaler.state_dict() if runner.scaler is not None else None,
             epoch=run.epoch if position is None else run.epoch - 1,  # the last completed epoch
             global_step=runner.global_step, history=run.history, monitor=run.monitor, mode=run.mode,
-            best=run.best, callbacks=[getattr(cb, "state_dict", dict)() for cb in self.callbacks],
-            config=self.config, position=position, rng=capture_rng(self.generators), top_k=self.kept.best,
+            best=run.best, **(states or self.states()), config=self.config, position=position,
+            rng=capture_rng(self.generators), top_k=self.kept.best,
+            **({} if averaging is None else {"averaging": averaging.state_dict()}),
         )  # fmt: skip
         target = self.ckpt_dir / (keep[0] if keep else LAST)
         if not self.sharded:
-            save_checkpoint(
-                target, run.model, run.optimizer, self.scheduler, background=self.background, **state
-            )
+            model = run.model if averaging is None else averaging.weights()
+            save_checkpoint(target, model, run.optimizer, self.scheduler, background=self.background, **state)
         else:
             from . import fsdp  # lazy: the Runner imported it to shard the model
 
@@ -524,6 +582,13 @@ class _Training:
             write_checkpoint(target, plain, self.background)
         for name in [*keep[1:], LAST] if keep else []:
             self.background.submit(atomic_link, target, self.ckpt_dir / name)
+
+    def states(self) -> dict[str, Any]:
+        """The callbacks' states and those of ``state=``'s objects, as checkpoints hold them."""
+        return {
+            "callbacks": [getattr(cb, "state_dict", dict)() for cb in self.callbacks],
+            "state": {name: obj.state_dict() for name, obj in self.state.items()},
+        }
 
     def check_finite(self, position: dict[str, Any] | None) -> None:
         """Refuse to save NaN/inf losses or state over the last good ``last.pt``: no resume could go on from it.
@@ -568,13 +633,15 @@ class _Training:
             )
         if resume and (resume is not True or last.exists()):
             path = Path(resume) if resume is not True else last
-            state = _restore(
-                path, run, runner, self.callbacks, self.scheduler, self.config, self.generators, self.sharded
-            )
-            self.position = state.get("position")
-            self.kept.best = list(state.get("top_k") or [])
+            checkpoint = _restore(path, self)
+            self.position = checkpoint.get("position")
+            self.kept.best = list(checkpoint.get("top_k") or [])
             if self.main:
                 self.kept.tidy(run.global_step)
+            # a pass resumed from its middle: the states again, over what its on_pass_start hooks did
+            states = copy.deepcopy({key: checkpoint.get(key) for key in ("callbacks", "state")})
+            runner.on_resume = lambda: _load_states(self, states)
+        self.epochs = epochs
         start = run.epoch + 1
         # resumed with no more epochs than it has: a finished run is complete (a no-op: retried jobs stay
         # idempotent), fewer epochs than it trained are a mistake
@@ -687,6 +754,9 @@ class _Training:
         self.row = (
             dict(position["row"]) if position else {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         )
+        swa = self.averaging is not None and self.averaging.swa(epoch)
+        if swa:  # SWALR sets the learning rate from now on: a per-step schedule stops
+            runner.scheduler_step = None
         run.model.train()
         loader, metrics = self.passes["train"]
         self.pass_end = runner.pass_batches(loader, self.limits.get("train"))
@@ -698,6 +768,13 @@ class _Training:
                 return self.row
             self.stop({"phase": "train", "row": self.row, **runner.position()})
         self.row.update({f"train/{k}": v for k, v in values.items()})
+        if swa:
+            self.averaging.update()
+            # in the last epoch: BatchNorm's statistics for the final averaged weights, before they are evaluated
+            if epoch == self.epochs:
+                limit = batch_limit("limit_train_batches", self.limits.get("train"), loader)
+                batches = loader if limit is None else itertools.islice(loader, limit)
+                self.averaging.update_bn(batches, runner.forward_fn, runner.device)
         return self.row
 
     def evaluate(self, row: dict[str, Any]) -> None:
@@ -705,19 +782,26 @@ class _Training:
         if len(self.passes) == 1:
             return
         after_train = {"phase": "eval", "row": dict(row), "rng": capture_rng(self.generators)}
+        # a resumed run evaluates again from the start: a stop saves the states of now, not the evaluation's
+        states = copy.deepcopy(self.states())
         self.run.model.eval()
-        for prefix, (loader, metrics) in list(self.passes.items())[1:]:
-            values = self.runner(loader, prefix, metrics=metrics, limit_batches=self.limits.get(prefix))
-            if self.runner.stopped:
-                self.stop(after_train)
-            row.update({f"{prefix}/{k}": v for k, v in values.items()})
+        with self.averaging.evaluating() if self.averaging is not None else contextlib.nullcontext():
+            for prefix, (loader, metrics) in list(self.passes.items())[1:]:
+                values = self.runner(loader, prefix, metrics=metrics, limit_batches=self.limits.get(prefix))
+                if self.runner.stopped:
+                    break
+                row.update({f"{prefix}/{k}": v for k, v in values.items()})
+        if self.runner.stopped:  # saved with the trained weights back in the model
+            self.stop(after_train, states)
         self.run.model.train()
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Scheduler, history, loggers, callbacks, then last.pt (best.pt when the monitored value improved)."""
         run, runner = self.run, self.runner
         self.check_reported(row)
-        if self.scheduler is not None and self.scheduler_step == "epoch":
+        if self.averaging is not None and self.averaging.swa(run.epoch):
+            self.averaging.swa_scheduler.step()  # instead of the run's scheduler
+        elif self.scheduler is not None and self.scheduler_step == "epoch":
             step_scheduler(self.scheduler, row[run.monitor])
         run.history.append(row)
         improved = _improves(row[run.monitor], run.best, run.mode)
@@ -802,10 +886,10 @@ class _Training:
                 self.background.submit(_remove, self.ckpt_dir / name)
             write_json(run.save_dir / HISTORY_FILE, run.history, self.background)
 
-    def stop(self, position: dict[str, Any] | None) -> None:
+    def stop(self, position: dict[str, Any] | None, states: dict[str, Any] | None = None) -> None:
         """A signal asked to stop: keep the exact position, then leave as the signal wants."""
         if position is not None:  # else the epoch's checkpoint is the position
-            self.save(position)
+            self.save(position, states=states)
         self.wait()  # saved, as the message below says
         # under DDP another rank may have got the signal
         sig = self.received[0] if self.received else "SIGTERM"
@@ -838,6 +922,8 @@ class _Training:
             self.summary_hook is not None
         ):  # a run that ended before its first forward leaves the model as it was
             self.summary_hook.remove()
+        if self.averaging is not None and status in (None, "completed", "stopped"):
+            self.averaging.finish()  # the model holds the weights it was evaluated with
         if status is not None and self.recorded is not None:
             ended = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_json(
@@ -1065,19 +1151,10 @@ def _improves(value: Any, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
-def _restore(
-    path: Path,
-    run: Run,
-    runner: Runner,
-    callbacks: list[Any],
-    scheduler: Any,
-    config: dict[str, Any],
-    generators: list[Any],
-    sharded: bool,
-) -> dict[str, Any]:
-    """Load a checkpoint for ``resume`` into the run; return the checkpoint (its ``position`` inside an
-    interrupted epoch, if any)."""
-    if sharded:
+def _restore(path: Path, training: _Training) -> dict[str, Any]:
+    """Load a checkpoint for ``resume``; return it (its ``position``: inside an interrupted epoch, if any)."""
+    run, runner, averaging, config = training.run, training.runner, training.averaging, training.config
+    if training.sharded:
         from . import fsdp  # lazy: the Runner imported it to shard the model
 
         state, ranks = fsdp.read_rank_state(path)
@@ -1091,18 +1168,27 @@ def _restore(
                 f"{path.with_name(state['sharded'])}; resume it with strategy='fsdp'"
             )
     saved = state.get("config") or {}
+    # averaging's keys are in the configuration only when it is on: on then and off now differs too
+    keys = [k for k in config if k in saved]
+    keys += [k for k in ("ema_decay", "swa_start", "swa_lr") if (k in config) != (k in saved)]
     differ = [
-        f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in config.items() if k in saved and saved[k] != v
+        f"{k}: {saved.get(k)!r} then, {config.get(k)!r} now" for k in keys if saved.get(k) != config.get(k)
     ]
     if differ:
         raise ConfigError(
             f"cannot resume from '{path}': the run differs from the one that wrote it ({'; '.join(differ)}); "
             "use the same configuration or a new save_dir"
         )
-    if sharded:
+    own, then = set(training.state), set(state.get("state") or {})
+    if own != then:
+        raise ConfigError(
+            f"cannot resume from '{path}': it holds state= {sorted(then)}, this run {sorted(own)}; "
+            "pass the same state= names as the run that wrote it"
+        )
+    if training.sharded:
         fsdp.load_sharded(path, unwrap_model(run.model), run.optimizer)
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
+        if training.scheduler is not None and state.get("scheduler") is not None:
+            training.scheduler.load_state_dict(state["scheduler"])
         if ranks != distributed.world_size():  # rank 0's state: its position and RNG are of its shard only
             epoch = state.get("epoch", 0) + 1
             runner.loggers.notice(
@@ -1112,19 +1198,48 @@ def _restore(
             )
             state = {k: v for k, v in state.items() if k not in ("position", "rng")}
     else:
-        load_checkpoint(path, run.model, run.optimizer, scheduler)
+        load_checkpoint(path, run.model, run.optimizer, training.scheduler)
+    if averaging is not None:  # the model got the averaged weights: the trained ones now
+        averaging.load_state_dict(state["averaging"], state["model"])
     if runner.scaler is not None and state.get("scaler"):
         runner.scaler.load_state_dict(state["scaler"])
-    for cb, cb_state in zip(callbacks, state.get("callbacks") or []):
-        if cb_state and hasattr(cb, "load_state_dict"):
-            cb.load_state_dict(cb_state)
+    _load_states(training, state)
     run.history = list(state.get("history") or [])
     run.epoch = state.get("epoch", 0)
     run.best = state.get("best")
     run.global_step = runner.global_step = state.get("global_step", 0)
     if state.get("rng"):
-        restore_rng(state["rng"], generators)
+        restore_rng(state["rng"], training.generators)
     return state
+
+
+def _check_state(state: Any) -> None:
+    """``state=`` holds objects a checkpoint can save and a resume restore."""
+    if state is None:
+        return
+    if not isinstance(state, Mapping):
+        raise ConfigError(
+            f"state must be a dict of name -> object with state_dict() and load_state_dict(), e.g. "
+            f"state={{'hidden': holder}}, not {describe(state)}"
+        )
+    for name, obj in state.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"state's names must be strings (the checkpoint's keys), not {name!r}")
+        missing = [m for m in ("state_dict", "load_state_dict") if not callable(getattr(obj, m, None))]
+        if missing:
+            raise ConfigError(
+                f"state[{name!r}] must have state_dict() and load_state_dict() (checkpoints save the one, resume "
+                f"calls the other), but {describe(obj)} has no {' or '.join(missing)}; give it both"
+            )
+
+
+def _load_states(training: _Training, checkpoint: dict[str, Any]) -> None:
+    """Restore the callbacks' and ``state=``'s objects' states from ``checkpoint`` (its keys of :meth:`states`)."""
+    for cb, cb_state in zip(training.callbacks, checkpoint.get("callbacks") or []):
+        if cb_state and hasattr(cb, "load_state_dict"):
+            cb.load_state_dict(cb_state)
+    for name, obj in training.state.items():
+        obj.load_state_dict(checkpoint["state"][name])
 
 
 def _dry_run_batches(fast_dev_run: int | bool, resume: Any) -> int:
