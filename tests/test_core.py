@@ -420,7 +420,7 @@ def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
         train_with(tmp_path, tabular[0], lambda y_pred, y: torch.tensor(0.5))
     frozen = mlp().requires_grad_(False)
     with pytest.raises(LossError, match="the model needs parameters with requires_grad=True"):
-        Runner(frozen, nn.CrossEntropyLoss(), torch.optim.SGD(mlp().parameters(), lr=0.1), quiet=True)(
+        Runner(frozen, nn.CrossEntropyLoss(), torch.optim.SGD(frozen.parameters(), lr=0.1), quiet=True)(
             tabular[0]
         )
 
@@ -437,6 +437,61 @@ def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
 
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         train_with(tmp_path, tabular[0], loss_fn=lambda y_pred, y: y_pred.sum(), model=Inplace())
+
+
+def test_inputs_and_labels_that_do_not_fit_the_model_are_named(tmp_path):
+    """Found in the batch the model or the loss fails on (free until then): one line naming what and the fix."""
+    x, y = make_classification(64)
+
+    def train(x, y, model=None, **kw):
+        return train_with(
+            tmp_path / str(len(list(tmp_path.iterdir()))),
+            DataLoader(TensorDataset(x, y), batch_size=32),
+            model=model,
+            **kw,
+        )
+
+    with pytest.raises(BatchError, match=(
+        r"^epoch 1, batch 1 of loader 'train': the model failed \(mat1 and mat2 shapes cannot be multiplied \(32x10 and 16x32\)\): "
+        r"the inputs Tensor\(32, 10\) float32 have 10 features, but the model's first layer Linear\(16, 32\) takes 16; "
+        r"give it inputs of 16 features, or build the model for 10$"
+    )):  # fmt: skip
+        train(x[:, :10], y)
+    with pytest.raises(BatchError, match=(
+        r"^epoch 1, batch 1 of loader 'train': the model failed \(.*\): the inputs are float64 and the model's weights "
+        r"float32; convert the inputs to float32 \(x.to\(torch.float32\), e.g. in the Dataset\), or the model with model.to\(torch.float64\)$"
+    )):  # fmt: skip
+        train(x.double(), y)
+    with pytest.raises(
+        BatchError,
+        match=r"the inputs Tensor\(32, 1, 32, 32\) float32 have 1 channels, but the model's first layer Conv2d\(3, 6\) takes 3",
+    ):
+        train(torch.randn(64, 1, 32, 32), y, model=CVModel())
+    late = y.clone()
+    late[40] = 7  # in the second batch: the first trained well
+    with pytest.raises(LossError, match=(
+        r"^epoch 1, batch 2 of loader 'train': label 7 is out of range for the model's 3 outputs \(classes 0 to 2\); "
+        r"check the data's labels, or build the model with 8 or more outputs$"
+    )):  # fmt: skip
+        train(x, late, loss_fn=nn.CrossEntropyLoss())
+    negative = y.clone()
+    negative[:32] = torch.where(
+        negative[:32] == 0, -100, negative[:32]
+    )  # CrossEntropyLoss's ignore_index: fine
+    negative[3] = -1
+    with pytest.raises(LossError, match=r"^epoch 1, batch 1 of loader 'train': label -1 is out of range"):
+        train(x, negative, loss_fn=nn.CrossEntropyLoss())
+
+    class Broken(nn.Module):  # inputs that fit, a model that fails: its own error, as it is
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            raise RuntimeError("a bug in forward")
+
+    with pytest.raises(RuntimeError, match="^a bug in forward$"):
+        train(x, y, model=Broken())
 
 
 def test_a_loss_that_does_not_fit_the_outputs_names_both(tabular, tmp_path):
@@ -498,11 +553,30 @@ def test_every_batch_skipped_is_an_error(tabular, tmp_path):
         ({"loggers": "csv"}, r"loggers must be a list, e.g. loggers=\['csv'\], not str"),
         ({"callbacks": object()}, r"callbacks must be a list, e.g. callbacks=\[...\], not object"),
         ({"save_dir": None}, r"save_dir must be a directory path \(str or Path\), not NoneType"),
+        ({"model": None}, r"^model must be a torch.nn.Module, not NoneType$"),
+        ({"model": "mlp"}, r"^model must be a torch.nn.Module, not str; build it first, e.g. xt_training.create_model\('mlp'\)$"),
+        ({"model": nn.Linear}, r"^model is the class Linear; pass an instance"),
+        ({"model": "meta"}, r"^the model's weights are on the meta device \(shapes without values\); give them values before training: model.to_empty"),
+        ({"optimizer": "another model's"}, r"^the optimizer updates none of the model's parameters \(it was built over another model's\), so training would change nothing; build it over this model: SGD\(model.parameters\(\), ...\)$"),
+        ({"scheduler": "the optimizer"}, r"^scheduler is an optimizer \(SGD\), not an LR scheduler; pass a scheduler built over the optimizer, e.g. scheduler=torch.optim.lr_scheduler.StepLR"),
+        ({"scheduler": "another optimizer's"}, r"^the scheduler \(StepLR\) changes the learning rate of another optimizer than the one passed; build it over"),
+        ({"eval_metrics": {"acc": "accuracy"}}, r"^metric 'acc' is the name 'accuracy', not a metric; pass the metric itself, e.g. \{'acc': xt_training.create_metric\('accuracy'\)\}"),
+        ({"eval_metrics": {"acc": 3}}, r"^metric 'acc' is the int 3, not a metric; pass an object with update\(y_pred, y\), compute\(\) and reset\(\)"),
     ],
-)
+)  # fmt: skip
 def test_bad_arguments_fail_before_training(tabular, tmp_path, options, message):
     model = mlp()
+    if options.get("model") == "meta":  # built without values, as for loading large weights later
+        with torch.device("meta"):
+            options = {"model": mlp()}
+    if options.get("optimizer") == "another model's":  # the loss would stay as it is, epoch after epoch
+        options = {"optimizer": torch.optim.SGD(mlp().parameters(), lr=0.1)}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if options.get("scheduler") == "the optimizer":  # it has step() too: each epoch would step it once more
+        options = {"scheduler": torch.optim.SGD(model.parameters(), lr=0.1)}
+    if options.get("scheduler") == "another optimizer's":  # this optimizer's learning rate would never change
+        other = torch.optim.SGD(model.parameters(), lr=0.1)
+        options = {"scheduler": torch.optim.lr_scheduler.StepLR(other, step_size=1)}
     args = {
         "save_dir": tmp_path / "run",
         "train_loader": tabular[0],
@@ -576,8 +650,9 @@ def test_non_finite_loss_names_epoch_step_and_loader(tabular, tmp_path):
     with pytest.raises(NonFiniteLossError, match="the loss is nan at epoch 1, step 7 of loader 'train'"):
         train_with(tmp_path, tabular[0], loss_fn, log_every_n_steps=5)
     calls.clear()  # a Runner called outside F.train has no epochs to name
+    model = mlp()
     runner = Runner(
-        mlp(), loss_fn, torch.optim.SGD(mlp().parameters(), lr=0.1), quiet=True, log_every_n_steps=5
+        model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), quiet=True, log_every_n_steps=5
     )
     with pytest.raises(NonFiniteLossError, match="the loss is nan at step 7 of loader 'train'"):
         runner(tabular[0])

@@ -25,6 +25,10 @@ class ConfigError(XtError, ValueError):
     """An argument, option or configuration value is invalid."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument is of the wrong kind (a str where a model or a metric belongs); ``except TypeError`` catches it too."""
+
+
 class BatchError(XtError, TypeError):
     """A loader yielded a batch the loop cannot unpack."""
 
