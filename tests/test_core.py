@@ -223,6 +223,17 @@ def test_test_save_dir_writes_results_loadable_with_weights_only(tabular, tmp_pa
     assert json.loads((tmp_path / "test_results.json").read_text())["test"]["acc"] >= 0
 
 
+def test_f_test_with_nothing_to_report_says_so(tabular, tmp_path):
+    with pytest.raises(ConfigError, match=(
+        r"^F.test has nothing to report on loader 'test': no loss \(loss_fn=None, and the model's output carries no "
+        r"\.loss\) and no eval_metrics; pass a loss_fn, eval_metrics=\{'acc': \.\.\.\}, or save_dir=\.\.\. to keep the predictions$"
+    )):  # fmt: skip
+        F.test({"test": tabular[1]}, mlp(), quiet=True)
+    # the predictions it keeps are something to report
+    assert F.test({"test": tabular[1]}, mlp(), save_dir=tmp_path, quiet=True) == {"test": {}}
+    assert torch.load(tmp_path / "results.pt", weights_only=True)["test"]["preds"].shape == (128, 3)
+
+
 def test_runner_trains_when_model_is_training_and_evaluates_otherwise(tabular):
     train, val, _, _ = tabular
     model = mlp()
