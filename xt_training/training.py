@@ -583,6 +583,8 @@ class _Training:
         run.global_step = runner.global_step
         # the epoch's table before the callbacks: what one prints (early stopping) follows the epoch it is about
         runner.loggers.end_epoch(run.epoch, row, runner.global_step)
+        if isinstance(row[run.monitor], float) and not math.isfinite(row[run.monitor]):  # said, not silent
+            runner._notice_once(run.monitor, _NONFINITE_MONITOR)
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", _noop)(run, row)
         # one rank's callback (a time budget, a file it reads) stops every rank: one that trained on
@@ -636,6 +638,13 @@ class _Training:
                 getattr(cb, "on_train_end", _noop)(self.run, status)
             self.runner.loggers.end_run(status)
         self.runner.loggers.close()
+
+
+#: the notice of a monitored value that is NaN or infinite (a NaN in the validation data: training goes on)
+_NONFINITE_MONITOR = (
+    "NaN or infinite, so it cannot improve: best.pt is not updated in such epochs (none is written until a "
+    "finite value), and history.json writes it as null; check the data and the model's outputs for NaN/inf"
+)
 
 
 def model_summary(model: torch.nn.Module) -> dict[str, Any]:
