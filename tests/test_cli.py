@@ -286,6 +286,24 @@ def test_xt_test_checkpoint_takes_best_last_or_a_file(tmp_path):
     )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_xt_test_names_what_a_checkpoint_that_is_none_is(tmp_path):
+    """A directory or a TorchScript model given as the checkpoint: one line saying what it is, no traceback."""
+    run = tmp_path / "r"
+    invoke(*TINY, "--epochs", "1", "--save-dir", str(run), code=0)
+    script = tmp_path / "model.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(20, 2)), script)
+    for args, message in [
+        (["--checkpoint", str(script)], f"'{script}' is a TorchScript model (torch.jit.save), a whole model, not a checkpoint of weights; load it with torch.jit.load('{script}')"),
+        (["--checkpoint", str(run / "checkpoints")], f"'{run}/checkpoints' is a folder of checkpoints, not a run directory; pass one of them: {run}/checkpoints/best.pt, {run}/checkpoints/last.pt"),
+    ]:  # fmt: skip
+        result = invoke("test", str(run), *args)
+        assert result.output.startswith(f"xt: error: {message}") and result.output.count("\n") == 1, (
+            result.output
+        )
+        assert "Traceback" not in result.output
+
+
 # --- config files ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_template_train_and_test_a_python_config_file(tmp_path):

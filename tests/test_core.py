@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -688,7 +689,12 @@ def test_corrupt_and_unsafe_checkpoints(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": mlp().state_dict()}, path)
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="ckpt.pt' is truncated or corrupt .*use an earlier checkpoint"):
+    with pytest.raises(CheckpointError, match=r"ckpt.pt' is truncated or corrupt \(.*\); retrain$"):
+        load_checkpoint(path, mlp())
+    torch.save(
+        {"model": mlp().state_dict()}, tmp_path / "other.pt"
+    )  # the fix names the checkpoints beside it
+    with pytest.raises(CheckpointError, match=r"\); use another checkpoint \(other.pt there\) or retrain$"):
         load_checkpoint(path, mlp())
 
     marker = tmp_path / "code-ran"
@@ -701,6 +707,42 @@ def test_corrupt_and_unsafe_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="holds objects other than tensors .* was refused"):
         load_checkpoint(path, mlp())
     assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
+    """A TorchScript or exported model is no corrupt checkpoint, nor is a directory a missing one."""
+    torch.jit.save(torch.jit.script(mlp()), tmp_path / "model.torchscript.pt")
+    torch.export.save(torch.export.export(mlp(), (torch.randn(2, 16),)), tmp_path / "model.pt2")
+    for name, saved, loader in [
+        ("model.torchscript.pt", r"a TorchScript model \(torch.jit.save\)", "torch.jit.load"),
+        ("model.pt2", r"an exported program \(torch.export.save\)", "torch.export.load"),
+    ]:
+        path = tmp_path / name
+        with pytest.raises(CheckpointError, match=(
+            f"^'{re.escape(str(path))}' is {saved}, a whole model, not a checkpoint of weights; load it with "
+            f"{loader}\\('{re.escape(str(path))}'\\), or pass a checkpoint such as RUN_DIR/checkpoints/best.pt$"
+        )):  # fmt: skip
+            load_checkpoint(path, mlp())
+    train_with(tmp_path / "run", DataLoader(TensorDataset(*make_classification(64)), batch_size=32))
+    with pytest.raises(CheckpointError, match=(
+        r"^'.*run' is a directory, not a checkpoint file; pass a checkpoint file, one of its: .*run/checkpoints/best.pt, "
+        r".*run/checkpoints/last.pt$"
+    )):  # fmt: skip
+        load_checkpoint(tmp_path / "run", mlp())
+    with pytest.raises(
+        CheckpointError,
+        match=r"^'.*empty' is a directory, not a checkpoint file; pass a checkpoint file, e.g. RUN_DIR/checkpoints/best.pt$",
+    ):
+        (tmp_path / "empty").mkdir()
+        load_checkpoint(tmp_path / "empty", mlp())
+    # F.test's checkpoint_path takes a run directory; its checkpoints/ folder is not one
+    with pytest.raises(
+        CheckpointError,
+        match=r"^'.*run/checkpoints' is a folder of checkpoints, not a run directory; pass one of them: .*best.pt, .*last.pt$",
+    ):
+        F.test({"test": DataLoader(TensorDataset(*make_classification(64)), batch_size=32)}, mlp(), TF.cross_entropy,
+               checkpoint_path=tmp_path / "run" / "checkpoints", quiet=True)  # fmt: skip
 
 
 def test_runner_without_optimizer_in_training_mode(tabular):

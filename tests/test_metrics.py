@@ -290,7 +290,9 @@ def test_size_only_metric_failure_names_the_metric():
 
 def test_not_a_metric():
     # one line naming the fix; a ConfigError (the CLI's bad input, exit 2) that `except TypeError` still catches
-    with pytest.raises(ConfigError, match=r"^metric 'x' is the int 3, not a metric; pass an object with update") as e:
+    with pytest.raises(
+        ConfigError, match=r"^metric 'x' is the int 3, not a metric; pass an object with update"
+    ) as e:
         metrics.as_metric(3, "x")
     assert isinstance(e.value, TypeError)
     with pytest.raises(

@@ -167,6 +167,11 @@ def test_xt_plot_to_an_unwritable_or_unknown_file_is_one_line(run_dir, tmp_path)
         result = CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(out)])
         assert result.exit_code == 2 and result.output.startswith("xt: error: cannot "), result.output
         assert message in result.output and result.output.count("\n") == 1, result.output
+    # the same from Python: no CLI option (-o FILE) in the message
+    with pytest.raises(ConfigError, match=r"^cannot write '.*c.png' \(.*\); choose another output path$"):
+        report.plot(run_dir, out=blocked)
+    with pytest.raises(ConfigError, match=r"; give an output path ending in .png, .svg or .pdf$"):
+        report.plot(run_dir, out=tmp_path / "c.txt")
     result = CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(tmp_path / "curves")])
     assert result.output == f"wrote {tmp_path / 'curves.png'}\n"  # the file matplotlib writes
     assert png_size(tmp_path / "curves.png")[0] > 0

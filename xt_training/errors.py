@@ -45,6 +45,15 @@ class CheckpointError(XtError, RuntimeError):
     """A checkpoint is missing, corrupt, unsafe or does not fit the model."""
 
 
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint file that torch cannot read (truncated or corrupt). ``problem`` is the message without its
+    fix, for a caller that knows a better one (a resume offers the run's intact ``best.pt``)."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
+
+
 class NonFiniteLossError(XtError, FloatingPointError):
     """The loss, or the weights or optimizer state, became NaN or infinite."""
 

@@ -23,9 +23,7 @@ def check_writable(path: Path) -> None:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as e:
-        raise ConfigError(
-            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
-        ) from None
+        raise ConfigError(f"cannot write '{path}' ({e.strerror or e}); choose another output path") from None
 
 
 def atomic_write(path: str | os.PathLike[str], write: Any) -> None:

@@ -27,7 +27,7 @@ from ._version import __version__
 from .batch import describe
 from .callbacks import Run
 from .checkpoint import load_checkpoint, nonfinite, read_checkpoint, save_checkpoint, unwrap_model
-from .errors import ConfigError, NonFiniteLossError
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, UnreadableCheckpointError
 from .exporting import check_format, export_trained
 from .files import BackgroundWriter, atomic_link, jsonable, prepare_dir, write_json
 from .loggers import create as create_logger
@@ -429,9 +429,14 @@ class _Training:
         run, runner, last = self.run, self.runner, self.ckpt_dir / LAST
         if resume and (resume is not True or last.exists()):
             path = Path(resume) if resume is not True else last
-            self.position = _restore(
-                path, run, runner, self.callbacks, self.scheduler, self.config, self.generators
-            )
+            try:
+                self.position = _restore(
+                    path, run, runner, self.callbacks, self.scheduler, self.config, self.generators
+                )
+            except UnreadableCheckpointError as error:
+                if resume is not True:
+                    raise
+                raise UnreadableCheckpointError(error.problem, _resume_from_best(run.save_dir)) from None
         start = run.epoch + 1
         # resumed with no more epochs than it has: a finished run is complete (a no-op: retried jobs stay
         # idempotent), fewer epochs than it trained are a mistake
@@ -826,6 +831,23 @@ def _restore(
     if state.get("rng"):
         restore_rng(state["rng"], generators)
     return state.get("position")
+
+
+def _resume_from_best(save_dir: Path) -> str:
+    """How to resume from the run's ``best.pt`` when its ``last.pt`` cannot be read, or to retrain."""
+    best, last = checkpoints_dir(save_dir) / BEST, checkpoints_dir(save_dir) / LAST
+    try:  # a hard link of the same file is as unreadable
+        epoch = None if best.samefile(last) else read_checkpoint(best).get("epoch")
+    except (OSError, CheckpointError):
+        epoch = None
+    if epoch is None:
+        return "no other checkpoint of the run is intact: retrain"
+    how = (
+        f"`cp {best} {last}`, then `xt run --resume {save_dir}`"
+        if (save_dir / CONFIG_FILE).is_file()
+        else f"F.train(..., resume='{best}')"
+    )
+    return f"its best.pt (epoch {epoch}) is intact: resume from there with {how}, or retrain"
 
 
 def _dry_run_batches(fast_dev_run: int | bool, resume: Any) -> int:
