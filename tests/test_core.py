@@ -514,8 +514,10 @@ def test_a_loss_that_does_not_fit_the_outputs_names_both(tabular, tmp_path):
     ):
         with pytest.warns(UserWarning, match="target size"):  # torch's own warning comes first
             train_with(tmp_path, tabular[0], nn.MSELoss())
-    # the model's own errors stay as they are
-    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+    # inputs the model was not built for are named as such (test_inputs_and_labels_that_do_not_fit_...)
+    with pytest.raises(
+        BatchError, match="have 16 features, but the model's first layer Linear\\(5, 32\\) takes 5"
+    ):
         train_with(tmp_path, tabular[0], model=mlp(features=5))
 
 

@@ -26,7 +26,7 @@ class ConfigError(XtError, ValueError):
 
 
 class ConfigTypeError(ConfigError, TypeError):
-    """An argument is of the wrong kind (a str where a model or a metric belongs); ``except TypeError`` catches it too."""
+    """An argument is of the wrong kind (a number where a metric belongs); ``except TypeError`` catches it too."""
 
 
 class BatchError(XtError, TypeError):

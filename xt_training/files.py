@@ -23,7 +23,13 @@ def check_writable(path: Path) -> None:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as e:
-        raise ConfigError(f"cannot write '{path}' ({e.strerror or e}); choose another output path") from None
+        # mkdir says "File exists" where a folder on the path is a file
+        why = (
+            "a folder on its path is a file"
+            if isinstance(e, (FileExistsError, NotADirectoryError))
+            else e.strerror
+        )
+        raise ConfigError(f"cannot write '{path}' ({why or e}); choose another output path") from None
 
 
 def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
