@@ -570,6 +570,7 @@ def test_every_batch_skipped_is_an_error(tabular, tmp_path):
         ({"model": None}, r"^model must be a torch.nn.Module, not NoneType$"),
         ({"model": "mlp"}, r"^model must be a torch.nn.Module, not str; build it first, e.g. xt_training.create_model\('mlp'\)$"),
         ({"model": nn.Linear}, r"^model is the class Linear; pass an instance"),
+        ({"model": nn.Sequential(nn.LazyLinear(3))}, r"^the model has uninitialized parameters \(a lazy module, e.g. LazyLinear, takes its shape from its first input\); run one batch through it first"),
         ({"model": "meta"}, r"^the model's weights are on the meta device \(shapes without values\); give them values before training: model.to_empty"),
         ({"optimizer": "another model's"}, r"^the optimizer updates none of the model's parameters \(it was built over another model's\), so training would change nothing; build it over this model: SGD\(model.parameters\(\), ...\)$"),
         ({"scheduler": "the optimizer"}, r"^scheduler is an optimizer \(SGD\), not an LR scheduler; pass a scheduler built over the optimizer, e.g. scheduler=torch.optim.lr_scheduler.StepLR"),

@@ -88,8 +88,9 @@ def check_instance(name: str, obj: Any) -> None:
 
 
 def check_model(model: Any, optimizer: Any = None, loss_fn: Any = None) -> None:
-    """A model that is none (None, a name), one without values (on the meta device), or an optimizer that
-    updates none of its parameters: the first two fail deep in torch, the last trains nothing without a word."""
+    """A model that is none (None, a name), one without values (on the meta device, or lazy and not yet run),
+    or an optimizer that updates none of its parameters: the first two fail deep in torch, the last trains
+    nothing without a word."""
     check_instance("model", model)
     if not isinstance(model, torch.nn.Module):
         hint = f"; build it first, e.g. xt_training.create_model({model!r})" if isinstance(model, str) else ""
@@ -98,6 +99,11 @@ def check_model(model: Any, optimizer: Any = None, loss_fn: Any = None) -> None:
         raise ConfigError(
             "the model's weights are on the meta device (shapes without values); give them values before "
             "training: model.to_empty(device='cpu') and initialize them, or load a checkpoint into it"
+        )
+    if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise ConfigError(
+            "the model has uninitialized parameters (a lazy module, e.g. LazyLinear, takes its shape from its first "
+            "input); run one batch through it first, e.g. model(x[:1]), then build the optimizer over its parameters"
         )
     theirs = _parameters(optimizer)
     ours = {id(p) for m in (model, loss_fn) if isinstance(m, torch.nn.Module) for p in m.parameters()}

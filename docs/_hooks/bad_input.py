@@ -341,6 +341,7 @@ def cases() -> list[Case]:
         Case("no model", "F.train(..., model=None)", _call(_train, model=None)),
         Case("a model's name where the model belongs", "F.train(..., model='mlp')", _call(_train, model="mlp")),
         Case("a model on the meta device", "F.train(...) of a model built under torch.device('meta')", _meta_model),
+        Case("a lazy model not yet run", "F.train(..., model=nn.Sequential(nn.LazyLinear(3)))", _lazy_model),
         Case("an optimizer over another model's parameters", "F.train(..., model, optimizer=SGD(other.parameters()))",
              lambda: _train(optimizer=__import__("torch").optim.SGD(_tiny()[0].parameters(), lr=0.1))),
         Case("an optimizer where the scheduler belongs", "F.train(..., scheduler=torch.optim.SGD(...))",
@@ -446,6 +447,13 @@ def _meta_model() -> Any:
 
     with torch.device("meta"):  # shapes without values, as for loading large weights later
         model = _tiny()[0]
+    return _train(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def _lazy_model() -> Any:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.LazyLinear(3))  # its weights take their shape from its first input
     return _train(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 
