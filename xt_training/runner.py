@@ -341,9 +341,8 @@ class Runner:
         # a loss of reduction='sum' is a batch's sum already: the pass's loss is the sum over its examples
         self.summed_loss = getattr(loss_fn, "reduction", None) == "sum"
         self.forward_fn = default_forward if forward_fn is None else checked_forward(forward_fn)
-        self.feeds_x = (
-            forward_fn is None
-        )  # the model gets x of (x, y) batches: an error can say what in x does not fit
+        # the model gets the x of (x, y) batches: an error in its forward can say what in x does not fit
+        self.feeds_x = forward_fn is None
         if loss_fn is None:  # the model's own loss, where its output carries one
             model_loss = ModelLoss(forward_output if forward_fn is None else self.forward_fn)
             self.forward_fn, self.loss_fn = model_loss.forward, model_loss
@@ -874,29 +873,20 @@ def _unfit_inputs(model: torch.nn.Module, batch: Any) -> str | None:
         )
     layers = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.RNNBase)
     first = next((m for m in model.modules() if isinstance(m, layers)), None)
-    if isinstance(first, torch.nn.Linear):
-        size, takes, what, out = (
-            x.shape[-1] if x.ndim else 1,
-            first.in_features,
-            "features",
-            first.out_features,
-        )
+    if isinstance(first, torch.nn.modules.conv._ConvNd):
+        what, size, io = "channels", x.shape[1] if x.ndim > 1 else 0, (first.in_channels, first.out_channels)
+    elif isinstance(first, torch.nn.Linear):
+        what, size, io = "features", x.shape[-1] if x.ndim else 1, (first.in_features, first.out_features)
     elif isinstance(first, torch.nn.RNNBase):
-        size, takes, what, out = x.shape[-1] if x.ndim else 1, first.input_size, "features", first.hidden_size
-    elif isinstance(first, torch.nn.modules.conv._ConvNd):
-        size, takes, what, out = (
-            x.shape[1] if x.ndim > 1 else 0,
-            first.in_channels,
-            "channels",
-            first.out_channels,
-        )
+        what, size, io = "features", x.shape[-1] if x.ndim else 1, (first.input_size, first.hidden_size)
     else:
         return None
+    takes = io[0]
     if size == takes:
         return None
     return (
-        f"the inputs {describe(x)} have {size} {what}, but the model's first layer {type(first).__name__}({takes}, "
-        f"{out}) takes {takes}; give it inputs of {takes} {what}, or build the model for {size}"
+        f"the inputs {describe(x)} have {size} {what}, but the model's first layer {type(first).__name__}{io} "
+        f"takes {takes}; give it inputs of {takes} {what}, or build the model for {size}"
     )
 
 
