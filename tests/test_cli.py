@@ -286,6 +286,24 @@ def test_xt_test_checkpoint_takes_best_last_or_a_file(tmp_path):
     )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_xt_test_names_what_a_checkpoint_that_is_none_is(tmp_path):
+    """A directory or a TorchScript model given as the checkpoint: one line saying what it is, no traceback."""
+    run = tmp_path / "r"
+    invoke(*TINY, "--epochs", "1", "--save-dir", str(run), code=0)
+    script = tmp_path / "model.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(20, 2)), script)
+    for args, message in [
+        (["--checkpoint", str(script)], f"'{script}' is a TorchScript model (torch.jit.save), a whole model, not a checkpoint of weights; load it with torch.jit.load('{script}')"),
+        (["--checkpoint", str(run / "checkpoints")], f"'{run}/checkpoints' is a folder of checkpoints, not a run directory; pass one of them: {run}/checkpoints/best.pt, {run}/checkpoints/last.pt"),
+    ]:  # fmt: skip
+        result = invoke("test", str(run), *args)
+        assert result.output.startswith(f"xt: error: {message}") and result.output.count("\n") == 1, (
+            result.output
+        )
+        assert "Traceback" not in result.output
+
+
 # --- config files ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_template_train_and_test_a_python_config_file(tmp_path):
@@ -459,6 +477,52 @@ def test_bad_input_is_one_line_and_exit_2(bad_files, args, message):
     assert len(lines) == 1 and lines[0].startswith("xt: error: "), result.output
     assert message in lines[0]
     assert "Traceback" not in result.output
+
+
+CONFIG = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+x, y = torch.randn(64, 16), torch.randint(0, 3, (64,))
+train_loader = DataLoader(TensorDataset(x, y), batch_size=32)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+loss_fn = torch.nn.CrossEntropyLoss()
+epochs = 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("train_loader = DataLoader(TensorDataset(x[:, :10], y), batch_size=32)",
+         "epoch 1, batch 1 of loader 'train': the model failed (mat1 and mat2 shapes cannot be multiplied (32x10 and 16x8)): the inputs Tensor(32, 10) float32 have 10 features, but the model's first layer Linear(16, 8) takes 16; give it inputs of 16 features, or build the model for 10"),
+        ("train_loader = DataLoader(TensorDataset(x.double(), y), batch_size=32)",
+         "the inputs are float64 and the model's weights float32; convert the inputs to float32"),
+        ("y[40] = 7", "epoch 1, batch 2 of loader 'train': label 7 is out of range for the model's 3 outputs (classes 0 to 2)"),
+        ("model = None", "model must be a torch.nn.Module, not NoneType"),
+        ("model = 'mlp'", "model must be a torch.nn.Module, not str; build it first, e.g. xt_training.create_model('mlp')"),
+        ("with torch.device('meta'):\n    model = torch.nn.Linear(16, 3)\noptimizer = torch.optim.SGD(model.parameters(), lr=0.1)",
+         "the model's weights are on the meta device (shapes without values); give them values before training"),
+        ("eval_metrics = {'acc': 'accuracy'}", "metric 'acc' is the name 'accuracy', not a metric; pass the metric itself"),
+        ("eval_metrics = {'acc': 3}", "metric 'acc' is the int 3, not a metric; pass an object with update(y_pred, y)"),
+        ("optimizer = torch.optim.SGD(torch.nn.Linear(16, 3).parameters(), lr=0.1)",
+         "the optimizer updates none of the model's parameters (it was built over another model's), so training would change nothing; build it over this model: SGD(model.parameters(), ...)"),
+        ("scheduler = torch.optim.SGD(model.parameters(), lr=0.1)",
+         "scheduler is an optimizer (SGD), not an LR scheduler; pass a scheduler built over the optimizer"),
+    ],
+)  # fmt: skip
+def test_bad_input_of_a_config_file_is_one_line_and_exit_2(tmp_path, change, message):
+    """F.train's bad input through `xt train`: xt-training's own one line, not a traceback or a failure in code."""
+    (tmp_path / "c.py").write_text(CONFIG + change + "\n")
+    result = invoke("train", str(tmp_path / "c.py"), "--save-dir", str(tmp_path / "run"), "-q")
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("xt: error: ") and message in lines[-1], result.output
+    assert "Traceback" not in result.output
+    assert all(line.startswith("training failed in epoch 1; the weights") for line in lines[:-1]), (
+        result.output
+    )
 
 
 def test_no_arguments_prints_help():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -224,6 +225,17 @@ def test_test_save_dir_writes_results_loadable_with_weights_only(tabular, tmp_pa
     assert json.loads((tmp_path / "test_results.json").read_text())["test"]["acc"] >= 0
 
 
+def test_f_test_with_nothing_to_report_says_so(tabular, tmp_path):
+    with pytest.raises(ConfigError, match=(
+        r"^F.test has nothing to report on loader 'test': no loss \(loss_fn=None, and the model's output carries no "
+        r"\.loss\) and no eval_metrics; pass a loss_fn, eval_metrics=\{'acc': \.\.\.\}, or save_dir=\.\.\. to keep the predictions$"
+    )):  # fmt: skip
+        F.test({"test": tabular[1]}, mlp(), quiet=True)
+    # the predictions it keeps are something to report
+    assert F.test({"test": tabular[1]}, mlp(), save_dir=tmp_path, quiet=True) == {"test": {}}
+    assert torch.load(tmp_path / "results.pt", weights_only=True)["test"]["preds"].shape == (128, 3)
+
+
 def test_runner_trains_when_model_is_training_and_evaluates_otherwise(tabular):
     train, val, _, _ = tabular
     model = mlp()
@@ -421,7 +433,7 @@ def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
         train_with(tmp_path, tabular[0], lambda y_pred, y: torch.tensor(0.5))
     frozen = mlp().requires_grad_(False)
     with pytest.raises(LossError, match="the model needs parameters with requires_grad=True"):
-        Runner(frozen, nn.CrossEntropyLoss(), torch.optim.SGD(mlp().parameters(), lr=0.1), quiet=True)(
+        Runner(frozen, nn.CrossEntropyLoss(), torch.optim.SGD(frozen.parameters(), lr=0.1), quiet=True)(
             tabular[0]
         )
 
@@ -440,6 +452,61 @@ def test_a_loss_that_cannot_train_is_named(tabular, tmp_path):
         train_with(tmp_path, tabular[0], loss_fn=lambda y_pred, y: y_pred.sum(), model=Inplace())
 
 
+def test_inputs_and_labels_that_do_not_fit_the_model_are_named(tmp_path):
+    """Found in the batch the model or the loss fails on (free until then): one line naming what and the fix."""
+    x, y = make_classification(64)
+
+    def train(x, y, model=None, **kw):
+        return train_with(
+            tmp_path / str(len(list(tmp_path.iterdir()))),
+            DataLoader(TensorDataset(x, y), batch_size=32),
+            model=model,
+            **kw,
+        )
+
+    with pytest.raises(BatchError, match=(
+        r"^epoch 1, batch 1 of loader 'train': the model failed \(mat1 and mat2 shapes cannot be multiplied \(32x10 and 16x32\)\): "
+        r"the inputs Tensor\(32, 10\) float32 have 10 features, but the model's first layer Linear\(16, 32\) takes 16; "
+        r"give it inputs of 16 features, or build the model for 10$"
+    )):  # fmt: skip
+        train(x[:, :10], y)
+    with pytest.raises(BatchError, match=(
+        r"^epoch 1, batch 1 of loader 'train': the model failed \(.*\): the inputs are float64 and the model's weights "
+        r"float32; convert the inputs to float32 \(x.to\(torch.float32\), e.g. in the Dataset\), or the model with model.to\(torch.float64\)$"
+    )):  # fmt: skip
+        train(x.double(), y)
+    with pytest.raises(
+        BatchError,
+        match=r"the inputs Tensor\(32, 1, 32, 32\) float32 have 1 channels, but the model's first layer Conv2d\(3, 6\) takes 3",
+    ):
+        train(torch.randn(64, 1, 32, 32), y, model=CVModel())
+    late = y.clone()
+    late[40] = 7  # in the second batch: the first trained well
+    with pytest.raises(LossError, match=(
+        r"^epoch 1, batch 2 of loader 'train': label 7 is out of range for the model's 3 outputs \(classes 0 to 2\); "
+        r"check the data's labels, or build the model with 8 or more outputs$"
+    )):  # fmt: skip
+        train(x, late, loss_fn=nn.CrossEntropyLoss())
+    negative = y.clone()
+    negative[:32] = torch.where(
+        negative[:32] == 0, -100, negative[:32]
+    )  # CrossEntropyLoss's ignore_index: fine
+    negative[3] = -1
+    with pytest.raises(LossError, match=r"^epoch 1, batch 1 of loader 'train': label -1 is out of range"):
+        train(x, negative, loss_fn=nn.CrossEntropyLoss())
+
+    class Broken(nn.Module):  # inputs that fit, a model that fails: its own error, as it is
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            raise RuntimeError("a bug in forward")
+
+    with pytest.raises(RuntimeError, match="^a bug in forward$"):
+        train(x, y, model=Broken())
+
+
 def test_a_loss_that_does_not_fit_the_outputs_names_both(tabular, tmp_path):
     with pytest.raises(
         LossError,
@@ -448,8 +515,10 @@ def test_a_loss_that_does_not_fit_the_outputs_names_both(tabular, tmp_path):
     ):
         with pytest.warns(UserWarning, match="target size"):  # torch's own warning comes first
             train_with(tmp_path, tabular[0], nn.MSELoss())
-    # the model's own errors stay as they are
-    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+    # inputs the model was not built for are named as such (test_inputs_and_labels_that_do_not_fit_...)
+    with pytest.raises(
+        BatchError, match="have 16 features, but the model's first layer Linear\\(5, 32\\) takes 5"
+    ):
         train_with(tmp_path, tabular[0], model=mlp(features=5))
 
 
@@ -504,11 +573,31 @@ def test_every_batch_skipped_is_an_error(tabular, tmp_path):
         ({"loggers": "csv"}, r"loggers must be a list, e.g. loggers=\['csv'\], not str"),
         ({"callbacks": object()}, r"callbacks must be a list, e.g. callbacks=\[...\], not object"),
         ({"save_dir": None}, r"save_dir must be a directory path \(str or Path\), not NoneType"),
+        ({"model": None}, r"^model must be a torch.nn.Module, not NoneType$"),
+        ({"model": "mlp"}, r"^model must be a torch.nn.Module, not str; build it first, e.g. xt_training.create_model\('mlp'\)$"),
+        ({"model": nn.Linear}, r"^model is the class Linear; pass an instance"),
+        ({"model": nn.Sequential(nn.LazyLinear(3))}, r"^the model has uninitialized parameters \(a lazy module, e.g. LazyLinear, takes its shape from its first input\); run one batch through it first"),
+        ({"model": "meta"}, r"^the model's weights are on the meta device \(shapes without values\); give them values before training: model.to_empty"),
+        ({"optimizer": "another model's"}, r"^the optimizer updates none of the model's parameters \(it was built over another model's\), so training would change nothing; build it over this model: SGD\(model.parameters\(\), ...\)$"),
+        ({"scheduler": "the optimizer"}, r"^scheduler is an optimizer \(SGD\), not an LR scheduler; pass a scheduler built over the optimizer, e.g. scheduler=torch.optim.lr_scheduler.StepLR"),
+        ({"scheduler": "another optimizer's"}, r"^the scheduler \(StepLR\) changes the learning rate of another optimizer than the one passed; build it over"),
+        ({"eval_metrics": {"acc": "accuracy"}}, r"^metric 'acc' is the name 'accuracy', not a metric; pass the metric itself, e.g. \{'acc': xt_training.create_metric\('accuracy'\)\}"),
+        ({"eval_metrics": {"acc": 3}}, r"^metric 'acc' is the int 3, not a metric; pass an object with update\(y_pred, y\), compute\(\) and reset\(\)"),
     ],
-)
+)  # fmt: skip
 def test_bad_arguments_fail_before_training(tabular, tmp_path, options, message):
     model = mlp()
+    if options.get("model") == "meta":  # built without values, as for loading large weights later
+        with torch.device("meta"):
+            options = {"model": mlp()}
+    if options.get("optimizer") == "another model's":  # the loss would stay as it is, epoch after epoch
+        options = {"optimizer": torch.optim.SGD(mlp().parameters(), lr=0.1)}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if options.get("scheduler") == "the optimizer":  # it has step() too: each epoch would step it once more
+        options = {"scheduler": torch.optim.SGD(model.parameters(), lr=0.1)}
+    if options.get("scheduler") == "another optimizer's":  # this optimizer's learning rate would never change
+        other = torch.optim.SGD(model.parameters(), lr=0.1)
+        options = {"scheduler": torch.optim.lr_scheduler.StepLR(other, step_size=1)}
     args = {
         "save_dir": tmp_path / "run",
         "train_loader": tabular[0],
@@ -582,8 +671,9 @@ def test_non_finite_loss_names_epoch_step_and_loader(tabular, tmp_path):
     with pytest.raises(NonFiniteLossError, match="the loss is nan at epoch 1, step 7 of loader 'train'"):
         train_with(tmp_path, tabular[0], loss_fn, log_every_n_steps=5)
     calls.clear()  # a Runner called outside F.train has no epochs to name
+    model = mlp()
     runner = Runner(
-        mlp(), loss_fn, torch.optim.SGD(mlp().parameters(), lr=0.1), quiet=True, log_every_n_steps=5
+        model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), quiet=True, log_every_n_steps=5
     )
     with pytest.raises(NonFiniteLossError, match="the loss is nan at step 7 of loader 'train'"):
         runner(tabular[0])
@@ -608,7 +698,12 @@ def test_corrupt_and_unsafe_checkpoints(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": mlp().state_dict()}, path)
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="ckpt.pt' is truncated or corrupt .*use an earlier checkpoint"):
+    with pytest.raises(CheckpointError, match=r"ckpt.pt' is truncated or corrupt \(.*\); retrain$"):
+        load_checkpoint(path, mlp())
+    torch.save(
+        {"model": mlp().state_dict()}, tmp_path / "other.pt"
+    )  # the fix names the checkpoints beside it
+    with pytest.raises(CheckpointError, match=r"\); use another checkpoint \(other.pt there\) or retrain$"):
         load_checkpoint(path, mlp())
 
     marker = tmp_path / "code-ran"
@@ -621,6 +716,42 @@ def test_corrupt_and_unsafe_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="holds objects other than tensors .* was refused"):
         load_checkpoint(path, mlp())
     assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
+    """A TorchScript or exported model is no corrupt checkpoint, nor is a directory a missing one."""
+    torch.jit.save(torch.jit.script(mlp()), tmp_path / "model.torchscript.pt")
+    torch.export.save(torch.export.export(mlp(), (torch.randn(2, 16),)), tmp_path / "model.pt2")
+    for name, saved, loader in [
+        ("model.torchscript.pt", r"a TorchScript model \(torch.jit.save\)", "torch.jit.load"),
+        ("model.pt2", r"an exported program \(torch.export.save\)", "torch.export.load"),
+    ]:
+        path = tmp_path / name
+        with pytest.raises(CheckpointError, match=(
+            f"^'{re.escape(str(path))}' is {saved}, a whole model, not a checkpoint of weights; load it with "
+            f"{loader}\\('{re.escape(str(path))}'\\), or pass a checkpoint such as RUN_DIR/checkpoints/best.pt$"
+        )):  # fmt: skip
+            load_checkpoint(path, mlp())
+    train_with(tmp_path / "run", DataLoader(TensorDataset(*make_classification(64)), batch_size=32))
+    with pytest.raises(CheckpointError, match=(
+        r"^'.*run' is a directory, not a checkpoint file; pass a checkpoint file, one of its: .*run/checkpoints/best.pt, "
+        r".*run/checkpoints/last.pt$"
+    )):  # fmt: skip
+        load_checkpoint(tmp_path / "run", mlp())
+    with pytest.raises(
+        CheckpointError,
+        match=r"^'.*empty' is a directory, not a checkpoint file; pass a checkpoint file, e.g. RUN_DIR/checkpoints/best.pt$",
+    ):
+        (tmp_path / "empty").mkdir()
+        load_checkpoint(tmp_path / "empty", mlp())
+    # F.test's checkpoint_path takes a run directory; its checkpoints/ folder is not one
+    with pytest.raises(
+        CheckpointError,
+        match=r"^'.*run/checkpoints' is a folder of checkpoints, not a run directory; pass one of them: .*best.pt, .*last.pt$",
+    ):
+        F.test({"test": DataLoader(TensorDataset(*make_classification(64)), batch_size=32)}, mlp(), TF.cross_entropy,
+               checkpoint_path=tmp_path / "run" / "checkpoints", quiet=True)  # fmt: skip
 
 
 def test_runner_without_optimizer_in_training_mode(tabular):

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from xt_training import metrics
 from xt_training.callbacks import EarlyStopping
 from xt_training.checkpoint import nonfinite, save_checkpoint
-from xt_training.errors import ConfigError, MetricError, NonFiniteLossError
+from xt_training.errors import CheckpointError, ConfigError, MetricError, NonFiniteLossError
 from xt_training.utils import functional as F
 
 # A training script with shuffling, dropout, a per-batch scheduler, Python/NumPy randomness in the data
@@ -569,3 +569,52 @@ def test_weights_that_become_nonfinite_are_never_saved(tmp_path):
         train(tmp_path / "root", Root(0.0))  # one step, a finite loss: only the check before the save sees it
     assert not (tmp_path / "root" / "checkpoints" / "last.pt").exists()
     assert (tmp_path / "root" / "checkpoints" / "crash.pt").exists()  # the weights at the failure, to inspect
+
+
+def _corrupt(path, in_place=False):
+    """Truncate a checkpoint: in place (every hard link of it too), or as a new file beside its links."""
+    data = path.read_bytes()
+    if not in_place:
+        path.unlink()
+    path.write_bytes(data[:300])
+
+
+def test_a_corrupt_last_pt_offers_the_intact_best_pt(tabular, tmp_path):
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=200",
+           "--epochs", "2", "--save-dir", "r", "-q"]  # fmt: skip
+    assert _xt(*run, cwd=tmp_path).exit_code == 0
+    last, best = tmp_path / "r" / "checkpoints" / "last.pt", tmp_path / "r" / "checkpoints" / "best.pt"
+    epoch = torch.load(best, weights_only=True)["epoch"]
+    _corrupt(last)
+    resumed = _xt("run", "--resume", "r", "--epochs", "3", cwd=tmp_path)
+    assert resumed.exit_code == 2 and resumed.output.count("\n") == 1 and "Traceback" not in resumed.output
+    assert resumed.output == (
+        "xt: error: checkpoint 'r/checkpoints/last.pt' is truncated or corrupt (PytorchStreamReader failed reading "
+        f"zip archive: failed finding central directory); its best.pt (epoch {epoch}) is intact: resume from there "
+        "with `cp r/checkpoints/best.pt r/checkpoints/last.pt`, then `xt run --resume r`, or retrain\n"
+    )
+    last.write_bytes(best.read_bytes())  # as offered
+    assert _xt("run", "--resume", "r", "--epochs", "3", "-q", cwd=tmp_path).exit_code == 0
+    assert [row["epoch"] for row in json.loads((tmp_path / "r" / "history.json").read_text())] == [1, 2, 3]
+
+    # a run of F.train is offered F.train's way; a best.pt that is the same file as last.pt is no way out
+    model = mlp()
+    args = (tabular[0], model, torch.optim.SGD(model.parameters(), lr=0.1))
+    F.train(tmp_path / "py", *args, 1, nn.CrossEntropyLoss(), quiet=True)
+    last, best = tmp_path / "py" / "checkpoints" / "last.pt", tmp_path / "py" / "checkpoints" / "best.pt"
+    _corrupt(last)
+    offer = (
+        f"its best.pt (epoch 1) is intact: resume from there with F.train(..., resume='{best}'), or retrain"
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"^checkpoint '.*last.pt' is truncated or corrupt \(.*\); " + re.escape(offer) + "$",
+    ):
+        F.train(tmp_path / "py", *args, 2, nn.CrossEntropyLoss(), quiet=True, resume=True)
+    assert (
+        F.train(tmp_path / "py", *args, 2, nn.CrossEntropyLoss(), quiet=True, resume=best)[-1]["epoch"] == 2
+    )
+    _corrupt(last, in_place=True)  # best.pt is its hard link (epoch 2 improved): as truncated
+    assert best.samefile(last)
+    with pytest.raises(CheckpointError, match=r"\); no other checkpoint of the run is intact: retrain$"):
+        F.train(tmp_path / "py", *args, 3, nn.CrossEntropyLoss(), quiet=True, resume=True)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from xt_training import Runner, metrics
-from xt_training.errors import MetricError
+from xt_training.errors import ConfigError, MetricError
 
 
 def pairwise_auc(scores: list[float], labels: list[int]) -> float:
@@ -289,8 +289,17 @@ def test_size_only_metric_failure_names_the_metric():
 
 
 def test_not_a_metric():
-    with pytest.raises(TypeError, match="metric 'x' is a int"):
+    # one line naming the fix; a ConfigError (the CLI's bad input, exit 2) that `except TypeError` still catches
+    with pytest.raises(
+        ConfigError, match=r"^metric 'x' is the int 3, not a metric; pass an object with update"
+    ) as e:
         metrics.as_metric(3, "x")
+    assert isinstance(e.value, TypeError)
+    with pytest.raises(
+        ConfigError, match=r"^metric 'acc' is the name 'accuracy', not a metric; pass the metric itself, e\.g\. "
+        r"\{'acc': xt_training\.create_metric\('accuracy'\)\}"
+    ):  # fmt: skip
+        metrics.as_metric("accuracy", "acc")
 
 
 def runner_values(y_pred_all, y_all, batch, log_every, metric):

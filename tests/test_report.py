@@ -90,6 +90,43 @@ def test_show_handles_nan_missing_values_and_an_empty_history(tmp_path):
     assert report.show(tmp_path).endswith("history (history.json, 0 epochs):\n  no completed epoch yet")
 
 
+def test_nan_in_validation_is_null_in_standard_json_and_read_back(tmp_path):
+    """A NaN in the validation data only: training goes on, the monitored value cannot improve (no best.pt),
+    which the run says; history.json and metrics.jsonl stay standard JSON (null), which every reader takes."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 6, generator=g), torch.randint(0, 2, (64,), generator=g)
+    x_val = x.clone()
+    x_val[3, 2] = float("nan")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    run = tmp_path / "run"
+    returned = F.train(run, DataLoader(TensorDataset(x, y), batch_size=32), model,
+                       torch.optim.SGD(model.parameters(), lr=0.1), 2, nn.CrossEntropyLoss(),
+                       val_loader=DataLoader(TensorDataset(x_val, y), batch_size=32),
+                       eval_metrics={"acc": metrics.Accuracy()}, loggers=["jsonl"], quiet=True)  # fmt: skip
+
+    def strict(text):  # Python's json takes NaN tokens; jq and JavaScript's JSON.parse refuse them
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+
+    rows = strict((run / "history.json").read_text())
+    assert [row["val/loss"] for row in rows] == [None, None] and all(0 <= row["val/acc"] <= 1 for row in rows)
+    assert torch.isnan(torch.tensor(returned[0]["val/loss"]))  # the history F.train returns keeps the float
+    epochs = [strict(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["val/loss"] for row in epochs if row["kind"] == "epoch"] == [None, None]
+    assert not (run / "checkpoints" / "best.pt").exists()
+    notes = (run / "notes.txt").read_text()
+    assert "val/loss: NaN or infinite, so it cannot improve: best.pt is not updated in such epochs" in notes
+    assert "history.json writes it as null" in notes
+
+    pandas = pytest.importorskip("pandas")
+    assert pandas.read_json(run / "history.json")["val/loss"].isna().all()
+    for args in (["show", str(run)], ["runs", str(tmp_path)], ["plot", str(run)]):
+        result = CliRunner().invoke(cli, args, prog_name="xt")
+        assert result.exit_code == 0, result.output
+    assert "best: none (val/loss has no value yet)" in report.show(run)
+    assert report.summary(run)["best"] is None
+
+
 def test_show_does_not_import_torch(run_dir):
     """``xt show`` must start fast: the report module reads JSON only."""
     code = f"import sys; from xt_training import report; report.show({str(run_dir)!r}); print('torch' in sys.modules)"
@@ -130,6 +167,11 @@ def test_xt_plot_to_an_unwritable_or_unknown_file_is_one_line(run_dir, tmp_path)
         result = CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(out)])
         assert result.exit_code == 2 and result.output.startswith("xt: error: cannot "), result.output
         assert message in result.output and result.output.count("\n") == 1, result.output
+    # the same from Python: no CLI option (-o FILE) in the message
+    with pytest.raises(ConfigError, match=r"^cannot write '.*c.png' \(.*\); choose another output path$"):
+        report.plot(run_dir, out=blocked)
+    with pytest.raises(ConfigError, match=r"; give an output path ending in .png, .svg or .pdf$"):
+        report.plot(run_dir, out=tmp_path / "c.txt")
     result = CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(tmp_path / "curves")])
     assert result.output == f"wrote {tmp_path / 'curves.png'}\n"  # the file matplotlib writes
     assert png_size(tmp_path / "curves.png")[0] > 0

@@ -59,10 +59,11 @@ def test_with_accumulation_a_schedule_counts_optimizer_steps_the_last_partial_gr
     F.train(tmp_path / "ok", loader(160), model, optimizer, 2, nn.CrossEntropyLoss(), scheduler=scheduler,
             scheduler_step="batch", accumulate_grad_batches=2, quiet=True)  # fmt: skip
     assert scheduler.last_epoch == scheduler.total_steps == 6  # the schedule ran to its end, no further
-    optimizer, scheduler = one_cycle(mlp(), epochs=2, steps_per_epoch=2)
+    model = mlp()  # (the optimizer over this model's parameters: another's would train nothing)
+    optimizer, scheduler = one_cycle(model, epochs=2, steps_per_epoch=2)
     with pytest.raises(ConfigError, match=r"the run takes 6 optimizer steps \(2 epochs of 3 optimizer steps "
                        r"\(accumulate_grad_batches=2\)\)"):  # fmt: skip
-        F.train(tmp_path / "short", loader(160), mlp(), optimizer, 2, nn.CrossEntropyLoss(), scheduler=scheduler,
+        F.train(tmp_path / "short", loader(160), model, optimizer, 2, nn.CrossEntropyLoss(), scheduler=scheduler,
                 scheduler_step="batch", accumulate_grad_batches=2, quiet=True)  # fmt: skip
 
 

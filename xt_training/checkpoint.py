@@ -22,7 +22,7 @@ import torch
 
 from ._version import __version__
 from .batch import tensor_bytes
-from .errors import CheckpointError, first_line
+from .errors import CheckpointError, UnreadableCheckpointError, first_line
 from .files import BackgroundWriter, atomic_write
 
 # Checkpoints larger than this are written directly by the training thread, without the in-memory
@@ -131,6 +131,12 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"'{path}' is a sharded checkpoint (strategy='fsdp'), which loads into a sharded model under "
             f"torchrun; the same weights in one file are in {path.with_suffix('.pt')}"
         )
+    if path.is_dir():
+        found = sorted(path.glob("*.pt")) or sorted(path.glob("checkpoints/*.pt"))
+        which = f"one of its: {', '.join(map(str, found))}" if found else "e.g. RUN_DIR/checkpoints/best.pt"
+        raise CheckpointError(
+            f"'{path}' is a directory, not a checkpoint file; pass a checkpoint file, {which}"
+        )
     if not path.is_file():
         where = path.parent
         others = sorted(p.name for p in where.glob("*.pt")) if where.is_dir() else []
@@ -146,6 +152,13 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"'{path}' is not a PyTorch checkpoint ({what}, not the zip archive that torch.save writes); "
             "pass a checkpoint file such as RUN_DIR/checkpoints/best.pt"
         )
+    program = _program(path)
+    if program is not None:  # torch.load's own error would call it corrupt
+        saver, loader = program
+        raise CheckpointError(
+            f"'{path}' is {saver}, a whole model, not a checkpoint of weights; load it with {loader}('{path}'), "
+            "or pass a checkpoint such as RUN_DIR/checkpoints/best.pt"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -155,9 +168,10 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             "if you trust its source"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint '{path}' is truncated or corrupt ({_first_sentence(e)}); "
-            "use an earlier checkpoint (e.g. last.pt instead of best.pt) or retrain"
+        others = sorted(p.name for p in path.parent.glob("*.pt") if p.name != path.name)
+        raise UnreadableCheckpointError(
+            f"checkpoint '{path}' is truncated or corrupt ({_first_sentence(e)})",
+            f"use another checkpoint ({', '.join(others)} there) or retrain" if others else "retrain",
         ) from None
     if not isinstance(state, dict) or "model" not in state:
         # a bare state_dict (torch.save(model.state_dict())) is accepted as the model's weights
@@ -165,6 +179,20 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             return {"model": state}
         raise CheckpointError(f"'{path}' is not an xt-training checkpoint or a state_dict")
     return state
+
+
+def _program(path: Path) -> tuple[str, str] | None:
+    """``(what saved it, what loads it)`` for a TorchScript or torch.export archive, else None."""
+    try:
+        with zipfile.ZipFile(path) as archive:  # reads the archive's directory only
+            names = {name.partition("/")[2] for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError):  # torch.load says what is wrong with it
+        return None
+    if "constants.pkl" in names:
+        return "a TorchScript model (torch.jit.save)", "torch.jit.load"
+    if "archive_format" in names:
+        return "an exported program (torch.export.save)", "torch.export.load"
+    return None
 
 
 def load_checkpoint(

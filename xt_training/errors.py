@@ -25,6 +25,10 @@ class ConfigError(XtError, ValueError):
     """An argument, option or configuration value is invalid."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument is of the wrong kind (a number where a metric belongs); ``except TypeError`` catches it too."""
+
+
 class BatchError(XtError, TypeError):
     """A loader yielded a batch the loop cannot unpack."""
 
@@ -39,6 +43,15 @@ class MetricError(XtError, ValueError):
 
 class CheckpointError(XtError, RuntimeError):
     """A checkpoint is missing, corrupt, unsafe or does not fit the model."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint file that torch cannot read (truncated or corrupt). ``problem`` is the message without its
+    fix, for a caller that knows a better one (a resume offers the run's intact ``best.pt``)."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
 
 
 class NonFiniteLossError(XtError, FloatingPointError):

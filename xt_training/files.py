@@ -6,6 +6,7 @@ Torch-free: loggers, checkpoints, run directories and exports all write through 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -22,9 +23,13 @@ def check_writable(path: Path) -> None:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as e:
-        raise ConfigError(
-            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
-        ) from None
+        # mkdir says "File exists" where a folder on the path is a file
+        why = (
+            "a folder on its path is a file"
+            if isinstance(e, (FileExistsError, NotADirectoryError))
+            else e.strerror
+        )
+        raise ConfigError(f"cannot write '{path}' ({why or e}); choose another output path") from None
 
 
 def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
@@ -101,10 +106,22 @@ def jsonable(value: Any) -> bool:
     return False
 
 
+def standard_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None, for standard JSON: Python's ``NaN``/``Infinity`` tokens are
+    refused by strict readers (jq, JavaScript's ``JSON.parse``), while every reader takes ``null`` (pandas as NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: standard_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [standard_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, background: BackgroundWriter | None = None) -> None:
-    """Write ``obj`` as JSON with :func:`atomic_write`; with ``background``, on its thread (``obj`` is
-    encoded here, so it may change afterwards)."""
-    data = json.dumps(obj, indent=2).encode()
+    """Write ``obj`` as standard JSON (NaN and infinities as ``null``, :func:`standard_json`) with
+    :func:`atomic_write`; with ``background``, on its thread (``obj`` is encoded here, so it may change afterwards)."""
+    data = json.dumps(standard_json(obj), indent=2, allow_nan=False).encode()
     if background is None:
         atomic_write(path, lambda f: f.write(data))
     else:

@@ -42,6 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .batch import batch_size
+from .errors import ConfigTypeError
 
 __all__ = ["Metric", "as_metric", "Mean", "Loss", "EPS", "get_state", "set_state", "set_sync"]
 
@@ -63,10 +64,22 @@ def as_metric(obj: Any, name: str = "metric") -> Metric:
         return obj
     if callable(obj):
         return Mean(obj)
-    raise TypeError(
-        f"metric {name!r} is a {type(obj).__name__}: a metric needs update(y_pred, y), compute() and "
-        "reset() (any torchmetrics.Metric), or is a callable fn(y_pred, y) -> tensor"
+    if isinstance(obj, str):  # a registered name: the registry builds it (F.train takes objects)
+        raise ConfigTypeError(
+            f"metric {name!r} is the name {obj!r}, not a metric; pass the metric itself, e.g. "
+            f"{{{name!r}: xt_training.create_metric({obj!r})}} (`xt list metrics`)"
+        )
+    raise ConfigTypeError(
+        f"metric {name!r} is {_shown(obj)}, not a metric; pass an object with update(y_pred, y), compute() and "
+        "reset() (any torchmetrics.Metric, or one of xt_training.metrics), or a function fn(y_pred, y) -> tensor"
     )
+
+
+def _shown(obj: Any) -> str:
+    """``the int 3`` for a number or None, else ``a list``: no long values in a one-line message."""
+    if isinstance(obj, (int, float)):
+        return f"the {type(obj).__name__} {obj!r}"
+    return "None" if obj is None else f"a {type(obj).__name__}"
 
 
 class Mean:

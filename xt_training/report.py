@@ -361,11 +361,11 @@ def plot(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
     except OSError as e:
-        raise ConfigError(
-            f"cannot write '{path}' ({e.strerror or e}); choose another output path (-o FILE)"
-        ) from None
+        raise ConfigError(f"cannot write '{path}' ({e.strerror or e}); choose another output path") from None
     except ValueError as e:  # matplotlib: "Format 'txt' is not supported (supported formats: ...)"
-        raise ConfigError(f"cannot plot to '{path}': {e}; end -o with .png, .svg or .pdf") from None
+        raise ConfigError(
+            f"cannot plot to '{path}': {e}; give an output path ending in .png, .svg or .pdf"
+        ) from None
     return path
 
 

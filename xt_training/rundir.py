@@ -252,6 +252,11 @@ def checkpoint_file(source: str | os.PathLike[str], checkpoint: str | os.PathLik
         return path
     others = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
     if not others:
+        files = sorted(map(str, source.glob("*.pt")))
+        if files:  # a run's checkpoints/ itself
+            raise CheckpointError(
+                f"'{source}' is a folder of checkpoints, not a run directory; pass one of them: {', '.join(files)}"
+            )
         raise CheckpointError(f"run directory '{source}' has no checkpoints; train it first")
     raise CheckpointError(
         f"run directory '{source}' has no {checkpoint}.pt (the monitored value never improved?); "

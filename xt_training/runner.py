@@ -89,6 +89,44 @@ def check_instance(name: str, obj: Any) -> None:
         raise ConfigError(f"{name} is the class {obj.__name__}; pass an instance, e.g. {obj.__name__}(...)")
 
 
+def check_model(model: Any, optimizer: Any = None, loss_fn: Any = None) -> None:
+    """A model that is none (None, a name), one without values (on the meta device, or lazy and not yet run),
+    or an optimizer that updates none of its parameters: the first two fail deep in torch, the last trains
+    nothing without a word."""
+    check_instance("model", model)
+    if not isinstance(model, torch.nn.Module):
+        hint = f"; build it first, e.g. xt_training.create_model({model!r})" if isinstance(model, str) else ""
+        raise ConfigError(f"model must be a torch.nn.Module, not {describe(model)}{hint}")
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ConfigError(
+            "the model's weights are on the meta device (shapes without values); give them values before "
+            "training: model.to_empty(device='cpu') and initialize them, or load a checkpoint into it"
+        )
+    if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise ConfigError(
+            "the model has uninitialized parameters (a lazy module, e.g. LazyLinear, takes its shape from its first "
+            "input); run one batch through it first, e.g. model(x[:1]), then build the optimizer over its parameters"
+        )
+    theirs = _parameters(optimizer)
+    ours = {id(p) for m in (model, loss_fn) if isinstance(m, torch.nn.Module) for p in m.parameters()}
+    if theirs and not theirs & ours:  # a subset is fine-tuning; none at all is another model's optimizer
+        raise ConfigError(
+            f"the optimizer updates none of the model's parameters (it was built over another model's), so "
+            f"training would change nothing; build it over this model: {type(optimizer).__name__}(model.parameters(), ...)"
+        )
+
+
+def _parameters(optimizer: Any) -> set[int]:
+    """The ids of the tensors an optimizer updates (none for a duck-typed one without param_groups)."""
+    groups = getattr(optimizer, "param_groups", None) or []
+    return {id(p) for group in groups if isinstance(group, Mapping) for p in group.get("params", [])}
+
+
+def _groups(optimizer: Any) -> set[int]:
+    """The ids of an optimizer's param group dicts (none for a duck-typed one without param_groups)."""
+    return {id(group) for group in getattr(optimizer, "param_groups", None) or []}
+
+
 def check_list(name: str, value: Any) -> None:
     """``loggers='csv'`` would be taken letter by letter; a single object is not a list."""
     if value is not None and (isinstance(value, (str, Mapping)) or not isinstance(value, Iterable)):
@@ -135,11 +173,25 @@ def check_strategy(strategy: Any, shard: Any, cpu_offload: Any, distributed: boo
     return strategy == "fsdp"
 
 
-def check_scheduler(scheduler: Any, scheduler_step: str | None) -> None:
-    """A scheduler that cannot be stepped as asked would fail after a pass of training."""
+def check_scheduler(scheduler: Any, scheduler_step: str | None, optimizer: Any = None) -> None:
+    """A scheduler that cannot be stepped as asked would fail after a pass of training; an optimizer in its
+    place, or one of another optimizer, would step or schedule something else without a word."""
     if scheduler is None:
         return
     check_instance("scheduler", scheduler)
+    # an optimizer has step() too: each "scheduler step" would be a second optimizer step
+    if isinstance(scheduler, torch.optim.Optimizer):
+        raise ConfigError(
+            f"scheduler is an optimizer ({type(scheduler).__name__}), not an LR scheduler; pass a scheduler built "
+            "over the optimizer, e.g. scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)"
+        )
+    # a scheduler sets the "lr" of its optimizer's param groups: the optimizer must read those very dicts
+    scheduled, trained = _groups(getattr(scheduler, "optimizer", None)), _groups(optimizer)
+    if scheduled and trained and not scheduled & trained:
+        raise ConfigError(
+            f"the scheduler ({type(scheduler).__name__}) changes the learning rate of another optimizer than the "
+            "one passed; build it over the optimizer that trains the model"
+        )
     if not callable(getattr(scheduler, "step", None)):
         raise ConfigError(
             f"scheduler must be a torch LR scheduler (with step()), not {describe(scheduler)}; "
@@ -285,7 +337,8 @@ class Runner:
                 raise ConfigError(f"{option} must be a positive number or None (no clipping), not {value!r}")
         check_instance("loss_fn", loss_fn)
         check_instance("optimizer", optimizer)
-        check_scheduler(scheduler, scheduler_step)
+        check_scheduler(scheduler, scheduler_step, optimizer)
+        check_model(model, optimizer, loss_fn)
         # LBFGS re-evaluates the loss several times a step: its step() takes a closure that recomputes it
         self.needs_closure = optimizer is not None and _needs_closure(optimizer)
         if self.needs_closure and (
@@ -348,6 +401,8 @@ class Runner:
         # a loss of reduction='sum' is a batch's sum already: the pass's loss is the sum over its examples
         self.summed_loss = getattr(loss_fn, "reduction", None) == "sum"
         self.forward_fn = default_forward if forward_fn is None else checked_forward(forward_fn)
+        # the model gets the x of (x, y) batches: an error in its forward can say what in x does not fit
+        self.feeds_x = forward_fn is None
         if loss_fn is None:  # the model's own loss, where its output carries one
             model_loss = ModelLoss(forward_output if forward_fn is None else self.forward_fn)
             self.forward_fn, self.loss_fn = model_loss.forward, model_loss
@@ -537,10 +592,17 @@ class Runner:
                             y_pred, y = forward_fn(model, batch)
                             loss = loss_fn(y_pred, y)
                 except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
-                    # a loss that fails on the pass's first batch does not fit the outputs: said in one line
-                    # (later failures, data-dependent bugs, stay as they are)
-                    if step == done + 1 and _failed_in(e, loss_fn):
-                        raise _loss_mismatch(e, y_pred, y) from e
+                    where = f"{_epoch(self.epoch)}batch {step} of loader '{name}'"
+                    if _failed_in(e, loss_fn):
+                        # a label beyond the model's outputs, in any batch; else a loss that fails on the pass's
+                        # first batch does not fit the outputs (later failures, data-dependent bugs, stay as they are)
+                        label = _label_out_of_range(y_pred, y, loss_fn)
+                        if label is not None:
+                            raise LossError(f"{where}: {label}") from e
+                        if step == done + 1:
+                            raise _loss_mismatch(e, y_pred, y) from e
+                    elif self.feeds_x and (unfit := _unfit_inputs(self.module, batch)) is not None:
+                        raise BatchError(f"{where}: the model failed ({first_line(e)}): {unfit}") from e
                     # a batch smaller than the first: the loader's last, for a model that assumes the size
                     changed = None if isinstance(e, XtError) else smaller_batch(batch, first_size)
                     if changed is not None:
@@ -894,6 +956,59 @@ def _raise_if_the_loss_is_at_fault(loss: Any, error: Exception, loss_fn: Any, y_
             "y_pred with torch operations (not .item() or a new tensor), and the model needs parameters "
             "with requires_grad=True"
         ) from error
+
+
+def _label_out_of_range(y_pred: Any, y: Any, loss_fn: Any) -> str | None:
+    """A class label the model has no output for, in words (None where the labels are not class indices)."""
+    if not (isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)) or y_pred.ndim < 2:
+        return None
+    if y.is_floating_point() or y.dtype == torch.bool or y.ndim != y_pred.ndim - 1:
+        return None
+    classes = y_pred.shape[1]
+    try:  # (after a CUDA device-side assert every CUDA call fails: then torch's own error stands)
+        outside = y[((y < 0) | (y >= classes)) & (y != getattr(loss_fn, "ignore_index", -100))]
+        if not outside.numel():
+            return None
+        label, top = int(outside[0]), int(y.max())
+    except RuntimeError:
+        return None
+    more = f"{top + 1} or more" if top >= classes else "as many as there are classes"
+    return (
+        f"label {label} is out of range for the model's {classes} outputs (classes 0 to {classes - 1}); "
+        f"check the data's labels, or build the model with {more} outputs"
+    )
+
+
+def _unfit_inputs(model: torch.nn.Module, batch: Any) -> str | None:
+    """What in the ``x`` of an ``(x, y)`` batch does not fit the model, in words: its dtype beside the
+    weights', or its size beside what the first layer takes; None where neither shows."""
+    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    if not isinstance(x, torch.Tensor):
+        return None
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None and x.is_floating_point() and x.dtype != weight.dtype:
+        ours, theirs = (str(t).removeprefix("torch.") for t in (x.dtype, weight.dtype))
+        return (
+            f"the inputs are {ours} and the model's weights {theirs}; convert the inputs to {theirs} "
+            f"(x.to(torch.{theirs}), e.g. in the Dataset), or the model with model.to(torch.{ours})"
+        )
+    layers = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.RNNBase)
+    first = next((m for m in model.modules() if isinstance(m, layers)), None)
+    if isinstance(first, torch.nn.modules.conv._ConvNd):
+        what, size, io = "channels", x.shape[1] if x.ndim > 1 else 0, (first.in_channels, first.out_channels)
+    elif isinstance(first, torch.nn.Linear):
+        what, size, io = "features", x.shape[-1] if x.ndim else 1, (first.in_features, first.out_features)
+    elif isinstance(first, torch.nn.RNNBase):
+        what, size, io = "features", x.shape[-1] if x.ndim else 1, (first.input_size, first.hidden_size)
+    else:
+        return None
+    takes = io[0]
+    if size == takes:
+        return None
+    return (
+        f"the inputs {describe(x)} have {size} {what}, but the model's first layer {type(first).__name__}{io} "
+        f"takes {takes}; give it inputs of {takes} {what}, or build the model for {size}"
+    )
 
 
 def _epoch(epoch: int) -> str:

@@ -39,7 +39,8 @@ def test(
     ``save_dir/test_results.json`` and the predictions and labels to ``save_dir/results.pt``
     (``{loader_name: {'preds': tensor, 'labels': tensor}}``, loadable with ``weights_only=True``;
     nested outputs are kept as lists/tuples/dicts of tensors).
-    ``fast_path`` and ``data_on_device``: see :class:`~xt_training.Runner`.
+    ``fast_path`` and ``data_on_device``: see :class:`~xt_training.Runner`. A loader that gives no value (no
+    loss and no ``eval_metrics``) without a ``save_dir`` to keep its predictions is a ``ConfigError``.
     """
     test_loaders = check_loaders(test_loaders)
     if not test_loaders:
@@ -66,6 +67,8 @@ def test(
         for name, loader in test_loaders.items():
             if out_dir is None:
                 results[name] = runner(loader, name)
+                if not results[name]:  # an empty dict would read as a test that passed
+                    raise ConfigError(_nothing_to_report(name, loss_fn))
             else:
                 preds, labels = runner(loader, name, return_preds=True)
                 results[name] = runner.latest
@@ -83,6 +86,18 @@ def test(
         if predictions:
             atomic_write(out_dir / "results.pt", lambda f: torch.save(predictions, f))
     return results
+
+
+def _nothing_to_report(name: str, loss_fn: Any) -> str:
+    loss = (
+        "no loss (loss_fn=None, and the model's output carries no .loss)"
+        if loss_fn is None
+        else "no loss (loss_fn returned None)"
+    )
+    return (
+        f"F.test has nothing to report on loader '{name}': {loss} and no eval_metrics; pass a loss_fn, "
+        "eval_metrics={'acc': ...}, or save_dir=... to keep the predictions"
+    )
 
 
 def _plain(obj: Any) -> bool:

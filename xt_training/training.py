@@ -37,7 +37,7 @@ from .checkpoint import (
     unwrap_model,
     write_checkpoint,
 )
-from .errors import ConfigError, NonFiniteLossError
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, UnreadableCheckpointError
 from .exporting import check_format, export_trained
 from .files import BackgroundWriter, atomic_link, jsonable, prepare_dir, write_json
 from .loggers import create as create_logger
@@ -633,7 +633,12 @@ class _Training:
             )
         if resume and (resume is not True or last.exists()):
             path = Path(resume) if resume is not True else last
-            checkpoint = _restore(path, self)
+            try:
+                checkpoint = _restore(path, self)
+            except UnreadableCheckpointError as error:
+                if resume is not True:
+                    raise
+                raise UnreadableCheckpointError(error.problem, _resume_from_best(run.save_dir)) from None
             self.position = checkpoint.get("position")
             self.kept.best = list(checkpoint.get("top_k") or [])
             if self.main:
@@ -809,6 +814,8 @@ class _Training:
         run.global_step = runner.global_step
         # the epoch's table before the callbacks: what one prints (early stopping) follows the epoch it is about
         runner.loggers.end_epoch(run.epoch, row, runner.global_step)
+        if isinstance(row[run.monitor], float) and not math.isfinite(row[run.monitor]):  # said, not silent
+            runner._notice_once(run.monitor, _NONFINITE_MONITOR)
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", _noop)(run, row)
         # one rank's callback (a time budget, a file it reads) stops every rank: one that trained on
@@ -938,6 +945,13 @@ class _Training:
                 getattr(cb, "on_train_end", _noop)(self.run, status)
             self.runner.loggers.end_run(status)
         self.runner.loggers.close()
+
+
+#: the notice of a monitored value that is NaN or infinite (a NaN in the validation data: training goes on)
+_NONFINITE_MONITOR = (
+    "NaN or infinite, so it cannot improve: best.pt is not updated in such epochs (none is written until a "
+    "finite value), and history.json writes it as null; check the data and the model's outputs for NaN/inf"
+)
 
 
 def model_summary(model: torch.nn.Module) -> dict[str, Any]:
@@ -1240,6 +1254,23 @@ def _load_states(training: _Training, checkpoint: dict[str, Any]) -> None:
             cb.load_state_dict(cb_state)
     for name, obj in training.state.items():
         obj.load_state_dict(checkpoint["state"][name])
+
+
+def _resume_from_best(save_dir: Path) -> str:
+    """How to resume from the run's ``best.pt`` when its ``last.pt`` cannot be read, or to retrain."""
+    best, last = checkpoints_dir(save_dir) / BEST, checkpoints_dir(save_dir) / LAST
+    try:  # a hard link of the same file is as unreadable
+        epoch = None if best.samefile(last) else read_checkpoint(best).get("epoch")
+    except (OSError, CheckpointError):
+        epoch = None
+    if epoch is None:
+        return "no other checkpoint of the run is intact: retrain"
+    how = (
+        f"`cp {best} {last}`, then `xt run --resume {save_dir}`"
+        if (save_dir / CONFIG_FILE).is_file()
+        else f"F.train(..., resume='{best}')"
+    )
+    return f"its best.pt (epoch {epoch}) is intact: resume from there with {how}, or retrain"
 
 
 def _dry_run_batches(fast_dev_run: int | bool, resume: Any) -> int:

@@ -334,6 +334,24 @@ def cases() -> list[Case]:
              _call(_test, test_loaders={"test": _labels(torch.full((64,), 7))}, loss_fn=None,
                    eval_metrics=_accuracy())),
         Case("not a metric", "F.test(..., eval_metrics={'x': 3})", _call(_test, eval_metrics={"x": 3})),
+        Case("a metric given by its name", "F.train(..., eval_metrics={'acc': 'accuracy'})",
+             _call(_train, eval_metrics={"acc": "accuracy"})),
+        Case("nothing to report", "F.test(test_loaders, model) without loss_fn, eval_metrics or save_dir",
+             _call(_test, loss_fn=None)),
+        Case("no model", "F.train(..., model=None)", _call(_train, model=None)),
+        Case("a model's name where the model belongs", "F.train(..., model='mlp')", _call(_train, model="mlp")),
+        Case("a model on the meta device", "F.train(...) of a model built under torch.device('meta')", _meta_model),
+        Case("a lazy model not yet run", "F.train(..., model=nn.Sequential(nn.LazyLinear(3)))", _lazy_model),
+        Case("an optimizer over another model's parameters", "F.train(..., model, optimizer=SGD(other.parameters()))",
+             lambda: _train(optimizer=__import__("torch").optim.SGD(_tiny()[0].parameters(), lr=0.1))),
+        Case("an optimizer where the scheduler belongs", "F.train(..., scheduler=torch.optim.SGD(...))",
+             lambda: _train(scheduler=__import__("torch").optim.SGD(_tiny()[0].parameters(), lr=0.1))),
+        Case("inputs with another number of features", "F.train(...) of a 16-feature MLP on 10 features",
+             lambda: _inputs(__import__("torch").randn(64, 10))),
+        Case("float64 inputs", "F.train(...) of a float32 model on float64 inputs",
+             lambda: _inputs(__import__("torch").randn(64, 16, dtype=__import__("torch").float64))),
+        Case("a label out of range in a later batch", "F.train(...) with label 7 in the second batch of a 3-class model",
+             _late_label),
         Case("empty loader", "F.train(...) on 3 examples with batch_size=4, drop_last=True", _empty),
         Case("loader that does not yield (x, y)", "F.train(...) on DataLoader(tensor)", _non_pair),
         Case("dict batch whose keys the model's forward does not take",
@@ -385,6 +403,11 @@ def cases() -> list[Case]:
              _other_architecture),
         Case("truncated or corrupt checkpoint", "load_checkpoint(truncated_path, model)", _corrupt_checkpoint),
         Case("a file that is not a checkpoint", "load_checkpoint('notes.txt', model)", lambda: _load("notes.txt")),
+        Case("a TorchScript model where a checkpoint belongs", "load_checkpoint('model.torchscript.pt', model)",
+             _torchscript),
+        Case("a directory where a checkpoint belongs", "load_checkpoint('empty_run', model)", lambda: _load("empty_run")),
+        Case("resuming a run whose last.pt is corrupt (its best.pt is offered)", "xt run --resume cli_run",
+             _corrupt_last_resumed, cli=True),
         Case("checkpoint holding arbitrary objects (code would run on unpickling)",
              "load_checkpoint(path, model)", _unsafe_checkpoint),
         Case("disk full while a checkpoint is written (simulated; the previous checkpoint is kept)", "save_checkpoint(...) during a failing fsync",
@@ -393,6 +416,8 @@ def cases() -> list[Case]:
              _different_resume),
         Case("inputs of another shape than the model's", "F.predict(cnn_for_rgb, [torch.randn(2, 1, 32, 32)])",
              _predict_shape),
+        Case("an output path that cannot be written", "F.predict(model, inputs, out='file/preds.npy') where file is a file",
+             lambda: _predict_to("file/preds.npy")),
         Case("a new run into a directory that holds one", "xt run --model mlp --data synthetic-classification --save-dir good",
              _cli("run", "--model", "mlp", "--data", "synthetic-classification", "--save-dir", "good"), cli=True),
         Case("a received run that names a module to import", "xt test received (its config.json: mean's fn='somewhere:fn')",
@@ -404,6 +429,70 @@ def cases() -> list[Case]:
         Case("resume and another run directory", "xt run --resume empty_run --save-dir x",
              _cli("run", "--resume", "empty_run", "--save-dir", "x"), cli=True),
     ]  # fmt: skip
+
+
+def _inputs(x: Any) -> Any:
+    """F.train of the 16-feature MLP on the inputs ``x`` (64 rows)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return _train(train_loader=DataLoader(TensorDataset(x, torch.zeros(64).long()), batch_size=32))
+
+
+def _late_label() -> Any:
+    import torch
+
+    y = torch.zeros(64).long()
+    y[40] = 7  # in the second batch: the first trains
+    return _train(train_loader=_labels(y))
+
+
+def _meta_model() -> Any:
+    import torch
+
+    with torch.device("meta"):  # shapes without values, as for loading large weights later
+        model = _tiny()[0]
+    return _train(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def _lazy_model() -> Any:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.LazyLinear(3))  # its weights take their shape from its first input
+    return _train(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def _torchscript() -> Any:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # torch.jit's deprecation
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_tiny()[0]), "model.torchscript.pt")
+    return _load("model.torchscript.pt")
+
+
+def _corrupt_last_resumed() -> str:
+    from click.testing import CliRunner
+
+    from xt_training.cli import cli
+
+    run = ["run", "--model", "mlp", "--data", "synthetic-classification", "--data-opt", "n_samples=64"]
+    CliRunner().invoke(cli, [*run, "--epochs", "1", "--save-dir", "cli_run", "-q"])
+    last = Path("cli_run/checkpoints/last.pt")
+    data = last.read_bytes()
+    last.unlink()  # a new file: best.pt, its hard link, stays intact
+    last.write_bytes(data[:200])
+    return _cli("run", "--resume", "cli_run", "--epochs", "2")()
+
+
+def _predict_to(out: str) -> Any:
+    import torch
+
+    from xt_training.utils import functional as F
+
+    return F.predict(_tiny()[0], [torch.randn(2, 16)], out=out)
 
 
 def _load(path: str) -> Any:

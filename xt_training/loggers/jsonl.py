@@ -10,8 +10,8 @@ optimizer steps) and the learning rate of every param group then (``lr``, ``lr/1
 a validation inside the epoch (``val_every_n_steps``: ``val/loss``, ...); an ``epoch`` row
 is the epoch's row of the history (``lr``: param group 0's at the epoch's start; exact values of every loader,
 non-scalar metrics such as confusion matrices included as nested lists), plus ``kind``, ``step`` and
-``time`` (Unix seconds). Floats are written as ``json.dumps`` writes them, like ``history.json``
-(NaN and infinities as ``NaN``/``Infinity``, which Python's json and pandas read).
+``time`` (Unix seconds). As in ``history.json``, NaN and infinities are written as ``null``: standard JSON,
+which every reader takes (pandas reads it as NaN).
 
 Every row is flushed to the operating system when it is written, so a run that is killed keeps every
 row it logged. A new run starts a new file; a resumed run (``F.train(..., resume=True)``) keeps the
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, standard_json
 
 __all__ = ["JSONLLogger", "FILENAME", "superseded"]
 
@@ -69,7 +69,7 @@ class JSONLLogger:
     def _write(self, row: dict[str, Any]) -> None:
         if self._file is None:
             self._open(row)
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(json.dumps(standard_json(row), allow_nan=False) + "\n")
         self._file.flush()
 
     def _open(self, first: dict[str, Any]) -> None:
