@@ -22,6 +22,7 @@ LAYERS: dict[str, list[str]] = {
     "foundations": ["_version", "errors", "files", "rundir", "hookspecs"],
     # the training loop on plain objects: batches, metrics, loggers, callbacks, checkpoints, the Runner
     "engine": [
+        "stepping",
         *("batch", "rng", "fastpath", "distributed", "metric_contract", "metrics", "loggers", "loggers.*"),
         *("callbacks", "checkpoint", "runner", "training", "testing", "predict", "exporting", "text"),
         *("preprocessing", "utils", "utils.functional"),

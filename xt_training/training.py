@@ -51,6 +51,7 @@ from .rundir import (
     remove_run,
 )
 from .runner import Runner, batch_limit, check_instance, check_list, prepare_metrics, step_scheduler
+from .stepping import Schedulers, StepFn, as_one, check_step_options, kind
 from .testing import check_loaders
 
 __all__ = ["train", "refuse_held_run"]
@@ -74,6 +75,7 @@ def train(
     mode: str | None = None,
     scheduler_step: str = "epoch",
     forward_fn: Callable[[torch.nn.Module, Any], tuple[Any, Any]] | None = None,
+    step_fn: StepFn | None = None,
     log_every_n_steps: int = 50,
     loggers: Iterable[Any] | None = None,
     callbacks: Iterable[Any] | None = None,
@@ -105,7 +107,7 @@ def train(
         at the first forward: print the model summary (parameters, size, the first batch's input and
                               output shapes; quiet hides it) and record it in run.json's "summary"
         for epoch in 1..epochs:
-            model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
+            model.train(); runner(train_loader, 'train')    # optimizer steps (or step_fn's); per-batch scheduler steps;
                                                             # checkpoints/last.pt every checkpoint_every_n_steps;
                                                             # the per-pass and per-step hooks (see Runner)
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
@@ -157,6 +159,21 @@ def train(
             console only); ``save_dir`` is not created. Not resumable.
         overfit_batches: debugging: train on the same first N batches of ``train_loader`` every epoch
             (taken once, before training), to check that the model can learn them.
+        step_fn: your own training step, ``step_fn(model, batch, optimizers) -> loss or {name: value}``, where
+            one forward, loss and backward does not fit (a GAN's two optimizers, a VAE's extra terms): it does
+            the forward, backward and optimizer steps (``zero_grad`` included) of each training batch, which
+            the loop then leaves out. ``optimizer`` and ``scheduler`` may then be dicts,
+            ``{'g': opt_g, 'd': opt_d}``; ``optimizers`` is what ``optimizer`` is. The loop still moves the
+            batch to the device, enters ``precision``'s autocast around the call, logs a returned tensor as
+            ``train/loss`` and a dict's values as ``train/NAME`` (each the mean per example over the pass;
+            ``'loss'`` is the pass's loss), steps every scheduler (per epoch, or per call with
+            ``scheduler_step='batch'``), saves every optimizer's and scheduler's state (``{name: state_dict}``
+            in a checkpoint) and resumes exactly. Validation and test passes use the model's forward
+            (``forward_fn``) and ``loss_fn``/``eval_metrics`` as without it; ``train_metrics`` do not apply
+            (return the values instead). ``monitor`` may name a value it returns (``'train/loss_g'``, with
+            ``mode``); the default ``'train/loss'`` (without a ``val_loader``) needs a ``'loss'``: said at
+            the first step. Refused with it: ``accumulate_grad_batches``, ``clip_grad_*`` (clip in the
+            step), ``precision='16-mixed'`` (use ``'bf16-mixed'``), ``nonfinite_loss='skip'`` and DDP.
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
@@ -168,6 +185,7 @@ def train(
         the first param group's learning rate at the start of the epoch (the loggers get every group's at
         each logging step).
     """
+    optimizer, scheduler = as_one(step_fn, optimizer, scheduler)  # dicts of them (step_fn) as one object
     passes, monitor, mode = _check_arguments(locals())
     callbacks = list(callbacks or [])  # the Runner and _Training share them (a generator would run out)
     dry = _dry_run_batches(fast_dev_run, resume)
@@ -192,8 +210,10 @@ def train(
             precision=precision, nonfinite_loss=nonfinite_loss, accumulate_grad_batches=accumulate_grad_batches,
             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
             checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
-            compile=compile, channels_last=channels_last, callbacks=callbacks,
+            compile=compile, channels_last=channels_last, callbacks=callbacks, step_fn=step_fn,
         )  # fmt: skip
+        if step_fn is not None and monitor.startswith("train/"):
+            runner.step_expects = monitor.removeprefix("train/")  # checked at the first step
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
         runner.run = run
         training = _Training(run, runner, passes, scheduler, scheduler_step, callbacks, main, limits)
@@ -327,19 +347,39 @@ def _check_arguments(
             )
     eval_metrics = prepare_metrics(args["eval_metrics"])
     train_metrics = eval_metrics if args["train_metrics"] is None else prepare_metrics(args["train_metrics"])
+    if args["step_fn"] is not None:  # its training pass has no (y_pred, y): it returns its values itself
+        # before anything is written (the Runner checks them again, and DDP)
+        check_step_options(*(args[k] for k in ("accumulate_grad_batches", "clip_grad_norm", "clip_grad_value")),
+                           args["precision"], args["nonfinite_loss"], distributed=False)  # fmt: skip
+        if args["train_metrics"]:
+            raise ConfigError(
+                "train_metrics take a forward's outputs, which a step_fn's training pass has none of; "
+                "return those values from step_fn ({name: value}) and leave train_metrics out"
+            )
+        train_metrics = {}
     passes = {"train": (args["train_loader"], train_metrics)}
     if args["val_loader"] is not None:
         passes["val"] = (args["val_loader"], eval_metrics)
     passes.update(
         {_test_prefix(n): (loader, eval_metrics) for n, loader in check_loaders(args["test_loaders"]).items()}
     )
-    monitor, mode = _check_monitor(args["monitor"], args["mode"], passes)
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    own_monitor = args["step_fn"] is not None and str(args["monitor"]).startswith("train/")
+    if own_monitor and args["monitor"] != "train/loss":
+        # a value step_fn returns: known at its first step, which checks it (see Runner.step_expects)
+        monitor, mode = args["monitor"], args["mode"]
+        if mode not in ("min", "max"):
+            raise ConfigError(
+                f"which way {monitor!r}, a value of step_fn, improves is unknown; pass mode='min' or mode='max'"
+            )
+    else:
+        monitor, mode = _check_monitor(args["monitor"], args["mode"], passes)
+    schedulers = scheduler.values() if isinstance(scheduler, Schedulers) else [scheduler]
+    plateau = next((s for s in schedulers if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)), None)
     # a plateau scheduler of the other mode would cut the learning rate at every improvement
-    if plateau and args["scheduler_step"] == "epoch" and scheduler.mode != mode:
+    if plateau and args["scheduler_step"] == "epoch" and plateau.mode != mode:
         raise ConfigError(
-            f"ReduceLROnPlateau(mode={scheduler.mode!r}) steps on {monitor!r}, which is a '{mode}' value here; "
-            f"make them agree: ReduceLROnPlateau(optimizer, mode={mode!r}), or mode={scheduler.mode!r} in F.train"
+            f"ReduceLROnPlateau(mode={plateau.mode!r}) steps on {monitor!r}, which is a '{mode}' value here; "
+            f"make them agree: ReduceLROnPlateau(optimizer, mode={mode!r}), or mode={plateau.mode!r} in F.train"
         )
     return passes, monitor, mode
 
@@ -709,10 +749,10 @@ def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any) -> dict[str
     return {
         "model": type(run.model).__name__,
         "parameters": sum(p.numel() for p in run.model.parameters()),
-        "optimizer": type(run.optimizer).__name__,
+        "optimizer": kind(run.optimizer),
         "lr": run.optimizer.param_groups[0].get("lr"),
         "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__),
-        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "scheduler": kind(scheduler),
         "batch_size": getattr(loader, "batch_size", None),
         "monitor": run.monitor,
     }
