@@ -35,7 +35,7 @@ from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup, default_loggers
 from .metric_contract import as_metric, get_state, set_state, set_sync
 from .rng import capture_rng, loader_generators, restore_rng
-from .stepping import Optimizers, Schedulers, StepFn, StepValues, as_one, check_step_options
+from .stepping import Optimizers, Schedulers, StepValues, as_one, check_step_options
 
 # Metric inputs are buffered and handed to the metrics concatenated, at a logging step: the pass's
 # first, then once they hold _UPDATE_ELEMENTS prediction elements or _UPDATE_EVERY_LOGS logging steps
@@ -252,7 +252,7 @@ class Runner:
         compile: bool = False,
         channels_last: bool = False,
         callbacks: Iterable[Any] | None = None,
-        step_fn: StepFn | None = None,
+        step_fn: Callable[[torch.nn.Module, Any, Any], Any] | None = None,
     ):
         optimizer, scheduler = as_one(step_fn, optimizer, scheduler)
         if scheduler_step not in ("epoch", "batch", None):

@@ -8,7 +8,7 @@ that checkpoints save every one's state (``{name: state_dict}``) and resume rest
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -17,8 +17,6 @@ from .batch import batch_size, describe
 from .errors import CheckpointError, ConfigError, LossError
 
 __all__ = ["Optimizers", "Schedulers", "StepValues", "as_one", "check_step_options", "kind"]
-
-StepFn = Callable[[torch.nn.Module, Any, Any], Any]
 
 
 class Optimizers(dict):  # type: ignore[type-arg]

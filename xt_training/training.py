@@ -51,7 +51,7 @@ from .rundir import (
     remove_run,
 )
 from .runner import Runner, batch_limit, check_instance, check_list, prepare_metrics, step_scheduler
-from .stepping import Schedulers, StepFn, as_one, check_step_options, kind
+from .stepping import Schedulers, as_one, check_step_options, kind
 from .testing import check_loaders
 
 __all__ = ["train", "refuse_held_run"]
@@ -75,7 +75,7 @@ def train(
     mode: str | None = None,
     scheduler_step: str = "epoch",
     forward_fn: Callable[[torch.nn.Module, Any], tuple[Any, Any]] | None = None,
-    step_fn: StepFn | None = None,
+    step_fn: Callable[[torch.nn.Module, Any, Any], Any] | None = None,
     log_every_n_steps: int = 50,
     loggers: Iterable[Any] | None = None,
     callbacks: Iterable[Any] | None = None,
