@@ -76,11 +76,13 @@ def generated_mean(model):
 
 def test_a_gan_step_trains_both_networks_and_checkpoints_both_optimizers(tmp_path):
     before = generated_mean(gan()["model"])
-    g = train_gan(tmp_path, epochs=6)
+    g = train_gan(tmp_path, epochs=6, loggers=["jsonl"])
     after = generated_mean(g["model"])
     assert abs(before - 4) > 3 and abs(after - 4) < 1, (before, after)  # the generator moved to the data
     history = json.loads((tmp_path / "history.json").read_text())
     assert set(history[0]) == {"epoch", "lr", "train/loss_d", "train/loss_g"}
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train/loss_d", "train/loss_g", "lr/g", "lr/d"} <= set(logged)  # each optimizer's rate
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     # both optimizers' states, each stepped once per batch by step_fn (and never by the loop)
     assert set(state["optimizer"]) == {"g", "d"}

@@ -107,7 +107,7 @@ def train(
         at the first forward: print the model summary (parameters, size, the first batch's input and
                               output shapes; quiet hides it) and record it in run.json's "summary"
         for epoch in 1..epochs:
-            model.train(); runner(train_loader, 'train')    # optimizer steps (or step_fn's); per-batch scheduler steps;
+            model.train(); runner(train_loader, 'train')    # optimizer steps; per-batch scheduler steps;
                                                             # checkpoints/last.pt every checkpoint_every_n_steps;
                                                             # the per-pass and per-step hooks (see Runner)
             model.eval();  runner(val_loader, 'val')        # no grad; then each of test_loaders
