@@ -429,7 +429,7 @@ class Runner:
         if resume is not None:
             done = skip_batches(batches, resume["step"])
             buffers.restore(resume, done)
-            if own_values is not None:
+            if own_values is not None and "step_values" in resume:  # (saved by a run without step_fn: none)
                 own_values.restore(resume["step_values"])
             restore_rng(resume["rng"], generators)
         if limit is not None:  # (a debugging run: the loop itself is as without a limit)
