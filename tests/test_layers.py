@@ -22,8 +22,30 @@ LAYERS: dict[str, list[str]] = {
     "foundations": ["_version", "errors", "files", "rundir", "hookspecs", "slurm"],
     # the training loop on plain objects: batches, metrics, loggers, callbacks, checkpoints, the Runner
     "engine": [
-        *("devices", "batch", "rng", "fastpath", "distributed", "metric_contract", "metrics", "loggers", "loggers.*"),
-        *("callbacks", "checkpoint", "averaging", "runner", "training", "testing", "predict", "exporting", "text", "fsdp"),
+        "stepping",
+        *(
+            "devices",
+            "batch",
+            "rng",
+            "fastpath",
+            "distributed",
+            "metric_contract",
+            "metrics",
+            "loggers",
+            "loggers.*",
+        ),
+        *(
+            "callbacks",
+            "checkpoint",
+            "averaging",
+            "runner",
+            "training",
+            "testing",
+            "predict",
+            "exporting",
+            "text",
+            "fsdp",
+        ),
         *("preprocessing", "lr_find", "utils", "utils.functional"),
     ],
     # runs by name: the registry, config files, building a run from names, reports, the built-in components

@@ -36,6 +36,7 @@ from .fastpath import FastIterator, check_data_on_device, fast_batches
 from .loggers import LoggerGroup, default_loggers
 from .metric_contract import as_metric, get_state, set_state, set_sync
 from .rng import capture_rng, loader_generators, restore_rng
+from .stepping import Optimizers, Schedulers, StepValues, as_one, check_step_options
 
 # Metric inputs are buffered and handed to the metrics concatenated, at a logging step: the pass's
 # first, then once they hold _UPDATE_ELEMENTS prediction elements or _UPDATE_EVERY_LOGS logging steps
@@ -178,6 +179,10 @@ def check_scheduler(scheduler: Any, scheduler_step: str | None, optimizer: Any =
     place, or one of another optimizer, would step or schedule something else without a word."""
     if scheduler is None:
         return
+    if isinstance(scheduler, Schedulers):  # step_fn's dict of schedulers: each one as one would be
+        for one in scheduler.values():
+            check_scheduler(one, scheduler_step)
+        return
     check_instance("scheduler", scheduler)
     # an optimizer has step() too: each "scheduler step" would be a second optimizer step
     if isinstance(scheduler, torch.optim.Optimizer):
@@ -269,6 +274,16 @@ class Runner:
             (``on_pass_start``, ``on_train_batch_end``, ...), called with ``runner.run`` (F.train's
             :class:`~xt_training.callbacks.Run`; by default the Runner itself). Which callbacks implement
             which hook is read once per pass: hooks no callback implements cost nothing per step.
+        step_fn: your own training step, ``step_fn(model, batch, optimizers) -> loss or {name: value}``, called
+            for each training batch (on the device, under ``precision``'s autocast) in place of the loop's
+            forward, loss, backward and optimizer step: it does them itself (``zero_grad`` included).
+            ``optimizer`` (``scheduler``) may then be a dict ``{name: optimizer}``; ``optimizers`` is what
+            ``optimizer`` is. The loop counts one optimizer step per call (for ``scheduler_step='batch'``,
+            which steps every scheduler, and ``checkpoint_every_n_steps``), and reports a returned tensor as the
+            pass's ``loss``, a dict's values each under its name (``'loss'`` as the pass's loss), each the mean
+            per example over the pass. Evaluation passes use ``forward_fn`` and ``loss_fn`` as without it.
+            Gradient accumulation, clipping, ``precision='16-mixed'``, ``nonfinite_loss='skip'`` and DDP
+            act on the loop's own step, and are refused with it (see :mod:`xt_training.stepping`).
 
     A pass, as pseudocode (``cb`` stands for every callback that implements the hook)::
 
@@ -276,6 +291,8 @@ class Runner:
         on_resume()                                                    # a resumed pass: F.train's states back
         for step, batch in enumerate(loader, 1):
             cb.on_train_batch_start(run, batch, step)                  # training only
+            training with step_fn: loss, y_pred = step_fn(model, batch, optimizers), y = batch;
+                                   per-batch scheduler steps; on to cb.on_train_batch_end
             y_pred, y = forward_fn(model, batch); loss = loss_fn(y_pred, y)
             if training:
                 loss.backward()
@@ -320,7 +337,9 @@ class Runner:
         shard: Iterable[type | str] | None = None,
         cpu_offload: bool = False,
         callbacks: Iterable[Any] | None = None,
+        step_fn: Callable[[torch.nn.Module, Any, Any], Any] | None = None,
     ):
+        optimizer, scheduler = as_one(step_fn, optimizer, scheduler)
         if scheduler_step not in ("epoch", "batch", None):
             raise ConfigError(f"scheduler_step must be 'epoch', 'batch' or None, not {scheduler_step!r}")
         for option, value in (
@@ -340,7 +359,8 @@ class Runner:
         check_scheduler(scheduler, scheduler_step, optimizer)
         check_model(model, optimizer, loss_fn)
         # LBFGS re-evaluates the loss several times a step: its step() takes a closure that recomputes it
-        self.needs_closure = optimizer is not None and _needs_closure(optimizer)
+        # (step_fn calls step() itself, with its own closure)
+        self.needs_closure = optimizer is not None and step_fn is None and _needs_closure(optimizer)
         if self.needs_closure and (
             accumulate_grad_batches > 1 or clip_grad_norm or clip_grad_value or precision == "16-mixed"
         ):
@@ -356,6 +376,11 @@ class Runner:
             )
         self.distributed = distributed.init_from_env()  # under torchrun: one rank of a process group
         self.fsdp = check_strategy(strategy, shard, cpu_offload, self.distributed) and optimizer is not None
+        if step_fn is not None:
+            options = (accumulate_grad_batches, clip_grad_norm, clip_grad_value, precision, nonfinite_loss)
+            check_step_options(*options, self.distributed)
+        self.step_fn = step_fn
+        self.step_expects: str | None = None  # a value step_fn must return (F.train: the monitored one)
         if self.distributed and device is None:
             self.device = distributed.local_device()
         else:
@@ -482,6 +507,14 @@ class Runner:
         if training and self.optimizer is None:
             raise ConfigError("the model is in training mode, so the Runner needs an optimizer")
         pass_metrics = self.metrics if metrics is None else prepare_metrics(metrics)
+        # step_fn's training pass: its values instead of the forward's outputs and the metrics
+        own_values = StepValues(self.step_expects, self.device) if training and self.step_fn else None
+        if own_values is not None and pass_metrics:
+            raise ConfigError(
+                f"metrics ({', '.join(pass_metrics)}) take a forward's outputs, which a step_fn's training pass "
+                "has none of; return the values from step_fn instead ({name: value}), and give metrics to "
+                "evaluation only"
+            )
         if self.distributed:
             loader = self._shard(loader, training)
         if isinstance(getattr(loader, "sampler", None), DistributedSampler):
@@ -527,13 +560,18 @@ class Runner:
         if resume is not None:
             done = skip_batches(batches, resume["step"])
             buffers.restore(resume, done)
+            if own_values is not None and "step_values" in resume:  # (saved by a run without step_fn: none)
+                own_values.restore(resume["step_values"])
             restore_rng(resume["rng"], generators)
         if limit is not None:  # (a debugging run: the loop itself is as without a limit)
             batches = itertools.islice(batches, max(limit - done, 0))
         if prefetch:
             batches = prefetch_to_device(batches, self.device, self.channels_last)
             move = False  # done by the prefetcher
-        self._pass = {"buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name}
+        self._pass = {
+            "buffers": buffers, "rng_start": rng_start, "generators": generators, "name": name,
+            "step_values": own_values,
+        }  # fmt: skip
         # The callbacks' hooks, looked up once per pass; where none implements one, the loop is as without it.
         run = self.run
         for hook in self._hooks("on_pass_start"):
@@ -542,6 +580,11 @@ class Runner:
             self.on_resume()
         batch_end = self._hooks("on_train_batch_end" if training else "on_validation_batch_end")
         self._before_step = self._hooks("on_before_optimizer_step") if training else []
+        if own_values is not None and self._before_step:  # it would silently never be called
+            raise ConfigError(
+                "a callback has on_before_optimizer_step, which step_fn leaves out (it steps the optimizers "
+                "itself); do that work in step_fn before optimizer.step()"
+            )
         batch_start = self._hooks("on_train_batch_start") if training else []
         if batch_start:  # called as each batch is taken: the loop's own path is unchanged
             batches = _calling_before(batches, batch_start, run, done)
@@ -554,9 +597,12 @@ class Runner:
         log_every = self.log_every_n_steps
         checkpoint_every = (self.checkpoint_every_n_steps or 0) if training and self.on_checkpoint else 0
         forward_fn, loss_fn, scaler, optimizer = self.forward_fn, self.loss_fn, self.scaler, self.optimizer
+        # step_fn's training step in place of the forward, loss, backward and optimizer step below
+        own_step = self._own_step if own_values is not None else None
+        backward = training and own_step is None
         # Entering a context manager, even a no-op one, costs two Python calls: the forward pass enters
         # one only for autocast (mixed precision) or DDP's no_sync (on gradient accumulation steps).
-        bare_forward = autocast is _NO_OP and not ddp_accumulation
+        bare_forward = autocast is _NO_OP and not ddp_accumulation and own_step is None
         # The optimizer step inline, where it is just step and zero_grad: a method call and its checks
         # cost about as much as the rest of the loop's bookkeeping.
         plain_step = training and self._plain_optimizer_step() and not self._before_step
@@ -570,7 +616,7 @@ class Runner:
         # in no checkpoint (under DDP each rank's own), so a resume from inside the group would not be exact.
         stop_every, stopping = accumulate if training else 1, False
 
-        if training:
+        if backward:
             optimizer.zero_grad()
         step = done
         # the logging steps: the pass's first, then every log_every-th (a counter: cheaper than a modulo)
@@ -585,6 +631,9 @@ class Runner:
                     if bare_forward:
                         y_pred, y = forward_fn(model, batch)
                         loss = loss_fn(y_pred, y)
+                    elif own_step is not None:  # y_pred: step_fn's values; y: the batch, for its size
+                        loss, y_pred = own_step(model, batch, autocast, own_values)
+                        y = batch
                     else:  # DDP: an accumulation step's forward pass must not prepare a gradient all-reduce
                         with (
                             _no_sync(model, autocast) if ddp_accumulation and step % accumulate else autocast
@@ -622,7 +671,7 @@ class Runner:
                     skipped += 1
                     tick()
                     continue
-                if training:
+                if backward:
                     try:
                         scaled = loss / accumulate if accumulate > 1 else loss
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -657,6 +706,8 @@ class Runner:
                     # Logging step: metrics update on the buffered batches and values are read to the
                     # host -- on CUDA this is the pass's only synchronisation point between batches.
                     values = buffers.flush()
+                    if own_values is not None:
+                        values.update(own_values.compute())
                     if training:
                         self._check_finite(values, buffers, name)
                         rates = learning_rates(optimizer)  # read here only: schedules change them every step
@@ -696,6 +747,8 @@ class Runner:
         if training and step % self.accumulate:
             self._optimizer_step()  # the gradients of a last, incomplete accumulation group
         values = buffers.flush(final=True)
+        if own_values is not None:
+            values.update(own_values.compute())
         if training and self.nonfinite_loss == "skip":
             values["skipped"] = skipped
             if skipped:
@@ -783,6 +836,18 @@ class Runner:
             and self.after_step is None
         )
 
+    def _own_step(
+        self, model: Any, batch: Any, autocast: Any, values: StepValues
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """step_fn's step of one batch, counted as one optimizer step; its loss and its values."""
+        with autocast:
+            returned = self.step_fn(model, batch, self.optimizer)
+        loss, step_values = values.add(returned, batch)
+        if self.scheduler is not None and self.scheduler_step == "batch":
+            step_scheduler(self.scheduler, None)
+        self.global_step += 1
+        return loss, step_values
+
     def _hooks(self, name: str) -> list[Callable[..., Any]]:
         """The callbacks' methods ``name``, for those that implement it."""
         return [getattr(cb, name) for cb in self.callbacks if callable(getattr(cb, name, None))]
@@ -834,11 +899,12 @@ class Runner:
         The buffers are saved as they are, not flushed, so the resumed pass sums its losses and
         updates its metrics in the same chunks as an uninterrupted one: the same floats come out.
         """
-        buffers = self._pass["buffers"]
+        buffers, own_values = self._pass["buffers"], self._pass["step_values"]
         return {
             "step": self._pass["step"],  # batches done, the skipped ones included
             "skipped": self._pass["skipped"],
             **buffers.state(),
+            **({"step_values": own_values.state()} if own_values is not None else {}),
             "rng_start": self._pass["rng_start"],
             "rng": capture_rng(self._pass["generators"]),
         }
@@ -895,13 +961,16 @@ def _no_sync(model: Any, autocast: Any) -> Any:
 
 
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """The learning rate of every param group now: ``lr`` for the first, ``lr/1``, ``lr/2``, ... for the others."""
+    """The learning rate of every param group now: ``lr`` for the first, ``lr/1``, ``lr/2``, ... for the others
+    (step_fn's named optimizers: ``lr/NAME``, ``lr/NAME/1``, ...)."""
+    if isinstance(optimizer, Optimizers):
+        return optimizer.learning_rates()
     return {("lr" if i == 0 else f"lr/{i}"): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
 
 def step_scheduler(scheduler: Any, value: float | None) -> None:
     """Step a scheduler once; ``ReduceLROnPlateau`` gets the monitored ``value``."""
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    if isinstance(scheduler, (torch.optim.lr_scheduler.ReduceLROnPlateau, Schedulers)):
         scheduler.step(value)
     else:
         scheduler.step()

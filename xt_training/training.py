@@ -72,6 +72,7 @@ from .runner import (
     prepare_metrics,
     step_scheduler,
 )
+from .stepping import Schedulers, as_one, check_step_options, kind
 from .testing import check_loaders
 
 __all__ = ["train", "refuse_held_run"]
@@ -95,6 +96,7 @@ def train(
     mode: str | None = None,
     scheduler_step: str = "epoch",
     forward_fn: Callable[[torch.nn.Module, Any], tuple[Any, Any]] | None = None,
+    step_fn: Callable[[torch.nn.Module, Any, Any], Any] | None = None,
     log_every_n_steps: int = 50,
     loggers: Iterable[Any] | None = None,
     callbacks: Iterable[Any] | None = None,
@@ -236,6 +238,21 @@ def train(
             restored on resume, as the callbacks' states are: in a pass resumed from its middle, after the
             callbacks' ``on_pass_start`` (which may reset them). Their states must hold tensors and plain data
             (checkpoints are loaded with ``weights_only=True``); under DDP, checkpoints hold rank 0's.
+        step_fn: your own training step, ``step_fn(model, batch, optimizers) -> loss or {name: value}``, where
+            one forward, loss and backward does not fit (a GAN's two optimizers, a VAE's extra terms): it does
+            the forward, backward and optimizer steps (``zero_grad`` included) of each training batch, which
+            the loop then leaves out. ``optimizer`` and ``scheduler`` may then be dicts,
+            ``{'g': opt_g, 'd': opt_d}``; ``optimizers`` is what ``optimizer`` is. The loop still moves the
+            batch to the device, enters ``precision``'s autocast around the call, logs a returned tensor as
+            ``train/loss`` and a dict's values as ``train/NAME`` (each the mean per example over the pass;
+            ``'loss'`` is the pass's loss), steps every scheduler (per epoch, or per call with
+            ``scheduler_step='batch'``), saves every optimizer's and scheduler's state (``{name: state_dict}``
+            in a checkpoint) and resumes exactly. Validation and test passes use the model's forward
+            (``forward_fn``) and ``loss_fn``/``eval_metrics`` as without it; ``train_metrics`` do not apply
+            (return the values instead). ``monitor`` may name a value it returns (``'train/loss_g'``, with
+            ``mode``); the default ``'train/loss'`` (without a ``val_loader``) needs a ``'loss'``: said at
+            the first step. Refused with it: ``accumulate_grad_batches``, ``clip_grad_*`` (clip in the
+            step), ``precision='16-mixed'`` (use ``'bf16-mixed'``), ``nonfinite_loss='skip'`` and DDP.
 
     The loop options ``forward_fn``, ``log_every_n_steps``, ``precision``, ``nonfinite_loss``,
     ``accumulate_grad_batches``, ``clip_grad_norm``, ``clip_grad_value``, ``fast_path``, ``data_on_device``,
@@ -251,6 +268,7 @@ def train(
         each logging step). With ``val_every_n_steps``, the validations inside an epoch are rows too, before
         the epoch's: ``{'epoch': 1, 'step': 7, 'val/loss': ...}`` (the rows with a ``step``).
     """
+    optimizer, scheduler = as_one(step_fn, optimizer, scheduler)  # dicts of them (step_fn) as one object
     passes, monitor, mode = _check_arguments(locals())
     callbacks = list(callbacks or [])  # the Runner and _Training share them (a generator would run out)
     dry = _dry_run_batches(fast_dev_run, resume)
@@ -278,8 +296,10 @@ def train(
             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
             checkpoint_every_n_steps=checkpoint_every_n_steps, fast_path=fast_path, data_on_device=data_on_device,
             compile=compile, channels_last=channels_last, strategy=strategy, shard=shard, cpu_offload=cpu_offload,
-            callbacks=callbacks,
+            callbacks=callbacks, step_fn=step_fn,
         )  # fmt: skip
+        if step_fn is not None and monitor.startswith("train/"):
+            runner.step_expects = monitor.removeprefix("train/")  # checked at the first step
         run = Run(model=model, optimizer=optimizer, save_dir=save_dir, monitor=monitor, mode=mode)
         runner.run = run
         kept = _Kept(
@@ -290,6 +310,11 @@ def train(
             if ema_decay is not None or swa_start is not None
             else None
         )
+        if averaging is not None and step_fn is not None:
+            raise ConfigError(
+                "weight averaging (ema_decay, swa_start) does not work with step_fn yet: your step steps the "
+                "optimizers, which the averaging follows; average in your step_fn, or leave out step_fn"
+            )
         if averaging is not None and runner.fsdp:
             raise ConfigError(
                 "weight averaging (ema_decay, swa_start) does not work with strategy='fsdp' yet: its averaged "
@@ -450,24 +475,44 @@ def _check_arguments(
             )
     eval_metrics = prepare_metrics(args["eval_metrics"])
     train_metrics = eval_metrics if args["train_metrics"] is None else prepare_metrics(args["train_metrics"])
+    if args["step_fn"] is not None:  # its training pass has no (y_pred, y): it returns its values itself
+        # before anything is written (the Runner checks them again, and DDP)
+        check_step_options(*(args[k] for k in ("accumulate_grad_batches", "clip_grad_norm", "clip_grad_value")),
+                           args["precision"], args["nonfinite_loss"], distributed=False)  # fmt: skip
+        if args["train_metrics"]:
+            raise ConfigError(
+                "train_metrics take a forward's outputs, which a step_fn's training pass has none of; "
+                "return those values from step_fn ({name: value}) and leave train_metrics out"
+            )
+        train_metrics = {}
     passes = {"train": (args["train_loader"], train_metrics)}
     if args["val_loader"] is not None:
         passes["val"] = (args["val_loader"], eval_metrics)
     passes.update(
         {_test_prefix(n): (loader, eval_metrics) for n, loader in check_loaders(args["test_loaders"]).items()}
     )
-    monitor, mode = _check_monitor(args["monitor"], args["mode"], passes)
+    own_monitor = args["step_fn"] is not None and str(args["monitor"]).startswith("train/")
+    if own_monitor and args["monitor"] != "train/loss":
+        # a value step_fn returns: known at its first step, which checks it (see Runner.step_expects)
+        monitor, mode = args["monitor"], args["mode"]
+        if mode not in ("min", "max"):
+            raise ConfigError(
+                f"which way {monitor!r}, a value of step_fn, improves is unknown; pass mode='min' or mode='max'"
+            )
+    else:
+        monitor, mode = _check_monitor(args["monitor"], args["mode"], passes)
+    schedulers = scheduler.values() if isinstance(scheduler, Schedulers) else [scheduler]
+    plateau = next((s for s in schedulers if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)), None)
     if args["val_every_n_steps"] and not monitor.startswith("val/"):
         raise ConfigError(
             f"val_every_n_steps validates on val_loader, but the monitored value {monitor!r} is not one of its "
             "values, so these validations could not decide best.pt; monitor one, e.g. monitor='val/loss'"
         )
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     # a plateau scheduler of the other mode would cut the learning rate at every improvement
-    if plateau and args["scheduler_step"] == "epoch" and scheduler.mode != mode:
+    if plateau and args["scheduler_step"] == "epoch" and plateau.mode != mode:
         raise ConfigError(
-            f"ReduceLROnPlateau(mode={scheduler.mode!r}) steps on {monitor!r}, which is a '{mode}' value here; "
-            f"make them agree: ReduceLROnPlateau(optimizer, mode={mode!r}), or mode={scheduler.mode!r} in F.train"
+            f"ReduceLROnPlateau(mode={plateau.mode!r}) steps on {monitor!r}, which is a '{mode}' value here; "
+            f"make them agree: ReduceLROnPlateau(optimizer, mode={mode!r}), or mode={plateau.mode!r} in F.train"
         )
     return passes, monitor, mode
 
@@ -1029,10 +1074,10 @@ def _run_config(loader: Any, run: Run, loss_fn: Any, scheduler: Any, val_every: 
     return {
         "model": model_class(run.model).__name__,
         "parameters": sum(p.numel() for p in run.model.parameters()),
-        "optimizer": type(run.optimizer).__name__,
+        "optimizer": kind(run.optimizer),
         "lr": run.optimizer.param_groups[0].get("lr"),
         "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__),
-        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "scheduler": kind(scheduler),
         "batch_size": getattr(loader, "batch_size", None),
         "monitor": run.monitor,
         "val_every_n_steps": val_every,

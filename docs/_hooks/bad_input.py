@@ -61,6 +61,11 @@ def _train(save_dir: str = "run", **overrides: Any) -> Any:
     return F.train(save_dir, **args)
 
 
+def _own_step(model: Any, batch: Any, optimizer: Any) -> Any:
+    """A step_fn (never reached: the cases that use it are refused before training)."""
+    raise AssertionError("not called")
+
+
 def _test(**overrides: Any) -> Any:
     from xt_training.utils import functional as F
 
@@ -390,6 +395,10 @@ def cases() -> list[Case]:
              _distributed(WORLD_SIZE="2", RANK="1")),
         Case("training without an optimizer", "Runner(model, loss_fn)(loader) with the model in training mode",
              _runner_without_optimizer),
+        Case("several optimizers without your own step", "F.train(..., optimizer={'g': opt_g, 'd': opt_d})",
+             lambda: _train(optimizer={"g": None, "d": None})),
+        Case("a loop option that your own step replaces", "F.train(..., step_fn=gan_step, clip_grad_norm=1.0)",
+             _call(_train, step_fn=_own_step, clip_grad_norm=1.0)),
         Case("unwritable save_dir", "F.train('file/run', ...) where file is a file", _call(_train, save_dir="file/run")),
         Case("corrupt run configuration", "xt run --config corrupt.json", _cli("run", "--config", "corrupt.json"),
              cli=True),
