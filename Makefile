@@ -16,7 +16,7 @@ demo: $(BIN)/xt
 	$(BIN)/xt run --model cnn --data synthetic-images --epochs 3 --metric accuracy --save-dir runs/demo --overwrite
 
 test: $(BIN)/xt
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not valgrind" --durations=15
 
 lint: $(BIN)/xt
 	$(BIN)/nox -s lint

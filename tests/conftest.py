@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 # Tests run on 2 CPU cores next to each other; one thread per process keeps them predictable.
 torch.set_num_threads(1)
@@ -74,6 +75,23 @@ def mlp(features: int = 16, classes: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
 
 
+class SignalAtFetch(Dataset):
+    """A data set that sends ``sig`` to its own process when its ``n``-th item is fetched (None: never):
+    SIGTERM stops a run the way a scheduler's preemption does, SIGKILL ends it with nothing saved."""
+
+    def __init__(self, x, y, n, sig=signal.SIGTERM):
+        self.x, self.y, self.n, self.sig, self.fetched = x, y, n, sig, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.fetched += 1
+        if self.fetched == self.n:
+            os.kill(os.getpid(), self.sig)
+        return self.x[i], self.y[i]
+
+
 def overlay_venv(venv: Path, hide: str | tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Make a venv that sees this environment's packages (torch, xt-training...) through a ``.pth`` file;
     returns its python and its own site-packages, where ``pip --python PYTHON install`` puts what it installs.
@@ -102,6 +120,13 @@ def overlay_venv(venv: Path, hide: str | tuple[str, ...] = ()) -> tuple[Path, Pa
     return python, site
 
 
+# The files whose tests take minutes together, longest first. `make test` hands whole files to two workers
+# in collection order: started first, they run beside the many short files instead of after them.
+LONG_FILES = ("test_docs.py", "test_benchmarks.py", "test_tune.py", "test_fsdp.py", "test_predict.py",
+              "test_cli.py", "test_mlflow.py", "test_fault_tolerance.py", "test_distributed.py")  # fmt: skip
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The valgrind runs (minutes each) last: a `make test` shows the rest of the suite's result first."""
-    items.sort(key=lambda item: "cachegrind" in item.name)  # stable: the rest keep their order
+    """The long files first (see LONG_FILES); the valgrind run (minutes), if selected, last."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), "cachegrind" in item.name))  # stable

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_classification, xt
+from conftest import SignalAtFetch, make_classification, xt
 from test_fault_tolerance import SignalAt, assert_same_weights
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from xt_training import metrics
 from xt_training.errors import ConfigError
@@ -172,27 +171,11 @@ def test_sigterm_and_resume_with_averaging_is_exact(tmp_path, averaging, where):
     assert_same_weights(resumed_last["averaging"]["raw"], ref_last["averaging"]["raw"])
 
 
-class KillAt(Dataset):
-    """A data set that kills its process (SIGKILL: nothing is saved at the kill) at its ``n``-th fetch."""
-
-    def __init__(self, x, y, n):
-        self.x, self.y, self.n, self.fetched = x, y, n, 0
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        self.fetched += 1
-        if self.fetched == self.n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.x[i], self.y[i]
-
-
 def train_killed(save_dir, averaging, kill_at=None, resume=False):
     """3 epochs, a checkpoint every 3 optimizer steps; SIGKILL at the ``kill_at``-th fetch of a training example."""
     torch.manual_seed(0)
     x, y = make_classification(320)
-    train = DataLoader(KillAt(x[:256], y[:256], kill_at), batch_size=32, shuffle=True)
+    train = DataLoader(SignalAtFetch(x[:256], y[:256], kill_at, signal.SIGKILL), batch_size=32, shuffle=True)
     val = DataLoader(TensorDataset(x[256:], y[256:]), batch_size=64)
     model = bn_model(dropout=0.2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -182,11 +182,12 @@ def test_a_gpu_only_run_writes_its_own_results_file():
 CACHEGRIND = ROOT / "benchmarks" / "cachegrind_loop.py"
 
 
+@pytest.mark.valgrind
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_cachegrind_counts_the_loops_per_step():
     # two short runs per loop under valgrind, per-step counts, the Runner beside plain (only the default
     # Runner). The imports dominate (~4 minutes of a core under valgrind): the tool does them once and
-    # forks the four runs; `make test` runs the suite on two workers, so the other goes on meanwhile. Ten
+    # forks the four runs. `make test` leaves it out (-m "not valgrind"): `pytest -m valgrind` runs it. Ten
     # steps apart: a rare one-off of a few million instructions in one run (seen
     # once, on a CI machine, with one step apart) must not flip a difference's sign.
     proc = subprocess.run(

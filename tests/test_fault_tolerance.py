@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import make_classification, mlp
+from conftest import SignalAtFetch, make_classification, mlp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -180,28 +180,12 @@ def test_sigterm_in_a_pass_saves_the_position_and_resume_is_exact(tmp_path, wher
     assert (tmp_path / "run" / "history.json").read_text() == (tmp_path / "ref" / "history.json").read_text()
 
 
-class SigtermAtFetch(Dataset):
-    """A data set that sends SIGTERM to this process when its ``n``-th item is fetched (None: never)."""
-
-    def __init__(self, x, y, n):
-        self.x, self.y, self.n, self.fetched = x, y, n, 0
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        self.fetched += 1
-        if self.fetched == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return self.x[i], self.y[i]
-
-
 def train_accumulating(save_dir, signal_at_step=None, resume=False):
     """3 epochs of 8 batches, an optimizer step every 4; SIGTERM while batch ``signal_at_step`` of epoch 2 loads."""
     torch.manual_seed(0)
     x, y = make_classification(320)
     n = None if signal_at_step is None else (8 + signal_at_step - 1) * 32 + 1
-    train = DataLoader(SigtermAtFetch(x[:256], y[:256], n), batch_size=32, shuffle=True)
+    train = DataLoader(SignalAtFetch(x[:256], y[:256], n), batch_size=32, shuffle=True)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     F.train(save_dir, train, model, opt, 3, nn.CrossEntropyLoss(), val_loader=DataLoader(list(zip(x[256:], y[256:])), batch_size=32),

@@ -53,7 +53,8 @@ def test_each_install_line_installs_this_project_offline(tmp_path: Path) -> None
         ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".nox"),
     )  # fmt: skip
     python, site = overlay_venv(
-        tmp_path / "venv", hide=("xt_training", "xt_vision", "xt_timm", "xt_calibration", "xt_optuna", "xt_mlflow")
+        tmp_path / "venv",
+        hide=("xt_training", "xt_vision", "xt_timm", "xt_calibration", "xt_optuna", "xt_mlflow"),
     )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "--python", str(python)]
     for args, comment in install_lines():

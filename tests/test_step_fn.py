@@ -242,7 +242,7 @@ def test_lbfgs_takes_its_closure_in_step_fn(tmp_path):
 
 
 def tiny(tmp_path, step_fn, **options):
-    model = nn.Linear(2, 1)
+    model = options.pop("model", None) or nn.Linear(2, 1)
     loader = DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=4)
     opt = options.pop("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
     return F.train(
@@ -315,7 +315,7 @@ def test_per_batch_schedulers_step_once_per_step_fn_call(tmp_path):
         optimizers["b"].step()
         return loss
 
-    history = tiny(tmp_path, step_fn, optimizer=opts, scheduler=scheds, scheduler_step="batch")
+    history = tiny(tmp_path, step_fn, model=model, optimizer=opts, scheduler=scheds, scheduler_step="batch")
     assert [s.last_epoch for s in scheds.values()] == [2, 2]  # two batches
     assert history[0]["lr"] == 0.1  # the first optimizer's, at the start of the epoch
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "best.pt")
