@@ -19,11 +19,42 @@ from .errors import CheckpointError, ConfigError, LossError
 __all__ = ["Optimizers", "Schedulers", "StepValues", "as_one", "check_step_options", "kind"]
 
 
-class Optimizers(dict):  # type: ignore[type-arg]
-    """Named optimizers as one optimizer: ``state_dict()`` is ``{name: its state_dict}``; step_fn gets the dict."""
+class _Named(dict):  # type: ignore[type-arg]
+    """Named optimizers or schedulers as one object: ``state_dict()`` is ``{name: its state_dict}``."""
+
+    what = ""  # 'optimizers', 'schedulers': for the messages
+
+    def __init__(self, objects: Mapping[str, Any]):
+        if not objects or not all(isinstance(name, str) for name in objects):
+            raise ConfigError(
+                f"a dict of {self.what} needs one or more, named by strings, e.g. {{'g': opt_g, 'd': opt_d}}, "
+                f"not {describe(objects)}"
+            )
+        super().__init__(objects)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: obj.state_dict() for name, obj in self.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state) != set(self):
+            raise CheckpointError(
+                f"the checkpoint holds the {self.what} {', '.join(map(repr, state))}, this run has "
+                f"{', '.join(map(repr, self))}; resume with the same ones"
+            )
+        for name, obj in self.items():
+            obj.load_state_dict(state[name])
+
+    def __repr__(self) -> str:
+        return kind(self)
+
+
+class Optimizers(_Named):
+    """Named optimizers as one optimizer; step_fn gets the dict."""
+
+    what = "optimizers"
 
     def __init__(self, optimizers: Mapping[str, Any]):
-        _check_names("optimizer", optimizers)
+        super().__init__(optimizers)  # their names first
         for name, opt in optimizers.items():
             missing = [
                 m for m in ("step", "zero_grad", "state_dict", "load_state_dict") if not hasattr(opt, m)
@@ -34,7 +65,6 @@ class Optimizers(dict):  # type: ignore[type-arg]
                     f"optimizer[{name!r}] must be an optimizer instance (with step, zero_grad, state_dict and "
                     f"load_state_dict), not {what}"
                 )
-        super().__init__(optimizers)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -48,14 +78,6 @@ class Optimizers(dict):  # type: ignore[type-arg]
         for opt in self.values():
             opt.zero_grad(set_to_none=set_to_none)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {name: opt.state_dict() for name, opt in self.items()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_saved_names("optimizers", self, state)
-        for name, opt in self.items():
-            opt.load_state_dict(state[name])
-
     def learning_rates(self) -> dict[str, float]:
         """``lr/NAME`` of each optimizer's first param group, ``lr/NAME/1``... of its others."""
         return {
@@ -64,16 +86,11 @@ class Optimizers(dict):  # type: ignore[type-arg]
             for i, group in enumerate(opt.param_groups)
         }
 
-    def __repr__(self) -> str:
-        return kind(self)
 
-
-class Schedulers(dict):  # type: ignore[type-arg]
+class Schedulers(_Named):
     """Named LR schedulers as one: ``step(value)`` steps each (``ReduceLROnPlateau`` on ``value``)."""
 
-    def __init__(self, schedulers: Mapping[str, Any]):
-        _check_names("scheduler", schedulers)
-        super().__init__(schedulers)
+    what = "schedulers"
 
     def step(self, value: float | None = None) -> None:
         for scheduler in self.values():
@@ -81,17 +98,6 @@ class Schedulers(dict):  # type: ignore[type-arg]
                 scheduler.step(value)
             else:
                 scheduler.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {name: s.state_dict() for name, s in self.items()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_saved_names("schedulers", self, state)
-        for name, s in self.items():
-            s.load_state_dict(state[name])
-
-    def __repr__(self) -> str:
-        return kind(self)
 
 
 def kind(obj: Any) -> str | None:
@@ -220,19 +226,3 @@ def _scalar(name: str, value: Any, device: torch.device) -> torch.Tensor:
             "numbers): reduce it, e.g. .mean()"
         )
     return value.detach().reshape(())
-
-
-def _check_names(what: str, objects: Any) -> None:
-    if not objects or not all(isinstance(name, str) for name in objects):
-        raise ConfigError(
-            f"a dict of {what}s needs one or more, named by strings, e.g. {{'g': opt_g, 'd': opt_d}}, "
-            f"not {describe(objects)}"
-        )
-
-
-def _check_saved_names(what: str, these: Mapping[str, Any], state: Mapping[str, Any]) -> None:
-    if set(state) != set(these):
-        raise CheckpointError(
-            f"the checkpoint holds the {what} {', '.join(map(repr, state))}, this run has "
-            f"{', '.join(map(repr, these))}; resume with the same ones"
-        )
