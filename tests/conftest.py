@@ -92,6 +92,19 @@ class SignalAtFetch(Dataset):
         return self.x[i], self.y[i]
 
 
+def finish(processes: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    """Wait for processes started together (the ranks or machines of one run); each must exit 0. Their
+    ``(stdout, stderr)``; any still running after 4 minutes is killed with the others."""
+    try:
+        outputs = [p.communicate(timeout=240) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    for p, (_, stderr) in zip(processes, outputs):
+        assert p.returncode == 0, stderr[-3000:]
+    return outputs
+
+
 def overlay_venv(venv: Path, hide: str | tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Make a venv that sees this environment's packages (torch, xt-training...) through a ``.pth`` file;
     returns its python and its own site-packages, where ``pip --python PYTHON install`` puts what it installs.

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import pytest
 import torch
-from conftest import ENV, XT, make_classification
+from conftest import ENV, XT, finish, make_classification
 from test_registry import write_image_folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -277,13 +277,7 @@ def test_two_machines_through_xt_run_nnodes_write_one_run_directory(tmp_path):
         subprocess.Popen([XT, *run], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]  # fmt: skip
-    try:
-        outputs = [m.communicate(timeout=240) for m in machines]
-    finally:
-        for m in machines:
-            m.kill()
-    for m, (_, stderr) in zip(machines, outputs):
-        assert m.returncode == 0, stderr[-3000:]
+    outputs = finish(machines)
     assert sum(out.count("run completed") for out, _ in outputs) == 1, "only rank 0 of the 4 prints"
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
     history = json.loads((tmp_path / "run" / "history.json").read_text())

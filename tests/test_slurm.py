@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ENV, XT
+from conftest import ENV, XT, finish
 
 from xt_training import slurm
 from xt_training.errors import ConfigError
@@ -81,16 +81,9 @@ def srun(tmp_path, job: str, restarts: int = 0) -> list[subprocess.Popen]:
     ]  # fmt: skip
 
 
-def finish(tasks: list[subprocess.Popen]) -> str:
-    """Wait for the tasks; every one must exit 0. Rank 0's output."""
-    try:
-        outputs = [task.communicate(timeout=240) for task in tasks]
-    finally:
-        for task in tasks:
-            task.kill()
-    for task, (_, stderr) in zip(tasks, outputs):
-        assert task.returncode == 0, stderr[-3000:]
-    return outputs[0][0]
+def rank_0_output(tasks: list[subprocess.Popen]) -> str:
+    """Wait for the tasks (each must exit 0); rank 0's output."""
+    return finish(tasks)[0][0]
 
 
 @pytest.mark.slow
@@ -107,11 +100,11 @@ def test_usr1_saves_requeues_and_the_restarted_job_resumes_exactly(tmp_path):
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoints" / "last.pt").exists():  # written every 5 steps, once training runs
         if time.monotonic() > deadline or any(t.poll() is not None for t in tasks):
-            pytest.fail(f"the tasks ended, or wrote no checkpoint in 120 s: {finish(tasks)}")
+            pytest.fail(f"the tasks ended, or wrote no checkpoint in 120 s: {rank_0_output(tasks)}")
         time.sleep(0.01)
     for task in tasks:  # as SLURM does, 90 s before the time limit: to every task
         task.send_signal(signal.SIGUSR1)
-    out = finish(tasks)
+    out = rank_0_output(tasks)
     assert f"stopped by SIGUSR1: state saved to runs/mlp-synthetic-classification-slurm{stopped}" in out
     assert f"SLURM job {stopped} requeued" in out
     assert (tmp_path / "scontrol.log").read_text() == f"requeue {stopped}\n", "rank 0 requeues, once"
