@@ -198,19 +198,23 @@ def full_metrics() -> dict[str, Any]:
     return {"acc": metrics.Accuracy(), "auc": metrics.ROC_AUC(), "f1": metrics.F1()}
 
 
-def _train_logged(s: Setup, metrics: dict[str, Any]) -> Timing:
-    """``F.train`` with the console progress bar forced on, the TensorBoard logger and ``metrics``."""
+def _train_logged(s: Setup, metrics: dict[str, Any], logger: Callable[[Path], Any] | None = None) -> Timing:
+    """``F.train`` with the console progress bar forced on, ``metrics`` and a logger: ``logger(run_dir)``,
+    by default the TensorBoard logger."""
     from xt_training.loggers.console import ConsoleLogger
     from xt_training.utils import functional as F
 
-    try:
-        from xt_training.loggers.tensorboard import TensorBoardLogger
-    except ImportError as e:
-        raise Skip(f"xt_training.loggers.tensorboard does not import yet ({e})") from None
-    loggers = [ConsoleLogger(progress=True), TensorBoardLogger(save_dir=s.run_dir())]
+    if logger is None:
+        try:
+            from xt_training.loggers.tensorboard import TensorBoardLogger
+        except ImportError as e:
+            raise Skip(f"xt_training.loggers.tensorboard does not import yet ({e})") from None
+        logger = TensorBoardLogger
+    run_dir = s.run_dir()
+    loggers = [ConsoleLogger(progress=True), logger(save_dir=run_dir)]
     return timed(
         lambda: F.train(
-            s.run_dir(),
+            run_dir,
             s.loader,
             s.model,
             s.optimizer,
@@ -239,8 +243,6 @@ def xt_mlflow(s: Setup) -> Timing:
     """xt_logging with the MLflow logger (plugins/xt-mlflow) instead of TensorBoard's: SQLite store, files
     and ``best.pt`` sent at the end. The store is made before the clock starts (its tables, once per benchmark)."""
     from xt_training import metrics
-    from xt_training.loggers.console import ConsoleLogger
-    from xt_training.utils import functional as F
 
     try:
         import mlflow  # noqa: F401
@@ -251,26 +253,13 @@ def xt_mlflow(s: Setup) -> Timing:
     except ImportError:  # not installed: this checkout's copy
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "xt-mlflow"))
         from xt_mlflow import MLflowLogger
-    run_dir = s.run_dir()
     # The store is shared by the rounds (its tables are made once) and its artifacts, MLflow's ./mlruns of
     # the directory where the store is made, go beside it rather than into the checkout.
     os.chdir(s.workdir.parent)
-    loggers = [
-        ConsoleLogger(progress=True),
-        MLflowLogger(save_dir=run_dir, tracking_uri="sqlite:///mlflow.db"),
-    ]
-    eval_metrics = {"acc": metrics.Accuracy(), "f1": metrics.F1(), "eps": metrics.EPS()}
-    return timed(
-        lambda: F.train(
-            run_dir,
-            s.loader,
-            s.model,
-            s.optimizer,
-            s.epochs,
-            s.loss_fn,
-            eval_metrics=eval_metrics,
-            loggers=loggers,
-        )
+    return _train_logged(
+        s,
+        {"acc": metrics.Accuracy(), "f1": metrics.F1(), "eps": metrics.EPS()},
+        lambda save_dir: MLflowLogger(save_dir=save_dir, tracking_uri="sqlite:///mlflow.db"),
     )
 
 
