@@ -113,8 +113,7 @@ def python(tmp_path_factory) -> Path:
 
 def xt(python: Path, *args: str, cwd: Path, env: dict, code: int = 0) -> subprocess.CompletedProcess:
     environ = {**os.environ, **env, "OMP_NUM_THREADS": "1"}
-    environ.pop("PYTHONPATH", None)  # the venv's own xt-training (this checkout, through the .pth)
-    environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])  # this checkout's xt-training
     out = subprocess.run(
         [python, "-m", "xt_training", *args],
         cwd=cwd,
