@@ -30,6 +30,7 @@ LAYERS: dict[str, list[str]] = {
             "fastpath",
             "distributed",
             "metric_contract",
+            "torchmetrics_parts",
             "metrics",
             "loggers",
             "loggers.*",
