@@ -68,7 +68,7 @@ def test_quick_round_of_every_case(tmp_path):
 
     startup = text.split("### Start-up", 1)[1].split("###", 1)[0]
     assert re.search(r"^\| `python -c 'import torch'` \| \d+\.\d{3} \|", startup, re.MULTILINE), startup
-    assert "`xt --help`" in startup and "`xt list`" in startup
+    assert "`xt --help`" in startup and "`xt list`" in startup and "metrics.Accuracy()" in startup
 
     memory = text.split("### Memory", 1)[1]
     rows = re.findall(r"^\| (\d+) \| [\d.]+ \| [\d.]+ \| (\d+) \|$", memory, re.MULTILINE)
