@@ -322,6 +322,19 @@ def test_template_train_and_test_a_python_config_file(tmp_path):
     assert json.loads(xt("test", "run", "--json", "--trust", cwd=tmp_path).stdout) == results
 
 
+def test_json_output_is_standard_json_with_null_for_nan(tmp_path):
+    xt("template", "proj", cwd=tmp_path)
+    with (tmp_path / "proj" / "config.py").open("a") as f:  # a metric whose value is NaN
+        f.write('eval_metrics["nan"] = lambda y_pred, y: torch.tensor(float("nan"))\n')
+    out = xt("test", "proj/config.py", "--json", cwd=tmp_path).stdout
+
+    def refuse(token):  # Python's json reads NaN, strict readers (jq, JSON.parse) do not
+        raise AssertionError(f"{token} in the JSON output")
+
+    results = json.loads(out, parse_constant=refuse)
+    assert results["test"]["nan"] is None and 0 <= results["test"]["acc"] <= 1
+
+
 # --- show / plot --------------------------------------------------------------------------------------------------
 def test_show_and_plot_a_run(tmp_path):
     xt(

@@ -33,6 +33,7 @@ from ._version import __version__
 from .config import COMPONENTS, SCALARS, default_config, read_config
 from .environment import environment, format_environment
 from .errors import XtError
+from .files import json_text
 from .rundir import CONFIG_FILE
 
 __all__ = ["cli", "main", "run_options", "run_config", "parse_value", "parse_options"]
@@ -629,7 +630,7 @@ def run_command(
         raise click.UsageError("--resume RUN_DIR continues that run in place: drop --save-dir and --config")
     run = run_config(ctx, resume)  # bad options are refused here, before any process starts
     if print_config:
-        click.echo(json.dumps(runs.resolved_config(run), indent=2))
+        click.echo(json_text(runs.resolved_config(run)))
         return
     if dry_run or fast_dev_run:
         flag = "--dry-run" if dry_run else "--fast-dev-run"
@@ -865,7 +866,7 @@ def test_command(
     else:
         raise click.UsageError(f"{source!r} is neither a run directory nor a Python config file (.py)")
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json_text(results))
 
 
 TEMPLATE = '''"""An xt-training config: `xt train {name}` trains it, `xt test {name} --checkpoint RUN/checkpoints/best.pt`
@@ -962,7 +963,7 @@ def list_command(kind: str | None, pattern: str, as_json: bool) -> None:
     rows = [entry for k in kinds for entry in registry.entries(k, pattern)]
     if as_json:
         keys = ("kind", "name", "plugin", "distribution", "version", "description")
-        click.echo(json.dumps([{k: getattr(e, k) for k in keys} for e in rows], indent=2))
+        click.echo(json_text([{k: getattr(e, k) for k in keys} for e in rows]))
         return
     if not rows and kind:
         click.echo(
@@ -1050,7 +1051,7 @@ def plugins_command(ctx: click.Context, as_json: bool, timings: bool) -> None:
             "plugins": [{**{k: getattr(p, k) for k in keys}, "commands": commands[p.name]} for p in plugins],
             "conflicts": conflicts,
         }
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(json_text(payload))
         return
     for p in plugins:
         dist = f"{p.distribution} {p.version or ''}".strip() if p.distribution else "(module)"
@@ -1078,7 +1079,7 @@ def env_command(ctx: click.Context, as_json: bool) -> None:
     holds a secret). Paste it into the report.
     """
     env = environment(cli.loaded(ctx))
-    click.echo(json.dumps(env, indent=2) if as_json else format_environment(env))
+    click.echo(json_text(env) if as_json else format_environment(env))
 
 
 # --- xt show / xt plot ----------------------------------------------------------------------------------------
@@ -1101,7 +1102,7 @@ def show_command(ctx: click.Context, run_dir: str, as_json: bool) -> None:
         if text is not None:
             raise click.UsageError(f"'{run_dir}' is a plugin's directory, shown as text: drop --json")
         report.show(run_dir)  # the checks of a run directory that the text applies
-        click.echo(json.dumps(report.summary(run_dir), indent=2))
+        click.echo(json_text(report.summary(run_dir)))
         return
     click.echo(report.show(run_dir) if text is None else text)
 
@@ -1133,7 +1134,7 @@ def runs_command(paths: tuple[str, ...], sort: str, compare: bool, as_json: bool
         raise click.UsageError("there is no runs/ directory here; pass the directories that hold your runs")
     summaries = report.runs(list(paths or ["runs"]), sort=sort)
     if as_json:
-        click.echo(json.dumps(summaries, indent=2))
+        click.echo(json_text(summaries))
     elif not summaries:
         click.echo(f"no run directories under {', '.join(paths or ['runs'])}", err=True)
     elif compare:

@@ -118,10 +118,15 @@ def standard_json(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented standard JSON (:func:`standard_json`): what ``write_json`` writes and ``--json`` prints."""
+    return json.dumps(standard_json(obj), indent=2, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, background: BackgroundWriter | None = None) -> None:
     """Write ``obj`` as standard JSON (NaN and infinities as ``null``, :func:`standard_json`) with
     :func:`atomic_write`; with ``background``, on its thread (``obj`` is encoded here, so it may change afterwards)."""
-    data = json.dumps(standard_json(obj), indent=2, allow_nan=False).encode()
+    data = json_text(obj).encode()
     if background is None:
         atomic_write(path, lambda f: f.write(data))
     else:
