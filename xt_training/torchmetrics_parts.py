@@ -53,6 +53,8 @@ def import_part(name: str) -> types.ModuleType:
         for key in [k for k in sys.modules if k == "torchmetrics" or k.startswith("torchmetrics.")]:
             del sys.modules[key]
         logging.getLogger("torchmetrics").removeHandler(_completing.handler)
+        if _completing in sys.meta_path:  # (put there by an earlier part)
+            sys.meta_path.remove(_completing)
         _completing = None
         return importlib.import_module(name)
     for package in _PACKAGES:
