@@ -314,6 +314,14 @@ def test_hopeless_trials_are_pruned_and_the_best_trial_reproduces(python, tmp_pa
         assert (tmp_path / "figs" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_trial_with_validations_within_epochs_counts_its_epochs(python, tmp_path):
+    xt(python, "tune", *BASE, "--epochs", "2", "--val-every", "2", "--search", "lr=float:0.001:0.1", "--trials", "1",
+       "--study-dir", "s", cwd=tmp_path)  # fmt: skip
+    history = json.loads((tmp_path / "s" / "trials" / "0" / "history.json").read_text())
+    assert len(history) > 2  # the validations every 2 steps are rows too
+    assert trial_record(tmp_path / "s", 0)["epochs"] == 2
+
+
 # --- continuing and refusing ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_continue_a_study_and_refuse_a_changed_one(python, plugin_on_path, tmp_path):

@@ -382,7 +382,8 @@ def _run_trial(
         finish("pruned", pruned_at_epoch=reporting.pruned_at, value=_last(history, monitor))
     else:
         study.tell(trial, value)
-        finish("complete", value=value, epochs=len(history))
+        # (rows with a "step" are validations within an epoch: val_every_n_steps)
+        finish("complete", value=value, epochs=sum("step" not in row for row in history))
 
 
 def _fail(study: Any, trial: Any, error: str) -> None:
