@@ -263,6 +263,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def gathered(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order, on every rank (``[value]`` in a single process)."""
+    if not active():
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def from_rank_0(value: Any) -> Any:
     """``value`` as rank 0 has it, on every rank (itself in a single process)."""
     if not active():

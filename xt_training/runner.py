@@ -559,7 +559,11 @@ class Runner:
         done = 0  # steps of this pass already done (by an interrupted run)
         if resume is not None:
             done = skip_batches(batches, resume["step"])
-            buffers.restore(resume, done)
+            ranks = resume.get("ranks")  # (saved by another number of ranks: rank 0's, not exact)
+            buffers.restore(
+                ranks[distributed.rank()] if ranks and len(ranks) == distributed.world_size() else resume,
+                done,
+            )
             if own_values is not None and "step_values" in resume:  # (saved by a run without step_fn: none)
                 own_values.restore(resume["step_values"])
             restore_rng(resume["rng"], generators)
@@ -900,10 +904,15 @@ class Runner:
         updates its metrics in the same chunks as an uninterrupted one: the same floats come out.
         """
         buffers, own_values = self._pass["buffers"], self._pass["step_values"]
+        state = buffers.state()
+        if self.distributed and not self.fsdp:  # (FSDP saves each rank's position in its own file)
+            # rank 0 writes the checkpoint: it holds every rank's running sums and metric states, for each
+            # rank to go on with its own (from the CPU: a rank reads no other rank's device)
+            state["ranks"] = distributed.gathered(to_device(state, torch.device("cpu")))
         return {
             "step": self._pass["step"],  # batches done, the skipped ones included
             "skipped": self._pass["skipped"],
-            **buffers.state(),
+            **state,
             **({"step_values": own_values.state()} if own_values is not None else {}),
             "rng_start": self._pass["rng_start"],
             "rng": capture_rng(self._pass["generators"]),
