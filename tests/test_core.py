@@ -644,6 +644,26 @@ def test_unknown_monitor_suggests_names(tabular, tmp_path):
         )
 
 
+def test_a_column_of_a_metric_with_several_values_is_monitored(tabular, tmp_path):
+    # F1(average=None): one value per class, val/f1/0, val/f1/1, ...; each improves as F1 does
+    history = train_with(
+        tmp_path / "a", tabular[0], val_loader=tabular[1], monitor="val/f1/1", epochs=3,
+        eval_metrics={"f1": metrics.F1(average=None)},
+    )  # fmt: skip
+    best = torch.load(tmp_path / "a" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["mode"] == "max" and best["epoch"] == max(history, key=lambda row: row["val/f1/1"])["epoch"]
+    # the metric's own name is none of its values: the first evaluation names them
+    with pytest.raises(
+        ConfigError,
+        match=r"^monitor 'val/f1' was not reported in epoch 1, which reported val/loss, val/f1/0, ",
+    ):
+        train_with(tmp_path / "b", tabular[0], val_loader=tabular[1], monitor="val/f1",
+                   eval_metrics={"f1": metrics.F1(average=None)})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^monitor 'val/f1/9' was not reported in epoch 1, which reported"):
+        train_with(tmp_path / "c", tabular[0], val_loader=tabular[1], monitor="val/f1/9",
+                   eval_metrics={"f1": metrics.F1(average=None)})  # fmt: skip
+
+
 def test_a_monitored_function_metric_needs_its_direction(tabular, tmp_path):
     def error(y_pred, y):  # an error rate: lower is better, which nothing tells the loop
         return (y_pred.argmax(1) != y).float().mean()

@@ -873,9 +873,15 @@ class _Training:
         run = self.run
         if run.monitor not in row:
             where = f"epoch {run.epoch}" + (f", step {row['step']}" if "step" in row else "")
+            if run.monitor.endswith("/loss"):
+                raise ConfigError(
+                    f"monitor {run.monitor!r} was not reported in {where}: a loss_fn that returns None in "
+                    "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
+                )
+            reported = [k for k in row if k.startswith(run.monitor.split("/")[0] + "/")]
             raise ConfigError(
-                f"monitor {run.monitor!r} was not reported in {where}: a loss_fn that returns None in "
-                "evaluation (a detection model) reports no loss; monitor a metric, e.g. monitor='val/map'"
+                f"monitor {run.monitor!r} was not reported in {where}, which reported {', '.join(reported)}; "
+                "monitor one of them (a metric with several values, as F1(average=None), reports one each)"
             )
 
     def at_step(self) -> bool:
@@ -1122,7 +1128,10 @@ def _check_monitor(
     names = [f"{prefix}/{m}" for prefix, (_, metrics) in passes.items() for m in ("loss", *metrics)]
     if monitor is None:
         monitor = "val/loss" if "val/loss" in names else "train/loss"
-    if monitor not in names:
+    # a column of a metric with several values (F1(average=None): val/f1/0, val/f1/1, ...), whose keys its
+    # first evaluation tells (check_reported)
+    column = monitor.count("/") >= 2 and monitor.rsplit("/", 1)[0] in names
+    if monitor not in names and not column:
         import difflib
 
         close = difflib.get_close_matches(monitor, names, n=3)
