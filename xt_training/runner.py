@@ -897,6 +897,12 @@ class Runner:
 
         return closure
 
+    @property
+    def pass_step(self) -> int:
+        """Batches done in the running training pass, skipped ones included: set at each checkpoint step
+        (``on_checkpoint``) and at a stop, for :meth:`position`."""
+        return self._pass["step"]
+
     def position(self) -> dict[str, Any]:
         """Where the running training pass is: enough to resume it exactly (see ``resume``).
 
@@ -910,7 +916,7 @@ class Runner:
             # rank to go on with its own (from the CPU: a rank reads no other rank's device)
             state["ranks"] = distributed.gathered(to_device(state, torch.device("cpu")))
         return {
-            "step": self._pass["step"],  # batches done, the skipped ones included
+            "step": self.pass_step,
             "skipped": self._pass["skipped"],
             **state,
             **({"step_values": own_values.state()} if own_values is not None else {}),

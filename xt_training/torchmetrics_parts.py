@@ -5,7 +5,7 @@ installed: torchvision (and through it ``torch._dynamo``), transformers, scipy.s
 as beside xt-training they usually are, that is ~4.5 s of CPU at the start of every ``xt run``, twice the
 import of torch itself, for image-quality and text metrics a run does not use (Lightning-AI/torchmetrics#3457,
 open). :func:`import_part` imports ``torchmetrics.classification``, ``.regression`` or ``.detection`` with
-the package's ``__init__`` left for later, in about 1 s.
+the package's ``__init__`` left for later, in about 0.5 s.
 
 Nothing of torchmetrics changes: its modules run as they are, and the first ``import torchmetrics`` by anyone
 else (the user's code, a plugin) runs the package's ``__init__`` as usual, which takes the modules already

@@ -896,13 +896,12 @@ class _Training:
         validate, keep = _due(self.val_every, step), self.kept.every(run.epoch, step, epoch_end=False)
         if not (validate or keep or _due(self.checkpoint_every, step)):  # (the steps' intervals differ)
             return False
-        position = {"phase": "train", "row": self.row, **runner.position()}
-        if position["step"] == self.pass_end:
+        if runner.pass_step == self.pass_end:
             validate, keep = False, []
-        if validate:
+        if validate:  # (its checkpoint holds the position after it)
             return self.validate_within(keep)
         if keep or _due(self.checkpoint_every, step):
-            self.save(position, keep)
+            self.save({"phase": "train", "row": self.row, **runner.position()}, keep)
         return False
 
     def validate_within(self, keep: list[str]) -> bool:
