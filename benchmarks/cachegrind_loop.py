@@ -19,8 +19,11 @@ The simulated last-level cache has the size of the L2 of this machine's CPU (512
 the ones that go to the L3 or memory. On this hardware the extra misses and mispredictions of the loop
 cost more than its extra instructions.
 
-``--compare DIR`` adds the Runner of the ``xt_training`` package in DIR (a patched copy); ``--variants runner``
-counts only the default Runner beside plain (two runs fewer). Needs valgrind
+``--variants`` picks the Runner variants counted beside plain: ``runner`` (the defaults, quiet),
+``runner_no_fast_path``, ``runner_metrics`` (the harness's ``xt_logging`` metrics: Accuracy, F1, EPS) and
+``runner_logging`` (those with its progress bar and TensorBoard: the bar refreshes by the clock, which
+valgrind slows ~50x, so that row overstates the bar); default the first two. ``--compare DIR``
+counts the same variants with the ``xt_training`` package in DIR (a patched copy). Needs valgrind
 (``apt install valgrind``); the imports take a few minutes under it (the process runs ~50x slower), once
 per xt_training copy counted, and the forked runs then share the cores.
 """
@@ -50,7 +53,12 @@ EVENTS = {
 }
 L2 = "--LL=524288,8,64"  # 512 KiB, 8-way, 64-byte lines
 # the Runner variants (--variants): loop name, its name in the report
-LOOPS = {"runner": "Runner", "runner_no_fast_path": "Runner, fast_path=False"}
+LOOPS = {
+    "runner": "Runner",
+    "runner_no_fast_path": "Runner, fast_path=False",
+    "runner_metrics": "Runner, Accuracy + F1 + EPS",
+    "runner_logging": "Runner, Accuracy + F1 + EPS, progress bar, TensorBoard",
+}
 
 
 def child(variants: list[str], runs: list[int]) -> None:
@@ -68,15 +76,32 @@ def child(variants: list[str], runs: list[int]) -> None:
     from cases import make_setup, plain
 
     from xt_training import Runner
+    from xt_training.loggers.console import ConsoleLogger
+    from xt_training.loggers.tensorboard import TensorBoardLogger
+    from xt_training.metrics import EPS, F1, Accuracy
 
     def run(variant: str, steps: int) -> int:
         s = setups[steps]
         try:
             if variant == "plain":
                 plain(s)  # the harness's hand-written loop (its clock reads cancel out with the set-up)
-            else:
+            elif variant in ("runner", "runner_no_fast_path"):
                 fast_path = variant != "runner_no_fast_path"
                 Runner(s.model.train(), s.loss_fn, s.optimizer, quiet=True, fast_path=fast_path)(s.loader)
+            else:  # the benchmark's xt_logging work: its metrics, and its loggers for runner_logging
+                logging = variant == "runner_logging"
+                # (the bar written to os.devnull: on stdout it would garble the lines this process reports)
+                bar = ConsoleLogger(progress=True, file=open(os.devnull, "w"))  # noqa: SIM115
+                loggers = [bar, TensorBoardLogger(save_dir=s.run_dir())] if logging else []
+                metrics = {"acc": Accuracy(), "f1": F1(), "eps": EPS()}
+                Runner(
+                    s.model.train(),
+                    s.loss_fn,
+                    s.optimizer,
+                    batch_metrics=metrics,
+                    loggers=loggers,
+                    quiet=not logging,
+                )(s.loader)
         except BaseException:
             traceback.print_exc()
             return 1
@@ -177,8 +202,8 @@ def main() -> None:
     )
     p.add_argument(
         "--variants",
-        default=",".join(LOOPS),
-        help=f"the Runner variants counted beside plain, from {', '.join(LOOPS)} (default: all)",
+        default="runner,runner_no_fast_path",
+        help=f"the Runner variants counted beside plain, from {', '.join(LOOPS)} (default: the first two)",
     )
     p.add_argument("--child", nargs=2, metavar=("VARIANTS", "RUNS"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -207,12 +232,12 @@ def main() -> None:
         )
     trees = {None: ["plain", *chosen]}  # the loops counted with each xt_training copy (None: installed)
     if args.compare is not None:
-        trees[args.compare.resolve()] = ["runner"]
+        trees[args.compare.resolve()] = chosen
     with ThreadPoolExecutor(max_workers=len(trees)) as pool:
         done = dict(zip(trees, pool.map(lambda tree: count(trees[tree], [few, many], tree), trees)))
     names = {"plain": "plain", **LOOPS}
     results = {
-        names[loop] if tree is None else f"Runner of {args.compare}": per_step(
+        names[loop] if tree is None else f"{names[loop]}, of {args.compare}": per_step(
             done[tree][loop, few], done[tree][loop, many], many - few
         )
         for tree, loops in trees.items()
