@@ -115,6 +115,7 @@ def test_f1_precision_recall_follow_scikit_learn_whatever_the_heads_shape():
         named = {n + o: make(**kw) for n, (make, _) in scores.items() for o, kw in options.items()}
         named["f1-0.7"] = metrics.F1(threshold=0.7)  # on the probability of class 1, whatever the head
         named["f1-task"] = metrics.F1(task="binary")  # a 2-column head too
+        named["f1-none"] = metrics.F1(average="none")  # torchmetrics' spelling, the command line's
         notices = Notices()
         loader = DataLoader(TensorDataset(y_pred, y), batch_size=20)
         runner = Runner(nn.Identity().eval(), batch_metrics=named, device="cpu", loggers=[notices])
@@ -125,6 +126,7 @@ def test_f1_precision_recall_follow_scikit_learn_whatever_the_heads_shape():
                 assert got == pytest.approx(sklearn_score(y.numpy(), y_hat, **kw), abs=1e-6), (head, n, kw)
         assert values["f1-0.7"] == pytest.approx(f1_score(y.numpy(), logit.sigmoid().numpy() > 0.7), abs=1e-6)
         assert values["f1-task"] == values["f1"]
+        assert [values["f1-none/0"], values["f1-none/1"]] == [values["f1-each/0"], values["f1-each/1"]]
         # what was averaged, where it is not the default, is said once
         assert "f1-macro: macro average of the 2 classes (the default: class 1's value)" in notices.lines
         assert "f1-neg: class 0's value (pos_label=0; the default: class 1's)" in notices.lines

@@ -516,7 +516,8 @@ class _PositiveClass(_Classification):
     where the probability of class 1 is above ``threshold`` (a 2-column head at the default 0.5: where its
     second column is the larger). More classes, or multi-label: the macro average. The default,
     ``average='auto'``, means just this; ``'macro'``, ``'micro'`` and ``'weighted'`` average over the
-    classes (labels) instead, and ``None`` reports one value per class, as the columns ``f1/0``,
+    classes (labels) instead, and ``None`` (or ``'none'``, as in torchmetrics and on the command line:
+    ``--metric-opt f1.average=none``) reports one value per class, as the columns ``f1/0``,
     ``f1/1``, ... of the history. What was averaged, when it is not the default, is in the run's notices
     (the console and ``notes.txt``): ``note``.
     """
@@ -527,6 +528,8 @@ class _PositiveClass(_Classification):
         self, average: str | None = "auto", pos_label: int = 1, threshold: float = 0.5, **kwargs: Any
     ):
         name = type(self).__name__
+        if average == "none":  # torchmetrics' spelling of None, and what a command line can write
+            average = None
         if average not in _AVERAGES:
             raise ValueError(
                 f"{name}: average must be one of {', '.join(map(repr, _AVERAGES))}, not {average!r}"
