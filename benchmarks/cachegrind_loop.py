@@ -90,9 +90,10 @@ def child(variants: list[str], runs: list[int]) -> None:
                 Runner(s.model.train(), s.loss_fn, s.optimizer, quiet=True, fast_path=fast_path)(s.loader)
             else:  # the benchmark's xt_logging work: its metrics, and its loggers for runner_logging
                 logging = variant == "runner_logging"
-                # (the bar written to os.devnull: on stdout it would garble the lines this process reports)
-                bar = ConsoleLogger(progress=True, file=open(os.devnull, "w"))  # noqa: SIM115
-                loggers = [bar, TensorBoardLogger(save_dir=s.run_dir())] if logging else []
+                loggers = []
+                if logging:  # (the bar to os.devnull: on stdout it would garble the lines reported here)
+                    bar = ConsoleLogger(progress=True, file=open(os.devnull, "w"))  # noqa: SIM115
+                    loggers = [bar, TensorBoardLogger(save_dir=s.run_dir())]
                 metrics = {"acc": Accuracy(), "f1": F1(), "eps": EPS()}
                 Runner(
                     s.model.train(),
